@@ -1,0 +1,1 @@
+//! hull-runtime: sandboxes (one microVM per pod) and the containers in them.

@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Installs every Debian package hull's build, tests and demo need. Idempotent: packages already
+# present are not touched, and apt is only asked when something is missing.
+set -euo pipefail
+
+PKGS=(
+  # guest kernel build (kernel-config/build.sh)
+  linux-source-6.1 bc flex bison libelf-dev libssl-dev make gcc xz-utils
+  # emulated KVM host and reference VMM (tests/testhost, make bench)
+  qemu-system-x86 busybox-static cpio kmod
+  # test tooling
+  python3 socat jq procps
+)
+
+missing=()
+for p in "${PKGS[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+done
+if [ ${#missing[@]} -eq 0 ]; then
+  echo "install-deps: all ${#PKGS[@]} packages present"
+  exit 0
+fi
+echo "install-deps: installing ${missing[*]}"
+if [ "$(id -u)" -ne 0 ]; then SUDO=sudo; else SUDO=; fi
+export DEBIAN_FRONTEND=noninteractive
+$SUDO apt-get update -qq
+$SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+echo "install-deps: done"

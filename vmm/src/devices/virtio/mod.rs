@@ -1,0 +1,67 @@
+//! Virtio devices and the contract between a device and its virtio-mmio transport.
+//!
+//! The transport (`mmio`) owns the register file the guest driver talks to and the device's
+//! interrupt line; the device owns its queues once activated. A device that implements
+//! [`VirtioDevice`] also implements `event_manager::MutEventSubscriber`: the VMM registers it with
+//! the event loop before the guest starts, and the device adds its queue eventfds to its own
+//! interest set when it is activated (activation happens on a vCPU thread, so the device signals
+//! an eventfd of its own that its `process` sees, as Firecracker's devices do).
+
+use std::sync::Arc;
+
+use virtio_queue::Queue;
+use vmm_sys_util::eventfd::EventFd;
+
+/// Guest memory as devices see it. A VM's memory never changes after boot, so a clone is cheap
+/// and stays valid for the VM's lifetime.
+pub type GuestMemory = vm_memory::GuestMemoryMmap<()>;
+
+/// A device's interrupt line to the guest, implemented by the transport.
+pub trait VirtioInterrupt: Send + Sync {
+    /// Tell the driver that a queue has new used buffers (interrupt status bit 0).
+    fn signal_used_queue(&self) -> std::io::Result<()>;
+    /// Tell the driver that the device configuration changed (interrupt status bit 1).
+    fn signal_config_change(&self) -> std::io::Result<()>;
+}
+
+/// Why a device refused to activate.
+#[derive(Debug, thiserror::Error)]
+pub enum ActivateError {
+    #[error("wrong number of queues: expected {expected}, got {got}")]
+    QueueCount { expected: usize, got: usize },
+    #[error("the driver did not acknowledge a required feature: {0}")]
+    MissingFeature(&'static str),
+    #[error("cannot signal the event loop: {0}")]
+    EventFd(#[source] std::io::Error),
+    #[error("{0}")]
+    Device(String),
+}
+
+/// A virtio device behind a transport.
+pub trait VirtioDevice: Send {
+    /// Virtio device ID (e.g. 19 for vsock, 26 for fs).
+    fn device_type(&self) -> u32;
+    /// Maximum size of each of the device's queues; its length is the number of queues.
+    fn queue_max_sizes(&self) -> &[u16];
+    /// Feature bits the device offers (including VIRTIO_F_VERSION_1).
+    fn avail_features(&self) -> u64;
+    /// The feature bits the driver acknowledged (a subset of `avail_features`, checked by the
+    /// transport).
+    fn set_acked_features(&mut self, features: u64);
+    /// Read from the device-specific configuration space. Out-of-range reads leave `data` as is.
+    fn read_config(&self, offset: u64, data: &mut [u8]);
+    /// Write to the device-specific configuration space. Out-of-range writes are ignored.
+    fn write_config(&mut self, offset: u64, data: &[u8]);
+    /// The driver set DRIVER_OK. `queues[i]` is ready and validated by the transport;
+    /// `queue_evts[i]` is signalled whenever the driver notifies queue `i`.
+    fn activate(
+        &mut self,
+        mem: GuestMemory,
+        interrupt: Arc<dyn VirtioInterrupt>,
+        queues: Vec<Queue>,
+        queue_evts: Vec<EventFd>,
+    ) -> Result<(), ActivateError>;
+    /// The driver reset the device: drop the queues and return to the pre-activation state.
+    /// Returns false when the device cannot be reset (the transport then sets NEEDS_RESET).
+    fn reset(&mut self) -> bool;
+}
