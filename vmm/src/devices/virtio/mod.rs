@@ -7,6 +7,9 @@
 //! interest set when it is activated (activation happens on a vCPU thread, so the device signals
 //! an eventfd of its own that its `process` sees, as Firecracker's devices do).
 
+pub mod mmio;
+pub mod vsock;
+
 use std::sync::Arc;
 
 use virtio_queue::Queue;
