@@ -1,0 +1,60 @@
+# hull: top-level build. On a fresh machine, `make demo` runs the demo and `make test` runs the
+# whole test suite; both install what they need first (scripts/install-deps.sh).
+SHELL := /bin/bash
+.SHELLFLAGS := -euo pipefail -c
+.DEFAULT_GOAL := build
+
+ROOT := $(CURDIR)
+BUILD := $(ROOT)/build
+export HULL_CACHE_DIR ?= /var/cache/hull
+# One target dir per toolchain, outside the clone, so a fresh clone reuses compiled dependencies.
+RUST_KEY := $(shell rustc -vV 2>/dev/null | sha256sum | cut -c1-12)
+export CARGO_TARGET_DIR ?= $(HULL_CACHE_DIR)/target-$(RUST_KEY)
+# Everything (binaries and test binaries) is built once: release, fully static, explicit triple
+# (the explicit --target keeps +crt-static off proc-macros and build scripts).
+TRIPLE := x86_64-unknown-linux-gnu
+export CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUSTFLAGS := -C target-feature=+crt-static
+CARGO_FLAGS := --release --locked --target $(TRIPLE)
+OUT := $(CARGO_TARGET_DIR)/$(TRIPLE)/release
+BINS := hull hull-vmm hull-agent containerd-shim-hull-v2
+
+.PHONY: deps build kernel initrd lint unit-test vm-test test demo bench clean
+
+deps:
+	@scripts/install-deps.sh
+
+build: deps
+	cargo build $(CARGO_FLAGS) --workspace --bins
+	@mkdir -p $(BUILD)/bin
+	@for b in $(BINS); do install -m 0755 $(OUT)/$$b $(BUILD)/bin/$$b; done
+	@echo "binaries in $(BUILD)/bin: $(BINS)"
+
+kernel: deps
+	kernel-config/build.sh $(BUILD)/vmlinux
+
+initrd: build
+	guest-agent/build-initrd.sh $(BUILD)/hull-initrd.img
+
+lint:
+	cargo fmt --all -- --check
+	cargo clippy $(CARGO_FLAGS) --workspace --all-targets -- -D warnings
+
+# Tests that run on the plain host: every crate but hull-tests.
+unit-test: deps
+	cargo test $(CARGO_FLAGS) --workspace --exclude hull-tests
+
+# Tests that need KVM: every test binary of hull-tests, in one boot of the emulated KVM host
+# (or directly, on a machine with hardware virtualisation).
+vm-test: build kernel initrd
+	tests/run-vm-tests
+
+test: lint unit-test vm-test
+
+demo: build kernel initrd
+	scripts/demo.sh
+
+bench: build kernel initrd
+	tests/bench/run
+
+clean:
+	rm -rf $(BUILD)
