@@ -1,0 +1,254 @@
+//! The virtio-vsock device: config space, activation, and moving packets between the guest's
+//! queues and the muxer.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
+use virtio_queue::{Queue, QueueOwnedT, QueueT};
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+
+use super::packet::{parse_rx, parse_tx, PKT_HEADER_SIZE};
+use super::unix::muxer::VsockMuxer;
+use super::{VsockError, NUM_QUEUES, QUEUE_SIZE, RXQ_INDEX, TXQ_INDEX, VSOCK_DEVICE_ID};
+use crate::devices::virtio::{ActivateError, GuestMemory, VirtioDevice, VirtioInterrupt};
+
+/// What the device holds between activation and reset.
+pub(super) struct Active {
+    pub mem: GuestMemory,
+    pub interrupt: Arc<dyn VirtioInterrupt>,
+    pub queues: Vec<Queue>,
+    pub queue_evts: Vec<EventFd>,
+    /// Whether `queue_evts` are in the event loop yet (done by `process`, on the event thread).
+    pub registered: bool,
+}
+
+/// A virtio-vsock device whose host side is a Firecracker-compatible hybrid Unix socket.
+pub struct Vsock {
+    guest_cid: u64,
+    queue_sizes: [u16; NUM_QUEUES],
+    acked_features: u64,
+    /// Signalled by `activate` and `reset` (vCPU thread) for `process` (event thread).
+    pub(super) activate_evt: EventFd,
+    pub(super) active: Option<Active>,
+    /// Queue eventfds of a previous activation, to be removed from the event loop.
+    pub(super) stale_evts: Vec<EventFd>,
+    pub(super) muxer: VsockMuxer,
+    /// The TX queue was left unread because the muxer could not take more packets.
+    pub(super) tx_stalled: bool,
+}
+
+impl Vsock {
+    /// Creates the device and binds its Unix socket at `uds_path` (removed again on drop).
+    pub fn new(guest_cid: u64, uds_path: PathBuf) -> Result<Vsock, VsockError> {
+        if guest_cid <= 2 || guest_cid >= u64::from(u32::MAX) {
+            return Err(VsockError::InvalidCid(guest_cid));
+        }
+        let activate_evt =
+            EventFd::new(EFD_NONBLOCK).map_err(|e| VsockError::Setup("eventfd", e))?;
+        let muxer = VsockMuxer::new(guest_cid, uds_path)?;
+        Ok(Vsock {
+            guest_cid,
+            queue_sizes: [QUEUE_SIZE; NUM_QUEUES],
+            acked_features: 0,
+            activate_evt,
+            active: None,
+            stale_evts: Vec::new(),
+            muxer,
+            tx_stalled: false,
+        })
+    }
+
+    pub fn guest_cid(&self) -> u64 {
+        self.guest_cid
+    }
+
+    pub fn uds_path(&self) -> &Path {
+        self.muxer.uds_path()
+    }
+
+    pub fn is_activated(&self) -> bool {
+        self.active.is_some()
+    }
+
+    /// Number of live connections.
+    pub fn connection_count(&self) -> usize {
+        self.muxer.connection_count()
+    }
+
+    /// Fills the guest's RX buffers with pending packets. Returns whether any buffer was used
+    /// (the guest was then interrupted).
+    pub fn process_rx(&mut self) -> bool {
+        let Some(active) = self.active.as_mut() else {
+            return false;
+        };
+        let mem = &active.mem;
+        let queue = &mut active.queues[RXQ_INDEX];
+        let mut used = false;
+        while self.muxer.has_pending_rx() {
+            let Some(mut chain) = queue.pop_descriptor_chain(mem) else {
+                break;
+            };
+            let head = chain.head_index();
+            let len = match parse_rx(mem, &mut chain) {
+                Ok(mut pkt) => {
+                    if !self.muxer.recv_pkt(&mut pkt) {
+                        queue.go_to_previous_position();
+                        break;
+                    }
+                    PKT_HEADER_SIZE as u32 + pkt.len()
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, "vsock: unusable RX descriptor chain; dropping it");
+                    0
+                }
+            };
+            if let Err(e) = queue.add_used(mem, head, len) {
+                tracing::warn!(error = %e, "vsock: cannot return an RX buffer");
+                break;
+            }
+            used = true;
+        }
+        if used {
+            Self::signal(&active.interrupt);
+        }
+        // Packets the muxer could not take before may fit now.
+        used
+    }
+
+    /// Handles the packets the guest queued for transmission. Returns whether any buffer was
+    /// used (the guest was then interrupted).
+    pub fn process_tx(&mut self) -> bool {
+        let Some(active) = self.active.as_mut() else {
+            return false;
+        };
+        let mem = &active.mem;
+        let queue = &mut active.queues[TXQ_INDEX];
+        let mut used = false;
+        self.tx_stalled = false;
+        while let Some(mut chain) = queue.pop_descriptor_chain(mem) {
+            if !self.muxer.can_accept_tx() {
+                queue.go_to_previous_position();
+                self.tx_stalled = true;
+                break;
+            }
+            let head = chain.head_index();
+            match parse_tx(mem, &mut chain) {
+                Ok(pkt) => self.muxer.send_pkt(&pkt),
+                Err(e) => {
+                    tracing::debug!(error = %e, "vsock: malformed TX descriptor chain; dropping it")
+                }
+            }
+            if let Err(e) = queue.add_used(mem, head, 0) {
+                tracing::warn!(error = %e, "vsock: cannot return a TX buffer");
+                break;
+            }
+            used = true;
+        }
+        if used {
+            Self::signal(&active.interrupt);
+        }
+        used
+    }
+
+    /// Runs the queues until neither makes progress: RX drains the muxer, which may unblock TX,
+    /// whose packets may queue more RX.
+    pub(super) fn process_queues(&mut self, tx_first: bool) {
+        if tx_first {
+            self.process_tx();
+        }
+        loop {
+            self.process_rx();
+            if !(self.tx_stalled && self.muxer.can_accept_tx() && self.process_tx()) {
+                break;
+            }
+        }
+    }
+
+    fn signal(interrupt: &Arc<dyn VirtioInterrupt>) {
+        if let Err(e) = interrupt.signal_used_queue() {
+            tracing::warn!(error = %e, "vsock: cannot interrupt the guest");
+        }
+    }
+}
+
+impl VirtioDevice for Vsock {
+    fn device_type(&self) -> u32 {
+        VSOCK_DEVICE_ID
+    }
+
+    fn queue_max_sizes(&self) -> &[u16] {
+        &self.queue_sizes
+    }
+
+    fn avail_features(&self) -> u64 {
+        1u64 << VIRTIO_F_VERSION_1
+    }
+
+    fn set_acked_features(&mut self, features: u64) {
+        self.acked_features = features & self.avail_features();
+    }
+
+    fn read_config(&self, offset: u64, data: &mut [u8]) {
+        let config = self.guest_cid.to_le_bytes();
+        let Ok(start) = usize::try_from(offset) else {
+            return;
+        };
+        if let Some(src) = start
+            .checked_add(data.len())
+            .and_then(|end| config.get(start..end))
+        {
+            data.copy_from_slice(src);
+        }
+    }
+
+    fn write_config(&mut self, offset: u64, data: &[u8]) {
+        tracing::debug!(
+            offset,
+            len = data.len(),
+            "vsock: ignoring a config space write"
+        );
+    }
+
+    fn activate(
+        &mut self,
+        mem: GuestMemory,
+        interrupt: Arc<dyn VirtioInterrupt>,
+        queues: Vec<Queue>,
+        queue_evts: Vec<EventFd>,
+    ) -> Result<(), ActivateError> {
+        if queues.len() != NUM_QUEUES || queue_evts.len() != NUM_QUEUES {
+            return Err(ActivateError::QueueCount {
+                expected: NUM_QUEUES,
+                got: queues.len().min(queue_evts.len()),
+            });
+        }
+        if self.acked_features & (1u64 << VIRTIO_F_VERSION_1) == 0 {
+            return Err(ActivateError::MissingFeature("VIRTIO_F_VERSION_1"));
+        }
+        if let Some(old) = self.active.take() {
+            self.stale_evts.extend(old.queue_evts);
+        }
+        self.activate_evt.write(1).map_err(ActivateError::EventFd)?;
+        self.active = Some(Active {
+            mem,
+            interrupt,
+            queues,
+            queue_evts,
+            registered: false,
+        });
+        Ok(())
+    }
+
+    fn reset(&mut self) -> bool {
+        if let Some(old) = self.active.take() {
+            self.stale_evts.extend(old.queue_evts);
+            // Let the event thread remove the old queue eventfds from its loop.
+            let _ = self.activate_evt.write(1);
+        }
+        self.muxer.reset();
+        self.acked_features = 0;
+        self.tx_stalled = false;
+        true
+    }
+}

@@ -1,0 +1,3 @@
+//! The hybrid (Unix socket) host side of the device.
+
+pub mod muxer;
