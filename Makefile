@@ -50,7 +50,7 @@ vm-test: build kernel initrd
 
 test: lint unit-test vm-test
 
-demo: build kernel initrd
+demo: build kernel
 	scripts/demo.sh
 
 bench: build kernel initrd
