@@ -7,6 +7,7 @@
 //! interest set when it is activated (activation happens on a vCPU thread, so the device signals
 //! an eventfd of its own that its `process` sees, as Firecracker's devices do).
 
+pub mod fs;
 pub mod mmio;
 pub mod vsock;
 

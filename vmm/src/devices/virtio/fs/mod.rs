@@ -1,0 +1,1 @@
+//! virtio-fs backed by fuse-backend-rs passthrough (work in progress).
