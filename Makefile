@@ -18,7 +18,7 @@ CARGO_FLAGS := --release --locked --target $(TRIPLE)
 OUT := $(CARGO_TARGET_DIR)/$(TRIPLE)/release
 BINS := hull hull-vmm hull-agent containerd-shim-hull-v2
 
-.PHONY: deps build kernel initrd lint unit-test vm-test test demo bench clean
+.PHONY: deps build kernel initrd lint unit-test testhost-selftest vm-test test demo bench clean
 
 deps:
 	@scripts/install-deps.sh
@@ -43,12 +43,16 @@ lint:
 unit-test: deps
 	cargo test $(CARGO_FLAGS) --workspace --exclude hull-tests
 
+# The emulated KVM host itself: status, timeout, paths (every VM test relies on it).
+testhost-selftest: deps
+	tests/testhost/selftest
+
 # Tests that need KVM: every test binary of hull-tests, in one boot of the emulated KVM host
 # (or directly, on a machine with hardware virtualisation).
 vm-test: build kernel initrd
 	tests/run-vm-tests
 
-test: lint unit-test vm-test
+test: lint unit-test testhost-selftest vm-test
 
 demo: build kernel
 	scripts/demo.sh
