@@ -63,12 +63,21 @@ pub(crate) const MAX_PENDING_RST: usize = 256;
 pub(crate) const MAX_CONNECT_LINE: usize = 32;
 
 /// How long a host client may take to send its `CONNECT` line.
-pub(crate) const CONNECT_LINE_TIMEOUT: Duration = Duration::from_secs(10);
+pub(crate) const CONNECT_LINE_TIMEOUT: Duration = timeout(10_000);
 /// How long the guest may take to answer a host-initiated REQUEST.
-pub(crate) const CONN_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+pub(crate) const CONN_REQUEST_TIMEOUT: Duration = timeout(10_000);
 /// How long a connection may stay half torn down (waiting for the guest's RST after a SHUTDOWN,
 /// or for the host socket to take the last buffered bytes) before the device resets it.
-pub(crate) const CONN_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(5);
+pub(crate) const CONN_SHUTDOWN_TIMEOUT: Duration = timeout(5_000);
+
+/// Unit tests exercise the same timeouts, scaled down so they finish quickly.
+const fn timeout(ms: u64) -> Duration {
+    if cfg!(test) {
+        Duration::from_millis(ms / 20)
+    } else {
+        Duration::from_millis(ms)
+    }
+}
 
 /// Errors of the vsock device.
 #[derive(Debug, thiserror::Error)]

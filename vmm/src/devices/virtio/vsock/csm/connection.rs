@@ -182,11 +182,6 @@ impl VsockConnection {
         c
     }
 
-    #[cfg(test)]
-    pub fn state(&self) -> ConnState {
-        self.state
-    }
-
     pub fn fd(&self) -> RawFd {
         self.fd
     }
@@ -461,6 +456,11 @@ impl VsockConnection {
         match self.state {
             ConnState::LocalInit | ConnState::Draining => self.kill(),
             ConnState::Established => {
+                if !self.host_eof && self.unread_host_bytes() == 0 {
+                    // Nothing left to read: this is the end of the host's bytes as well.
+                    self.on_host_eof();
+                    return;
+                }
                 if self.host_eof {
                     self.check_both_done();
                 } else if self.peer_credit() > 0 && !self.peer_no_recv {
@@ -471,6 +471,19 @@ impl VsockConnection {
                 }
             }
             _ => {}
+        }
+    }
+
+    /// Bytes waiting in the host stream (`FIONREAD`); errors count as none.
+    fn unread_host_bytes(&self) -> usize {
+        let Some(s) = &self.stream else { return 0 };
+        let mut n: libc::c_int = 0;
+        // SAFETY: FIONREAD writes one c_int to the pointer, which is valid for that.
+        let r = unsafe { libc::ioctl(s.as_raw_fd(), libc::FIONREAD, &mut n) };
+        if r < 0 {
+            0
+        } else {
+            usize::try_from(n).unwrap_or(0)
         }
     }
 

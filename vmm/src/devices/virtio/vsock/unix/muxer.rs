@@ -20,8 +20,6 @@ use std::time::Instant;
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::timerfd::TimerFd;
 
-#[cfg(test)]
-use crate::devices::virtio::vsock::csm::connection::ConnState;
 use crate::devices::virtio::vsock::csm::connection::VsockConnection;
 use crate::devices::virtio::vsock::packet::{
     write_header, Header, Packet, VSOCK_OP_REQUEST, VSOCK_OP_RST, VSOCK_TYPE_STREAM,
@@ -573,21 +571,6 @@ impl VsockMuxer {
         if let Err(e) = res {
             tracing::warn!(error = %e, "vsock: cannot arm the timer");
         }
-    }
-
-    /// Connection state, for tests.
-    #[cfg(test)]
-    pub fn conn_state(&self, key: ConnKey) -> Option<ConnState> {
-        self.conns.get(&key).map(|c| c.state())
-    }
-
-    /// The host-side port of the connection with guest port `peer_port` (tests).
-    #[cfg(test)]
-    pub fn local_port_for_peer(&self, peer_port: u32) -> Option<u32> {
-        self.conns
-            .keys()
-            .find(|k| k.peer_port == peer_port)
-            .map(|k| k.local_port)
     }
 }
 
