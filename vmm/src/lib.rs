@@ -1,6 +1,24 @@
 //! hull-vmm: the KVM microVM monitor that runs one hull sandbox.
 //!
-//! The VMM is being built (see the hull-vmm issue); until it boots guests, the binary refuses
-//! to run rather than pretend.
+//! One process per VM. [`VmConfig`] (plain data: JSON or command-line flags) describes the VM;
+//! [`run`] validates it, boots the guest and returns the [`ExitReason`] when the VM stops
+//! (whose [`ExitReason::exit_code`] is the process exit status).
+//!
+//! Layout (Firecracker / Cloud Hypervisor style):
+//! - `arch::x86_64`: memory layout, PVH and 64-bit Linux boot, registers, CPUID, MSRs, LAPIC,
+//!   MP table;
+//! - `vstate`: the KVM VM (memory, irqchip, PIT) and vCPU threads;
+//! - `devices`: port-I/O/MMIO buses, legacy serial and i8042, virtio-mmio transport and devices;
+//! - `api`: the control socket; `config`: the configuration; `exit`: why a VM stopped.
 
+pub mod api;
+pub mod arch;
+pub mod config;
 pub mod devices;
+pub mod exit;
+pub mod vmm;
+pub mod vstate;
+
+pub use config::VmConfig;
+pub use exit::ExitReason;
+pub use vmm::{run, VmmError};

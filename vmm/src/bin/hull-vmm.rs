@@ -1,5 +1,122 @@
-use anyhow::bail;
+//! `hull-vmm`: runs one microVM. See `hull-vmm --help`, `hull_vmm::config` for the
+//! configuration, `hull_vmm::api` for the control socket and `hull_vmm::exit` for exit statuses.
 
-fn main() -> anyhow::Result<()> {
-    bail!("hull-vmm: booting guests is not implemented yet (work in progress: the hull-vmm issue)")
+use std::path::PathBuf;
+
+use clap::Parser;
+use hull_vmm::config::{MemoryBacking, SerialConfig, VsockConfig};
+use hull_vmm::VmConfig;
+
+/// Boot a hull microVM. Flags override the values of --config.
+#[derive(Parser, Debug)]
+#[command(name = "hull-vmm", version)]
+struct Args {
+    /// VM configuration as JSON (see hull_vmm::config).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Guest kernel (ELF vmlinux or bzImage).
+    #[arg(long)]
+    kernel: Option<PathBuf>,
+    /// Initramfs.
+    #[arg(long)]
+    initrd: Option<PathBuf>,
+    /// Kernel command line (after the VMM's own parameters).
+    #[arg(long)]
+    cmdline: Option<String>,
+    /// Number of vCPUs.
+    #[arg(long)]
+    vcpus: Option<u32>,
+    /// Guest memory in MiB.
+    #[arg(long)]
+    memory_mib: Option<u64>,
+    /// Guest memory backing: anonymous or memfd.
+    #[arg(long)]
+    memory_backing: Option<MemoryBacking>,
+    /// Guest console: stdout, off, or a file path.
+    #[arg(long)]
+    serial: Option<SerialConfig>,
+    /// Host Unix socket of the virtio-vsock device.
+    #[arg(long)]
+    vsock_uds: Option<PathBuf>,
+    /// Guest vsock context id (default 3).
+    #[arg(long)]
+    vsock_cid: Option<u64>,
+    /// Control API socket.
+    #[arg(long)]
+    api_sock: Option<PathBuf>,
+}
+
+fn config_from(args: Args) -> anyhow::Result<VmConfig> {
+    let mut c = match (&args.config, &args.kernel) {
+        (Some(path), _) => VmConfig::from_file(path)?,
+        (None, Some(k)) => VmConfig::new(k.clone()),
+        (None, None) => anyhow::bail!("no kernel: pass --kernel or --config"),
+    };
+    if let Some(k) = args.kernel {
+        c.kernel = k;
+    }
+    if let Some(i) = args.initrd {
+        c.initrd = Some(i);
+    }
+    if let Some(v) = args.cmdline {
+        c.cmdline = v;
+    }
+    if let Some(v) = args.vcpus {
+        c.vcpus = v;
+    }
+    if let Some(v) = args.memory_mib {
+        c.memory_mib = v;
+    }
+    if let Some(v) = args.memory_backing {
+        c.memory_backing = v;
+    }
+    if let Some(v) = args.serial {
+        c.serial = v;
+    }
+    match (args.vsock_uds, args.vsock_cid) {
+        (Some(uds_path), cid) => {
+            let guest_cid = cid.or(c.vsock.as_ref().map(|v| v.guest_cid)).unwrap_or(3);
+            c.vsock = Some(VsockConfig {
+                uds_path,
+                guest_cid,
+            });
+        }
+        (None, Some(cid)) => match c.vsock.as_mut() {
+            Some(v) => v.guest_cid = cid,
+            None => anyhow::bail!("--vsock-cid needs --vsock-uds"),
+        },
+        (None, None) => {}
+    }
+    if let Some(v) = args.api_sock {
+        c.api_socket = Some(v);
+    }
+    Ok(c)
+}
+
+fn main() {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("HULL_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .init();
+    let config = match config_from(Args::parse()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("hull-vmm: {e:#}");
+            std::process::exit(1);
+        }
+    };
+    match hull_vmm::run(&config) {
+        Ok(reason) => {
+            let code = reason.exit_code();
+            eprintln!("hull-vmm: {}", reason.describe());
+            std::process::exit(code);
+        }
+        Err(e) => {
+            eprintln!("hull-vmm: {e}");
+            std::process::exit(1);
+        }
+    }
 }

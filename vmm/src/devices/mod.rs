@@ -1,3 +1,5 @@
 //! Emulated devices.
 
+pub mod bus;
+pub mod legacy;
 pub mod virtio;

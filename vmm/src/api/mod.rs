@@ -1,0 +1,415 @@
+//! The control API: JSON over a Unix socket, one request per line, one response line per
+//! request, any number of requests per connection (`socat - UNIX-CONNECT:api.sock` works).
+//!
+//! Requests (`action` selects the operation; unknown fields are errors):
+//! ```text
+//! {"action":"pause"}       park every vCPU; returns once they are all parked
+//! {"action":"resume"}      let them run again
+//! {"action":"shutdown"}    ask the guest to stop: inject Ctrl-Alt-Del through the i8042
+//!                          keyboard, and stop the VM if the guest has not ended within
+//!                          timeout_ms (default 10000; 0 = stop now). Optional field:
+//!                          {"action":"shutdown","timeout_ms":5000}
+//! {"action":"stats"}       vCPUs, memory, uptime, run state and VM exit counts
+//! ```
+//! Responses: `{"ok":true,...}` or `{"ok":false,"error":"..."}`.
+//!
+//! Why Ctrl-Alt-Del: the guest has no ACPI, so there is no power button. The kernel turns
+//! Ctrl-Alt-Del into an immediate restart, or, when PID 1 has set `reboot(RB_DISABLE_CAD)` (as
+//! an init should), into SIGINT for PID 1, which can then shut down cleanly and `reboot()`.
+//! A guest that ignores it is stopped when the grace period expires; the process exits 0 either
+//! way and says on stderr which one happened.
+
+use std::collections::HashMap;
+use std::io::{ErrorKind, Read, Write};
+use std::os::fd::{AsRawFd, RawFd};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::Path;
+use std::sync::Arc;
+
+use event_manager::{EventOps, EventSet, Events, MutEventSubscriber};
+use serde::{Deserialize, Serialize};
+
+use crate::vstate::vcpu::RunState;
+
+/// Longest request line accepted.
+pub const MAX_REQUEST: usize = 64 * 1024;
+/// Most simultaneous API connections.
+pub const MAX_CONNECTIONS: usize = 16;
+/// Default grace period of a shutdown request.
+pub const DEFAULT_SHUTDOWN_TIMEOUT_MS: u64 = 10_000;
+/// Longest grace period accepted.
+pub const MAX_SHUTDOWN_TIMEOUT_MS: u64 = 600_000;
+
+/// A request.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(tag = "action", rename_all = "snake_case", deny_unknown_fields)]
+pub enum ApiRequest {
+    // Struct variants (not unit ones) so that deny_unknown_fields applies to them too.
+    Pause {},
+    Resume {},
+    Shutdown {
+        #[serde(default)]
+        timeout_ms: Option<u64>,
+    },
+    Stats {},
+}
+
+/// VM exit counts.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExitCounts {
+    pub io_in: u64,
+    pub io_out: u64,
+    pub mmio_read: u64,
+    pub mmio_write: u64,
+    pub other: u64,
+}
+
+/// What `stats` returns.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct VmStats {
+    pub vcpus: u32,
+    pub memory_mib: u64,
+    pub uptime_ms: u64,
+    pub state: RunState,
+    pub exits: ExitCounts,
+}
+
+/// A response.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct ApiResponse {
+    pub ok: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub state: Option<RunState>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stats: Option<VmStats>,
+}
+
+impl ApiResponse {
+    pub fn ok() -> ApiResponse {
+        ApiResponse {
+            ok: true,
+            ..Default::default()
+        }
+    }
+    pub fn error(e: impl Into<String>) -> ApiResponse {
+        ApiResponse {
+            ok: false,
+            error: Some(e.into()),
+            ..Default::default()
+        }
+    }
+}
+
+/// What the API drives (implemented by the VMM).
+pub trait VmController: Send + Sync {
+    fn pause(&self) -> Result<(), String>;
+    fn resume(&self) -> Result<(), String>;
+    fn shutdown(&self, timeout_ms: u64) -> Result<(), String>;
+    fn stats(&self) -> VmStats;
+    fn state(&self) -> RunState;
+}
+
+/// Runs one request line against `ctl`.
+pub fn handle_line(ctl: &dyn VmController, line: &[u8]) -> ApiResponse {
+    let req: ApiRequest = match serde_json::from_slice(line) {
+        Ok(r) => r,
+        Err(e) => return ApiResponse::error(format!("invalid request: {e}")),
+    };
+    let done = |r: Result<(), String>| match r {
+        Ok(()) => ApiResponse {
+            state: Some(ctl.state()),
+            ..ApiResponse::ok()
+        },
+        Err(e) => ApiResponse::error(e),
+    };
+    match req {
+        ApiRequest::Pause {} => done(ctl.pause()),
+        ApiRequest::Resume {} => done(ctl.resume()),
+        ApiRequest::Shutdown { timeout_ms } => {
+            let t = timeout_ms.unwrap_or(DEFAULT_SHUTDOWN_TIMEOUT_MS);
+            if t > MAX_SHUTDOWN_TIMEOUT_MS {
+                return ApiResponse::error(format!(
+                    "timeout_ms must be at most {MAX_SHUTDOWN_TIMEOUT_MS}"
+                ));
+            }
+            done(ctl.shutdown(t))
+        }
+        ApiRequest::Stats {} => ApiResponse {
+            stats: Some(ctl.stats()),
+            ..ApiResponse::ok()
+        },
+    }
+}
+
+/// Errors starting the API server.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("cannot listen on api socket {path}: {source}")]
+    Bind {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+struct Conn {
+    stream: UnixStream,
+    buf: Vec<u8>,
+}
+
+/// The API socket on the VMM's event loop.
+pub struct ApiServer {
+    listener: UnixListener,
+    conns: HashMap<RawFd, Conn>,
+    ctl: Arc<dyn VmController>,
+}
+
+impl ApiServer {
+    /// Binds `path` (which the caller has checked does not exist and removes at exit).
+    pub fn bind(path: &Path, ctl: Arc<dyn VmController>) -> Result<ApiServer, ApiError> {
+        let err = |source| ApiError::Bind {
+            path: path.to_path_buf(),
+            source,
+        };
+        let listener = UnixListener::bind(path).map_err(err)?;
+        listener.set_nonblocking(true).map_err(err)?;
+        Ok(ApiServer {
+            listener,
+            conns: HashMap::new(),
+            ctl,
+        })
+    }
+
+    fn accept(&mut self, ops: &mut EventOps) {
+        loop {
+            match self.listener.accept() {
+                Ok((stream, _)) => {
+                    if self.conns.len() >= MAX_CONNECTIONS {
+                        let mut s = stream;
+                        let _ = writeln!(
+                            s,
+                            "{}",
+                            serde_json::to_string(&ApiResponse::error("too many connections"))
+                                .unwrap_or_default()
+                        );
+                        continue;
+                    }
+                    if stream.set_nonblocking(true).is_err() {
+                        continue;
+                    }
+                    let fd = stream.as_raw_fd();
+                    if let Err(e) = ops.add(Events::new(&stream, EventSet::IN)) {
+                        tracing::warn!("api: cannot watch a connection: {e:?}");
+                        continue;
+                    }
+                    self.conns.insert(
+                        fd,
+                        Conn {
+                            stream,
+                            buf: Vec::new(),
+                        },
+                    );
+                }
+                Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                Err(e) => {
+                    tracing::warn!("api: accept failed: {e}");
+                    break;
+                }
+            }
+        }
+    }
+
+    fn close(&mut self, fd: RawFd, ops: &mut EventOps) {
+        if let Some(c) = self.conns.remove(&fd) {
+            let _ = ops.remove(Events::new(&c.stream, EventSet::IN));
+        }
+    }
+
+    /// Reads what is available; answers every complete line. False when the connection ends.
+    fn serve(&mut self, fd: RawFd) -> bool {
+        let ctl = self.ctl.clone();
+        let Some(c) = self.conns.get_mut(&fd) else {
+            return false;
+        };
+        let mut chunk = [0u8; 4096];
+        loop {
+            match c.stream.read(&mut chunk) {
+                Ok(0) => return false,
+                Ok(n) => c.buf.extend_from_slice(&chunk[..n]),
+                Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                Err(_) => return false,
+            }
+            if c.buf.len() > MAX_REQUEST && !c.buf.contains(&b'\n') {
+                break;
+            }
+        }
+        while let Some(pos) = c.buf.iter().position(|b| *b == b'\n') {
+            let line: Vec<u8> = c.buf.drain(..=pos).collect();
+            let line = &line[..line.len() - 1];
+            if line.iter().all(|b| b.is_ascii_whitespace()) {
+                continue;
+            }
+            let resp = handle_line(ctl.as_ref(), line);
+            let mut out = serde_json::to_vec(&resp).unwrap_or_default();
+            out.push(b'\n');
+            // Responses are small; a client that does not read them is dropped.
+            if c.stream.write_all(&out).is_err() {
+                return false;
+            }
+        }
+        if c.buf.len() > MAX_REQUEST {
+            let mut out = serde_json::to_vec(&ApiResponse::error(format!(
+                "request longer than {MAX_REQUEST} bytes"
+            )))
+            .unwrap_or_default();
+            out.push(b'\n');
+            let _ = c.stream.write_all(&out);
+            return false;
+        }
+        true
+    }
+}
+
+impl MutEventSubscriber for ApiServer {
+    fn process(&mut self, events: Events, ops: &mut EventOps) {
+        let fd = events.fd();
+        if fd == self.listener.as_raw_fd() {
+            self.accept(ops);
+            return;
+        }
+        let alive = events.event_set().contains(EventSet::IN) && self.serve(fd);
+        if !alive {
+            self.close(fd, ops);
+        }
+    }
+
+    fn init(&mut self, ops: &mut EventOps) {
+        if let Err(e) = ops.add(Events::new(&self.listener, EventSet::IN)) {
+            tracing::error!("api: cannot watch the listening socket: {e:?}");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Mutex;
+
+    #[derive(Default)]
+    struct Fake {
+        calls: Mutex<Vec<String>>,
+    }
+    impl VmController for Fake {
+        fn pause(&self) -> Result<(), String> {
+            self.calls.lock().unwrap().push("pause".into());
+            Ok(())
+        }
+        fn resume(&self) -> Result<(), String> {
+            Err("not paused".into())
+        }
+        fn shutdown(&self, t: u64) -> Result<(), String> {
+            self.calls.lock().unwrap().push(format!("shutdown {t}"));
+            Ok(())
+        }
+        fn stats(&self) -> VmStats {
+            VmStats {
+                vcpus: 2,
+                memory_mib: 128,
+                uptime_ms: 5,
+                state: RunState::Running,
+                exits: ExitCounts::default(),
+            }
+        }
+        fn state(&self) -> RunState {
+            RunState::Paused
+        }
+    }
+
+    fn j(r: &ApiResponse) -> serde_json::Value {
+        serde_json::to_value(r).unwrap()
+    }
+
+    #[test]
+    fn requests() {
+        let f = Fake::default();
+        assert_eq!(
+            j(&handle_line(&f, br#"{"action":"pause"}"#)),
+            serde_json::json!({"ok":true,"state":"paused"})
+        );
+        assert_eq!(
+            j(&handle_line(&f, br#"{"action":"resume"}"#)),
+            serde_json::json!({"ok":false,"error":"not paused"})
+        );
+        handle_line(&f, br#"{"action":"shutdown"}"#);
+        handle_line(&f, br#"{"action":"shutdown","timeout_ms":0}"#);
+        let r = handle_line(&f, br#"{"action":"shutdown","timeout_ms":600001}"#);
+        assert!(!r.ok);
+        assert_eq!(
+            *f.calls.lock().unwrap(),
+            vec!["pause", "shutdown 10000", "shutdown 0"]
+        );
+        let s = j(&handle_line(&f, br#"{"action":"stats"}"#));
+        assert_eq!(s["stats"]["vcpus"], 2);
+        assert_eq!(s["stats"]["exits"]["io_in"], 0);
+    }
+
+    #[test]
+    fn bad_requests_are_errors() {
+        let f = Fake::default();
+        for bad in [
+            &b"not json"[..],
+            br#"{"action":"explode"}"#,
+            br#"{"action":"pause","extra":1}"#,
+            br#"{}"#,
+            b"\xff\xfe",
+        ] {
+            let r = handle_line(&f, bad);
+            assert!(!r.ok);
+            assert!(r.error.unwrap().starts_with("invalid request"));
+        }
+        assert!(f.calls.lock().unwrap().is_empty());
+    }
+
+    #[test]
+    fn server_over_a_socket() {
+        let dir = std::env::temp_dir().join(format!("hull-api-test-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("api.sock");
+        let ctl: Arc<dyn VmController> = Arc::new(Fake::default());
+        let server = ApiServer::bind(&path, ctl).unwrap();
+        let mut em = event_manager::EventManager::<
+            Arc<std::sync::Mutex<dyn MutEventSubscriber + Send>>,
+        >::new()
+        .unwrap();
+        use event_manager::SubscriberOps;
+        em.add_subscriber(Arc::new(std::sync::Mutex::new(server)));
+        let mut client = UnixStream::connect(&path).unwrap();
+        client
+            .write_all(b"{\"action\":\"stats\"}\n\n{\"action\":\"pause\"}\n")
+            .unwrap();
+        let mut got = String::new();
+        let mut buf = [0u8; 4096];
+        client.set_nonblocking(true).unwrap();
+        for _ in 0..100 {
+            em.run_with_timeout(50).unwrap();
+            match client.read(&mut buf) {
+                Ok(n) => got.push_str(std::str::from_utf8(&buf[..n]).unwrap()),
+                Err(e) if e.kind() == ErrorKind::WouldBlock => {}
+                Err(e) => panic!("{e}"),
+            }
+            if got.lines().count() >= 2 {
+                break;
+            }
+        }
+        let lines: Vec<&str> = got.lines().collect();
+        assert_eq!(lines.len(), 2, "{got}");
+        assert!(lines[0].contains("\"uptime_ms\":5"));
+        assert_eq!(lines[1], r#"{"ok":true,"state":"paused"}"#);
+        drop(client);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

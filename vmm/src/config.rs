@@ -1,0 +1,636 @@
+//! VM configuration as plain data: what `hull-vmm --config vm.json` reads and what the command
+//! line flags fill. [`VmConfig::validate`] checks everything before any VM exists.
+//!
+//! ```json
+//! {
+//!   "kernel": "/path/vmlinux",
+//!   "initrd": "/path/initrd.img",
+//!   "cmdline": "console=ttyS0",
+//!   "vcpus": 2,
+//!   "memory_mib": 256,
+//!   "memory_backing": "anonymous",
+//!   "serial": "stdout",
+//!   "vsock": { "uds_path": "/run/hull/x/vsock.sock", "guest_cid": 3 },
+//!   "api_socket": "/run/hull/x/api.sock"
+//! }
+//! ```
+//! Only `kernel` is required. `serial` is `"stdout"`, `"off"`, or a file path.
+
+use std::fs::File;
+use std::io::Read;
+use std::os::unix::fs::FileTypeExt;
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+use crate::arch::x86_64::layout::{CMDLINE_MAX_SIZE, VIRTIO_MMIO_MAX_DEVICES};
+
+/// Most vCPUs a VM may have.
+pub const MAX_VCPUS: u32 = 32;
+/// Least guest memory (MiB): the kernel alone needs tens of MiB.
+pub const MIN_MEMORY_MIB: u64 = 64;
+/// Most guest memory (MiB).
+pub const MAX_MEMORY_MIB: u64 = 64 * 1024;
+/// Most bytes of a Unix socket path (sun_path holds 108 including the NUL).
+const MAX_SOCKET_PATH: usize = 107;
+/// Kernel parameters the VMM always puts first: `reboot=k` makes a guest reboot reach the
+/// i8042 reset (how the VMM sees it); `panic=-1` turns a panic into an immediate reset (the
+/// VMM tells it from a reboot by the console's panic line). The user's command line comes after
+/// these, so it can override them (at the cost of those exit semantics).
+pub const CMDLINE_PREFIX: &str = "reboot=k panic=-1";
+/// What the i8042 emulation supports (no mouse port, no multiplexer, no keyboard commands).
+pub const CMDLINE_I8042: &str = "i8042.noaux i8042.nomux i8042.dumbkbd i8042.nopnp";
+/// Worst-case length of one `virtio_mmio.device=4K@0xd0000000:23` parameter plus a space.
+const VIRTIO_PARAM_MAX_LEN: usize = 36;
+
+fn default_cmdline() -> String {
+    "console=ttyS0".to_string()
+}
+fn default_vcpus() -> u32 {
+    1
+}
+fn default_memory_mib() -> u64 {
+    256
+}
+fn default_cid() -> u64 {
+    3
+}
+
+/// How guest RAM is backed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MemoryBacking {
+    /// A shared anonymous mapping.
+    #[default]
+    Anonymous,
+    /// A memfd (so it can later be shared with virtio-fs daemons or saved for snapshots).
+    Memfd,
+}
+
+impl FromStr for MemoryBacking {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "anonymous" => Ok(MemoryBacking::Anonymous),
+            "memfd" => Ok(MemoryBacking::Memfd),
+            _ => Err(format!(
+                "memory backing must be anonymous or memfd, not '{s}'"
+            )),
+        }
+    }
+}
+
+/// Where the guest console (COM1) goes.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub enum SerialConfig {
+    #[default]
+    Stdout,
+    Off,
+    File(PathBuf),
+}
+
+impl FromStr for SerialConfig {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "stdout" => Ok(SerialConfig::Stdout),
+            "off" => Ok(SerialConfig::Off),
+            "" => Err("serial must be stdout, off or a file path, not empty".into()),
+            path => Ok(SerialConfig::File(PathBuf::from(path))),
+        }
+    }
+}
+
+impl TryFrom<String> for SerialConfig {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        s.parse()
+    }
+}
+
+impl From<SerialConfig> for String {
+    fn from(s: SerialConfig) -> String {
+        match s {
+            SerialConfig::Stdout => "stdout".into(),
+            SerialConfig::Off => "off".into(),
+            SerialConfig::File(p) => p.to_string_lossy().into_owned(),
+        }
+    }
+}
+
+/// The virtio-vsock device.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VsockConfig {
+    /// The host-side Unix socket (Firecracker-style hybrid vsock).
+    pub uds_path: PathBuf,
+    /// The guest's context id (3..=0xffff_fffe).
+    #[serde(default = "default_cid")]
+    pub guest_cid: u64,
+}
+
+/// Everything that describes one VM.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VmConfig {
+    /// Guest kernel: ELF vmlinux (PVH note preferred) or bzImage.
+    pub kernel: PathBuf,
+    /// Initramfs (newc cpio, optionally compressed).
+    #[serde(default)]
+    pub initrd: Option<PathBuf>,
+    /// Kernel command line (the VMM adds its own parameters before it, see [`CMDLINE_PREFIX`]).
+    #[serde(default = "default_cmdline")]
+    pub cmdline: String,
+    #[serde(default = "default_vcpus")]
+    pub vcpus: u32,
+    #[serde(default = "default_memory_mib")]
+    pub memory_mib: u64,
+    #[serde(default)]
+    pub memory_backing: MemoryBacking,
+    #[serde(default)]
+    pub serial: SerialConfig,
+    #[serde(default)]
+    pub vsock: Option<VsockConfig>,
+    /// The control API's Unix socket.
+    #[serde(default)]
+    pub api_socket: Option<PathBuf>,
+}
+
+/// What is wrong with a configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    ReadConfig {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("config file {path}: {source}")]
+    ParseConfig {
+        path: PathBuf,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("{what} {path}: {source}")]
+    Open {
+        what: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{what} {path} is not a regular file")]
+    NotAFile { what: &'static str, path: PathBuf },
+    #[error("kernel {0} is not a kernel image (neither an x86-64 ELF vmlinux nor a bzImage)")]
+    NotAKernel(PathBuf),
+    #[error("initrd {0} is empty")]
+    EmptyInitrd(PathBuf),
+    #[error(
+        "initrd {path} is {size_mib} MiB, too big for {memory_mib} MiB of guest memory (at most \
+         half of it)"
+    )]
+    InitrdTooBig {
+        path: PathBuf,
+        size_mib: u64,
+        memory_mib: u64,
+    },
+    #[error("vcpus must be between 1 and {MAX_VCPUS}, got {0}")]
+    Vcpus(u32),
+    #[error("memory_mib must be between {MIN_MEMORY_MIB} and {MAX_MEMORY_MIB}, got {0}")]
+    Memory(u64),
+    #[error("the kernel command line contains a NUL byte")]
+    CmdlineNul,
+    #[error(
+        "the kernel command line is too long: {len} bytes with the VMM's parameters, at most {}",
+        CMDLINE_MAX_SIZE - 1
+    )]
+    CmdlineTooLong { len: usize },
+    #[error("vsock guest_cid must be between 3 and 4294967294, got {0}")]
+    Cid(u64),
+    #[error("{what} path {path}: {reason}")]
+    SocketPath {
+        what: &'static str,
+        path: PathBuf,
+        reason: String,
+    },
+    #[error("serial output file {path}: {reason}")]
+    SerialFile { path: PathBuf, reason: String },
+}
+
+fn open_regular(what: &'static str, path: &Path) -> Result<(File, u64), ConfigError> {
+    let f = File::open(path).map_err(|source| ConfigError::Open {
+        what,
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let md = f.metadata().map_err(|source| ConfigError::Open {
+        what,
+        path: path.to_path_buf(),
+        source,
+    })?;
+    if !md.is_file() {
+        return Err(ConfigError::NotAFile {
+            what,
+            path: path.to_path_buf(),
+        });
+    }
+    Ok((f, md.len()))
+}
+
+/// True when `head` starts an x86-64 ELF or holds a bzImage header.
+fn looks_like_kernel(head: &[u8]) -> bool {
+    let elf64_x86_64 = head.len() >= 20
+        && &head[0..4] == b"\x7fELF"
+        && head[4] == 2 // ELFCLASS64
+        && head[5] == 1 // little-endian
+        && u16::from_le_bytes([head[18], head[19]]) == 62; // EM_X86_64
+    let bzimage = head.len() >= 0x206 && &head[0x202..0x206] == b"HdrS";
+    elf64_x86_64 || bzimage
+}
+
+fn check_socket_path(what: &'static str, path: &Path) -> Result<(), ConfigError> {
+    let err = |reason: String| ConfigError::SocketPath {
+        what,
+        path: path.to_path_buf(),
+        reason,
+    };
+    let len = path.as_os_str().len();
+    if len == 0 {
+        return Err(err("empty".into()));
+    }
+    if len > MAX_SOCKET_PATH {
+        return Err(err(format!(
+            "too long for a Unix socket ({len} bytes, at most {MAX_SOCKET_PATH})"
+        )));
+    }
+    let parent = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    if !parent.is_dir() {
+        return Err(err(format!(
+            "directory {} does not exist",
+            parent.display()
+        )));
+    }
+    match std::fs::symlink_metadata(path) {
+        Ok(md) => {
+            if md.file_type().is_socket() && UnixStream::connect(path).is_ok() {
+                Err(err(
+                    "already in use: another process is listening on it".into()
+                ))
+            } else {
+                Err(err(
+                    "already exists (a stale socket or another file): remove it first".into(),
+                ))
+            }
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(err(e.to_string())),
+    }
+}
+
+impl VmConfig {
+    /// A configuration with defaults for everything but the kernel.
+    pub fn new(kernel: PathBuf) -> VmConfig {
+        VmConfig {
+            kernel,
+            initrd: None,
+            cmdline: default_cmdline(),
+            vcpus: default_vcpus(),
+            memory_mib: default_memory_mib(),
+            memory_backing: MemoryBacking::default(),
+            serial: SerialConfig::default(),
+            vsock: None,
+            api_socket: None,
+        }
+    }
+
+    /// Parses a JSON configuration (unknown fields are errors).
+    pub fn from_json(text: &str, path: &Path) -> Result<VmConfig, ConfigError> {
+        serde_json::from_str(text).map_err(|source| ConfigError::ParseConfig {
+            path: path.to_path_buf(),
+            source,
+        })
+    }
+
+    /// Reads and parses a JSON configuration file.
+    pub fn from_file(path: &Path) -> Result<VmConfig, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::ReadConfig {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        VmConfig::from_json(&text, path)
+    }
+
+    /// Guest memory in bytes.
+    pub fn memory_bytes(&self) -> u64 {
+        self.memory_mib << 20
+    }
+
+    /// Number of virtio-mmio devices this configuration creates.
+    pub fn virtio_device_count(&self) -> usize {
+        usize::from(self.vsock.is_some())
+    }
+
+    /// The kernel command line without the virtio-mmio device parameters (which the VMM adds
+    /// when it places the devices, right after this prefix).
+    pub fn cmdline_prefix(&self) -> String {
+        format!("{CMDLINE_PREFIX} {CMDLINE_I8042}")
+    }
+
+    /// Checks everything that can be checked before creating a VM: files exist, are readable
+    /// and are what they claim to be; numbers are within limits; socket paths are free.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.vcpus == 0 || self.vcpus > MAX_VCPUS {
+            return Err(ConfigError::Vcpus(self.vcpus));
+        }
+        if !(MIN_MEMORY_MIB..=MAX_MEMORY_MIB).contains(&self.memory_mib) {
+            return Err(ConfigError::Memory(self.memory_mib));
+        }
+
+        let (mut kernel, _) = open_regular("kernel", &self.kernel)?;
+        let mut head = Vec::with_capacity(0x210);
+        (&mut kernel)
+            .take(0x210)
+            .read_to_end(&mut head)
+            .map_err(|source| ConfigError::Open {
+                what: "kernel",
+                path: self.kernel.clone(),
+                source,
+            })?;
+        if !looks_like_kernel(&head) {
+            return Err(ConfigError::NotAKernel(self.kernel.clone()));
+        }
+
+        if let Some(initrd) = &self.initrd {
+            let (_, size) = open_regular("initrd", initrd)?;
+            if size == 0 {
+                return Err(ConfigError::EmptyInitrd(initrd.clone()));
+            }
+            if size > self.memory_bytes() / 2 {
+                return Err(ConfigError::InitrdTooBig {
+                    path: initrd.clone(),
+                    size_mib: size >> 20,
+                    memory_mib: self.memory_mib,
+                });
+            }
+        }
+
+        if self.cmdline.contains('\0') {
+            return Err(ConfigError::CmdlineNul);
+        }
+        let len = self.cmdline_prefix().len()
+            + 1
+            + self.virtio_device_count() * VIRTIO_PARAM_MAX_LEN
+            + self.cmdline.len();
+        if len >= CMDLINE_MAX_SIZE {
+            return Err(ConfigError::CmdlineTooLong { len });
+        }
+        debug_assert!(self.virtio_device_count() <= VIRTIO_MMIO_MAX_DEVICES);
+
+        if let Some(v) = &self.vsock {
+            if !(3..=0xffff_fffe).contains(&v.guest_cid) {
+                return Err(ConfigError::Cid(v.guest_cid));
+            }
+            check_socket_path("vsock uds", &v.uds_path)?;
+        }
+        if let Some(api) = &self.api_socket {
+            check_socket_path("api socket", api)?;
+            if self.vsock.as_ref().is_some_and(|v| &v.uds_path == api) {
+                return Err(ConfigError::SocketPath {
+                    what: "api socket",
+                    path: api.clone(),
+                    reason: "is also the vsock uds path".into(),
+                });
+            }
+        }
+        if let SerialConfig::File(path) = &self.serial {
+            let err = |reason: String| ConfigError::SerialFile {
+                path: path.clone(),
+                reason,
+            };
+            match std::fs::metadata(path) {
+                Ok(md) if md.is_dir() => return Err(err("is a directory".into())),
+                Ok(_) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    let parent = match path.parent() {
+                        Some(p) if !p.as_os_str().is_empty() => p,
+                        _ => Path::new("."),
+                    };
+                    if !parent.is_dir() {
+                        return Err(err(format!(
+                            "directory {} does not exist",
+                            parent.display()
+                        )));
+                    }
+                }
+                Err(e) => return Err(err(e.to_string())),
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::net::UnixListener;
+
+    struct Tmp(PathBuf);
+    impl Tmp {
+        fn new(name: &str) -> Tmp {
+            let p =
+                std::env::temp_dir().join(format!("hull-vmm-config-{}-{name}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&p);
+            std::fs::create_dir_all(&p).unwrap();
+            Tmp(p)
+        }
+        fn file(&self, name: &str, contents: &[u8]) -> PathBuf {
+            let p = self.0.join(name);
+            std::fs::write(&p, contents).unwrap();
+            p
+        }
+    }
+    impl Drop for Tmp {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    fn fake_elf() -> Vec<u8> {
+        let mut v = vec![0u8; 64];
+        v[0..4].copy_from_slice(b"\x7fELF");
+        v[4] = 2;
+        v[5] = 1;
+        v[18] = 62;
+        v
+    }
+
+    fn good(t: &Tmp) -> VmConfig {
+        VmConfig::new(t.file("vmlinux", &fake_elf()))
+    }
+
+    #[test]
+    fn defaults_validate() {
+        let t = Tmp::new("defaults");
+        let c = good(&t);
+        c.validate().unwrap();
+        assert_eq!(c.vcpus, 1);
+        assert_eq!(c.memory_mib, 256);
+        assert_eq!(c.serial, SerialConfig::Stdout);
+    }
+
+    #[test]
+    fn json_round_trip_and_unknown_fields() {
+        let p = Path::new("vm.json");
+        let c = VmConfig::from_json(
+            r#"{"kernel":"/k","vcpus":2,"memory_mib":128,"serial":"/tmp/x.log",
+                "vsock":{"uds_path":"/tmp/v.sock"},"memory_backing":"memfd"}"#,
+            p,
+        )
+        .unwrap();
+        assert_eq!(c.serial, SerialConfig::File("/tmp/x.log".into()));
+        assert_eq!(c.vsock.as_ref().unwrap().guest_cid, 3);
+        assert_eq!(c.memory_backing, MemoryBacking::Memfd);
+        let back: VmConfig = serde_json::from_str(&serde_json::to_string(&c).unwrap()).unwrap();
+        assert_eq!(back, c);
+        let e = VmConfig::from_json(r#"{"kernel":"/k","vcpu":2}"#, p).unwrap_err();
+        assert!(e.to_string().contains("unknown field `vcpu`"), "{e}");
+        let e = VmConfig::from_json(r#"{"vcpus":2}"#, p).unwrap_err();
+        assert!(e.to_string().contains("missing field `kernel`"), "{e}");
+        let e = VmConfig::from_json(r#"{"kernel":"/k","serial":""}"#, p).unwrap_err();
+        assert!(e.to_string().contains("serial must be"), "{e}");
+    }
+
+    #[test]
+    fn kernel_problems_are_named() {
+        let t = Tmp::new("kernel");
+        let mut c = good(&t);
+        c.kernel = t.0.join("missing");
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("missing") && e.contains("No such file"), "{e}");
+        c.kernel = t.0.clone();
+        assert!(matches!(c.validate(), Err(ConfigError::NotAFile { .. })));
+        c.kernel = t.file("notes.txt", b"hello, I am not a kernel");
+        assert!(matches!(c.validate(), Err(ConfigError::NotAKernel(_))));
+        let mut bz = vec![0u8; 0x300];
+        bz[0x202..0x206].copy_from_slice(b"HdrS");
+        c.kernel = t.file("bzImage", &bz);
+        c.validate().unwrap();
+    }
+
+    #[test]
+    fn limits() {
+        let t = Tmp::new("limits");
+        let mut c = good(&t);
+        for v in [0, MAX_VCPUS + 1, u32::MAX] {
+            c.vcpus = v;
+            assert!(matches!(c.validate(), Err(ConfigError::Vcpus(_))), "{v}");
+        }
+        c.vcpus = MAX_VCPUS;
+        c.validate().unwrap();
+        for m in [0, MIN_MEMORY_MIB - 1, MAX_MEMORY_MIB + 1, u64::MAX] {
+            c.memory_mib = m;
+            assert!(matches!(c.validate(), Err(ConfigError::Memory(_))), "{m}");
+        }
+        c.memory_mib = MIN_MEMORY_MIB;
+        c.validate().unwrap();
+    }
+
+    #[test]
+    fn initrd_checks() {
+        let t = Tmp::new("initrd");
+        let mut c = good(&t);
+        c.initrd = Some(t.0.join("nope.img"));
+        assert!(matches!(
+            c.validate(),
+            Err(ConfigError::Open { what: "initrd", .. })
+        ));
+        c.initrd = Some(t.file("empty.img", b""));
+        assert!(matches!(c.validate(), Err(ConfigError::EmptyInitrd(_))));
+        c.initrd = Some(t.file("ok.img", b"070701"));
+        c.validate().unwrap();
+        let big = t.0.join("big.img");
+        File::create(&big).unwrap().set_len(200 << 20).unwrap();
+        c.initrd = Some(big);
+        c.memory_mib = 256;
+        assert!(matches!(
+            c.validate(),
+            Err(ConfigError::InitrdTooBig { .. })
+        ));
+    }
+
+    #[test]
+    fn cmdline_checks() {
+        let t = Tmp::new("cmdline");
+        let mut c = good(&t);
+        c.cmdline = "a\0b".into();
+        assert!(matches!(c.validate(), Err(ConfigError::CmdlineNul)));
+        c.cmdline = "x".repeat(CMDLINE_MAX_SIZE);
+        assert!(matches!(
+            c.validate(),
+            Err(ConfigError::CmdlineTooLong { .. })
+        ));
+    }
+
+    #[test]
+    fn socket_paths() {
+        let t = Tmp::new("sockets");
+        let mut c = good(&t);
+        c.api_socket = Some(t.0.join("no-such-dir/api.sock"));
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("does not exist"), "{e}");
+        c.api_socket = Some(t.0.join("x".repeat(120)));
+        assert!(c.validate().unwrap_err().to_string().contains("too long"));
+        let live = t.0.join("live.sock");
+        let _l = UnixListener::bind(&live).unwrap();
+        c.api_socket = Some(live.clone());
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("already in use"), "{e}");
+        c.api_socket = Some(t.file("stale.sock", b""));
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("already exists"), "{e}");
+        c.api_socket = Some(t.0.join("api.sock"));
+        c.validate().unwrap();
+        c.vsock = Some(VsockConfig {
+            uds_path: t.0.join("api.sock"),
+            guest_cid: 3,
+        });
+        assert!(c
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("also the vsock"));
+        c.vsock = Some(VsockConfig {
+            uds_path: live,
+            guest_cid: 3,
+        });
+        assert!(c.validate().unwrap_err().to_string().contains("vsock uds"));
+        for cid in [0, 1, 2, 0xffff_ffff, u64::MAX] {
+            c.vsock = Some(VsockConfig {
+                uds_path: t.0.join("v.sock"),
+                guest_cid: cid,
+            });
+            assert!(matches!(c.validate(), Err(ConfigError::Cid(_))), "{cid}");
+        }
+    }
+
+    #[test]
+    fn serial_file_checks() {
+        let t = Tmp::new("serial");
+        let mut c = good(&t);
+        c.serial = SerialConfig::File(t.0.clone());
+        assert!(c.validate().unwrap_err().to_string().contains("directory"));
+        c.serial = SerialConfig::File(t.0.join("nodir/console.log"));
+        assert!(c
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("does not exist"));
+        c.serial = SerialConfig::File(t.0.join("console.log"));
+        c.validate().unwrap();
+    }
+}

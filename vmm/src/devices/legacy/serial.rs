@@ -1,0 +1,181 @@
+//! COM1: vm-superio's 16550A emulation behind the port-I/O bus, writing what the guest prints to
+//! stdout, a file, or nowhere, and watching it for the kernel's panic line.
+
+use std::fs::File;
+use std::io::{self, LineWriter, Write};
+use std::sync::Arc;
+
+use vm_superio::serial::NoEvents;
+use vm_superio::Serial;
+
+use super::EventFdTrigger;
+use crate::devices::bus::BusDevice;
+use crate::exit::ExitState;
+
+/// What the kernel prints when it panics (`panic()` in kernel/panic.c); the text after it is the
+/// reason.
+pub const PANIC_MARKER: &[u8] = b"Kernel panic - not syncing";
+/// Longest console line the panic detector keeps (longer lines are cut, not lost).
+const MAX_LINE: usize = 512;
+
+/// Where the guest's console output goes.
+pub enum SerialSink {
+    Stdout,
+    File(LineWriter<File>),
+    Off,
+}
+
+/// The serial device's output: the sink plus a line scanner that reports a guest kernel panic
+/// to the exit state (so a panic followed by the reboot that `panic=-1` causes is told apart
+/// from a clean reboot).
+pub struct SerialOut {
+    sink: SerialSink,
+    exit: Arc<ExitState>,
+    line: Vec<u8>,
+    write_failed: bool,
+}
+
+impl SerialOut {
+    pub fn new(sink: SerialSink, exit: Arc<ExitState>) -> SerialOut {
+        SerialOut {
+            sink,
+            exit,
+            line: Vec::with_capacity(MAX_LINE),
+            write_failed: false,
+        }
+    }
+
+    fn scan(&mut self, buf: &[u8]) {
+        for &b in buf {
+            if b == b'\n' {
+                self.end_line();
+            } else if self.line.len() < MAX_LINE {
+                self.line.push(b);
+            }
+        }
+    }
+
+    fn end_line(&mut self) {
+        if let Some(pos) = self
+            .line
+            .windows(PANIC_MARKER.len())
+            .position(|w| w == PANIC_MARKER)
+        {
+            let text = String::from_utf8_lossy(&self.line[pos..]);
+            self.exit.note_guest_panic(text.trim_end().to_string());
+        }
+        self.line.clear();
+    }
+}
+
+impl Write for SerialOut {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.scan(buf);
+        let r = match &mut self.sink {
+            SerialSink::Stdout => io::stdout().write_all(buf),
+            SerialSink::File(f) => f.write_all(buf),
+            SerialSink::Off => Ok(()),
+        };
+        // A console that cannot be written (full disk, closed pipe) must not stop the guest.
+        if let Err(e) = r {
+            if !self.write_failed {
+                tracing::warn!("cannot write guest console output: {e}");
+                self.write_failed = true;
+            }
+        }
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        match &mut self.sink {
+            SerialSink::Stdout => io::stdout().flush(),
+            SerialSink::File(f) => f.flush(),
+            SerialSink::Off => Ok(()),
+        }
+    }
+}
+
+/// The 8250 UART on the port-I/O bus (8 registers).
+pub struct SerialDevice {
+    serial: Serial<EventFdTrigger, NoEvents, SerialOut>,
+}
+
+impl SerialDevice {
+    pub fn new(irq: EventFdTrigger, out: SerialOut) -> SerialDevice {
+        SerialDevice {
+            serial: Serial::new(irq, out),
+        }
+    }
+
+    /// Flushes buffered console output (at exit).
+    pub fn flush(&mut self) {
+        let _ = self.serial.writer_mut().flush();
+    }
+}
+
+impl BusDevice for SerialDevice {
+    fn read(&mut self, offset: u64, data: &mut [u8]) {
+        match (data.len(), u8::try_from(offset)) {
+            (1, Ok(off)) if off < 8 => data[0] = self.serial.read(off),
+            _ => data.fill(0xff),
+        }
+    }
+
+    fn write(&mut self, offset: u64, data: &[u8]) {
+        if let (1, Ok(off)) = (data.len(), u8::try_from(offset)) {
+            if off < 8 {
+                if let Err(e) = self.serial.write(off, data[0]) {
+                    tracing::warn!("serial write failed: {e:?}");
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::exit::ExitReason;
+    use vmm_sys_util::eventfd::EventFd;
+
+    #[test]
+    fn panic_line_is_reported() {
+        let exit = Arc::new(ExitState::new().unwrap());
+        let mut out = SerialOut::new(SerialSink::Off, exit.clone());
+        out.write_all(b"[    1.0] ok\n[    2.0] Kernel panic - not syncing: Attempted to kill init! exitcode=0x00000000\r\n").unwrap();
+        exit.guest_reset();
+        match exit.reason() {
+            Some(ExitReason::GuestPanic(m)) => {
+                assert_eq!(
+                    m,
+                    "Kernel panic - not syncing: Attempted to kill init! exitcode=0x00000000"
+                )
+            }
+            r => panic!("{r:?}"),
+        }
+    }
+
+    #[test]
+    fn clean_reset_is_a_reboot() {
+        let exit = Arc::new(ExitState::new().unwrap());
+        let mut out = SerialOut::new(SerialSink::Off, exit.clone());
+        out.write_all(b"reboot: Restarting system\n").unwrap();
+        exit.guest_reset();
+        assert!(matches!(exit.reason(), Some(ExitReason::GuestReboot)));
+    }
+
+    #[test]
+    fn device_ignores_odd_accesses() {
+        let exit = Arc::new(ExitState::new().unwrap());
+        let out = SerialOut::new(SerialSink::Off, exit);
+        let mut dev = SerialDevice::new(EventFdTrigger(EventFd::new(0).unwrap()), out);
+        let mut four = [0u8; 4];
+        dev.read(0, &mut four);
+        assert_eq!(four, [0xff; 4]);
+        dev.write(u64::MAX, &[1]);
+        dev.write(3, &[1, 2]);
+        let mut one = [0u8];
+        dev.read(5, &mut one); // LSR: transmitter empty
+        assert_ne!(one[0] & 0x20, 0);
+    }
+}

@@ -1,0 +1,199 @@
+//! Why a VM stopped, and the process exit status that tells it.
+//!
+//! | exit status | meaning |
+//! |---|---|
+//! | 0 | the guest rebooted or powered off (a guest `reboot`, or a guest-completed API shutdown) |
+//! | 0 | API shutdown whose grace period expired: the VMM stopped the guest (stderr says so) |
+//! | 1 | bad configuration or set-up failure (before or while creating the VM) |
+//! | 2 | guest kernel panic (the console printed "Kernel panic - not syncing") |
+//! | 3 | guest triple fault (KVM_EXIT_SHUTDOWN) |
+//! | 4 | VMM or KVM internal error |
+//! | 128+N | stopped by signal N (SIGTERM, SIGINT) |
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Mutex, PoisonError};
+
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+
+/// Why the VM stopped.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ExitReason {
+    /// The guest reset the machine (i8042 reset with `reboot=k`) without having panicked.
+    GuestReboot,
+    /// The guest reported a power-off through KVM.
+    GuestPowerOff,
+    /// An API shutdown request; `forced` when the guest did not stop within the grace period.
+    ApiShutdown { forced: bool },
+    /// The guest kernel panicked; the console's panic line.
+    GuestPanic(String),
+    /// A vCPU triple-faulted.
+    TripleFault { vcpu: u8 },
+    /// The VMM or KVM failed.
+    Internal(String),
+    /// SIGTERM or SIGINT.
+    Signal(i32),
+}
+
+impl ExitReason {
+    /// The process exit status for this reason.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            ExitReason::GuestReboot
+            | ExitReason::GuestPowerOff
+            | ExitReason::ApiShutdown { .. } => 0,
+            ExitReason::GuestPanic(_) => 2,
+            ExitReason::TripleFault { .. } => 3,
+            ExitReason::Internal(_) => 4,
+            ExitReason::Signal(n) => 128 + n,
+        }
+    }
+
+    /// One line for stderr.
+    pub fn describe(&self) -> String {
+        match self {
+            ExitReason::GuestReboot => "guest rebooted".into(),
+            ExitReason::GuestPowerOff => "guest powered off".into(),
+            ExitReason::ApiShutdown { forced: false } => "shut down on API request".into(),
+            ExitReason::ApiShutdown { forced: true } => {
+                "shut down on API request: the guest did not stop within the grace period, so \
+                 the VMM stopped it"
+                    .into()
+            }
+            ExitReason::GuestPanic(line) => format!("guest kernel panic: {line}"),
+            ExitReason::TripleFault { vcpu } => {
+                format!("guest triple fault on vCPU {vcpu} (KVM_EXIT_SHUTDOWN)")
+            }
+            ExitReason::Internal(e) => format!("internal error: {e}"),
+            ExitReason::Signal(n) => format!("stopped by signal {n}"),
+        }
+    }
+}
+
+/// Shared by the vCPUs, devices and the event loop: the first reason recorded wins and wakes
+/// the event loop.
+pub struct ExitState {
+    requested: AtomicBool,
+    reason: Mutex<Option<ExitReason>>,
+    panic_line: Mutex<Option<String>>,
+    api_shutdown: AtomicBool,
+    evt: EventFd,
+}
+
+impl ExitState {
+    pub fn new() -> std::io::Result<ExitState> {
+        Ok(ExitState {
+            requested: AtomicBool::new(false),
+            reason: Mutex::new(None),
+            panic_line: Mutex::new(None),
+            api_shutdown: AtomicBool::new(false),
+            evt: EventFd::new(EFD_NONBLOCK)?,
+        })
+    }
+
+    /// Records `reason` unless one is already recorded; wakes the event loop.
+    pub fn request(&self, reason: ExitReason) {
+        {
+            let mut r = self.reason.lock().unwrap_or_else(PoisonError::into_inner);
+            if r.is_some() {
+                return;
+            }
+            *r = Some(reason);
+        }
+        self.requested.store(true, Ordering::SeqCst);
+        if let Err(e) = self.evt.write(1) {
+            tracing::error!("cannot wake the event loop to stop the VM: {e}");
+        }
+    }
+
+    /// The console showed a kernel panic; the reset that follows is reported as the panic.
+    pub fn note_guest_panic(&self, line: String) {
+        let mut p = self
+            .panic_line
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if p.is_none() {
+            tracing::warn!("{line}");
+            *p = Some(line);
+        }
+    }
+
+    fn panic_line(&self) -> Option<String> {
+        self.panic_line
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// The API asked the guest to shut down: its reset is the answer.
+    pub fn note_api_shutdown(&self) {
+        self.api_shutdown.store(true, Ordering::SeqCst);
+    }
+
+    /// The guest reset the machine: a reboot, the end of a panic, or the guest's answer to an
+    /// API shutdown.
+    pub fn guest_reset(&self) {
+        match self.panic_line() {
+            Some(line) => self.request(ExitReason::GuestPanic(line)),
+            None if self.api_shutdown.load(Ordering::SeqCst) => {
+                self.request(ExitReason::ApiShutdown { forced: false })
+            }
+            None => self.request(ExitReason::GuestReboot),
+        }
+    }
+
+    /// A vCPU triple-faulted (also how some panics end).
+    pub fn triple_fault(&self, vcpu: u8) {
+        match self.panic_line() {
+            Some(line) => self.request(ExitReason::GuestPanic(line)),
+            None => self.request(ExitReason::TripleFault { vcpu }),
+        }
+    }
+
+    pub fn is_requested(&self) -> bool {
+        self.requested.load(Ordering::SeqCst)
+    }
+
+    pub fn reason(&self) -> Option<ExitReason> {
+        self.reason
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Readable once a reason is recorded.
+    pub fn eventfd(&self) -> &EventFd {
+        &self.evt
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn first_reason_wins() {
+        let s = ExitState::new().unwrap();
+        assert!(!s.is_requested());
+        s.request(ExitReason::GuestReboot);
+        s.request(ExitReason::Internal("x".into()));
+        assert_eq!(s.reason(), Some(ExitReason::GuestReboot));
+        assert_eq!(s.eventfd().read().unwrap(), 1);
+    }
+
+    #[test]
+    fn triple_fault_after_panic_is_a_panic() {
+        let s = ExitState::new().unwrap();
+        s.note_guest_panic("Kernel panic - not syncing: x".into());
+        s.triple_fault(1);
+        assert_eq!(s.reason().unwrap().exit_code(), 2);
+    }
+
+    #[test]
+    fn exit_codes() {
+        assert_eq!(ExitReason::GuestReboot.exit_code(), 0);
+        assert_eq!(ExitReason::ApiShutdown { forced: true }.exit_code(), 0);
+        assert_eq!(ExitReason::TripleFault { vcpu: 0 }.exit_code(), 3);
+        assert_eq!(ExitReason::Internal(String::new()).exit_code(), 4);
+        assert_eq!(ExitReason::Signal(15).exit_code(), 143);
+    }
+}
