@@ -223,10 +223,7 @@ mod tests {
         assert_eq!(c.shared_dir, PathBuf::from("/a=b"));
         // 36 bytes is the limit.
         let tag = "x".repeat(36);
-        assert_eq!(
-            FsConfig::parse_cli(&format!("{tag}=/d")).unwrap().tag,
-            tag
-        );
+        assert_eq!(FsConfig::parse_cli(&format!("{tag}=/d")).unwrap().tag, tag);
     }
 
     fn err(s: &str) -> String {

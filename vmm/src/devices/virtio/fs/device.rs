@@ -10,8 +10,8 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use super::worker::{FsServer, Worker};
 use super::{
-    FsConfig, FsError, CONFIG_SPACE_SIZE, FS_DEVICE_ID, NUM_QUEUES, NUM_REQUEST_QUEUES,
-    QUEUE_SIZE, TAG_LEN,
+    FsConfig, FsError, CONFIG_SPACE_SIZE, FS_DEVICE_ID, NUM_QUEUES, NUM_REQUEST_QUEUES, QUEUE_SIZE,
+    TAG_LEN,
 };
 use crate::devices::virtio::{ActivateError, GuestMemory, VirtioDevice, VirtioInterrupt};
 
@@ -51,13 +51,9 @@ impl Fs {
         let mut config_space = [0u8; CONFIG_SPACE_SIZE];
         config_space[..cfg.tag.len()].copy_from_slice(cfg.tag.as_bytes());
         config_space[TAG_LEN..].copy_from_slice(&(NUM_REQUEST_QUEUES as u32).to_le_bytes());
-        let activate_evt =
-            EventFd::new(EFD_NONBLOCK).map_err(|e| FsError::Setup("eventfd", e))?;
+        let activate_evt = EventFd::new(EFD_NONBLOCK).map_err(|e| FsError::Setup("eventfd", e))?;
         Ok(Fs {
-            cfg: FsConfig {
-                shared_dir,
-                ..cfg
-            },
+            cfg: FsConfig { shared_dir, ..cfg },
             config_space,
             queue_sizes: [QUEUE_SIZE; NUM_QUEUES],
             acked_features: 0,

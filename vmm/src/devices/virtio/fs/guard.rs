@@ -307,8 +307,7 @@ impl FileSystem for GuardedFs {
         name: &CStr,
         size: u32,
     ) -> io::Result<GetxattrReply> {
-        self.inner
-            .getxattr(ctx, inode, name, size.min(XATTR_MAX))
+        self.inner.getxattr(ctx, inode, name, size.min(XATTR_MAX))
     }
 
     fn listxattr(&self, ctx: &Context, inode: u64, size: u32) -> io::Result<ListxattrReply> {
