@@ -234,3 +234,64 @@ impl Drop for Proc {
         }
     }
 }
+
+/// Byte streams both ends of a data test can generate and check independently: the guest probe
+/// (`hull-guest-probe`) and the host side of VM tests use the same generator and checksum.
+pub mod stream_check {
+    /// Deterministic pseudo-random bytes (xorshift64*), a different stream per seed.
+    pub struct Pattern(u64);
+
+    impl Pattern {
+        pub fn new(seed: u64) -> Pattern {
+            Pattern(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1)
+        }
+
+        pub fn fill(&mut self, buf: &mut [u8]) {
+            for b in buf {
+                self.0 ^= self.0 >> 12;
+                self.0 ^= self.0 << 25;
+                self.0 ^= self.0 >> 27;
+                *b = (self.0.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 56) as u8;
+            }
+        }
+    }
+
+    /// 64-bit FNV-1a, updated incrementally.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    pub struct Checksum(pub u64);
+
+    impl Default for Checksum {
+        fn default() -> Self {
+            Checksum(0xcbf2_9ce4_8422_2325)
+        }
+    }
+
+    impl Checksum {
+        pub fn update(&mut self, data: &[u8]) {
+            for &b in data {
+                self.0 ^= u64::from(b);
+                self.0 = self.0.wrapping_mul(0x0000_0100_0000_01b3);
+            }
+        }
+    }
+
+    /// `(len, checksum)` of the first `len` bytes of `Pattern::new(seed)`.
+    pub fn expected(seed: u64, len: u64) -> Checksum {
+        let mut p = Pattern::new(seed);
+        let mut c = Checksum::default();
+        let mut buf = vec![0u8; 64 * 1024];
+        let mut left = len;
+        while left > 0 {
+            let n = left.min(buf.len() as u64) as usize;
+            p.fill(&mut buf[..n]);
+            c.update(&buf[..n]);
+            left -= n as u64;
+        }
+        c
+    }
+
+    /// The reply line a summing peer sends: `<bytes> <checksum hex>`.
+    pub fn reply_line(len: u64, sum: Checksum) -> String {
+        format!("{len} {:016x}\n", sum.0)
+    }
+}

@@ -1,0 +1,298 @@
+//! virtio-vsock end to end: hull-vmm boots the guest kernel with `--vsock-uds`, and the static
+//! `hull-guest-probe` (AF_VSOCK) runs inside the guest.
+//!
+//! - A host client reaches a guest listener through the hybrid Unix socket
+//!   (`CONNECT <port>\n` / `OK <hostport>\n`).
+//! - A guest client reaches a host listener at `<uds>_<port>`.
+//! - 16 MiB each way arrive byte-exact (both ends compute the checksum independently), and 32
+//!   concurrent connections each way work.
+
+use std::io::{Read, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use hull_tests::stream_check::{expected, reply_line, Checksum, Pattern};
+use hull_tests::{bin, kernel, require_kvm, Finished, Initramfs, Proc, TempDir};
+
+/// Generous: everything runs under software emulation inside the emulated KVM host.
+const VM_LIMIT: Duration = Duration::from_secs(900);
+const BIG: u64 = 16 << 20;
+const CONNS: u64 = 32;
+const SMALL: u64 = 256 << 10;
+
+/// The probe, built by cargo alongside this test (static when built the way `make` builds).
+fn probe() -> PathBuf {
+    let p = PathBuf::from(env!("CARGO_BIN_EXE_hull-guest-probe"));
+    let elf = std::fs::read(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+    // A dynamically linked ELF names its interpreter (".interp" / ld-linux); the guest has no
+    // libc, so the probe must be static.
+    assert!(
+        !elf.windows(12).any(|w| w == b"ld-linux-x86"),
+        "{} is dynamically linked; build the tests the way `make vm-test` does \
+         (CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUSTFLAGS='-C target-feature=+crt-static' \
+         cargo test --release --target x86_64-unknown-linux-gnu -p hull-tests --no-run)",
+        p.display()
+    );
+    p
+}
+
+struct Vm {
+    proc: Proc,
+    uds: PathBuf,
+    console: PathBuf,
+    _dir: TempDir,
+}
+
+/// Boots hull-vmm with vsock and an initramfs whose /init runs `script` (with the probe at
+/// /bin/hull-guest-probe), then reboots.
+fn boot(tag: &str, script: &str) -> Vm {
+    require_kvm();
+    let dir = TempDir::new(tag);
+    let initrd = dir.path().join("initrd.cpio");
+    let probe_bytes = std::fs::read(probe()).unwrap();
+    Initramfs::new()
+        .file("/bin/hull-guest-probe", probe_bytes, 0o755)
+        .init_script(&format!(
+            "mount -t proc proc /proc\nmount -t sysfs sys /sys\n{script}\necho GUEST-DONE\nreboot -f\n"
+        ))
+        .build(&initrd);
+    let uds = dir.path().join("v.sock");
+    let console = dir.path().join("console.log");
+    let mut cmd = Command::new(bin("hull-vmm"));
+    cmd.arg("--kernel")
+        .arg(kernel())
+        .arg("--initrd")
+        .arg(&initrd)
+        .args(["--memory-mib", "256", "--vsock-cid", "3"])
+        .arg("--vsock-uds")
+        .arg(&uds)
+        .arg("--serial")
+        .arg(&console);
+    let proc = Proc::spawn(&mut cmd);
+    Vm {
+        proc,
+        uds,
+        console,
+        _dir: dir,
+    }
+}
+
+impl Vm {
+    fn console_text(&self) -> String {
+        std::fs::read_to_string(&self.console).unwrap_or_default()
+    }
+
+    /// Waits for the guest to reboot (hull-vmm exits 0) and returns the console.
+    fn finish(self) -> (Finished, String) {
+        let Vm {
+            proc,
+            uds,
+            console,
+            _dir,
+        } = self;
+        let f = proc.wait_timeout(VM_LIMIT);
+        let text = std::fs::read_to_string(&console).unwrap_or_default();
+        assert!(
+            f.status.success(),
+            "hull-vmm: {:?}\nstderr:\n{}\nconsole:\n{text}",
+            f.status,
+            f.stderr
+        );
+        assert!(
+            !uds.exists(),
+            "hull-vmm left its vsock socket {} behind",
+            uds.display()
+        );
+        (f, text)
+    }
+}
+
+/// Reads one `\n`-terminated line byte by byte (nothing past it is consumed).
+fn read_line(s: &mut UnixStream) -> std::io::Result<String> {
+    let mut line = Vec::new();
+    let mut b = [0u8; 1];
+    loop {
+        match s.read(&mut b)? {
+            0 => break,
+            _ if b[0] == b'\n' => {
+                line.push(b'\n');
+                break;
+            }
+            _ => line.push(b[0]),
+        }
+    }
+    Ok(String::from_utf8_lossy(&line).into_owned())
+}
+
+/// Connects through the hybrid socket to guest port `port`, retrying while the guest's listener
+/// is not up yet (the device closes the stream without `OK` when the guest refuses).
+fn host_connect(vm: &Vm, port: u32, deadline: Instant) -> UnixStream {
+    loop {
+        if let Ok(mut s) = UnixStream::connect(&vm.uds) {
+            s.set_read_timeout(Some(VM_LIMIT)).unwrap();
+            s.write_all(format!("CONNECT {port}\n").as_bytes()).unwrap();
+            match read_line(&mut s) {
+                Ok(l) if l.starts_with("OK ") && l.ends_with('\n') => {
+                    let host_port: u32 = l[3..].trim().parse().expect("OK <port>");
+                    assert!(host_port > 0);
+                    return s;
+                }
+                Ok(l) => assert!(l.is_empty(), "unexpected answer to CONNECT: {l:?}"),
+                Err(_) => {}
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "could not reach guest port {port}; console:\n{}",
+            vm.console_text()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Sends `len` bytes of `Pattern::new(seed)`, half-closes, and returns the peer's reply line.
+fn send_and_reply(mut s: UnixStream, seed: u64, len: u64) -> (Checksum, String) {
+    let mut p = Pattern::new(seed);
+    let mut sum = Checksum::default();
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut left = len;
+    while left > 0 {
+        let n = left.min(buf.len() as u64) as usize;
+        p.fill(&mut buf[..n]);
+        sum.update(&buf[..n]);
+        s.write_all(&buf[..n]).unwrap();
+        left -= n as u64;
+    }
+    s.shutdown(std::net::Shutdown::Write).unwrap();
+    let line = read_line(&mut s).unwrap();
+    (sum, line)
+}
+
+#[test]
+fn host_client_reaches_guest_listener_16mib_and_32_concurrent() {
+    let vm = boot(
+        "hull-vsock-h2g",
+        &format!(
+            "/bin/hull-guest-probe vsock-listen 1234 --count {}",
+            1 + CONNS
+        ),
+    );
+    let deadline = Instant::now() + VM_LIMIT;
+    // 16 MiB over one connection: the guest counts and checksums what it read.
+    let s = host_connect(&vm, 1234, deadline);
+    let (sum, reply) = send_and_reply(s, 7, BIG);
+    assert_eq!(
+        reply,
+        reply_line(BIG, sum),
+        "the guest's count/checksum of 16 MiB differs; console:\n{}",
+        vm.console_text()
+    );
+    // 32 connections at once.
+    let streams: Vec<UnixStream> = (0..CONNS)
+        .map(|_| host_connect(&vm, 1234, deadline))
+        .collect();
+    let workers: Vec<_> = streams
+        .into_iter()
+        .enumerate()
+        .map(|(i, s)| {
+            std::thread::spawn(move || (i as u64, send_and_reply(s, 100 + i as u64, SMALL)))
+        })
+        .collect();
+    for w in workers {
+        let (i, (sum, reply)) = w.join().unwrap();
+        assert_eq!(reply, reply_line(SMALL, sum), "connection {i}");
+    }
+    let (_, console) = vm.finish();
+    assert_eq!(
+        console.lines().filter(|l| l.starts_with("SERVED ")).count() as u64,
+        1 + CONNS,
+        "{console}"
+    );
+    assert!(
+        console.contains(&format!("LISTEN-DONE {}", 1 + CONNS)),
+        "{console}"
+    );
+}
+
+/// Serves `conns` connections of a host listener concurrently: each is read to EOF, answered
+/// with its byte count and checksum (which the guest checks against its own), and the counts and
+/// checksums are returned for the test to check against what the guest was told to send.
+fn serve_host(l: UnixListener, conns: u64) -> Vec<(u64, Checksum)> {
+    let workers: Vec<_> = (0..conns)
+        .map(|_| {
+            let (mut s, _) = l.accept().unwrap();
+            std::thread::spawn(move || {
+                s.set_read_timeout(Some(VM_LIMIT)).unwrap();
+                let mut buf = vec![0u8; 64 * 1024];
+                let mut sum = Checksum::default();
+                let mut total = 0u64;
+                loop {
+                    let n = s.read(&mut buf).unwrap();
+                    if n == 0 {
+                        break;
+                    }
+                    sum.update(&buf[..n]);
+                    total += n as u64;
+                }
+                s.write_all(reply_line(total, sum).as_bytes()).unwrap();
+                (total, sum)
+            })
+        })
+        .collect();
+    workers.into_iter().map(|w| w.join().unwrap()).collect()
+}
+
+#[test]
+fn guest_client_reaches_host_listener_16mib_and_32_concurrent() {
+    // The host listener sits at `<uds>_5000`: the VM is booted first and the listener bound
+    // right after; the probe retries refused connections until it is there.
+    let vm = boot(
+        "hull-vsock-g2h",
+        &format!(
+            "/bin/hull-guest-probe vsock-send 2 5000 {BIG} --seed 7; echo \"BIG-EXIT $?\"\n\
+             /bin/hull-guest-probe vsock-send 2 5000 {SMALL} --conns {CONNS} --seed 100; echo \"MANY-EXIT $?\""
+        ),
+    );
+    let mut lpath = vm.uds.as_os_str().to_owned();
+    lpath.push("_5000");
+    let lpath = PathBuf::from(lpath);
+    let l = UnixListener::bind(&lpath).unwrap();
+    std::fs::set_permissions(&lpath, std::fs::Permissions::from_mode(0o600)).unwrap();
+
+    let big = serve_host(l.try_clone().unwrap(), 1);
+    assert_eq!(
+        big,
+        vec![(BIG, expected(7, BIG))],
+        "16 MiB from the guest differ"
+    );
+    let mut many = serve_host(l, CONNS);
+    many.sort_by_key(|(_, s)| s.0);
+    let mut want: Vec<(u64, Checksum)> = (0..CONNS)
+        .map(|i| (SMALL, expected(100 + i, SMALL)))
+        .collect();
+    want.sort_by_key(|(_, s)| s.0);
+    assert_eq!(
+        many, want,
+        "the 32 concurrent streams from the guest differ"
+    );
+
+    let (_, console) = vm.finish();
+    assert!(console.contains("BIG-EXIT 0"), "{console}");
+    assert!(console.contains("MANY-EXIT 0"), "{console}");
+    let sent_big = format!("SENT 0 {BIG} {:016x} OK", expected(7, BIG).0);
+    assert!(
+        console.contains(&sent_big),
+        "the guest's own checksum line is missing:\n{console}"
+    );
+    assert_eq!(
+        console
+            .lines()
+            .filter(|l| l.starts_with("SENT ") && l.contains(" OK "))
+            .count() as u64,
+        1 + CONNS,
+        "{console}"
+    );
+}
