@@ -11,6 +11,8 @@
 //!   "memory_backing": "anonymous",
 //!   "serial": "stdout",
 //!   "vsock": { "uds_path": "/run/hull/x/vsock.sock", "guest_cid": 3 },
+//!   "fs": [ { "tag": "rootfs", "shared_dir": "/run/hull/x/rootfs", "read_only": false,
+//!             "cache": "auto", "xattr": false, "writeback": false } ],
 //!   "api_socket": "/run/hull/x/api.sock"
 //! }
 //! ```
@@ -26,6 +28,8 @@ use std::str::FromStr;
 use serde::{Deserialize, Serialize};
 
 use crate::arch::x86_64::layout::{CMDLINE_MAX_SIZE, VIRTIO_MMIO_MAX_DEVICES};
+use crate::devices::virtio::fs::FsError;
+pub use crate::devices::virtio::fs::{CachePolicy, FsConfig};
 
 /// Most vCPUs a VM may have.
 pub const MAX_VCPUS: u32 = 32;
@@ -154,6 +158,9 @@ pub struct VmConfig {
     pub serial: SerialConfig,
     #[serde(default)]
     pub vsock: Option<VsockConfig>,
+    /// virtio-fs shares, one device each (the guest mounts them with `mount -t virtiofs TAG`).
+    #[serde(default)]
+    pub fs: Vec<FsConfig>,
     /// The control API's Unix socket.
     #[serde(default)]
     pub api_socket: Option<PathBuf>,
@@ -217,6 +224,12 @@ pub enum ConfigError {
     },
     #[error("serial output file {path}: {reason}")]
     SerialFile { path: PathBuf, reason: String },
+    #[error("virtio-fs: {0}")]
+    Fs(#[from] FsError),
+    #[error("virtio-fs: tag `{0}` is used by two shares")]
+    DuplicateFsTag(String),
+    #[error("too many virtio devices: {0} (at most {VIRTIO_MMIO_MAX_DEVICES})")]
+    TooManyDevices(usize),
 }
 
 fn open_regular(what: &'static str, path: &Path) -> Result<(File, u64), ConfigError> {
@@ -304,6 +317,7 @@ impl VmConfig {
             memory_backing: MemoryBacking::default(),
             serial: SerialConfig::default(),
             vsock: None,
+            fs: Vec::new(),
             api_socket: None,
         }
     }
@@ -332,7 +346,7 @@ impl VmConfig {
 
     /// Number of virtio-mmio devices this configuration creates.
     pub fn virtio_device_count(&self) -> usize {
-        usize::from(self.vsock.is_some())
+        usize::from(self.vsock.is_some()) + self.fs.len()
     }
 
     /// The kernel command line without the virtio-mmio device parameters (which the VMM adds
@@ -389,7 +403,26 @@ impl VmConfig {
         if len >= CMDLINE_MAX_SIZE {
             return Err(ConfigError::CmdlineTooLong { len });
         }
-        debug_assert!(self.virtio_device_count() <= VIRTIO_MMIO_MAX_DEVICES);
+        if self.virtio_device_count() > VIRTIO_MMIO_MAX_DEVICES {
+            return Err(ConfigError::TooManyDevices(self.virtio_device_count()));
+        }
+        for (i, share) in self.fs.iter().enumerate() {
+            share.validate()?;
+            if self.fs[..i].iter().any(|s| s.tag == share.tag) {
+                return Err(ConfigError::DuplicateFsTag(share.tag.clone()));
+            }
+            match std::fs::metadata(&share.shared_dir) {
+                Ok(md) if md.is_dir() => {}
+                Ok(_) => return Err(FsError::NotADirectory(share.shared_dir.clone()).into()),
+                Err(source) => {
+                    return Err(FsError::SharedDir {
+                        path: share.shared_dir.clone(),
+                        source,
+                    }
+                    .into())
+                }
+            }
+        }
 
         if let Some(v) = &self.vsock {
             if !(3..=0xffff_fffe).contains(&v.guest_cid) {
@@ -481,6 +514,50 @@ mod tests {
         assert_eq!(c.vcpus, 1);
         assert_eq!(c.memory_mib, 256);
         assert_eq!(c.serial, SerialConfig::Stdout);
+    }
+
+    #[test]
+    fn fs_shares_are_checked() {
+        let t = Tmp::new("fs");
+        let share = t.0.join("share");
+        std::fs::create_dir(&share).unwrap();
+        let c = VmConfig::from_json(
+            &format!(
+                r#"{{"kernel":"{}","fs":[{{"tag":"a","shared_dir":"{}","read_only":true,
+                    "cache":"never"}},{{"tag":"b","shared_dir":"{}"}}]}}"#,
+                t.file("vmlinux", &fake_elf()).display(),
+                share.display(),
+                share.display()
+            ),
+            Path::new("vm.json"),
+        )
+        .unwrap();
+        assert_eq!(c.fs.len(), 2);
+        assert!(c.fs[0].read_only && c.fs[0].cache == CachePolicy::Never);
+        assert_eq!(c.virtio_device_count(), 2);
+        c.validate().unwrap();
+
+        let mut d = c.clone();
+        d.fs[1].tag = "a".into();
+        assert!(d.validate().unwrap_err().to_string().contains("tag `a`"));
+        let mut d = c.clone();
+        d.fs[1].shared_dir = t.0.join("missing");
+        assert!(d.validate().unwrap_err().to_string().contains("missing"));
+        let mut d = c.clone();
+        d.fs[1].shared_dir = t.file("plain", b"x");
+        assert!(d
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("not a directory"));
+        let mut d = c.clone();
+        d.fs[0].tag = "x".repeat(37);
+        assert!(d.validate().unwrap_err().to_string().contains("36 bytes"));
+        let mut d = c;
+        d.fs = (0..VIRTIO_MMIO_MAX_DEVICES + 1)
+            .map(|i| FsConfig::new(format!("t{i}"), &share))
+            .collect();
+        assert!(d.validate().unwrap_err().to_string().contains("too many"));
     }
 
     #[test]

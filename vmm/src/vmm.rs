@@ -364,6 +364,13 @@ fn add_vsock(
     devs.add(dev)
 }
 
+/// Creates one virtio-fs device (it checks the shared directory).
+fn add_fs(devs: &mut VirtioDevices<'_>, cfg: &crate::config::FsConfig) -> Result<(), VmmError> {
+    let dev = crate::devices::virtio::fs::Fs::new(cfg.clone())
+        .map_err(crate::config::ConfigError::from)?;
+    devs.add(dev)
+}
+
 /// Validates `config`, boots the VM and runs it until it stops. Returns why it stopped; every
 /// socket the VMM created is gone when this returns.
 pub fn run(config: &VmConfig) -> Result<ExitReason, VmmError> {
@@ -444,6 +451,9 @@ pub fn run(config: &VmConfig) -> Result<ExitReason, VmmError> {
         // The device binds the socket: it is ours to remove from here on.
         sockets.0.push(v.uds_path.clone());
         add_vsock(&mut devs, v)?;
+    }
+    for share in &config.fs {
+        add_fs(&mut devs, share)?;
     }
     let VirtioDevices {
         cmdline_params,
