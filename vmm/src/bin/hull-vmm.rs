@@ -101,7 +101,19 @@ fn main() {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
         )
         .init();
-    let config = match config_from(Args::parse()) {
+    let args = match Args::try_parse() {
+        Ok(a) => a,
+        Err(e) => {
+            use clap::error::ErrorKind;
+            if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) {
+                e.exit();
+            }
+            // Usage errors exit 1 like every other configuration error.
+            let _ = e.print();
+            std::process::exit(1);
+        }
+    };
+    let config = match config_from(args) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("hull-vmm: {e:#}");
