@@ -27,16 +27,27 @@ const SMALL: u64 = 256 << 10;
 fn probe() -> PathBuf {
     let p = PathBuf::from(env!("CARGO_BIN_EXE_hull-guest-probe"));
     let elf = std::fs::read(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
-    // A dynamically linked ELF names its interpreter (".interp" / ld-linux); the guest has no
-    // libc, so the probe must be static.
+    // The guest has no libc: the probe must not need an ELF interpreter (PT_INTERP).
     assert!(
-        !elf.windows(12).any(|w| w == b"ld-linux-x86"),
+        !has_interp(&elf),
         "{} is dynamically linked; build the tests the way `make vm-test` does \
          (CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUSTFLAGS='-C target-feature=+crt-static' \
          cargo test --release --target x86_64-unknown-linux-gnu -p hull-tests --no-run)",
         p.display()
     );
     p
+}
+
+/// Whether a 64-bit little-endian ELF has a PT_INTERP program header.
+fn has_interp(elf: &[u8]) -> bool {
+    let u16_at = |o: usize| u16::from_le_bytes([elf[o], elf[o + 1]]) as usize;
+    assert!(elf.len() > 64 && &elf[..4] == b"\x7fELF", "not an ELF file");
+    let phoff = u64::from_le_bytes(elf[0x20..0x28].try_into().unwrap()) as usize;
+    let (phentsize, phnum) = (u16_at(0x36), u16_at(0x38));
+    (0..phnum).any(|i| {
+        let o = phoff + i * phentsize;
+        u32::from_le_bytes(elf[o..o + 4].try_into().unwrap()) == 3
+    })
 }
 
 struct Vm {
