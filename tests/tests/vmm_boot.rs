@@ -171,6 +171,27 @@ fn console_to_stdout() {
 }
 
 #[test]
+fn linux_64bit_boot_protocol_fallback() {
+    require_kvm();
+    let dir = TempDir::new("hull-vmm-linux64");
+    // The same vmlinux, entered through the 64-bit Linux boot protocol (zero page, e820) instead
+    // of its PVH note: the path a bzImage or an ELF without the note takes.
+    let f = Proc::spawn(&mut vmm(
+        &dir,
+        "echo \"LINUX64 cpus=$(grep -c ^processor /proc/cpuinfo) mem=$(grep MemTotal /proc/meminfo)\"\nreboot -f\n",
+        &["--boot-protocol", "linux", "--vcpus", "2"],
+    ))
+    .wait_timeout(VM_LIMIT);
+    assert_exit(&f, 0, "guest rebooted");
+    assert!(
+        f.stdout.contains("LINUX64 cpus=2 mem=MemTotal:"),
+        "{}",
+        f.stdout
+    );
+    assert!(f.stdout.contains("Freeing initrd memory"), "{}", f.stdout);
+}
+
+#[test]
 fn two_vcpus_are_online() {
     require_kvm();
     let dir = TempDir::new("hull-vmm-smp");
@@ -179,7 +200,8 @@ fn two_vcpus_are_online() {
         r#"echo "ONLINE=$(cat /sys/devices/system/cpu/online) NPROC=$(grep -c ^processor /proc/cpuinfo)"
 reboot -f
 "#,
-        &["--vcpus", "2"],
+        // Guest RAM on a memfd here (the default, anonymous memory, is used everywhere else).
+        &["--vcpus", "2", "--memory-backing", "memfd"],
     ))
     .wait_timeout(VM_LIMIT);
     assert_exit(&f, 0, "guest rebooted");

@@ -86,6 +86,28 @@ impl FromStr for MemoryBacking {
     }
 }
 
+/// How the kernel is entered.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BootProtocolConfig {
+    /// PVH when the kernel is an ELF with a PVH note, else the 64-bit Linux boot protocol.
+    #[default]
+    Auto,
+    /// Always the 64-bit Linux boot protocol (an ELF's PVH note is ignored).
+    Linux,
+}
+
+impl FromStr for BootProtocolConfig {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "auto" => Ok(BootProtocolConfig::Auto),
+            "linux" => Ok(BootProtocolConfig::Linux),
+            _ => Err(format!("boot protocol must be auto or linux, not '{s}'")),
+        }
+    }
+}
+
 /// Where the guest console (COM1) goes.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
@@ -148,6 +170,8 @@ pub struct VmConfig {
     /// Kernel command line (the VMM adds its own parameters before it, see [`CMDLINE_PREFIX`]).
     #[serde(default = "default_cmdline")]
     pub cmdline: String,
+    #[serde(default)]
+    pub boot_protocol: BootProtocolConfig,
     #[serde(default = "default_vcpus")]
     pub vcpus: u32,
     #[serde(default = "default_memory_mib")]
@@ -312,6 +336,7 @@ impl VmConfig {
             kernel,
             initrd: None,
             cmdline: default_cmdline(),
+            boot_protocol: BootProtocolConfig::default(),
             vcpus: default_vcpus(),
             memory_mib: default_memory_mib(),
             memory_backing: MemoryBacking::default(),

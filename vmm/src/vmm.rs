@@ -21,7 +21,7 @@ use vmm_sys_util::timerfd::TimerFd;
 
 use crate::api::{self, ApiServer, ExitCounts, VmController, VmStats};
 use crate::arch::x86_64::{boot, layout, mptable};
-use crate::config::{ConfigError, SerialConfig, VmConfig};
+use crate::config::{BootProtocolConfig, ConfigError, SerialConfig, VmConfig};
 use crate::devices::bus::Bus;
 use crate::devices::legacy::i8042::I8042;
 use crate::devices::legacy::serial::{SerialDevice, SerialOut, SerialSink};
@@ -400,7 +400,9 @@ pub fn run(config: &VmConfig) -> Result<ExitReason, VmmError> {
             source,
         })
     };
-    let entry = boot::load_kernel(&mem, &mut open("kernel", &config.kernel)?)?;
+    let allow_pvh = config.boot_protocol == BootProtocolConfig::Auto;
+    let entry = boot::load_kernel(&mem, &mut open("kernel", &config.kernel)?, allow_pvh)?;
+    tracing::debug!("kernel entry: {:?} at {:#x}", entry.protocol, entry.entry);
     let initrd = match &config.initrd {
         Some(p) => Some(boot::load_initrd(
             &mem,

@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 
 use clap::Parser;
-use hull_vmm::config::{MemoryBacking, SerialConfig, VsockConfig};
+use hull_vmm::config::{BootProtocolConfig, MemoryBacking, SerialConfig, VsockConfig};
 use hull_vmm::VmConfig;
 
 /// Boot a hull microVM. Flags override the values of --config.
@@ -23,6 +23,9 @@ struct Args {
     /// Kernel command line (after the VMM's own parameters).
     #[arg(long)]
     cmdline: Option<String>,
+    /// Boot protocol: auto (PVH when the kernel has a PVH note) or linux (64-bit Linux boot).
+    #[arg(long)]
+    boot_protocol: Option<BootProtocolConfig>,
     /// Number of vCPUs.
     #[arg(long)]
     vcpus: Option<u32>,
@@ -60,6 +63,9 @@ fn config_from(args: Args) -> anyhow::Result<VmConfig> {
     }
     if let Some(v) = args.cmdline {
         c.cmdline = v;
+    }
+    if let Some(v) = args.boot_protocol {
+        c.boot_protocol = v;
     }
     if let Some(v) = args.vcpus {
         c.vcpus = v;

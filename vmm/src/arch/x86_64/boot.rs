@@ -70,12 +70,19 @@ pub struct KernelEntry {
 }
 
 /// Loads `kernel` (ELF vmlinux or bzImage) into guest memory. An ELF with a PVH note boots via
-/// PVH; an ELF without one and a bzImage boot via the 64-bit Linux boot protocol.
-pub fn load_kernel(mem: &GuestMemory, kernel: &mut File) -> Result<KernelEntry, BootError> {
+/// PVH (unless `allow_pvh` is false); an ELF without one and a bzImage boot via the 64-bit Linux
+/// boot protocol.
+pub fn load_kernel(
+    mem: &GuestMemory,
+    kernel: &mut File,
+    allow_pvh: bool,
+) -> Result<KernelEntry, BootError> {
     match Elf::load(mem, None, kernel, Some(GuestAddress(HIMEM_START))) {
         Ok(r) => {
             let (protocol, entry) = match r.pvh_boot_cap {
-                PvhBootCapability::PvhEntryPresent(addr) => (BootProtocol::Pvh, addr.0),
+                PvhBootCapability::PvhEntryPresent(addr) if allow_pvh => {
+                    (BootProtocol::Pvh, addr.0)
+                }
                 _ => (BootProtocol::Linux64, r.kernel_load.0),
             };
             Ok(KernelEntry {
@@ -314,7 +321,7 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("hull-vmm-boot-test-{}", std::process::id()));
         std::fs::write(&dir, vec![0x42u8; 8192]).unwrap();
         let mut f = File::open(&dir).unwrap();
-        let r = load_kernel(&mem, &mut f);
+        let r = load_kernel(&mem, &mut f, true);
         std::fs::remove_file(&dir).unwrap();
         assert!(matches!(r, Err(BootError::BzImage(_))), "{r:?}");
     }
