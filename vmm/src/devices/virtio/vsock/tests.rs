@@ -1533,3 +1533,102 @@ fn broken_avail_ring_does_not_panic() {
     d.pump_for(Duration::from_millis(20));
     assert_eq!(d.conn_count(), 0);
 }
+
+// ---------------------------------------------------------------------------------------------
+// Limits.
+
+#[test]
+fn rst_queue_is_bounded_and_tx_waits_instead_of_dropping() {
+    let mut d = Driver::new("rstq");
+    // No RX buffers: every packet for an unknown connection queues an RST. Once MAX_PENDING_RST
+    // are queued the device stops taking TX buffers.
+    let mut sent = 0u32;
+    let mut idle_since = Instant::now();
+    while idle_since.elapsed() < Duration::from_millis(200) {
+        if d.try_send(
+            &ghdr(VSOCK_OP_RW, 46_000 + sent, 1),
+            VSOCK_TYPE_STREAM,
+            b"x",
+        ) {
+            sent += 1;
+            idle_since = Instant::now();
+        }
+        d.run_once(1);
+    }
+    d.reap_tx();
+    assert_eq!(
+        d.tx_used.len(),
+        MAX_PENDING_RST,
+        "TX must stop at the RST queue bound"
+    );
+    assert_eq!(sent as usize, MAX_PENDING_RST + TX_SLOTS as usize);
+    // With RX buffers, every RST is delivered and the stalled TX buffers are taken.
+    let got = d.pump_until(Duration::from_secs(10), |p| p.len() == sent as usize);
+    let mut ports: Vec<u32> = got.iter().map(|p| p.hdr.dst_port).collect();
+    ports.sort_unstable();
+    assert_eq!(ports, (46_000..46_000 + sent).collect::<Vec<_>>());
+    assert!(got.iter().all(|p| p.hdr.op == VSOCK_OP_RST));
+    d.reap_tx();
+    assert_eq!(d.tx_used.len(), sent as usize);
+}
+
+#[test]
+fn connection_limit_refuses_with_rst() {
+    let mut d = Driver::new("limit");
+    let l = listen_port(&d, 8000);
+    l.set_nonblocking(true).unwrap();
+    let mut accepted = Vec::new();
+    let mut responses = 0usize;
+    let mut resets = Vec::new();
+    let total = MAX_CONNECTIONS as u32 + 3;
+    let mut next = 0u32;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while responses + resets.len() < total as usize {
+        assert!(
+            Instant::now() < deadline,
+            "{responses} responses, {} resets",
+            resets.len()
+        );
+        // One REQUEST per round; accept whatever the device connected meanwhile, so the
+        // listener's backlog never refuses on its own.
+        if next < total
+            && d.try_send(
+                &ghdr(VSOCK_OP_REQUEST, 60_000 + next, 8000),
+                VSOCK_TYPE_STREAM,
+                &[],
+            )
+        {
+            next += 1;
+        }
+        d.post_rx();
+        d.run_once(1);
+        for p in d.take_rx() {
+            match p.hdr.op {
+                VSOCK_OP_RESPONSE => responses += 1,
+                VSOCK_OP_RST => resets.push(p.hdr.dst_port),
+                op => panic!("unexpected op {op}"),
+            }
+        }
+        while let Ok((s, _)) = l.accept() {
+            accepted.push(s);
+        }
+    }
+    assert_eq!(responses, MAX_CONNECTIONS);
+    assert_eq!(
+        resets,
+        (60_000 + MAX_CONNECTIONS as u32..60_000 + total).collect::<Vec<_>>()
+    );
+    assert_eq!(d.conn_count(), MAX_CONNECTIONS);
+    // A host client is refused too (closed without an answer) while the table is full.
+    let mut s = UnixStream::connect(&d.uds).unwrap();
+    s.write_all(b"CONNECT 1\n").unwrap();
+    d.pump_for(Duration::from_millis(50));
+    assert_closed_without_reply(&mut s);
+    // Closing one makes room again.
+    d.send(&ghdr(VSOCK_OP_RST, 60_000, 8000), &[]);
+    d.pump_for(Duration::from_millis(20));
+    assert_eq!(d.conn_count(), MAX_CONNECTIONS - 1);
+    d.send(&ghdr(VSOCK_OP_REQUEST, 61_000, 8000), &[]);
+    let got = d.pump_until(Duration::from_secs(5), |p| !p.is_empty());
+    assert_eq!(got[0].hdr.op, VSOCK_OP_RESPONSE);
+}
