@@ -104,6 +104,8 @@ pub struct VsockConnection {
     pub in_rxq: bool,
     /// What the muxer registered with its epoll for the stream (`None`: not registered).
     pub registered: Option<EventSet>,
+    /// The expiry the muxer last armed its timer for.
+    pub timer_seen: Option<Instant>,
 }
 
 impl VsockConnection {
@@ -138,6 +140,7 @@ impl VsockConnection {
             stream_wr_shut: false,
             in_rxq: false,
             registered: None,
+            timer_seen: None,
         }
     }
 

@@ -251,7 +251,6 @@ impl VsockMuxer {
         let Some(conn) = self.conns.get_mut(&key) else {
             return;
         };
-        let expiry_before = conn.expiry();
         if let Some(stream) = conn.take_stream_if_dead() {
             if conn.registered.take().is_some() {
                 let _ = self.epoll.ctl(
@@ -265,7 +264,7 @@ impl VsockMuxer {
         }
         if conn.is_done() {
             let in_rxq = conn.in_rxq;
-            let had_expiry = conn.expiry().is_some();
+            let had_expiry = conn.timer_seen.is_some();
             if let Some(c) = self.conns.remove(&key) {
                 // A connection that ended without being killed (e.g. the guest's RST) still
                 // holds its stream.
@@ -310,7 +309,8 @@ impl VsockMuxer {
             conn.in_rxq = true;
             self.rx_conns.push_back(key);
         }
-        if conn.expiry() != expiry_before {
+        if conn.expiry() != conn.timer_seen {
+            conn.timer_seen = conn.expiry();
             self.rearm_timer();
         }
     }
