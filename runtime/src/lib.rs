@@ -1,1 +1,3 @@
 //! hull-runtime: sandboxes (one microVM per pod) and the containers in them.
+
+pub mod agent;

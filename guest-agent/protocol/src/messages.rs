@@ -104,6 +104,11 @@ pub fn decode_hello(payload: &[u8]) -> Result<Hello, AgentError> {
         .map_err(|e| AgentError::new(ErrorKind::BadFrame, format!("invalid hello frame: {e}")))
 }
 
+/// Decodes the agent's hello reply (host side).
+pub fn decode_hello_reply(payload: &[u8]) -> Result<HelloReply, String> {
+    serde_json::from_slice(payload).map_err(|e| format!("invalid hello reply: {e}"))
+}
+
 /// A request, host to agent, on a control connection.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RequestFrame {

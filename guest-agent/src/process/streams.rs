@@ -1,0 +1,288 @@
+//! Stream connections: copying a process's stdout/stderr to the host and the host's bytes into
+//! its stdin, with the hand-over rules described in the protocol docs.
+
+use std::io;
+use std::os::fd::AsRawFd;
+use std::sync::Arc;
+
+use hull_agent_protocol::{AgentError, ErrorKind, ProcessId, StdStream};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use super::{CloseAt, Fd, Output, Process, Processes, StdinSlot};
+use crate::transport::BoxConn;
+
+/// Copy buffer per stream connection.
+const CHUNK: usize = 64 * 1024;
+
+/// What a stream connection got.
+pub enum Attachment {
+    /// Copy this output descriptor to the host.
+    Output(Fd),
+    /// The stream was already drained: the host gets end-of-file at once.
+    Drained,
+    /// Copy the host's bytes into this stdin descriptor.
+    Stdin(Fd),
+}
+
+impl Processes {
+    /// Claims a stream for a connection (before the hello reply is sent, so a `wait` that
+    /// follows the reply accounts for it).
+    pub fn attach(
+        &self,
+        id: ProcessId,
+        stream: StdStream,
+    ) -> Result<(Arc<Process>, Attachment), AgentError> {
+        let proc = self.get(id)?;
+        let busy = || {
+            AgentError::new(
+                ErrorKind::Busy,
+                format!("{stream:?} of {id} already has a stream connection"),
+            )
+        };
+        let att = {
+            let mut st = proc.state();
+            if stream == StdStream::Stdin {
+                match std::mem::replace(&mut st.stdin, StdinSlot::Attached) {
+                    StdinSlot::Idle(fd) => Attachment::Stdin(fd),
+                    other => {
+                        let err = match &other {
+                            StdinSlot::NotPiped(why) => {
+                                AgentError::new(ErrorKind::InvalidArgument, format!("{id}: {why}"))
+                            }
+                            StdinSlot::Closed => AgentError::new(
+                                ErrorKind::InvalidArgument,
+                                format!("stdin of {id} is already closed"),
+                            ),
+                            _ => busy(),
+                        };
+                        st.stdin = other;
+                        return Err(err);
+                    }
+                }
+            } else {
+                let slot = st.output(stream);
+                match std::mem::replace(slot, Output::Attached) {
+                    Output::Held(fd) => Attachment::Output(fd),
+                    Output::Eof => {
+                        *slot = Output::Eof;
+                        Attachment::Drained
+                    }
+                    Output::NotPiped(why) => {
+                        *slot = Output::NotPiped(why);
+                        return Err(AgentError::new(
+                            ErrorKind::InvalidArgument,
+                            format!("{id}: {why}"),
+                        ));
+                    }
+                    Output::Attached => return Err(busy()),
+                }
+            }
+        };
+        proc.notify();
+        Ok((proc, att))
+    }
+}
+
+async fn read_fd(fd: &Fd, buf: &mut [u8]) -> io::Result<usize> {
+    loop {
+        let mut guard = fd.readable().await?;
+        match guard
+            .try_io(|inner| nix::unistd::read(inner.as_raw_fd(), buf).map_err(io::Error::from))
+        {
+            Ok(r) => return r,
+            Err(_would_block) => continue,
+        }
+    }
+}
+
+async fn write_fd(fd: &Fd, data: &[u8]) -> io::Result<usize> {
+    loop {
+        let mut guard = fd.writable().await?;
+        match guard
+            .try_io(|inner| nix::unistd::write(inner.get_ref(), data).map_err(io::Error::from))
+        {
+            Ok(r) => return r,
+            Err(_would_block) => continue,
+        }
+    }
+}
+
+enum OutEnd {
+    /// The pipe reached end-of-file and everything was written to the connection.
+    Eof,
+    /// The host went away first; the pipe goes back to the agent.
+    HostGone,
+    /// The process was released.
+    Released,
+}
+
+/// Copies an output stream to its connection until end-of-file (then closes the connection)
+/// or until the host goes away (then the pipe is held again).
+pub async fn run_output(
+    procs: Arc<Processes>,
+    proc: Arc<Process>,
+    stream: StdStream,
+    fd: Fd,
+    conn: BoxConn,
+) {
+    let (mut rd, mut wr) = tokio::io::split(conn);
+    let mut buf = vec![0u8; CHUNK];
+    let mut probe = [0u8; 256];
+    let mut copied: u64 = 0;
+    let end = loop {
+        tokio::select! {
+            r = read_fd(&fd, &mut buf) => match r {
+                Ok(0) => break OutEnd::Eof,
+                Ok(n) => {
+                    if wr.write_all(&buf[..n]).await.is_err() {
+                        break OutEnd::HostGone;
+                    }
+                    copied += n as u64;
+                }
+                // A terminal master reads EIO once every slave descriptor is closed.
+                Err(e) if e.raw_os_error() == Some(libc::EIO) => break OutEnd::Eof,
+                Err(e) => {
+                    tracing::warn!("{} {stream:?}: read: {e}", proc.id);
+                    break OutEnd::Eof;
+                }
+            },
+            r = rd.read(&mut probe) => match r {
+                Ok(0) | Err(_) => break OutEnd::HostGone,
+                Ok(_) => {} // nothing is expected from the host here; ignore it
+            },
+            _ = proc.wait_for(|st| st.released.then_some(())) => break OutEnd::Released,
+        }
+    };
+    match end {
+        OutEnd::Eof => {
+            // Every byte is written; the state says so before the host sees end-of-file, so a
+            // host that reads to the end and then asks finds the stream drained.
+            *proc.state().output(stream) = Output::Eof;
+            proc.notify();
+            procs.release_if_collected(&proc);
+            let _ = wr.shutdown().await;
+            tracing::debug!("{} {stream:?}: end of file after {copied} bytes", proc.id);
+            return;
+        }
+        OutEnd::HostGone => {
+            *proc.state().output(stream) = Output::Held(fd);
+            tracing::debug!(
+                "{} {stream:?}: host closed the stream after {copied} bytes; output held",
+                proc.id
+            );
+        }
+        OutEnd::Released => *proc.state().output(stream) = Output::Eof,
+    }
+    proc.notify();
+    procs.release_if_collected(&proc);
+}
+
+enum InEnd {
+    /// The host closed the stream connection.
+    HostEof,
+    /// `close_stdin` is due, the process is gone, or it was released.
+    Close,
+}
+
+/// Writes all of `data`, unless stdin is to be closed at once meanwhile.
+async fn write_stdin(proc: &Process, fd: &Fd, mut data: &[u8]) -> Result<usize, ()> {
+    let mut written = 0;
+    while !data.is_empty() {
+        let notified = proc.changed.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        {
+            let st = proc.state();
+            if st.released || st.close_stdin == CloseAt::Now {
+                return Err(());
+            }
+        }
+        tokio::select! {
+            r = write_fd(fd, data) => match r {
+                Ok(n) => {
+                    data = &data[n..];
+                    written += n;
+                    proc.state().stdin_written += n as u64;
+                    proc.notify();
+                }
+                // EPIPE: nobody reads stdin any more (the process exited or closed it).
+                Err(_) => return Err(()),
+            },
+            _ = notified => {}
+        }
+    }
+    Ok(written)
+}
+
+/// Copies the host's bytes into stdin until the connection ends or stdin is to be closed.
+pub async fn run_stdin(proc: Arc<Process>, fd: Fd, conn: BoxConn) {
+    let (mut rd, _wr) = tokio::io::split(conn);
+    let mut buf = vec![0u8; CHUNK];
+    let end = loop {
+        let notified = proc.changed.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        let limit = {
+            let st = proc.state();
+            if st.released || st.stdin_due() {
+                break InEnd::Close;
+            }
+            match st.close_stdin {
+                CloseAt::AfterBytes(n) => (n - st.stdin_written).min(CHUNK as u64) as usize,
+                _ => CHUNK,
+            }
+        };
+        tokio::select! {
+            r = rd.read(&mut buf[..limit]) => match r {
+                Ok(0) | Err(_) => break InEnd::HostEof,
+                Ok(n) => {
+                    if write_stdin(&proc, &fd, &buf[..n]).await.is_err() {
+                        break InEnd::Close;
+                    }
+                }
+            },
+            _ = notified => {}
+        }
+    };
+    {
+        let mut st = proc.state();
+        st.stdin = match end {
+            // A terminal stays open for the next connection.
+            InEnd::HostEof if proc.terminal && !st.released => StdinSlot::Idle(fd),
+            _ => {
+                tracing::debug!("{}: stdin closed after {} bytes", proc.id, st.stdin_written);
+                StdinSlot::Closed
+            }
+        };
+    }
+    proc.notify();
+}
+
+/// A log connection: the backlog, then live lines, until the host closes it.
+pub async fn run_log(conn: BoxConn) {
+    let (mut rd, mut wr) = tokio::io::split(conn);
+    let (backlog, mut live) = crate::log::hub().subscribe();
+    for line in backlog {
+        if wr.write_all(line.as_bytes()).await.is_err() {
+            return;
+        }
+    }
+    let mut probe = [0u8; 256];
+    loop {
+        tokio::select! {
+            r = live.recv() => {
+                let line: Arc<str> = match r {
+                    Ok(l) => l,
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                        Arc::from(format!("[hull-agent: {n} log lines skipped: reader too slow]\n"))
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                };
+                if wr.write_all(line.as_bytes()).await.is_err() {
+                    return;
+                }
+            }
+            r = rd.read(&mut probe) => if matches!(r, Ok(0) | Err(_)) { return },
+        }
+    }
+}

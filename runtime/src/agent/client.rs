@@ -1,0 +1,490 @@
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use hull_agent_protocol::frame::{read_frame_async, write_frame_async, write_raw_frame_async};
+use hull_agent_protocol::{
+    decode_hello_reply, decode_response, encode_frame, AgentError, ConnectionKind, ExitStatus,
+    GuestStats, HealthInfo, Hello, HelloReply, ProcessId, ProcessInfo, Redirect, Request,
+    RequestFrame, Response, SpawnRequest, StdStream, StdioSpec, VersionInfo, PROTOCOL_VERSION,
+};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::unix::OwnedWriteHalf;
+use tokio::net::UnixStream;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+use super::endpoint::Endpoint;
+use super::error::Error;
+
+/// Default limit for one call (not `wait`).
+pub const DEFAULT_CALL_TIMEOUT: Duration = Duration::from_secs(30);
+/// Default limit for connecting + handshake + hello (one try).
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+const BACKOFF_START: Duration = Duration::from_millis(10);
+const BACKOFF_MAX: Duration = Duration::from_millis(250);
+
+type Pending = Mutex<HashMap<u64, oneshot::Sender<Result<Response, AgentError>>>>;
+
+struct Shared {
+    writer: tokio::sync::Mutex<OwnedWriteHalf>,
+    pending: Pending,
+    next_id: AtomicU64,
+}
+
+/// A control connection to the agent.
+pub struct AgentClient {
+    endpoint: Endpoint,
+    shared: Arc<Shared>,
+    reader: JoinHandle<()>,
+    call_timeout: Duration,
+    connect_timeout: Duration,
+}
+
+impl Drop for AgentClient {
+    fn drop(&mut self) {
+        self.reader.abort();
+    }
+}
+
+/// A spawned process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Spawned {
+    pub process: ProcessId,
+    pub pid: i32,
+}
+
+/// What [`AgentClient::run`] collected.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProcessOutput {
+    pub status: ExitStatus,
+    pub stdout: Vec<u8>,
+    pub stderr: Vec<u8>,
+}
+
+/// Sends a hello on a fresh stream and checks the reply.
+async fn hello(s: &mut UnixStream, kind: ConnectionKind) -> Result<(), Error> {
+    write_frame_async(s, &Hello::new(kind)).await?;
+    let payload = read_frame_async(s).await?.ok_or(Error::Closed)?;
+    let reply: HelloReply = decode_hello_reply(&payload).map_err(Error::Protocol)?;
+    reply.result?;
+    if reply.version != PROTOCOL_VERSION {
+        return Err(Error::Agent(hull_agent_protocol::version_mismatch(
+            PROTOCOL_VERSION,
+            reply.version,
+        )));
+    }
+    Ok(())
+}
+
+impl AgentClient {
+    /// Connects once (socket, hybrid vsock handshake, hello) within `timeout`.
+    pub async fn connect(endpoint: Endpoint, timeout: Duration) -> Result<AgentClient, Error> {
+        let started = Instant::now();
+        let mut s = endpoint.open(timeout).await?;
+        let left = timeout.saturating_sub(started.elapsed());
+        match tokio::time::timeout(left, hello(&mut s, ConnectionKind::Control)).await {
+            Ok(r) => r?,
+            Err(_) => {
+                return Err(Error::Timeout {
+                    what: format!("hello with the agent at {endpoint}"),
+                    after: timeout,
+                })
+            }
+        }
+        let (rd, wr) = s.into_split();
+        let shared = Arc::new(Shared {
+            writer: tokio::sync::Mutex::new(wr),
+            pending: Mutex::new(HashMap::new()),
+            next_id: AtomicU64::new(1),
+        });
+        let reader = tokio::spawn(read_responses(rd, shared.clone()));
+        Ok(AgentClient {
+            endpoint,
+            shared,
+            reader,
+            call_timeout: DEFAULT_CALL_TIMEOUT,
+            connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+        })
+    }
+
+    /// Waits for the agent to come up: retries [`AgentClient::connect`] with exponential
+    /// backoff while the failures mean "not up yet", until `deadline` has passed.
+    pub async fn connect_retry(
+        endpoint: Endpoint,
+        deadline: Duration,
+    ) -> Result<AgentClient, Error> {
+        let start = Instant::now();
+        let mut backoff = BACKOFF_START;
+        loop {
+            let left = deadline.saturating_sub(start.elapsed());
+            let attempt = DEFAULT_CONNECT_TIMEOUT.min(left.max(Duration::from_millis(1)));
+            match AgentClient::connect(endpoint.clone(), attempt).await {
+                Ok(c) => return Ok(c),
+                Err(e) if e.is_retryable() && start.elapsed() < deadline => {
+                    tracing::debug!("agent at {endpoint} not up yet: {e}");
+                    tokio::time::sleep(backoff.min(deadline.saturating_sub(start.elapsed())))
+                        .await;
+                    backoff = (backoff * 2).min(BACKOFF_MAX);
+                }
+                Err(e) if e.is_retryable() => {
+                    return Err(Error::NotReady {
+                        endpoint: endpoint.to_string(),
+                        waited: start.elapsed(),
+                        last: Box::new(e),
+                    })
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    pub fn endpoint(&self) -> &Endpoint {
+        &self.endpoint
+    }
+
+    /// Limit for each call but `wait` (default 30 s).
+    pub fn set_call_timeout(&mut self, t: Duration) {
+        self.call_timeout = t;
+    }
+
+    /// Sends one request and waits for its reply (at most `timeout`, if given).
+    pub async fn call(&self, req: Request, timeout: Option<Duration>) -> Result<Response, Error> {
+        let id = self.shared.next_id.fetch_add(1, Ordering::Relaxed);
+        let what = req.type_name();
+        let frame = encode_frame(&RequestFrame { id, call: req })?;
+        let (tx, rx) = oneshot::channel();
+        self.shared
+            .pending
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(id, tx);
+        let sent = {
+            let mut w = self.shared.writer.lock().await;
+            write_raw_frame_async(&mut *w, &frame).await
+        };
+        let forget = || {
+            self.shared
+                .pending
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&id);
+        };
+        if sent.is_err() {
+            forget();
+            return Err(Error::Closed);
+        }
+        let reply = match timeout {
+            None => rx.await,
+            Some(t) => match tokio::time::timeout(t, rx).await {
+                Ok(r) => r,
+                Err(_) => {
+                    forget();
+                    return Err(Error::Timeout {
+                        what: format!("{what} call"),
+                        after: t,
+                    });
+                }
+            },
+        };
+        match reply {
+            Ok(r) => r.map_err(Error::Agent),
+            Err(_) => Err(Error::Closed),
+        }
+    }
+
+    async fn call_timed(&self, req: Request) -> Result<Response, Error> {
+        self.call(req, Some(self.call_timeout)).await
+    }
+
+    pub async fn version(&self) -> Result<VersionInfo, Error> {
+        match self.call_timed(Request::Version).await? {
+            Response::Version(v) => Ok(v),
+            other => Err(unexpected("version", &other)),
+        }
+    }
+
+    pub async fn health(&self) -> Result<HealthInfo, Error> {
+        match self.call_timed(Request::Health).await? {
+            Response::Health(h) => Ok(h),
+            other => Err(unexpected("health", &other)),
+        }
+    }
+
+    pub async fn spawn(&self, req: SpawnRequest) -> Result<Spawned, Error> {
+        match self.call_timed(Request::Spawn(req)).await? {
+            Response::Spawned { process, pid } => Ok(Spawned { process, pid }),
+            other => Err(unexpected("spawn", &other)),
+        }
+    }
+
+    pub async fn signal(&self, process: ProcessId, signal: i32, group: bool) -> Result<(), Error> {
+        self.done(
+            "signal",
+            Request::Signal {
+                process,
+                signal,
+                group,
+            },
+        )
+        .await
+    }
+
+    /// Waits for the process to exit (no time limit; see the protocol docs for when it answers).
+    pub async fn wait(&self, process: ProcessId) -> Result<ExitStatus, Error> {
+        self.wait_inner(process, None).await
+    }
+
+    /// [`AgentClient::wait`] with a limit.
+    pub async fn wait_timeout(
+        &self,
+        process: ProcessId,
+        limit: Duration,
+    ) -> Result<ExitStatus, Error> {
+        self.wait_inner(process, Some(limit)).await
+    }
+
+    async fn wait_inner(
+        &self,
+        process: ProcessId,
+        limit: Option<Duration>,
+    ) -> Result<ExitStatus, Error> {
+        match self.call(Request::Wait { process }, limit).await? {
+            Response::Exited(s) => Ok(s),
+            other => Err(unexpected("wait", &other)),
+        }
+    }
+
+    /// Closes stdin once `after_bytes` stream bytes reached the process (or at once).
+    pub async fn close_stdin(
+        &self,
+        process: ProcessId,
+        after_bytes: Option<u64>,
+    ) -> Result<(), Error> {
+        self.done(
+            "close_stdin",
+            Request::CloseStdin {
+                process,
+                after_bytes,
+            },
+        )
+        .await
+    }
+
+    pub async fn resize_terminal(
+        &self,
+        process: ProcessId,
+        rows: u16,
+        cols: u16,
+    ) -> Result<(), Error> {
+        self.done(
+            "resize_terminal",
+            Request::ResizeTerminal {
+                process,
+                rows,
+                cols,
+            },
+        )
+        .await
+    }
+
+    pub async fn release(&self, process: ProcessId) -> Result<(), Error> {
+        self.done("release", Request::Release { process }).await
+    }
+
+    pub async fn list_processes(&self) -> Result<Vec<ProcessInfo>, Error> {
+        match self.call_timed(Request::ListProcesses).await? {
+            Response::Processes { processes } => Ok(processes),
+            other => Err(unexpected("list_processes", &other)),
+        }
+    }
+
+    pub async fn stats(&self) -> Result<GuestStats, Error> {
+        match self.call_timed(Request::Stats).await? {
+            Response::Stats(s) => Ok(s),
+            other => Err(unexpected("stats", &other)),
+        }
+    }
+
+    /// Sets the guest clock to `t`.
+    pub async fn set_time(&self, t: SystemTime) -> Result<(), Error> {
+        let d = t
+            .duration_since(UNIX_EPOCH)
+            .map_err(|_| Error::Protocol("time before 1970".into()))?;
+        self.done(
+            "set_time",
+            Request::SetTime {
+                seconds: d.as_secs() as i64,
+                nanos: d.subsec_nanos(),
+            },
+        )
+        .await
+    }
+
+    /// Asks the agent to stop everything and power the VM off (host mode: exit).
+    pub async fn shutdown(&self, grace: Option<Duration>) -> Result<(), Error> {
+        self.done(
+            "shutdown",
+            Request::Shutdown {
+                grace_ms: grace.map(|g| g.as_millis().min(u128::from(u32::MAX)) as u32),
+            },
+        )
+        .await
+    }
+
+    async fn done(&self, what: &str, req: Request) -> Result<(), Error> {
+        match self.call_timed(req).await? {
+            Response::Done => Ok(()),
+            other => Err(unexpected(what, &other)),
+        }
+    }
+
+    /// Opens a stream connection for one standard stream of a process. stdout/stderr: read
+    /// until end-of-file. stdin: write, then shut down or drop the stream (or use
+    /// [`AgentClient::close_stdin`] with the byte count).
+    pub async fn open_stream(
+        &self,
+        process: ProcessId,
+        stream: StdStream,
+    ) -> Result<UnixStream, Error> {
+        self.open_connection(ConnectionKind::Stream { process, stream })
+            .await
+    }
+
+    /// Opens a log connection: the agent's log lines (backlog, then live).
+    pub async fn open_log(&self) -> Result<UnixStream, Error> {
+        self.open_connection(ConnectionKind::Log).await
+    }
+
+    async fn open_connection(&self, kind: ConnectionKind) -> Result<UnixStream, Error> {
+        let t = self.connect_timeout;
+        let mut s = self.endpoint.open(t).await?;
+        match tokio::time::timeout(t, hello(&mut s, kind)).await {
+            Ok(r) => r?,
+            Err(_) => {
+                return Err(Error::Timeout {
+                    what: "stream connection hello".into(),
+                    after: t,
+                })
+            }
+        }
+        Ok(s)
+    }
+
+    /// Runs a process to completion: spawns it, feeds it `stdin` (closing it afterwards; with
+    /// `None` stdin is /dev/null), collects stdout and stderr, and waits for the exit.
+    pub async fn run(
+        &self,
+        mut req: SpawnRequest,
+        stdin: Option<Vec<u8>>,
+    ) -> Result<ProcessOutput, Error> {
+        if let StdioSpec::Pipes { stdin: s, .. } = &mut req.stdio {
+            *s = if stdin.is_some() {
+                Redirect::Pipe
+            } else {
+                Redirect::Null
+            };
+        }
+        let terminal = matches!(req.stdio, StdioSpec::Terminal { .. });
+        let (out_piped, err_piped) = match req.stdio {
+            StdioSpec::Pipes { stdout, stderr, .. } => {
+                (stdout == Redirect::Pipe, stderr == Redirect::Pipe)
+            }
+            StdioSpec::Terminal { .. } => (true, false),
+        };
+        let p = self.spawn(req).await?;
+        let collect = |s: Option<UnixStream>| {
+            tokio::spawn(async move {
+                let mut v = Vec::new();
+                if let Some(mut s) = s {
+                    s.read_to_end(&mut v).await?;
+                }
+                Ok::<_, std::io::Error>(v)
+            })
+        };
+        let out = collect(if out_piped {
+            Some(self.open_stream(p.process, StdStream::Stdout).await?)
+        } else {
+            None
+        });
+        let err = collect(if err_piped {
+            Some(self.open_stream(p.process, StdStream::Stderr).await?)
+        } else {
+            None
+        });
+        if let Some(data) = stdin {
+            let mut s = self.open_stream(p.process, StdStream::Stdin).await?;
+            s.write_all(&data).await?;
+            if !terminal {
+                self.close_stdin(p.process, Some(data.len() as u64)).await?;
+            }
+            drop(s);
+        }
+        let status = self.wait(p.process).await?;
+        let join = |h: JoinHandle<std::io::Result<Vec<u8>>>| async move {
+            h.await
+                .map_err(|e| Error::Protocol(format!("stream reader failed: {e}")))?
+                .map_err(Error::Io)
+        };
+        Ok(ProcessOutput {
+            status,
+            stdout: join(out).await?,
+            stderr: join(err).await?,
+        })
+    }
+}
+
+fn unexpected(call: &str, r: &Response) -> Error {
+    Error::Protocol(format!("unexpected reply to {call}: {r:?}"))
+}
+
+async fn read_responses(mut rd: tokio::net::unix::OwnedReadHalf, shared: Arc<Shared>) {
+    loop {
+        let payload = match read_frame_async(&mut rd).await {
+            Ok(Some(p)) => p,
+            Ok(None) => break,
+            Err(e) => {
+                tracing::warn!("agent connection: {e}");
+                break;
+            }
+        };
+        let (id, result) = match decode_response(&payload) {
+            Ok(f) => (f.id, f.result),
+            Err((Some(id), msg)) => (
+                id,
+                Err(AgentError::new(
+                    hull_agent_protocol::ErrorKind::Other,
+                    format!("undecodable reply: {msg}"),
+                )),
+            ),
+            Err((None, msg)) => {
+                tracing::warn!("agent sent an undecodable frame: {msg}");
+                continue;
+            }
+        };
+        if id == 0 {
+            if let Err(e) = &result {
+                tracing::warn!("agent reported a protocol error: {e}");
+            }
+            continue;
+        }
+        let tx = shared
+            .pending
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&id);
+        match tx {
+            Some(tx) => {
+                let _ = tx.send(result);
+            }
+            None => tracing::debug!("reply to request {id}, which nobody waits for any more"),
+        }
+    }
+    // Dropping the senders fails every pending call with Closed.
+    shared
+        .pending
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clear();
+}
