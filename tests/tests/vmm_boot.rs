@@ -179,7 +179,14 @@ fn linux_64bit_boot_protocol_fallback() {
     let f = Proc::spawn(&mut vmm(
         &dir,
         "echo \"LINUX64 cpus=$(grep -c ^processor /proc/cpuinfo) mem=$(grep MemTotal /proc/meminfo)\"\nreboot -f\n",
-        &["--boot-protocol", "linux", "--vcpus", "2"],
+        &[
+            "--boot-protocol",
+            "linux",
+            "--vcpus",
+            "2",
+            "--cmdline",
+            "console=ttyS0",
+        ],
     ))
     .wait_timeout(VM_LIMIT);
     assert_exit(&f, 0, "guest rebooted");

@@ -5,7 +5,7 @@
 //! {
 //!   "kernel": "/path/vmlinux",
 //!   "initrd": "/path/initrd.img",
-//!   "cmdline": "console=ttyS0",
+//!   "cmdline": "console=ttyS0 quiet",
 //!   "vcpus": 2,
 //!   "memory_mib": 256,
 //!   "memory_backing": "anonymous",
@@ -49,8 +49,11 @@ pub const CMDLINE_I8042: &str = "i8042.noaux i8042.nomux i8042.dumbkbd i8042.nop
 /// Worst-case length of one `virtio_mmio.device=4K@0xd0000000:23` parameter plus a space.
 const VIRTIO_PARAM_MAX_LEN: usize = 36;
 
+/// The default guest command line: the console on COM1, and `quiet` because every console byte
+/// is a VM exit (booting with the full kernel log costs seconds under nested virtualisation);
+/// errors and panics still reach the console. Drop `quiet` to see the whole kernel log.
 fn default_cmdline() -> String {
-    "console=ttyS0".to_string()
+    "console=ttyS0 quiet".to_string()
 }
 fn default_vcpus() -> u32 {
     1

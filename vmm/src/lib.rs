@@ -21,4 +21,4 @@ pub mod vstate;
 
 pub use config::VmConfig;
 pub use exit::ExitReason;
-pub use vmm::{run, VmmError};
+pub use vmm::{run, Vmm, VmmError};

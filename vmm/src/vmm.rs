@@ -374,6 +374,95 @@ fn add_fs(devs: &mut VirtioDevices<'_>, cfg: &crate::config::FsConfig) -> Result
 /// Validates `config`, boots the VM and runs it until it stops. Returns why it stopped; every
 /// socket the VMM created is gone when this returns.
 pub fn run(config: &VmConfig) -> Result<ExitReason, VmmError> {
+    Ok(Vmm::build(config)?.run())
+}
+
+/// A VM built and ready to run: guest memory loaded, devices wired, vCPUs configured, sockets
+/// bound; no guest instruction has run yet. Dropping it instead of running it releases
+/// everything and removes the sockets.
+pub struct Vmm {
+    start: Instant,
+    exit: Arc<ExitState>,
+    control: Arc<VcpuControl>,
+    threads: Arc<VcpuThreads>,
+    ctx: VcpuContext,
+    vcpus: Vec<Vcpu>,
+    em: EventManager<Subscriber>,
+    serial: Arc<Mutex<SerialDevice>>,
+    // Dropped in this order: the VM, then its memory, then the sockets (after the event loop,
+    // which owns the listeners, is gone).
+    _vm: Vm,
+    _mem: GuestMemory,
+    _sockets: SocketCleanup,
+}
+
+impl Vmm {
+    /// Validates `config` and builds the VM (see [`Vmm`]).
+    pub fn build(config: &VmConfig) -> Result<Vmm, VmmError> {
+        build(config)
+    }
+
+    /// Runs the guest until the VM stops; returns why. The sockets are removed when this
+    /// returns.
+    pub fn run(self) -> ExitReason {
+        let Vmm {
+            start,
+            exit,
+            control,
+            threads,
+            ctx,
+            vcpus,
+            mut em,
+            serial,
+            _vm,
+            _mem,
+            _sockets,
+        } = self;
+        for v in vcpus {
+            let ctx = ctx.clone();
+            let h = std::thread::Builder::new()
+                .name(format!("vcpu{}", v.id()))
+                .spawn(move || v.run(ctx));
+            match h {
+                Ok(h) => threads
+                    .0
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .push(h),
+                Err(e) => {
+                    exit.request(ExitReason::Internal(format!(
+                        "cannot start a vCPU thread: {e}"
+                    )));
+                    break;
+                }
+            }
+        }
+        tracing::debug!("VM started {:?} after hull-vmm began", start.elapsed());
+
+        while !exit.is_requested() {
+            if let Err(e) = em.run() {
+                exit.request(ExitReason::Internal(format!("event loop: {e:?}")));
+            }
+        }
+
+        control.set_state(RunState::Stopping);
+        threads.kick_all();
+        threads.join_all();
+        serial
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .flush();
+        drop(em);
+        drop(ctx);
+        drop(_vm);
+        drop(_mem);
+        drop(_sockets);
+        exit.reason()
+            .unwrap_or(ExitReason::Internal("stopped without a reason".into()))
+    }
+}
+
+fn build(config: &VmConfig) -> Result<Vmm, VmmError> {
     let start = Instant::now();
     config.validate()?;
     let signals = signal_fd()?;
@@ -530,7 +619,6 @@ pub fn run(config: &VmConfig) -> Result<ExitReason, VmmError> {
         em.add_subscriber(s);
     }
 
-    // Go.
     vcpu::register_kick_handler()?;
     let ctx = VcpuContext {
         pio: Arc::new(pio_bus),
@@ -539,46 +627,17 @@ pub fn run(config: &VmConfig) -> Result<ExitReason, VmmError> {
         control: control.clone(),
         counters,
     };
-    for v in vcpu_list {
-        let ctx = ctx.clone();
-        let h = std::thread::Builder::new()
-            .name(format!("vcpu{}", v.id()))
-            .spawn(move || v.run(ctx))
-            .map_err(|source| VmmError::Io {
-                what: "cannot start a vCPU thread",
-                source,
-            });
-        match h {
-            Ok(h) => threads
-                .0
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .push(h),
-            Err(e) => {
-                exit.request(ExitReason::Internal(e.to_string()));
-                break;
-            }
-        }
-    }
-    tracing::debug!("VM started in {:?}", start.elapsed());
-
-    while !exit.is_requested() {
-        if let Err(e) = em.run() {
-            exit.request(ExitReason::Internal(format!("event loop: {e:?}")));
-        }
-    }
-
-    // Stop.
-    control.set_state(RunState::Stopping);
-    threads.kick_all();
-    threads.join_all();
-    serial
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner)
-        .flush();
-    drop(em);
-    drop(sockets);
-    Ok(exit
-        .reason()
-        .unwrap_or(ExitReason::Internal("stopped without a reason".into())))
+    Ok(Vmm {
+        start,
+        exit,
+        control,
+        threads,
+        ctx,
+        vcpus: vcpu_list,
+        em,
+        serial,
+        _vm: vm,
+        _mem: mem,
+        _sockets: sockets,
+    })
 }

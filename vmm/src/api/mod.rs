@@ -65,7 +65,7 @@ pub struct ExitCounts {
 }
 
 /// What `stats` returns.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct VmStats {
     pub vcpus: u32,
     pub memory_mib: u64,
@@ -75,14 +75,14 @@ pub struct VmStats {
 }
 
 /// A response.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ApiResponse {
     pub ok: bool,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub state: Option<RunState>,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stats: Option<VmStats>,
 }
 
@@ -353,6 +353,11 @@ mod tests {
         );
         let s = j(&handle_line(&f, br#"{"action":"stats"}"#));
         assert_eq!(s["stats"]["vcpus"], 2);
+        // Clients (the runtime) parse responses with the same types.
+        let back: ApiResponse = serde_json::from_value(s.clone()).unwrap();
+        assert_eq!(back.stats.unwrap().memory_mib, 128);
+        let err: ApiResponse = serde_json::from_str(r#"{"ok":false,"error":"x"}"#).unwrap();
+        assert_eq!(err.error.as_deref(), Some("x"));
         assert_eq!(s["stats"]["exits"]["io_in"], 0);
     }
 

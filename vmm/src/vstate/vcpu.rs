@@ -55,7 +55,7 @@ pub enum VcpuError {
 }
 
 /// What the vCPUs should be doing.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum RunState {
     Running,
