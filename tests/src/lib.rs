@@ -118,15 +118,14 @@ impl Initramfs {
     pub fn build(&self, out: &Path) {
         let tmp = TempDir::new("hull-initramfs");
         let root = tmp.path();
-        for d in ["bin", "sbin", "dev", "proc", "sys", "tmp", "etc", "usr/bin", "usr/sbin"] {
+        for d in [
+            "bin", "sbin", "dev", "proc", "sys", "tmp", "etc", "usr/bin", "usr/sbin",
+        ] {
             std::fs::create_dir_all(root.join(d)).unwrap();
         }
         std::fs::copy("/bin/busybox", root.join("bin/busybox"))
             .expect("/bin/busybox (package busybox-static) is needed to build test initramfs");
-        let applets = Command::new("/bin/busybox")
-            .arg("--list")
-            .output()
-            .unwrap();
+        let applets = Command::new("/bin/busybox").arg("--list").output().unwrap();
         for a in String::from_utf8_lossy(&applets.stdout).split_whitespace() {
             if a != "busybox" {
                 let _ = std::os::unix::fs::symlink("busybox", root.join("bin").join(a));
@@ -216,8 +215,16 @@ impl Proc {
     }
 
     fn finish(&mut self, status: ExitStatus) -> Finished {
-        let stdout = self.out.take().map(|h| h.join().unwrap()).unwrap_or_default();
-        let stderr = self.err.take().map(|h| h.join().unwrap()).unwrap_or_default();
+        let stdout = self
+            .out
+            .take()
+            .map(|h| h.join().unwrap())
+            .unwrap_or_default();
+        let stderr = self
+            .err
+            .take()
+            .map(|h| h.join().unwrap())
+            .unwrap_or_default();
         Finished {
             status,
             stdout: String::from_utf8_lossy(&stdout).into_owned(),

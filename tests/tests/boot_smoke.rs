@@ -64,7 +64,9 @@ reboot -f
     .arg(&initrd)
     .arg("-append")
     // reboot=t: the guest's reboot is a triple fault, which -no-reboot turns into QEMU's exit.
-    .arg(format!("console=ttyS0 reboot=t panic=-1 hull.nonce={nonce}"));
+    .arg(format!(
+        "console=ttyS0 reboot=t panic=-1 hull.nonce={nonce}"
+    ));
     let f = Proc::spawn(&mut cmd).wait_timeout(Duration::from_secs(180));
     assert!(
         f.status.success(),
