@@ -506,6 +506,7 @@ mod tests {
 
     #[derive(Default)]
     struct DummyState {
+        invalid_queue_at_activation: bool,
         acked: u64,
         activated: Option<(usize, usize)>,
         resets: usize,
@@ -548,12 +549,15 @@ mod tests {
         }
         fn activate(
             &mut self,
-            _mem: GuestMemory,
+            mem: GuestMemory,
             interrupt: Arc<dyn VirtioInterrupt>,
             queues: Vec<Queue>,
             queue_evts: Vec<EventFd>,
         ) -> Result<(), ActivateError> {
             let mut s = self.0.lock().unwrap();
+            if queues.len() != 2 || !queues.iter().all(|q| q.ready() && q.is_valid(&mem)) {
+                s.invalid_queue_at_activation = true;
+            }
             if s.fail_activate {
                 return Err(ActivateError::Device("nope".into()));
             }
@@ -746,25 +750,35 @@ mod tests {
     }
 
     #[test]
-    fn driver_ok_with_unready_queue_or_failing_device_needs_reset() {
+    fn driver_ok_with_an_unready_queue_needs_reset() {
         let (mut t, state) = transport();
         negotiate(&mut t);
-        setup_queue(&mut t, 0, 0x1_0000);
+        setup_queue(&mut t, 0, 0x1_0000); // queue 1 never set up
         w(&mut t, REG_STATUS, ALL_OK);
+        assert_eq!(r(&mut t, REG_STATUS) & STATUS_DRIVER_OK, 0);
         assert_ne!(r(&mut t, REG_STATUS) & STATUS_NEEDS_RESET, 0);
+        assert!(state.lock().unwrap().activated.is_none());
+    }
 
-        let (mut t, _) = transport();
+    #[test]
+    fn failing_activation_needs_reset() {
+        let (mut t, state) = transport();
         state.lock().unwrap().fail_activate = true;
-        let (mut t2, state2) = transport();
-        state2.lock().unwrap().fail_activate = true;
-        negotiate(&mut t2);
-        setup_queue(&mut t2, 0, 0x1_0000);
-        setup_queue(&mut t2, 1, 0x2_0000);
-        w(&mut t2, REG_STATUS, ALL_OK);
-        assert_eq!(r(&mut t2, REG_STATUS) & STATUS_DRIVER_OK, 0);
-        assert_ne!(r(&mut t2, REG_STATUS) & STATUS_NEEDS_RESET, 0);
-        // Unrelated transport unaffected.
-        assert_eq!(r(&mut t, REG_STATUS), 0);
+        negotiate(&mut t);
+        setup_queue(&mut t, 0, 0x1_0000);
+        setup_queue(&mut t, 1, 0x2_0000);
+        w(&mut t, REG_STATUS, ALL_OK);
+        assert_eq!(r(&mut t, REG_STATUS) & STATUS_DRIVER_OK, 0);
+        assert_ne!(r(&mut t, REG_STATUS) & STATUS_NEEDS_RESET, 0);
+        assert!(!t.is_activated());
+        // The driver resets and tries again; this time the device accepts.
+        w(&mut t, REG_STATUS, 0);
+        state.lock().unwrap().fail_activate = false;
+        negotiate(&mut t);
+        setup_queue(&mut t, 0, 0x1_0000);
+        setup_queue(&mut t, 1, 0x2_0000);
+        w(&mut t, REG_STATUS, ALL_OK);
+        assert_eq!(r(&mut t, REG_STATUS), ALL_OK);
     }
 
     #[test]
@@ -827,6 +841,86 @@ mod tests {
                 t.read(off, &mut b);
             }
         }
+    }
+
+    /// A hostile driver: rounds of partial or complete negotiation with queue addresses that
+    /// may run outside guest memory, interleaved with random registers, sizes and values, then
+    /// DRIVER_OK. Nothing panics, and the device is only ever activated with every queue ready
+    /// and inside guest memory.
+    #[test]
+    fn random_register_storm() {
+        let (mut t, state) = transport();
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut next = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        let regs = [
+            REG_STATUS,
+            REG_QUEUE_SEL,
+            REG_QUEUE_NUM,
+            REG_QUEUE_READY,
+            REG_QUEUE_DESC_LOW,
+            REG_QUEUE_DESC_HIGH,
+            REG_QUEUE_DRIVER_LOW,
+            REG_QUEUE_DEVICE_LOW,
+            REG_DRIVER_FEATURES,
+            REG_DRIVER_FEATURES_SEL,
+            REG_QUEUE_NOTIFY,
+            REG_INTERRUPT_ACK,
+        ];
+        let (mut activations, mut refusals) = (0, 0);
+        for _ in 0..5_000 {
+            w(&mut t, REG_STATUS, 0);
+            if next() % 4 != 0 {
+                negotiate(&mut t);
+                for q in 0..2 {
+                    let base = match next() % 4 {
+                        0 => MEM as u64 - 0x1000 * (next() % 4),
+                        1 => next() & 0xffff_f000,
+                        _ => 0x1_0000 + 0x1_0000 * q as u64,
+                    };
+                    if next() % 8 != 0 {
+                        setup_queue(&mut t, q, base);
+                    }
+                }
+            }
+            for _ in 0..(next() % 8) {
+                let r = next();
+                let offset = if r & 3 == 0 {
+                    (r >> 8) & 0x1fff
+                } else {
+                    regs[(r >> 8) as usize % regs.len()]
+                };
+                let len = [1usize, 2, 4, 4, 4, 8][(r >> 32) as usize % 6];
+                let value = match (r >> 40) & 3 {
+                    0 => (next() & 0xff) as u32,
+                    1 => 1,
+                    _ => next() as u32,
+                };
+                let mut bytes = value.to_le_bytes().to_vec();
+                bytes.resize(len, 0);
+                if (r >> 48) & 1 == 0 {
+                    t.write(offset, &bytes);
+                } else {
+                    t.read(offset, &mut bytes);
+                }
+            }
+            w(&mut t, REG_STATUS, ALL_OK);
+            if t.is_activated() {
+                activations += 1;
+            } else {
+                refusals += 1;
+            }
+        }
+        assert!(!state.lock().unwrap().invalid_queue_at_activation);
+        // Both outcomes were exercised.
+        assert!(
+            activations > 100 && refusals > 100,
+            "{activations} / {refusals}"
+        );
     }
 
     #[test]
