@@ -39,7 +39,7 @@ pub struct Fs {
 
 impl Fs {
     /// Creates the device for `cfg`. Fails, naming the path, if the shared directory does not
-    /// exist or is not a directory. Raises the soft RLIMIT_NOFILE to the hard limit: the
+    /// exist or is not a directory. Raises RLIMIT_NOFILE (see `raise_nofile_limit`): the
     /// passthrough file system keeps one fd per inode the guest knows.
     pub fn new(cfg: FsConfig) -> Result<Fs, FsError> {
         cfg.validate()?;
@@ -127,8 +127,11 @@ fn canonical_dir(path: &std::path::Path) -> Result<PathBuf, FsError> {
     Ok(dir)
 }
 
-/// Raises the soft limit on open files to the hard limit (best effort: the guest gets EMFILE
-/// replies when it is reached, the VMM keeps running).
+/// Raises the limit on open files as far as allowed (best effort: when it is reached, the guest
+/// gets EMFILE replies and the VMM keeps running). The passthrough file system keeps one fd per
+/// inode the guest knows, and a guest keeps every inode it has looked up until memory pressure
+/// makes it forget them: like virtiofsd, both limits go to `fs.nr_open` when the VMM may raise
+/// its hard limit (CAP_SYS_RESOURCE), else the soft limit goes to the hard one.
 fn raise_nofile_limit() {
     let mut lim = libc::rlimit {
         rlim_cur: 0,
@@ -139,15 +142,23 @@ fn raise_nofile_limit() {
         tracing::warn!(error = %std::io::Error::last_os_error(), "virtio-fs: getrlimit(RLIMIT_NOFILE)");
         return;
     }
-    if lim.rlim_cur < lim.rlim_max {
+    let nr_open = std::fs::read_to_string("/proc/sys/fs/nr_open")
+        .ok()
+        .and_then(|s| s.trim().parse::<libc::rlim_t>().ok())
+        .unwrap_or(lim.rlim_max);
+    let set = |n: libc::rlim_t| {
         let new = libc::rlimit {
-            rlim_cur: lim.rlim_max,
-            rlim_max: lim.rlim_max,
+            rlim_cur: n,
+            rlim_max: n,
         };
         // SAFETY: setrlimit only reads the struct we pass, which lives for the call.
-        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &new) } != 0 {
-            tracing::warn!(error = %std::io::Error::last_os_error(), "virtio-fs: setrlimit(RLIMIT_NOFILE)");
-        }
+        unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &new) == 0 }
+    };
+    if nr_open > lim.rlim_max && set(nr_open) {
+        return;
+    }
+    if lim.rlim_cur < lim.rlim_max && !set(lim.rlim_max) {
+        tracing::warn!(error = %std::io::Error::last_os_error(), "virtio-fs: setrlimit(RLIMIT_NOFILE)");
     }
 }
 

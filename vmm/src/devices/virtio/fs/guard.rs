@@ -67,7 +67,17 @@ impl FileSystem for GuardedFs {
         if self.read_only {
             capable.remove(FsOptions::WRITEBACK_CACHE);
         }
-        let want = self.inner.init(capable)?;
+        // The passthrough file system asks for little beyond READDIRPLUS; without MAX_PAGES
+        // (or BIG_WRITES) the server's max_write is 4 KiB and the guest's requests 128 KiB at
+        // most. The server accepts requests up to 1 MiB (+ a header page) and serves
+        // concurrent requests of one file or directory safely.
+        let extra = FsOptions::ASYNC_READ
+            | FsOptions::BIG_WRITES
+            | FsOptions::MAX_PAGES
+            | FsOptions::PARALLEL_DIROPS
+            | FsOptions::AUTO_INVAL_DATA
+            | FsOptions::ASYNC_DIO;
+        let want = self.inner.init(capable)? | extra;
         Ok(want & capable)
     }
 

@@ -37,8 +37,10 @@ const REPLY_CAP: u32 = 0x40_0000;
 const RAW: u16 = 64;
 const ROOT: u64 = 1;
 const HDR: usize = std::mem::size_of::<InHeader>();
-/// FUSE_WRITEBACK_CACHE in INIT flags.
+/// INIT flags.
 const WRITEBACK_CACHE: u32 = 1 << 16;
+const BIG_WRITES: u32 = 1 << 5;
+const MAX_PAGES: u32 = 1 << 22;
 
 /// A fresh directory, removed on drop.
 pub(super) struct TempDir(pub PathBuf);
@@ -284,15 +286,19 @@ impl Guest {
         parse(&self.call(Opcode::Init, 0, a.as_slice()).unwrap())
     }
 
-    /// INIT offering `flags`; returns the flags the server enabled.
-    fn init_flags(&mut self, flags: u32) -> u32 {
+    /// INIT offering `flags`; returns the server's reply.
+    fn init_with(&mut self, flags: u32) -> InitOut {
         let a = InitIn {
             major: 7,
             minor: 31,
             max_readahead: 128 << 10,
             flags,
         };
-        parse::<InitOut>(&self.call(Opcode::Init, 0, a.as_slice()).unwrap()).flags
+        parse(&self.call(Opcode::Init, 0, a.as_slice()).unwrap())
+    }
+
+    fn init_flags(&mut self, flags: u32) -> u32 {
+        self.init_with(flags).flags
     }
 
     fn lookup(&mut self, parent: u64, name: &str) -> R<EntryOut> {
@@ -636,7 +642,12 @@ fn fuse_session_against_a_temp_dir() {
 
     let init = g.init();
     assert_eq!(init.major, 7);
-    assert!(init.max_write >= 4096);
+    assert_eq!(init.max_write, 4096, "no MAX_PAGES offered, none taken");
+    // As the Linux client offers them: 1 MiB requests.
+    let big = g.init_with(MAX_PAGES | BIG_WRITES);
+    assert_ne!(big.flags & MAX_PAGES, 0);
+    assert_eq!(big.max_write, 1 << 20);
+    assert_eq!(big.max_pages, 256);
 
     // LOOKUP + GETATTR + OPEN + READ of a host file.
     let e = g.lookup(ROOT, "hello.txt").unwrap();
@@ -667,9 +678,9 @@ fn fuse_session_against_a_temp_dir() {
     let (ne, fh) = g.create(ROOT, "new.bin", libc::O_RDWR, 0o640).unwrap();
     g.uid = 0;
     g.gid = 0;
-    let data: Vec<u8> = (0..300_000u32).map(|i| (i * 7 + i / 251) as u8).collect();
+    let data: Vec<u8> = (0..2_500_000u32).map(|i| (i * 7 + i / 251) as u8).collect();
     let mut off = 0;
-    for chunk in data.chunks(128 << 10) {
+    for chunk in data.chunks(1 << 20) {
         assert_eq!(
             g.write(ne.nodeid, fh, off, chunk).unwrap(),
             chunk.len() as u32
