@@ -12,9 +12,18 @@
 //!   at the kernel's own limit (64 KiB) first.
 //! - No ioctl, no POSIX locks on the host (the trait defaults reply ENOSYS; the guest kernel
 //!   then keeps locks locally).
+//! - READ and WRITE carry the file's current flags, which the passthrough file system applies
+//!   with fcntl(F_SETFL) when they differ from the open flags; if that fails (O_DIRECT on a
+//!   directory handle, for one), fuse-backend-rs 0.14 returns early while a `File` it built over the handle's fd
+//!   is still live, which closes the handle's fd: the fd number is then reused by whatever the
+//!   VMM opens next, and later requests on the handle reach that file instead (found by the
+//!   `virtio_fs` fuzz target). So READ and WRITE get the flags the handle was opened with, the
+//!   fcntl never happens, and handles this layer did not open (directory handles) get EBADF.
 
+use std::collections::HashMap;
 use std::ffi::CStr;
 use std::io;
+use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
 use fuse_backend_rs::abi::fuse_abi::{stat64, statvfs64, CreateIn};
@@ -42,11 +51,29 @@ fn open_writes(flags: u32) -> bool {
 pub(super) struct GuardedFs {
     inner: PassthroughFs<()>,
     read_only: bool,
+    /// Open flags of every file handle from OPEN or CREATE, until RELEASE.
+    handles: Mutex<HashMap<u64, u32>>,
 }
 
 impl GuardedFs {
     pub(super) fn new(inner: PassthroughFs<()>, read_only: bool) -> GuardedFs {
-        GuardedFs { inner, read_only }
+        GuardedFs {
+            inner,
+            read_only,
+            handles: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn handles(&self) -> std::sync::MutexGuard<'_, HashMap<u64, u32>> {
+        self.handles.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The flags `handle` was opened with (EBADF for handles not from OPEN/CREATE).
+    fn open_flags(&self, handle: u64) -> io::Result<u32> {
+        self.handles()
+            .get(&handle)
+            .copied()
+            .ok_or_else(|| io::Error::from_raw_os_error(libc::EBADF))
     }
 
     fn writable(&self) -> io::Result<()> {
@@ -82,6 +109,7 @@ impl FileSystem for GuardedFs {
     }
 
     fn destroy(&self) {
+        self.handles().clear();
         self.inner.destroy()
     }
 
@@ -201,7 +229,11 @@ impl FileSystem for GuardedFs {
         if open_writes(flags) {
             self.writable()?;
         }
-        self.inner.open(ctx, inode, flags, fuse_flags)
+        let res = self.inner.open(ctx, inode, flags, fuse_flags)?;
+        if let (Some(h), _, _) = res {
+            self.handles().insert(h, flags);
+        }
+        Ok(res)
     }
 
     fn create(
@@ -212,7 +244,11 @@ impl FileSystem for GuardedFs {
         args: CreateIn,
     ) -> io::Result<(Entry, Option<u64>, OpenOptions, Option<u32>)> {
         self.writable()?;
-        self.inner.create(ctx, parent, name, args)
+        let res = self.inner.create(ctx, parent, name, args)?;
+        if let (_, Some(h), _, _) = res {
+            self.handles().insert(h, args.flags);
+        }
+        Ok(res)
     }
 
     fn read(
@@ -224,8 +260,9 @@ impl FileSystem for GuardedFs {
         size: u32,
         offset: u64,
         lock_owner: Option<u64>,
-        flags: u32,
+        _flags: u32,
     ) -> io::Result<usize> {
+        let flags = self.open_flags(handle)?;
         self.inner
             .read(ctx, inode, handle, w, size, offset, lock_owner, flags)
     }
@@ -240,10 +277,11 @@ impl FileSystem for GuardedFs {
         offset: u64,
         lock_owner: Option<u64>,
         delayed_write: bool,
-        flags: u32,
+        _flags: u32,
         fuse_flags: u32,
     ) -> io::Result<usize> {
         self.writable()?;
+        let flags = self.open_flags(handle)?;
         self.inner.write(
             ctx,
             inode,
@@ -290,8 +328,13 @@ impl FileSystem for GuardedFs {
         flock_release: bool,
         lock_owner: Option<u64>,
     ) -> io::Result<()> {
-        self.inner
-            .release(ctx, inode, flags, handle, flush, flock_release, lock_owner)
+        let res = self
+            .inner
+            .release(ctx, inode, flags, handle, flush, flock_release, lock_owner);
+        if res.is_ok() {
+            self.handles().remove(&handle);
+        }
+        res
     }
 
     fn statfs(&self, ctx: &Context, inode: u64) -> io::Result<statvfs64> {

@@ -1144,6 +1144,70 @@ fn read_only_share_refuses_every_write() {
 }
 
 #[test]
+fn file_flags_in_read_and_write_never_close_the_handle() {
+    // fcntl(F_SETFL, O_DIRECT) fails on a directory (and on files of file systems without
+    // direct I/O): fuse-backend-rs 0.14 then closed the handle's fd (see guard.rs). The guard
+    // never lets the guest's flags reach that fcntl. (Without the guard this test aborts:
+    // "IO Safety violation: owned file descriptor already closed".)
+    let mut g = share("flags");
+    fs::write(g.share.join("f"), b"0123456789").unwrap();
+    g.init();
+    let e = g.lookup(ROOT, "f").unwrap();
+    let fh = g.open(e.nodeid, libc::O_RDWR).unwrap();
+    let dfh = g.opendir(ROOT).unwrap();
+    for flags in [
+        libc::O_DIRECT as u32,
+        (libc::O_DIRECT | libc::O_APPEND | libc::O_NOATIME) as u32,
+        u32::MAX,
+    ] {
+        let r = ReadIn {
+            fh,
+            size: 100,
+            flags,
+            ..Default::default()
+        };
+        let d = g.call(Opcode::Read, e.nodeid, r.as_slice()).unwrap();
+        assert_eq!(d, fs::read(g.share.join("f")).unwrap(), "flags {flags:#x}");
+        let w = WriteIn {
+            fh,
+            offset: 0,
+            size: 2,
+            flags,
+            ..Default::default()
+        };
+        let d = g
+            .call(Opcode::Write, e.nodeid, &cat(&[w.as_slice(), b"ab"]))
+            .unwrap();
+        assert_eq!(parse::<WriteOut>(&d).size, 2);
+        // The directory handle is not a file handle: EBADF, and it keeps working.
+        let r = ReadIn {
+            fh: dfh,
+            size: 100,
+            flags,
+            ..Default::default()
+        };
+        assert_eq!(
+            g.call(Opcode::Read, ROOT, r.as_slice()).unwrap_err(),
+            libc::EBADF
+        );
+    }
+    assert_eq!(g.read(e.nodeid, fh, 0, 100).unwrap(), b"ab23456789");
+    assert_eq!(fs::read(g.share.join("f")).unwrap(), b"ab23456789");
+    let r = ReadIn {
+        fh: dfh,
+        size: 4096,
+        ..Default::default()
+    };
+    assert!(!g
+        .call(Opcode::Readdir, ROOT, r.as_slice())
+        .unwrap()
+        .is_empty());
+    // Released handles are gone.
+    g.release(e.nodeid, fh);
+    assert_eq!(g.read(e.nodeid, fh, 0, 10).unwrap_err(), libc::EBADF);
+}
+
+#[test]
 fn fd_exhaustion_is_an_error_reply() {
     // Lowering RLIMIT_NOFILE would starve the other tests of this process: run in a child.
     const CHILD: &str = "HULL_FS_EMFILE_CHILD";
