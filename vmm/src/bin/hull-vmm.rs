@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 
 use clap::Parser;
-use hull_vmm::config::{BootProtocolConfig, MemoryBacking, SerialConfig, VsockConfig};
+use hull_vmm::config::{BootProtocolConfig, FsConfig, MemoryBacking, SerialConfig, VsockConfig};
 use hull_vmm::VmConfig;
 
 /// Boot a hull microVM. Flags override the values of --config.
@@ -47,6 +47,14 @@ struct Args {
     /// Control API socket.
     #[arg(long)]
     api_sock: Option<PathBuf>,
+    /// virtio-fs share, repeatable (added to the config's shares); the guest mounts it with
+    /// `mount -t virtiofs TAG DIR`.
+    #[arg(long = "fs", value_name = "TAG=HOSTDIR[,ro][,cache=never|metadata|auto|always][,xattr][,writeback]", value_parser = parse_fs)]
+    fs: Vec<FsConfig>,
+}
+
+fn parse_fs(s: &str) -> Result<FsConfig, String> {
+    FsConfig::parse_cli(s).map_err(|e| e.to_string())
 }
 
 fn config_from(args: Args) -> anyhow::Result<VmConfig> {
@@ -96,6 +104,7 @@ fn config_from(args: Args) -> anyhow::Result<VmConfig> {
     if let Some(v) = args.api_sock {
         c.api_socket = Some(v);
     }
+    c.fs.extend(args.fs);
     Ok(c)
 }
 
