@@ -1,0 +1,238 @@
+//! hull-agent as PID 1: hull-vmm boots the guest kernel with the agent initramfs
+//! (build/hull-initrd.img), and hull-runtime's client drives it through the hybrid vsock socket.
+//!
+//! The agent initramfs holds only /init. For processes to run, a second archive with busybox is
+//! appended (the kernel unpacks concatenated archives in order); the agent's own /init stays.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use hull_agent_protocol::{AgentMode, ExitStatus, SpawnRequest, StdStream, StdioSpec};
+use hull_runtime::agent::{AgentClient, Endpoint};
+use hull_tests::{bin, build_dir, kernel, require_kvm, Initramfs, Proc, TempDir};
+use tokio::io::AsyncReadExt;
+
+/// Generous: everything runs under software emulation inside the emulated KVM host.
+const VM_LIMIT: Duration = Duration::from_secs(900);
+const CALL_LIMIT: Duration = Duration::from_secs(300);
+
+fn agent_initrd() -> PathBuf {
+    let p = build_dir().join("hull-initrd.img");
+    assert!(
+        p.exists(),
+        "{} is missing: run `make initrd` first (make test does)",
+        p.display()
+    );
+    p
+}
+
+/// The agent initramfs followed by a busybox archive.
+fn initrd_with_busybox(dir: &Path) -> PathBuf {
+    let busybox = dir.join("busybox.cpio");
+    Initramfs::new().build(&busybox);
+    let mut both = std::fs::read(agent_initrd()).unwrap();
+    // Each archive starts 4-byte aligned (cpio output is block-padded already).
+    while !both.len().is_multiple_of(4) {
+        both.push(0);
+    }
+    both.extend_from_slice(&std::fs::read(&busybox).unwrap());
+    let out = dir.join("initrd.img");
+    std::fs::write(&out, both).unwrap();
+    out
+}
+
+struct Vm {
+    proc: Option<Proc>,
+    uds: PathBuf,
+    console: PathBuf,
+    _dir: TempDir,
+}
+
+fn boot(tag: &str) -> Vm {
+    require_kvm();
+    let dir = TempDir::new(tag);
+    let initrd = initrd_with_busybox(dir.path());
+    let uds = dir.path().join("v.sock");
+    let console = dir.path().join("console.log");
+    let mut cmd = Command::new(bin("hull-vmm"));
+    cmd.arg("--kernel")
+        .arg(kernel())
+        .arg("--initrd")
+        .arg(&initrd)
+        .args(["--memory-mib", "256", "--vcpus", "1", "--vsock-cid", "3"])
+        .args(["--cmdline", "console=ttyS0 hull.hostname=agent-vm"])
+        .arg("--vsock-uds")
+        .arg(&uds)
+        .arg("--serial")
+        .arg(&console);
+    Vm {
+        proc: Some(Proc::spawn(&mut cmd)),
+        uds,
+        console,
+        _dir: dir,
+    }
+}
+
+impl Vm {
+    fn console_text(&self) -> String {
+        std::fs::read_to_string(&self.console).unwrap_or_default()
+    }
+}
+
+fn sh(script: &str) -> SpawnRequest {
+    let mut r = SpawnRequest::new(["/bin/sh", "-c", script]);
+    r.env = vec!["PATH=/bin:/sbin:/usr/bin:/usr/sbin".into()];
+    r
+}
+
+async fn run(c: &AgentClient, req: SpawnRequest) -> (ExitStatus, String, String) {
+    let out = tokio::time::timeout(CALL_LIMIT, c.run(req, None))
+        .await
+        .expect("process finishes")
+        .unwrap();
+    (
+        out.status,
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+async fn drive(vm: &Vm) {
+    let start = Instant::now();
+    let mut c = AgentClient::connect_retry(Endpoint::vm(&vm.uds), VM_LIMIT)
+        .await
+        .unwrap_or_else(|e| panic!("agent did not come up: {e}\nconsole:\n{}", vm.console_text()));
+    c.set_call_timeout(CALL_LIMIT);
+    eprintln!("agent answered {:.1} s after hull-vmm started", start.elapsed().as_secs_f64());
+
+    // version / health
+    let v = c.version().await.unwrap();
+    assert_eq!(v.mode, AgentMode::Guest);
+    assert_eq!(v.protocol, hull_agent_protocol::PROTOCOL_VERSION);
+    c.health().await.unwrap();
+
+    // A process streams its output and exit code back.
+    let (status, out, err) = run(&c, sh("echo hello from $(hostname); echo oops >&2; exit 7")).await;
+    assert_eq!(status, ExitStatus::Exited { code: 7 });
+    assert_eq!(out, "hello from agent-vm\n");
+    assert_eq!(err, "oops\n");
+
+    // PID 1 duties: the agent is PID 1, and the file systems are mounted.
+    let (status, out, _) = run(&c, sh("cat /proc/1/comm; cat /proc/mounts")).await;
+    assert_eq!(status.code(), Some(0));
+    assert!(out.starts_with("init\n"), "{out}");
+    for (dir, fs) in [
+        ("/proc", "proc"),
+        ("/sys", "sysfs"),
+        ("/dev", "devtmpfs"),
+        ("/dev/pts", "devpts"),
+        ("/dev/shm", "tmpfs"),
+        ("/run", "tmpfs"),
+        ("/sys/fs/cgroup", "cgroup2"),
+    ] {
+        assert!(
+            out.lines().any(|l| l.split_whitespace().nth(1) == Some(dir)
+                && l.split_whitespace().nth(2) == Some(fs)),
+            "{fs} on {dir} missing from /proc/mounts:\n{out}"
+        );
+    }
+
+    // Exec failures.
+    let (status, _, err) = run(&c, SpawnRequest::new(["/no/such/program"])).await;
+    assert_eq!(status.code(), Some(127));
+    assert!(err.contains("No such file or directory"), "{err}");
+
+    // A terminal of the requested size.
+    let mut req = sh("stty size");
+    req.stdio = StdioSpec::Terminal { rows: 30, cols: 90 };
+    let (status, out, _) = run(&c, req).await;
+    assert_eq!(status.code(), Some(0));
+    assert_eq!(out.trim(), "30 90");
+
+    // The clock.
+    c.set_time(std::time::UNIX_EPOCH + Duration::from_secs(2_000_000_000))
+        .await
+        .unwrap();
+    let (_, out, _) = run(&c, sh("date +%s")).await;
+    let now: u64 = out.trim().parse().unwrap();
+    assert!((2_000_000_000..2_000_000_000 + 600).contains(&now), "{now}");
+
+    // Orphans are reaped by PID 1.
+    let (_, out, _) = run(&c, sh("sleep 0.5 & echo $!")).await;
+    let orphan = out.trim();
+    let (status, _, _) = run(
+        &c,
+        sh(&format!(
+            "for i in $(seq 300); do [ -e /proc/{orphan} ] || exit 0; sleep 0.1; done; \
+             cat /proc/{orphan}/status; exit 1"
+        )),
+    )
+    .await;
+    assert_eq!(status.code(), Some(0), "orphan {orphan} was not reaped");
+
+    // Stats.
+    let s = c.stats().await.unwrap();
+    assert!(s.memory.total_bytes > 100 << 20 && s.memory.total_bytes <= 256 << 20);
+    assert_eq!(s.cpu.online_cpus, 1);
+
+    // 8 MiB of output through vsock, every byte.
+    const LEN: usize = 8 << 20;
+    let p = c
+        .spawn(sh(&format!("yes 0123456789abcde | head -c {LEN}")))
+        .await
+        .unwrap();
+    let mut stdout = c.open_stream(p.process, StdStream::Stdout).await.unwrap();
+    let t = Instant::now();
+    let mut data = Vec::new();
+    tokio::time::timeout(CALL_LIMIT, stdout.read_to_end(&mut data))
+        .await
+        .expect("output arrives")
+        .unwrap();
+    let secs = t.elapsed().as_secs_f64();
+    assert_eq!(c.wait(p.process).await.unwrap().code(), Some(0));
+    assert_eq!(data.len(), LEN);
+    assert!(data.chunks(16).all(|ch| ch == &b"0123456789abcde\n"[..ch.len()]));
+    eprintln!(
+        "8 MiB stdout through vsock: {secs:.2} s ({:.1} MiB/s, emulated host)",
+        8.0 / secs
+    );
+
+    // The agent's log reaches the host.
+    let mut log = c.open_log().await.unwrap();
+    let mut text = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !String::from_utf8_lossy(&text).contains("listening on") {
+        let n = tokio::time::timeout(CALL_LIMIT, log.read(&mut buf))
+            .await
+            .expect("log lines")
+            .unwrap();
+        assert!(n > 0);
+        text.extend_from_slice(&buf[..n]);
+    }
+
+    // Shutdown with a process still running: the VM powers off.
+    c.spawn(sh("sleep 1000")).await.unwrap();
+    c.shutdown(Some(Duration::from_millis(500))).await.unwrap();
+}
+
+#[test]
+fn agent_pid1_serves_the_host_and_powers_off() {
+    let mut vm = boot("hull-agent-vm");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(drive(&vm));
+    let f = vm.proc.take().unwrap().wait_timeout(VM_LIMIT);
+    let console = vm.console_text();
+    assert!(
+        f.status.success(),
+        "hull-vmm did not exit 0 after the shutdown call: {:?}\nstderr:\n{}\nconsole:\n{console}",
+        f.status,
+        f.stderr
+    );
+    assert!(console.contains("rebooting to end the VM"), "{console}");
+    assert!(!vm.uds.exists(), "hull-vmm left {} behind", vm.uds.display());
+}
