@@ -102,9 +102,17 @@ async fn drive(vm: &Vm) {
     let start = Instant::now();
     let mut c = AgentClient::connect_retry(Endpoint::vm(&vm.uds), VM_LIMIT)
         .await
-        .unwrap_or_else(|e| panic!("agent did not come up: {e}\nconsole:\n{}", vm.console_text()));
+        .unwrap_or_else(|e| {
+            panic!(
+                "agent did not come up: {e}\nconsole:\n{}",
+                vm.console_text()
+            )
+        });
     c.set_call_timeout(CALL_LIMIT);
-    eprintln!("agent answered {:.1} s after hull-vmm started", start.elapsed().as_secs_f64());
+    eprintln!(
+        "agent answered {:.1} s after hull-vmm started",
+        start.elapsed().as_secs_f64()
+    );
 
     // version / health
     let v = c.version().await.unwrap();
@@ -113,7 +121,8 @@ async fn drive(vm: &Vm) {
     c.health().await.unwrap();
 
     // A process streams its output and exit code back.
-    let (status, out, err) = run(&c, sh("echo hello from $(hostname); echo oops >&2; exit 7")).await;
+    let (status, out, err) =
+        run(&c, sh("echo hello from $(hostname); echo oops >&2; exit 7")).await;
     assert_eq!(status, ExitStatus::Exited { code: 7 });
     assert_eq!(out, "hello from agent-vm\n");
     assert_eq!(err, "oops\n");
@@ -192,7 +201,9 @@ async fn drive(vm: &Vm) {
     let secs = t.elapsed().as_secs_f64();
     assert_eq!(c.wait(p.process).await.unwrap().code(), Some(0));
     assert_eq!(data.len(), LEN);
-    assert!(data.chunks(16).all(|ch| ch == &b"0123456789abcde\n"[..ch.len()]));
+    assert!(data
+        .chunks(16)
+        .all(|ch| ch == &b"0123456789abcde\n"[..ch.len()]));
     eprintln!(
         "8 MiB stdout through vsock: {secs:.2} s ({:.1} MiB/s, emulated host)",
         8.0 / secs
@@ -234,5 +245,9 @@ fn agent_pid1_serves_the_host_and_powers_off() {
         f.stderr
     );
     assert!(console.contains("rebooting to end the VM"), "{console}");
-    assert!(!vm.uds.exists(), "hull-vmm left {} behind", vm.uds.display());
+    assert!(
+        !vm.uds.exists(),
+        "hull-vmm left {} behind",
+        vm.uds.display()
+    );
 }
