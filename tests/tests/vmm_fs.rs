@@ -1,5 +1,5 @@
-//! virtio-fs end to end: hull-vmm serves host directories to a guest (`"fs"` shares in the VM
-//! config, `mount -t virtiofs TAG DIR` in the guest). A busybox init in the guest runs the
+//! virtio-fs end to end: hull-vmm serves host directories to a guest (`--fs TAG=DIR[,OPTS]`,
+//! `mount -t virtiofs TAG DIR` in the guest). A busybox init in the guest runs the
 //! checks and reports `FST <key> <value>` lines on the console; the host checks its side before
 //! boot, while the guest waits for it, and after the VM exits.
 
@@ -37,11 +37,12 @@ fn probe_bytes() -> Vec<u8> {
     b
 }
 
-/// A share of the VM config: `extra` is more JSON fields (`"read_only":true,...`).
+/// A share, passed as `--fs TAG=DIR[,OPTS]`.
 struct Share<'a> {
     tag: &'a str,
     dir: &'a Path,
-    extra: &'a str,
+    /// `ro,cache=never,...` or empty.
+    opts: &'a str,
 }
 
 /// What a VM run left: the VMM's exit, the console and the guest's `FST` reports.
@@ -96,32 +97,23 @@ fn run_vm(dir: &TempDir, shares: &[Share<'_>], script: &str, during: impl FnOnce
         ))
         .build(&initrd);
     let console = dir.path().join("console.log");
-    let fs_json: Vec<String> = shares
-        .iter()
-        .map(|s| {
-            format!(
-                r#"{{"tag":"{}","shared_dir":"{}"{}{}}}"#,
-                s.tag,
-                s.dir.display(),
-                if s.extra.is_empty() { "" } else { "," },
-                s.extra
-            )
-        })
-        .collect();
-    let config = format!(
-        r#"{{"kernel":"{}","initrd":"{}","memory_mib":512,"serial":"{}","fs":[{}]}}"#,
-        kernel().display(),
-        initrd.display(),
-        console.display(),
-        fs_json.join(",")
-    );
-    let config_path = dir.path().join("vm.json");
-    fs::write(&config_path, &config).unwrap();
-    let proc = Proc::spawn(
-        Command::new(bin("hull-vmm"))
-            .arg("--config")
-            .arg(&config_path),
-    );
+    let mut cmd = Command::new(bin("hull-vmm"));
+    cmd.arg("--kernel")
+        .arg(kernel())
+        .arg("--initrd")
+        .arg(&initrd)
+        .args(["--memory-mib", "512", "--serial"])
+        .arg(&console);
+    for s in shares {
+        let opts = if s.opts.is_empty() {
+            String::new()
+        } else {
+            format!(",{}", s.opts)
+        };
+        cmd.arg("--fs")
+            .arg(format!("{}={}{opts}", s.tag, s.dir.display()));
+    }
+    let proc = Proc::spawn(&mut cmd);
     during(&console);
     let finished = proc.wait_timeout(VM_LIMIT);
     let console = console_text(&console);
@@ -264,7 +256,7 @@ umount /mnt && r umounted 1
         &[Share {
             tag: "root",
             dir: &root,
-            extra: "",
+            opts: "",
         }],
         script,
         |_| {},
@@ -391,17 +383,17 @@ r ro_after $(cat /ro/f)
             Share {
                 tag: "never",
                 dir: &never,
-                extra: r#""cache":"never""#,
+                opts: "cache=never",
             },
             Share {
                 tag: "meta",
                 dir: &meta,
-                extra: r#""cache":"metadata""#,
+                opts: "cache=metadata",
             },
             Share {
                 tag: "ro",
                 dir: &ro,
-                extra: r#""read_only":true"#,
+                opts: "ro",
             },
         ],
         script,
@@ -521,7 +513,7 @@ echo pwned > /mnt/abs 2>/dev/null; r write_abs_rc $?
         &[Share {
             tag: "esc",
             dir: &share,
-            extra: "",
+            opts: "",
         }],
         &script,
         |_| {},
@@ -614,7 +606,7 @@ r expected_mib {LARGE_MIB}
         &[Share {
             tag: "big",
             dir: &share,
-            extra: "",
+            opts: "",
         }],
         &script,
         |_| {},
