@@ -12,7 +12,7 @@ use super::{CloseAt, Fd, Output, Process, Processes, StdinSlot};
 use crate::transport::BoxConn;
 
 /// Copy buffer per stream connection.
-const CHUNK: usize = 64 * 1024;
+const CHUNK: usize = 256 * 1024;
 
 /// What a stream connection got.
 pub enum Attachment {

@@ -22,6 +22,8 @@ use super::error::Error;
 pub const DEFAULT_CALL_TIMEOUT: Duration = Duration::from_secs(30);
 /// Default limit for connecting + handshake + hello (one try).
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Most bytes [`AgentClient::run`] collects from one stream.
+pub const MAX_RUN_OUTPUT: u64 = 256 << 20;
 const BACKOFF_START: Duration = Duration::from_millis(10);
 const BACKOFF_MAX: Duration = Duration::from_millis(250);
 
@@ -124,8 +126,7 @@ impl AgentClient {
                 Ok(c) => return Ok(c),
                 Err(e) if e.is_retryable() && start.elapsed() < deadline => {
                     tracing::debug!("agent at {endpoint} not up yet: {e}");
-                    tokio::time::sleep(backoff.min(deadline.saturating_sub(start.elapsed())))
-                        .await;
+                    tokio::time::sleep(backoff.min(deadline.saturating_sub(start.elapsed()))).await;
                     backoff = (backoff * 2).min(BACKOFF_MAX);
                 }
                 Err(e) if e.is_retryable() => {
@@ -373,7 +374,8 @@ impl AgentClient {
     }
 
     /// Runs a process to completion: spawns it, feeds it `stdin` (closing it afterwards; with
-    /// `None` stdin is /dev/null), collects stdout and stderr, and waits for the exit.
+    /// `None` stdin is /dev/null), collects stdout and stderr (at most [`MAX_RUN_OUTPUT`] bytes
+    /// each), and waits for the exit.
     pub async fn run(
         &self,
         mut req: SpawnRequest,
@@ -394,11 +396,17 @@ impl AgentClient {
             StdioSpec::Terminal { .. } => (true, false),
         };
         let p = self.spawn(req).await?;
+        // The guest is not trusted: collect at most MAX_RUN_OUTPUT bytes per stream.
         let collect = |s: Option<UnixStream>| {
             tokio::spawn(async move {
                 let mut v = Vec::new();
-                if let Some(mut s) = s {
-                    s.read_to_end(&mut v).await?;
+                if let Some(s) = s {
+                    s.take(MAX_RUN_OUTPUT + 1).read_to_end(&mut v).await?;
+                }
+                if v.len() as u64 > MAX_RUN_OUTPUT {
+                    return Err(std::io::Error::other(format!(
+                        "the process wrote more than {MAX_RUN_OUTPUT} bytes to one stream;                          use open_stream to read that much"
+                    )));
                 }
                 Ok::<_, std::io::Error>(v)
             })
