@@ -7,8 +7,8 @@
 #
 #   guest-agent/build-initrd.sh [OUT]
 #
-# The agent is built like `make build` builds it (release, +crt-static, explicit target triple,
-# same CARGO_TARGET_DIR when run from make), so after `make build` this is a no-op build.
+# The agent is built (release, +crt-static, explicit target triple), unless HULL_AGENT_BIN names
+# an already built static agent (the Makefile passes build/bin/hull-agent).
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
@@ -22,15 +22,21 @@ die() { echo "[initrd] error: $*" >&2; exit 1; }
 
 command -v cpio >/dev/null || die "cpio is not installed (scripts/install-deps.sh installs it)"
 
-# The explicit --target keeps +crt-static off proc-macros and build scripts.
-export CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUSTFLAGS="-C target-feature=+crt-static"
-log "building the static hull-agent"
-(cd "$top" && cargo build --release --target "$triple" -p hull-agent --bin hull-agent >&2)
-
-target_dir=${CARGO_TARGET_DIR:-$(cd "$top" && cargo metadata --format-version 1 --no-deps |
-  sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p')}
-agent=$target_dir/$triple/release/hull-agent
-[ -x "$agent" ] || die "built agent not found at $agent"
+if [ -n "${HULL_AGENT_BIN:-}" ]; then
+  # Already built (e.g. by `make build`, which builds the whole workspace: building the agent
+  # alone would unify dependency features differently and rebuild them).
+  agent=$HULL_AGENT_BIN
+  [ -x "$agent" ] || die "HULL_AGENT_BIN=$agent is not an executable"
+else
+  # The explicit --target keeps +crt-static off proc-macros and build scripts.
+  export CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUSTFLAGS="-C target-feature=+crt-static"
+  log "building the static hull-agent"
+  (cd "$top" && cargo build --release --target "$triple" -p hull-agent --bin hull-agent >&2)
+  target_dir=${CARGO_TARGET_DIR:-$(cd "$top" && cargo metadata --format-version 1 --no-deps |
+    sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p')}
+  agent=$target_dir/$triple/release/hull-agent
+  [ -x "$agent" ] || die "built agent not found at $agent"
+fi
 if readelf -l "$agent" | grep -q INTERP; then
   die "$agent is dynamically linked (it must be static to run as /init)"
 fi

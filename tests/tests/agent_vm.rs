@@ -61,7 +61,10 @@ fn boot(tag: &str) -> Vm {
         .arg("--initrd")
         .arg(&initrd)
         .args(["--memory-mib", "256", "--vcpus", "1", "--vsock-cid", "3"])
-        .args(["--cmdline", "console=ttyS0 hull.hostname=agent-vm"])
+        .args([
+            "--cmdline",
+            "console=ttyS0 hull.hostname=agent-vm hull.time=1900000000",
+        ])
         .arg("--vsock-uds")
         .arg(&uds)
         .arg("--serial")
@@ -159,7 +162,13 @@ async fn drive(vm: &Vm) {
     assert_eq!(status.code(), Some(0));
     assert_eq!(out.trim(), "30 90");
 
-    // The clock.
+    // The clock: set from the command line at boot, then by the set_time call.
+    let (_, out, _) = run(&c, sh("date +%s")).await;
+    let boot_time: u64 = out.trim().parse().unwrap();
+    assert!(
+        (1_900_000_000..1_900_000_000 + 900).contains(&boot_time),
+        "{boot_time}"
+    );
     c.set_time(std::time::UNIX_EPOCH + Duration::from_secs(2_000_000_000))
         .await
         .unwrap();

@@ -23,3 +23,6 @@ pub use client::{AgentClient, ProcessOutput, Spawned};
 pub use endpoint::Endpoint;
 pub use error::Error;
 pub use hull_agent_protocol as protocol;
+
+#[cfg(test)]
+mod tests;
