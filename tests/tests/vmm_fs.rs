@@ -569,7 +569,8 @@ echo pwned > /mnt/abs 2>/dev/null; r write_abs_rc $?
 }
 
 /// Size of the large-file test, chosen so that it stays within about two minutes inside the
-/// emulated host (see the measurement it prints).
+/// emulated host: measured there, 256 MiB take 33 s to sha256 through the share and 34 s to copy
+/// within it, 95 s for the whole test; 1 GiB would take over five minutes.
 const LARGE_MIB: usize = 256;
 
 #[test]
