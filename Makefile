@@ -33,7 +33,7 @@ kernel: deps
 	kernel-config/build.sh $(BUILD)/vmlinux
 
 initrd: build
-	guest-agent/build-initrd.sh $(BUILD)/hull-initrd.img
+	HULL_AGENT_BIN=$(BUILD)/bin/hull-agent guest-agent/build-initrd.sh $(BUILD)/hull-initrd.img
 
 lint:
 	cargo fmt --all -- --check
