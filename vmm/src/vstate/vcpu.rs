@@ -6,7 +6,7 @@
 //! new state at the top of its loop.
 
 use std::cell::Cell;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -72,6 +72,8 @@ struct ControlInner {
 pub struct VcpuControl {
     inner: Mutex<ControlInner>,
     cv: Condvar,
+    /// True while the state is Running: the vCPUs' lock-free fast path on every VM exit.
+    running: AtomicBool,
 }
 
 impl Default for VcpuControl {
@@ -82,6 +84,7 @@ impl Default for VcpuControl {
                 paused: 0,
             }),
             cv: Condvar::new(),
+            running: AtomicBool::new(true),
         }
     }
 }
@@ -101,11 +104,18 @@ impl VcpuControl {
         if g.state != RunState::Stopping {
             g.state = state;
         }
+        self.running
+            .store(g.state == RunState::Running, Ordering::SeqCst);
         self.cv.notify_all();
     }
 
     /// Called by a vCPU thread before KVM_RUN: blocks while paused; false when it must stop.
     fn vcpu_checkpoint(&self) -> bool {
+        // The controller stores the new state before kicking the thread, so a vCPU that misses
+        // it here leaves KVM_RUN at once (immediate_exit) and sees it on the next pass.
+        if self.running.load(Ordering::SeqCst) {
+            return true;
+        }
         let mut g = self.lock();
         if g.state == RunState::Paused {
             g.paused += 1;
