@@ -8,6 +8,7 @@
 
 mod init;
 mod log;
+mod mounts;
 mod process;
 mod server;
 mod stats;

@@ -355,6 +355,20 @@ async fn handle_call(agent: &Agent, call: Request) -> Result<Response, AgentErro
             }
             crate::init::set_clock(seconds, nanos).map(|()| Response::Done)
         }
+        Request::Mount(req) => {
+            // Mounting a virtio-fs share is a FUSE round trip to the VMM: keep it off the
+            // async workers.
+            tokio::task::spawn_blocking(move || crate::mounts::mount_fs(&req))
+                .await
+                .map_err(|e| AgentError::new(ErrorKind::Io, format!("mount task: {e}")))?
+                .map(|()| Response::Done)
+        }
+        Request::Unmount { target, lazy } => {
+            tokio::task::spawn_blocking(move || crate::mounts::unmount_fs(&target, lazy))
+                .await
+                .map_err(|e| AgentError::new(ErrorKind::Io, format!("unmount task: {e}")))?
+                .map(|()| Response::Done)
+        }
         // The shutdown itself starts once this reply is written (see serve_control).
         Request::Shutdown { .. } => Ok(Response::Done),
         other => Err(AgentError::new(

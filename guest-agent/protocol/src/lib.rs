@@ -82,10 +82,12 @@
 pub mod error;
 pub mod frame;
 pub mod messages;
+pub mod mount;
 
 pub use error::{AgentError, ErrorKind, FrameError};
 pub use frame::{encode_frame, FrameDecoder};
 pub use messages::*;
+pub use mount::{check_path, FsType, MountOption, MountRequest};
 
 /// Version of the agent protocol; both ends must agree exactly.
 pub const PROTOCOL_VERSION: u32 = 1;

@@ -4,6 +4,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::error::{AgentError, ErrorKind};
+use crate::mount::MountRequest;
 use crate::PROTOCOL_VERSION;
 
 /// The agent's handle for a spawned process; assigned by the agent, never reused.
@@ -167,6 +168,16 @@ pub enum Request {
     Stats,
     /// Set the guest's realtime clock. Reply: [`Response::Done`].
     SetTime { seconds: i64, nanos: u32 },
+    /// Mount a file system (creating the target directory if missing). Reply:
+    /// [`Response::Done`].
+    Mount(MountRequest),
+    /// Unmount the file system mounted at `target` (`lazy`: detach it now, clean up when it is
+    /// no longer busy). Reply: [`Response::Done`].
+    Unmount {
+        target: String,
+        #[serde(default)]
+        lazy: bool,
+    },
     /// Stop every process (SIGTERM, then SIGKILL after `grace_ms`) and power the VM off (host
     /// mode: exit). Reply: [`Response::Done`], sent before shutting down.
     Shutdown {
@@ -190,6 +201,8 @@ impl Request {
         "stats",
         "set_time",
         "shutdown",
+        "mount",
+        "unmount",
     ];
 
     /// This request's `type` name.
@@ -207,6 +220,8 @@ impl Request {
             Request::Stats => "stats",
             Request::SetTime { .. } => "set_time",
             Request::Shutdown { .. } => "shutdown",
+            Request::Mount(_) => "mount",
+            Request::Unmount { .. } => "unmount",
         }
     }
 }
@@ -409,6 +424,11 @@ pub struct SpawnRequest {
     pub user: Option<User>,
     #[serde(default)]
     pub stdio: StdioSpec,
+    /// Absolute path (in the agent's view) of a directory the process is chrooted into before
+    /// it execs; `cwd`, `argv[0]` and `PATH` are then resolved inside it. `None`: the agent's
+    /// own root.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub root: Option<String>,
 }
 
 impl SpawnRequest {
@@ -420,6 +440,7 @@ impl SpawnRequest {
             cwd: "/".into(),
             user: None,
             stdio: StdioSpec::default(),
+            root: None,
         }
     }
 }

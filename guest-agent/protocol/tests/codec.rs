@@ -20,7 +20,17 @@ fn all_requests() -> Vec<Request> {
                 groups: vec![1000, 27],
             }),
             stdio: StdioSpec::Terminal { rows: 24, cols: 80 },
+            root: Some("/run/rootfs".into()),
         }),
+        Request::Mount(MountRequest {
+            options: vec![MountOption::Nosuid, MountOption::Noexec],
+            data: vec!["size=1m".into()],
+            ..MountRequest::tmpfs("/run/t")
+        }),
+        Request::Unmount {
+            target: "/run/rootfs".into(),
+            lazy: true,
+        },
         Request::Signal {
             process: p,
             signal: 15,

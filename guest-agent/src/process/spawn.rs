@@ -12,7 +12,8 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
 use hull_agent_protocol::{
-    AgentError, ErrorKind, Redirect, SpawnRequest, StdioSpec, MAX_ARGV, MAX_ENV, MAX_GROUPS,
+    check_path, AgentError, ErrorKind, Redirect, SpawnRequest, StdioSpec, MAX_ARGV, MAX_ENV,
+    MAX_GROUPS,
 };
 
 /// PATH used to find a bare program name when the request's environment has none.
@@ -37,6 +38,8 @@ pub struct Prepared {
     /// Paths to try in order (one for an absolute program, one per PATH entry for a bare name).
     candidates: Vec<CString>,
     cwd: CString,
+    /// Directory to chroot into before `cwd` and the program are resolved.
+    root: Option<CString>,
     user: Option<(libc::uid_t, libc::gid_t, Vec<libc::gid_t>)>,
     /// `hull-agent: <argv0>: ` for error messages written by the child.
     err_prefix: Vec<u8>,
@@ -94,17 +97,37 @@ pub fn prepare(req: &SpawnRequest) -> Result<Prepared, AgentError> {
             req.cwd
         )));
     }
-    match std::fs::metadata(&req.cwd) {
+    let root = match &req.root {
+        None => None,
+        Some(r) => {
+            check_path("root", r)?;
+            match std::fs::metadata(r) {
+                Ok(m) if m.is_dir() => {}
+                Ok(_) => return Err(invalid(format!("root {r:?} is not a directory"))),
+                Err(e) => return Err(invalid(format!("root {r:?} is not usable: {e}"))),
+            }
+            Some(cstring("root", r)?)
+        }
+    };
+    let cwd_check = match &root {
+        None => std::fs::metadata(&req.cwd),
+        Some(r) => metadata_in_root(r, &req.cwd),
+    };
+    let in_root = match &req.root {
+        Some(r) => format!(" (inside root {r:?})"),
+        None => String::new(),
+    };
+    match cwd_check {
         Ok(m) if m.is_dir() => {}
         Ok(_) => {
             return Err(invalid(format!(
-                "working directory {:?} is not a directory",
+                "working directory {:?}{in_root} is not a directory",
                 req.cwd
             )))
         }
         Err(e) => {
             return Err(invalid(format!(
-                "working directory {:?} is not usable: {e}",
+                "working directory {:?}{in_root} is not usable: {e}",
                 req.cwd
             )))
         }
@@ -147,9 +170,57 @@ pub fn prepare(req: &SpawnRequest) -> Result<Prepared, AgentError> {
         env,
         candidates,
         cwd,
+        root,
         user,
         err_prefix,
     })
+}
+
+/// Metadata of `path` resolved as if `root` were `/` (symlinks and `..` cannot leave it), the
+/// way the child will see it after chroot: openat2(RESOLVE_IN_ROOT).
+fn metadata_in_root(root: &CString, path: &str) -> std::io::Result<std::fs::Metadata> {
+    let open =
+        |p: &CString, dirfd: RawFd, how: Option<&libc::open_how>| -> std::io::Result<OwnedFd> {
+            let fd = match how {
+                // SAFETY: `p` is NUL-terminated and `how` points at a valid open_how of the size
+                // passed; openat2 returns a new descriptor or -1.
+                Some(how) => unsafe {
+                    libc::syscall(
+                        libc::SYS_openat2,
+                        dirfd,
+                        p.as_ptr(),
+                        how as *const libc::open_how,
+                        std::mem::size_of::<libc::open_how>(),
+                    ) as libc::c_int
+                },
+                // SAFETY: `p` is NUL-terminated; open returns a new descriptor or -1.
+                None => unsafe {
+                    libc::open(
+                        p.as_ptr(),
+                        libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC,
+                    )
+                },
+            };
+            if fd < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            // SAFETY: a fresh descriptor that nothing else owns.
+            Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+        };
+    let rootfd = open(root, libc::AT_FDCWD, None)?;
+    let rel = CString::new(path.trim_start_matches('/'))
+        .map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
+    let rel = if rel.as_bytes().is_empty() {
+        c".".to_owned()
+    } else {
+        rel
+    };
+    // SAFETY: open_how is plain data; all-zero is valid, then the fields we need are set.
+    let mut how: libc::open_how = unsafe { std::mem::zeroed() };
+    how.flags = (libc::O_PATH | libc::O_CLOEXEC) as u64;
+    how.resolve = libc::RESOLVE_IN_ROOT;
+    let fd = open(&rel, rootfd.as_raw_fd(), Some(&how))?;
+    std::fs::File::from(fd).metadata()
 }
 
 /// The child's ends of its standard streams.
@@ -466,6 +537,21 @@ unsafe fn child(
     // this also covers any a library opened without the flag). Failure (old kernel) is harmless.
     // SAFETY: close_range takes plain integers.
     unsafe { libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32) };
+    if let Some(root) = &p.root {
+        // Before dropping privileges: chroot needs CAP_SYS_CHROOT.
+        // SAFETY: `root` is a NUL-terminated string prepared before fork.
+        if unsafe { libc::chroot(root.as_ptr()) } < 0 {
+            let e = errno();
+            let code = if e == libc::ENOENT { 127 } else { 126 };
+            // SAFETY: we are the forked child.
+            unsafe { die(pre, b"chroot: ", e, code) };
+        }
+        // SAFETY: a static NUL-terminated path.
+        if unsafe { libc::chdir(c"/".as_ptr()) } < 0 {
+            // SAFETY: we are the forked child.
+            unsafe { die(pre, b"chdir to the new root: ", errno(), 126) };
+        }
+    }
     if let Some((uid, gid, groups)) = &p.user {
         // SAFETY: the pointer and length describe the `groups` vector prepared before fork.
         if unsafe { libc::setgroups(groups.len(), groups.as_ptr()) } < 0 {

@@ -6,8 +6,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use hull_agent_protocol::frame::{read_frame_async, write_frame_async, write_raw_frame_async};
 use hull_agent_protocol::{
     decode_hello_reply, decode_response, encode_frame, AgentError, ConnectionKind, ExitStatus,
-    GuestStats, HealthInfo, Hello, HelloReply, ProcessId, ProcessInfo, Redirect, Request,
-    RequestFrame, Response, SpawnRequest, StdStream, StdioSpec, VersionInfo, PROTOCOL_VERSION,
+    GuestStats, HealthInfo, Hello, HelloReply, MountRequest, ProcessId, ProcessInfo, Redirect,
+    Request, RequestFrame, Response, SpawnRequest, StdStream, StdioSpec, VersionInfo,
+    PROTOCOL_VERSION,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::unix::OwnedWriteHalf;
@@ -292,6 +293,26 @@ impl AgentClient {
 
     pub async fn release(&self, process: ProcessId) -> Result<(), Error> {
         self.done("release", Request::Release { process }).await
+    }
+
+    /// Mounts a file system in the guest (e.g. [`MountRequest::virtiofs`]). The request is
+    /// checked here first, so a bad one fails without a round trip, with the agent's wording.
+    pub async fn mount(&self, req: MountRequest) -> Result<(), Error> {
+        req.validate()?;
+        self.done("mount", Request::Mount(req)).await
+    }
+
+    /// Unmounts the file system at `target` (`lazy`: detach it even if busy).
+    pub async fn unmount(&self, target: &str, lazy: bool) -> Result<(), Error> {
+        hull_agent_protocol::check_path("unmount target", target)?;
+        self.done(
+            "unmount",
+            Request::Unmount {
+                target: target.to_string(),
+                lazy,
+            },
+        )
+        .await
     }
 
     pub async fn list_processes(&self) -> Result<Vec<ProcessInfo>, Error> {
