@@ -167,9 +167,10 @@ pub struct Finished {
 }
 
 impl Proc {
-    /// Spawns `cmd` with stdout and stderr captured (stdin is null unless set on `cmd`).
+    /// Spawns `cmd` with stdin from /dev/null and stdout and stderr captured.
     pub fn spawn(cmd: &mut Command) -> Proc {
         let mut child = cmd
+            .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
