@@ -72,6 +72,19 @@
 //! process's stderr (or terminal). Bad arguments (empty argv, relative program path or cwd, a cwd
 //! that does not exist, NUL bytes) are refused with an error reply and start nothing.
 //!
+//! A spawn request may name a `root`: the child chroots into that directory (after setting up
+//! its streams, before dropping privileges) and `cwd`, `argv[0]` and `PATH` are resolved inside
+//! it; the agent checks `cwd` as it will be seen from inside the root.
+//!
+//! # Mounts
+//!
+//! `mount` ([`MountRequest`]) mounts a virtio-fs share by tag, a tmpfs, a procfs or a recursive
+//! bind mount at an absolute target (no `..`, no NUL, not `/`), creating missing directories and
+//! removing them again if the mount fails; `unmount` undoes one (optionally lazily). Requests are
+//! checked by [`MountRequest::validate`] on both sides; errors name the field and the problem.
+//! Added in protocol version 1 as new calls: an older agent answers
+//! [`ErrorKind::UnknownRequest`].
+//!
 //! # Growing the protocol
 //!
 //! [`Request`] and [`Response`] are internally tagged (`"type"`) enums: new calls (containers:
