@@ -5,17 +5,15 @@
 set -euo pipefail
 top=$(cd "$(dirname "$0")/.." && pwd)
 kernel=$top/build/vmlinux
-vcpus=${HULL_DEMO_VCPUS:-1}
+vcpus=${HULL_DEMO_VCPUS:-2}
 
 if [ "${1:-}" = --inside ]; then
   initrd=$2
-  echo "demo: starting a microVM (QEMU microvm + KVM, $vcpus vCPU, 256 MiB) with $kernel"
+  echo "demo: starting a microVM: hull-vmm + KVM, $vcpus vCPU, 256 MiB, kernel $kernel"
   start=$(date +%s.%N)
-  qemu-system-x86_64 -M microvm,x-option-roms=off,rtc=off,pit=off,pic=off,isa-serial=on \
-    -enable-kvm -cpu host -smp "$vcpus" -m 256 -nodefaults -no-user-config -display none \
-    -serial stdio -no-reboot -kernel "$kernel" -initrd "$initrd" \
-    -append "console=ttyS0 reboot=t panic=-1 quiet" </dev/null | grep --line-buffered '^guest:'
-  echo "demo: the microVM ran and powered off in $(echo "$(date +%s.%N) - $start" | bc | cut -c1-4) s"
+  "$top/build/bin/hull-vmm" --kernel "$kernel" --initrd "$initrd" --vcpus "$vcpus" --memory-mib 256 \
+    --serial stdout </dev/null | grep --line-buffered '^guest:'
+  echo "demo: the guest rebooted and hull-vmm exited 0 after $(echo "$(date +%s.%N) - $start" | bc | cut -c1-4) s"
   exit 0
 fi
 
