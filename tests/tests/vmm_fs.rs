@@ -173,6 +173,19 @@ fn sha256(path: &Path) -> String {
         .to_string()
 }
 
+fn xattr(path: &Path, name: &str) -> Vec<u8> {
+    use std::os::unix::ffi::OsStrExt;
+    let p = std::ffi::CString::new(path.as_os_str().as_bytes()).unwrap();
+    let n = std::ffi::CString::new(name).unwrap();
+    let mut buf = vec![0u8; 4096];
+    // SAFETY: lgetxattr writes at most buf.len() bytes into buf, which outlives the call.
+    let len =
+        unsafe { libc::lgetxattr(p.as_ptr(), n.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
+    assert!(len >= 0, "lgetxattr {name} on {}", path.display());
+    buf.truncate(len as usize);
+    buf
+}
+
 /// Deterministic pseudo-random bytes (xorshift64*).
 fn pattern(seed: u64, len: usize) -> Vec<u8> {
     let mut x = seed | 1;
@@ -248,6 +261,7 @@ mkfifo /mnt/data/fifo
 r fifo $(cat /mnt/data/fifo)
 /bin/hull-fs-probe unix-socket /mnt/data/sock
 /bin/hull-fs-probe locks /mnt/data/lockfile
+/bin/hull-fs-probe xattr /mnt/data/lockfile trusted.hull from-the-guest
 rm /mnt/many/entry-00000 && r unlinked 1
 umount /mnt && r umounted 1
 "#;
@@ -256,7 +270,9 @@ umount /mnt && r umounted 1
         &[Share {
             tag: "root",
             dir: &root,
-            opts: "",
+            // The writeback cache only changes when data reaches the host (by the unmount
+            // at the latest); every check on the host side runs after the VM exited.
+            opts: "xattr,writeback",
         }],
         script,
         |_| {},
@@ -321,6 +337,12 @@ umount /mnt && r umounted 1
         .is_socket());
     // flock and POSIX locks exclude each other in the guest.
     run.probe_ok("locks");
+    // Extended attributes (`xattr`; trusted.*: the test host's tmpfs has no user.* xattrs).
+    run.probe_ok("xattr");
+    assert_eq!(
+        xattr(&data.join("lockfile"), "trusted.hull"),
+        b"from-the-guest"
+    );
     assert_eq!(run.get("umounted"), "1");
 }
 

@@ -8,6 +8,8 @@
 //! - `locks FILE`: flock(2) and fcntl(2) locks exclude a second open file description / a
 //!   second process, and are released on unlock.
 //! - `unix-socket PATH`: binds a Unix socket at PATH, connects to it and exchanges a message.
+//! - `xattr FILE NAME VALUE`: sets the extended attribute NAME, reads it back and finds it in
+//!   the list.
 //! - `open-by-handle FILE MOUNT`: takes FILE's handle, then opens handles with every node id in
 //!   1..=4096 (and a few absurd ones) on MOUNT; any fd that opens must be a file of MOUNT.
 //!   Prints how many opened and how many escaped (must be 0).
@@ -171,6 +173,40 @@ fn unix_socket_cmd(path: &str) -> Result<String, String> {
     Ok("exchanged".into())
 }
 
+fn xattr_cmd(path: &str, name: &str, value: &str) -> Result<String, String> {
+    let p = CString::new(path).unwrap();
+    let n = CString::new(name).unwrap();
+    // SAFETY: all pointers are valid for the given lengths during the call.
+    let rc = unsafe {
+        libc::setxattr(
+            p.as_ptr(),
+            n.as_ptr(),
+            value.as_ptr().cast(),
+            value.len(),
+            0,
+        )
+    };
+    if rc != 0 {
+        return Err(format!("setxattr: errno {}", errno()));
+    }
+    let mut buf = vec![0u8; 4096];
+    // SAFETY: the kernel writes at most buf.len() bytes into buf.
+    let len = unsafe { libc::getxattr(p.as_ptr(), n.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
+    if len < 0 || &buf[..len as usize] != value.as_bytes() {
+        return Err(format!("getxattr: {len}, errno {}", errno()));
+    }
+    // SAFETY: as above.
+    let len = unsafe { libc::listxattr(p.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
+    if len < 0
+        || !buf[..len as usize]
+            .split(|b| *b == 0)
+            .any(|s| s == name.as_bytes())
+    {
+        return Err(format!("listxattr: {len}, errno {}", errno()));
+    }
+    Ok("set+get+list".into())
+}
+
 #[repr(C)]
 struct Handle {
     bytes: u32,
@@ -260,6 +296,7 @@ fn main() -> ExitCode {
         "mmap" => ("mmap", mmap_cmd(a(2), a(3).parse().unwrap_or(0), a(4))),
         "locks" => ("locks", locks_cmd(a(2))),
         "unix-socket" => ("unix-socket", unix_socket_cmd(a(2))),
+        "xattr" => ("xattr", xattr_cmd(a(2), a(3), a(4))),
         "open-by-handle" => ("open-by-handle", open_by_handle_cmd(a(2), a(3))),
         other => return fail("usage", format!("unknown subcommand {other:?}")),
     };
