@@ -477,9 +477,12 @@ fn build(config: &VmConfig) -> Result<Vmm, VmmError> {
     let mem_size = config.memory_bytes();
 
     // Memory and VM.
+    let phase = |what: &str| tracing::debug!("build: {what} done at {:?}", start.elapsed());
+    phase("config validation");
     let mem = vm::create_guest_memory(mem_size, config.memory_backing)?;
     let vm = Vm::new(vcpus)?;
     vm.register_memory(&mem)?;
+    phase("guest memory and KVM VM");
 
     // Kernel and initramfs.
     let open = |what, path: &PathBuf| {
@@ -492,6 +495,7 @@ fn build(config: &VmConfig) -> Result<Vmm, VmmError> {
     let allow_pvh = config.boot_protocol == BootProtocolConfig::Auto;
     let entry = boot::load_kernel(&mem, &mut open("kernel", &config.kernel)?, allow_pvh)?;
     tracing::debug!("kernel entry: {:?} at {:#x}", entry.protocol, entry.entry);
+    phase("kernel load");
     let initrd = match &config.initrd {
         Some(p) => Some(boot::load_initrd(
             &mem,
@@ -501,6 +505,8 @@ fn build(config: &VmConfig) -> Result<Vmm, VmmError> {
         )?),
         None => None,
     };
+
+    phase("initramfs load");
 
     // Legacy devices.
     let mut pio_bus = Bus::new();
@@ -571,15 +577,21 @@ fn build(config: &VmConfig) -> Result<Vmm, VmmError> {
     boot::write_cmdline(&mem, &cmdline)?;
     boot::write_boot_info(&mem, mem_size, &entry, cmdline_len, initrd)?;
     mptable::setup(&mem, vcpu_count)?;
+    phase("devices and boot information");
 
     // vCPUs.
+    let base_cpuid = vm.supported_cpuid()?;
+    let host = vm.host_features();
+    tracing::debug!("host features beyond the supported CPUID: {host:?}");
     let mut vcpu_list = Vec::with_capacity(vcpus as usize);
     for id in 0..vcpu_count {
         let v = Vcpu::new(&vm, id)?;
         let boot_regs = (id == 0).then_some((entry.protocol, entry.entry));
-        v.configure(&vm, vcpu_count, &mem, boot_regs)?;
+        v.configure(&base_cpuid, host, vcpu_count, &mem, boot_regs)?;
         vcpu_list.push(v);
     }
+
+    phase("vCPU set-up");
 
     // Control plane.
     let control = Arc::new(VcpuControl::default());

@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use kvm_bindings::kvm_run;
+use kvm_bindings::{kvm_run, CpuId};
 use kvm_ioctls::{VcpuExit, VcpuFd};
 use serde::Serialize;
 
@@ -48,8 +48,6 @@ pub enum VcpuError {
         #[source]
         source: regs::RegsError,
     },
-    #[error("vCPU {0}: cannot create its CPUID")]
-    Cpuid(u8),
     #[error("cannot install the vCPU kick signal handler: {0}")]
     Signal(#[source] vmm_sys_util::errno::Error),
 }
@@ -224,15 +222,16 @@ impl Vcpu {
     /// is Some), the others wait for INIT/SIPI from it.
     pub fn configure(
         &self,
-        vm: &Vm,
+        base_cpuid: &CpuId,
+        host: cpuid::HostFeatures,
         cpu_count: u8,
         mem: &GuestMemory,
         boot: Option<(regs::BootProtocol, u64)>,
     ) -> Result<(), VcpuError> {
         let id = self.id;
         let kvm = |what: &'static str| move |source| VcpuError::Kvm { id, what, source };
-        let mut c = vm.supported_cpuid().map_err(|_| VcpuError::Cpuid(id))?;
-        cpuid::adjust(&mut c, id, cpu_count);
+        let mut c = base_cpuid.clone();
+        cpuid::adjust(&mut c, id, cpu_count, host);
         self.fd.set_cpuid2(&c).map_err(kvm("KVM_SET_CPUID2"))?;
         msr::setup_msrs(&self.fd).map_err(|source| VcpuError::Msr { id, source })?;
         regs::setup_fpu(&self.fd).map_err(|source| VcpuError::Regs { id, source })?;

@@ -1,13 +1,23 @@
 //! CPUID: KVM's supported set, adjusted per vCPU (topology, APIC id, hypervisor signature) with
 //! the features a guest must not see removed.
+//!
+//! Two bits matter for boot time. KVM emulates the LAPIC TSC-deadline timer but leaves its bit
+//! out of KVM_GET_SUPPORTED_CPUID (userspace sets it when KVM_CAP_TSC_DEADLINE_TIMER is there),
+//! and leaf 0x6 carries ARAT (the LAPIC timer keeps running in deep C-states). With both, Linux
+//! needs no PIT: it skips LAPIC timer calibration against the PIT (about 100 ms of ticks, whose
+//! verification can fail under a loaded host and leave the guest on the PIT as its clock event
+//! device) and the IO-APIC timer check.
 
 use kvm_bindings::{kvm_cpuid_entry2, CpuId};
 
 // Leaf 0x1.
 const LEAF1_ECX_MONITOR: u32 = 1 << 3;
 const LEAF1_ECX_VMX: u32 = 1 << 5;
+const LEAF1_ECX_TSC_DEADLINE: u32 = 1 << 24;
 const LEAF1_ECX_HYPERVISOR: u32 = 1 << 31;
 const LEAF1_EDX_HTT: u32 = 1 << 28;
+// Leaf 0x6: Always Running APIC Timer.
+const LEAF6_EAX_ARAT: u32 = 1 << 2;
 // Leaf 0x80000001.
 const EXT1_ECX_SVM: u32 = 1 << 2;
 
@@ -23,7 +33,14 @@ fn id_bits(n: u32) -> u32 {
     }
 }
 
-fn adjust_entry(e: &mut kvm_cpuid_entry2, cpu_id: u32, cpu_count: u32) {
+/// What the host KVM offers beyond KVM_GET_SUPPORTED_CPUID.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct HostFeatures {
+    /// KVM_CAP_TSC_DEADLINE_TIMER: the in-kernel LAPIC emulates TSC-deadline mode.
+    pub tsc_deadline: bool,
+}
+
+fn adjust_entry(e: &mut kvm_cpuid_entry2, cpu_id: u32, cpu_count: u32, host: HostFeatures) {
     let bits = id_bits(cpu_count);
     match e.function {
         0x1 => {
@@ -31,6 +48,11 @@ fn adjust_entry(e: &mut kvm_cpuid_entry2, cpu_id: u32, cpu_count: u32) {
             e.ebx = (e.ebx & 0xff) | (8 << 8) | ((cpu_count & 0xff) << 16) | (cpu_id << 24);
             e.ecx |= LEAF1_ECX_HYPERVISOR;
             e.ecx &= !(LEAF1_ECX_VMX | LEAF1_ECX_MONITOR);
+            if host.tsc_deadline {
+                e.ecx |= LEAF1_ECX_TSC_DEADLINE;
+            } else {
+                e.ecx &= !LEAF1_ECX_TSC_DEADLINE;
+            }
             if cpu_count > 1 {
                 e.edx |= LEAF1_EDX_HTT;
             } else {
@@ -44,9 +66,12 @@ fn adjust_entry(e: &mut kvm_cpuid_entry2, cpu_id: u32, cpu_count: u32) {
             e.eax = (e.eax & 0x3fff) | ((sharing & 0xfff) << 14) | (((cpu_count - 1) & 0x3f) << 26);
         }
         0x6 => {
-            // No thermal/power management interface.
-            e.eax = 0;
+            // No thermal/power management interface; ARAT stays (KVM's LAPIC timer never
+            // stops).
+            e.eax &= LEAF6_EAX_ARAT;
+            e.ebx = 0;
             e.ecx = 0;
+            e.edx = 0;
         }
         0xa => {
             // No architectural PMU: the guest must not program host counters.
@@ -100,10 +125,10 @@ fn adjust_entry(e: &mut kvm_cpuid_entry2, cpu_id: u32, cpu_count: u32) {
 }
 
 /// Adjusts KVM's supported CPUID for vCPU `cpu_id` of `cpu_count`.
-pub fn adjust(cpuid: &mut CpuId, cpu_id: u8, cpu_count: u8) {
+pub fn adjust(cpuid: &mut CpuId, cpu_id: u8, cpu_count: u8, host: HostFeatures) {
     let cpu_count = u32::from(cpu_count.max(1));
     for e in cpuid.as_mut_slice() {
-        adjust_entry(e, u32::from(cpu_id), cpu_count);
+        adjust_entry(e, u32::from(cpu_id), cpu_count, host);
     }
 }
 
@@ -123,10 +148,48 @@ mod tests {
         }
     }
 
-    fn adjusted(function: u32, index: u32, id: u8, count: u8) -> kvm_cpuid_entry2 {
+    fn adjusted_with(
+        function: u32,
+        index: u32,
+        id: u8,
+        count: u8,
+        host: HostFeatures,
+    ) -> kvm_cpuid_entry2 {
         let mut c = CpuId::from_entries(&[entry(function, index)]).unwrap();
-        adjust(&mut c, id, count);
+        adjust(&mut c, id, count, host);
         c.as_slice()[0]
+    }
+
+    fn adjusted(function: u32, index: u32, id: u8, count: u8) -> kvm_cpuid_entry2 {
+        adjusted_with(function, index, id, count, HostFeatures::default())
+    }
+
+    #[test]
+    fn tsc_deadline_follows_the_kvm_capability() {
+        let on = HostFeatures { tsc_deadline: true };
+        assert_ne!(
+            adjusted_with(1, 0, 0, 1, on).ecx & LEAF1_ECX_TSC_DEADLINE,
+            0
+        );
+        // Never advertised when KVM cannot emulate it, whatever the supported set said.
+        let off = adjusted_with(1, 0, 0, 1, HostFeatures::default());
+        assert_eq!(off.ecx & LEAF1_ECX_TSC_DEADLINE, 0);
+        // The other leaf-1 adjustments still apply.
+        let e = adjusted_with(1, 0, 1, 2, on);
+        assert_eq!(e.ecx & (LEAF1_ECX_VMX | LEAF1_ECX_MONITOR), 0);
+        assert_ne!(e.ecx & LEAF1_ECX_HYPERVISOR, 0);
+    }
+
+    #[test]
+    fn leaf6_keeps_only_arat() {
+        let e = adjusted(6, 0, 0, 1);
+        assert_eq!(e.eax, LEAF6_EAX_ARAT);
+        assert_eq!((e.ebx, e.ecx, e.edx), (0, 0, 0));
+        let mut none = entry(6, 0);
+        none.eax = 0;
+        let mut c = CpuId::from_entries(&[none]).unwrap();
+        adjust(&mut c, 0, 1, HostFeatures::default());
+        assert_eq!(c.as_slice()[0].eax, 0);
     }
 
     #[test]
