@@ -165,8 +165,11 @@ fn send(server: &FsServer, mem: &GuestMemory, q: &mut Queue, req: &[u8]) {
     desc(0, REQ_ADDR, req.len() as u32, 1, 1);
     desc(1, REPLY_ADDR, REPLY_LEN, 2, 0);
     let idx: u16 = mem.read_obj(GuestAddress(HQ_AVAIL + 2)).unwrap();
-    mem.write_obj(0u16, GuestAddress(HQ_AVAIL + 4 + 2 * u64::from(idx % HQ_SIZE)))
-        .unwrap();
+    mem.write_obj(
+        0u16,
+        GuestAddress(HQ_AVAIL + 4 + 2 * u64::from(idx % HQ_SIZE)),
+    )
+    .unwrap();
     mem.write_obj(idx.wrapping_add(1), GuestAddress(HQ_AVAIL + 2))
         .unwrap();
     server.process_queue(mem, q, &NoIrq);
