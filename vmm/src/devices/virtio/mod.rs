@@ -41,6 +41,41 @@ pub enum ActivateError {
     Device(String),
 }
 
+/// Copies the bytes of a device's configuration space at `offset` into `data` (the common body of
+/// [`VirtioDevice::read_config`]). A read that does not lie entirely inside `config` leaves
+/// `data` as it is: the offset and length come from the guest.
+pub fn read_config_space(config: &[u8], offset: u64, data: &mut [u8]) {
+    let Ok(start) = usize::try_from(offset) else {
+        return;
+    };
+    if let Some(src) = start
+        .checked_add(data.len())
+        .and_then(|end| config.get(start..end))
+    {
+        data.copy_from_slice(src);
+    }
+}
+
+/// What every device checks when it is activated: one eventfd per queue, `expected` queues, and
+/// that the driver acknowledged VIRTIO_F_VERSION_1 (hull's devices are modern-only).
+pub fn check_activation(
+    expected: usize,
+    queues: &[Queue],
+    queue_evts: &[EventFd],
+    acked_features: u64,
+) -> Result<(), ActivateError> {
+    if queues.len() != expected || queue_evts.len() != expected {
+        return Err(ActivateError::QueueCount {
+            expected,
+            got: queues.len().min(queue_evts.len()),
+        });
+    }
+    if acked_features & (1u64 << virtio_bindings::virtio_config::VIRTIO_F_VERSION_1) == 0 {
+        return Err(ActivateError::MissingFeature("VIRTIO_F_VERSION_1"));
+    }
+    Ok(())
+}
+
 /// A virtio device behind a transport.
 pub trait VirtioDevice: Send {
     /// Virtio device ID (e.g. 19 for vsock, 26 for fs).
@@ -68,4 +103,52 @@ pub trait VirtioDevice: Send {
     /// The driver reset the device: drop the queues and return to the pre-activation state.
     /// Returns false when the device cannot be reset (the transport then sets NEEDS_RESET).
     fn reset(&mut self) -> bool;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use virtio_queue::QueueT;
+
+    #[test]
+    fn config_reads_stay_inside_the_config_space() {
+        let config = [1u8, 2, 3, 4];
+        let mut d = [0u8; 2];
+        read_config_space(&config, 1, &mut d);
+        assert_eq!(d, [2, 3]);
+        for (offset, len) in [(3u64, 2usize), (4, 1), (u64::MAX, 1), (u64::MAX - 1, 4)] {
+            let mut d = vec![0xaa; len];
+            read_config_space(&config, offset, &mut d);
+            assert!(
+                d.iter().all(|&b| b == 0xaa),
+                "read at {offset}+{len} changed data"
+            );
+        }
+    }
+
+    #[test]
+    fn activation_needs_every_queue_and_version_1() {
+        let v1 = 1u64 << virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
+        let q = || Queue::new(16).unwrap();
+        let e = || EventFd::new(0).unwrap();
+        assert!(check_activation(2, &[q(), q()], &[e(), e()], v1).is_ok());
+        assert!(matches!(
+            check_activation(2, &[q()], &[e(), e()], v1),
+            Err(ActivateError::QueueCount {
+                expected: 2,
+                got: 1
+            })
+        ));
+        assert!(matches!(
+            check_activation(2, &[q(), q()], &[e()], v1),
+            Err(ActivateError::QueueCount {
+                expected: 2,
+                got: 1
+            })
+        ));
+        assert!(matches!(
+            check_activation(2, &[q(), q()], &[e(), e()], 0),
+            Err(ActivateError::MissingFeature("VIRTIO_F_VERSION_1"))
+        ));
+    }
 }

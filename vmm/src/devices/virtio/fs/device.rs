@@ -13,7 +13,9 @@ use super::{
     FsConfig, FsError, CONFIG_SPACE_SIZE, FS_DEVICE_ID, NUM_QUEUES, NUM_REQUEST_QUEUES, QUEUE_SIZE,
     TAG_LEN,
 };
-use crate::devices::virtio::{ActivateError, GuestMemory, VirtioDevice, VirtioInterrupt};
+use crate::devices::virtio::{
+    check_activation, read_config_space, ActivateError, GuestMemory, VirtioDevice, VirtioInterrupt,
+};
 
 /// What `activate` (vCPU thread) hands to `process` (event loop thread), which starts the
 /// workers.
@@ -186,15 +188,7 @@ impl VirtioDevice for Fs {
     }
 
     fn read_config(&self, offset: u64, data: &mut [u8]) {
-        let Ok(start) = usize::try_from(offset) else {
-            return;
-        };
-        if let Some(src) = start
-            .checked_add(data.len())
-            .and_then(|end| self.config_space.get(start..end))
-        {
-            data.copy_from_slice(src);
-        }
+        read_config_space(&self.config_space, offset, data);
     }
 
     fn write_config(&mut self, offset: u64, data: &[u8]) {
@@ -212,15 +206,7 @@ impl VirtioDevice for Fs {
         queues: Vec<Queue>,
         queue_evts: Vec<EventFd>,
     ) -> Result<(), ActivateError> {
-        if queues.len() != NUM_QUEUES || queue_evts.len() != NUM_QUEUES {
-            return Err(ActivateError::QueueCount {
-                expected: NUM_QUEUES,
-                got: queues.len().min(queue_evts.len()),
-            });
-        }
-        if self.acked_features & (1u64 << VIRTIO_F_VERSION_1) == 0 {
-            return Err(ActivateError::MissingFeature("VIRTIO_F_VERSION_1"));
-        }
+        check_activation(NUM_QUEUES, &queues, &queue_evts, self.acked_features)?;
         // A fresh server per activation: a reset forgets every inode and open file.
         let server = FsServer::new(&self.cfg)
             .map_err(|e| ActivateError::Device(format!("virtio-fs `{}`: {e}", self.cfg.tag)))?;

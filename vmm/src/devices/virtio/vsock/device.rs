@@ -11,7 +11,9 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 use super::packet::{parse_rx, parse_tx, PKT_HEADER_SIZE};
 use super::unix::muxer::VsockMuxer;
 use super::{VsockError, NUM_QUEUES, QUEUE_SIZE, RXQ_INDEX, TXQ_INDEX, VSOCK_DEVICE_ID};
-use crate::devices::virtio::{ActivateError, GuestMemory, VirtioDevice, VirtioInterrupt};
+use crate::devices::virtio::{
+    check_activation, read_config_space, ActivateError, GuestMemory, VirtioDevice, VirtioInterrupt,
+};
 
 /// What the device holds between activation and reset.
 pub(super) struct Active {
@@ -190,16 +192,7 @@ impl VirtioDevice for Vsock {
     }
 
     fn read_config(&self, offset: u64, data: &mut [u8]) {
-        let config = self.guest_cid.to_le_bytes();
-        let Ok(start) = usize::try_from(offset) else {
-            return;
-        };
-        if let Some(src) = start
-            .checked_add(data.len())
-            .and_then(|end| config.get(start..end))
-        {
-            data.copy_from_slice(src);
-        }
+        read_config_space(&self.guest_cid.to_le_bytes(), offset, data);
     }
 
     fn write_config(&mut self, offset: u64, data: &[u8]) {
@@ -217,15 +210,7 @@ impl VirtioDevice for Vsock {
         queues: Vec<Queue>,
         queue_evts: Vec<EventFd>,
     ) -> Result<(), ActivateError> {
-        if queues.len() != NUM_QUEUES || queue_evts.len() != NUM_QUEUES {
-            return Err(ActivateError::QueueCount {
-                expected: NUM_QUEUES,
-                got: queues.len().min(queue_evts.len()),
-            });
-        }
-        if self.acked_features & (1u64 << VIRTIO_F_VERSION_1) == 0 {
-            return Err(ActivateError::MissingFeature("VIRTIO_F_VERSION_1"));
-        }
+        check_activation(NUM_QUEUES, &queues, &queue_evts, self.acked_features)?;
         if let Some(old) = self.active.take() {
             self.stale_evts.extend(old.queue_evts);
         }
