@@ -590,20 +590,27 @@ echo pwned > /mnt/abs 2>/dev/null; r write_abs_rc $?
     assert!(!share.join("inside").exists());
 }
 
-/// Size of the large-file test, chosen so that it stays within about two minutes inside the
-/// emulated host: measured there, 256 MiB take 33 s to sha256 through the share and 34 s to copy
-/// within it, 95 s for the whole test; 1 GiB would take over five minutes.
-const LARGE_MIB: usize = 256;
+/// Size of the large-file test: 1 GiB, as the virtio-fs issue asks. Measured inside the emulated
+/// host (quiet machine): sha256 through the share 37 s, copy within it 32 s, 116 s for the whole
+/// test. The share lives in the emulated host's tmpfs, so run-vm-tests gives it 8 GiB.
+/// `HULL_FS_LARGE_MIB` overrides the size (e.g. 256 for a quicker run).
+fn large_mib() -> usize {
+    std::env::var("HULL_FS_LARGE_MIB")
+        .ok()
+        .map(|v| v.parse().expect("HULL_FS_LARGE_MIB is a number of MiB"))
+        .unwrap_or(1024)
+}
 
 #[test]
 fn large_file_round_trip() {
+    let large_mib = large_mib();
     let dir = TempDir::new("hull-fs-large");
     let share = dir.path().join("share");
     fs::create_dir(&share).unwrap();
     {
         use std::io::Write;
         let mut f = fs::File::create(share.join("big-host")).unwrap();
-        for i in 0..LARGE_MIB {
+        for i in 0..large_mib {
             f.write_all(&pattern(1000 + i as u64, 1 << 20)).unwrap();
         }
     }
@@ -620,7 +627,7 @@ t2=$(date +%s)
 r write_size $(stat -c %s /mnt/big-guest)
 r seconds_read $((t1-t0))
 r seconds_copy $((t2-t1))
-r expected_mib {LARGE_MIB}
+r expected_mib {large_mib}
 "#
     );
     let start = Instant::now();
@@ -638,12 +645,12 @@ r expected_mib {LARGE_MIB}
     assert_eq!(run.get("read_sum"), host_sum);
     assert_eq!(
         run.get("write_size"),
-        (LARGE_MIB << 20).to_string(),
+        (large_mib << 20).to_string(),
         "size of the guest's copy"
     );
     assert_eq!(sha256(&share.join("big-guest")), host_sum);
     println!(
-        "measured: {LARGE_MIB} MiB: guest sha256 read {} s, guest copy (read+write) {} s, whole VM \
+        "measured: {large_mib} MiB: guest sha256 read {} s, guest copy (read+write) {} s, whole VM \
          run {total:?}",
         run.get("seconds_read"),
         run.get("seconds_copy")
