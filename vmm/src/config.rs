@@ -69,7 +69,7 @@ fn default_cid() -> u64 {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum MemoryBacking {
-    /// A shared anonymous mapping.
+    /// A private anonymous mapping, advised to use transparent huge pages.
     #[default]
     Anonymous,
     /// A memfd (so it can later be shared with virtio-fs daemons or saved for snapshots).
