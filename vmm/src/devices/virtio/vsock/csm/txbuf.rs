@@ -6,7 +6,7 @@
 //! guest, so a guest that overflows it broke the protocol.
 
 use std::io;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, RawFd};
 
 use vm_memory::VolatileSlice;
 
@@ -90,18 +90,13 @@ impl TxBuf {
     }
 }
 
-/// `send(2)` without SIGPIPE and without blocking.
-pub fn send_bytes<S: AsRawFd>(sock: &S, buf: &[u8]) -> io::Result<usize> {
-    // SAFETY: `buf` is a valid slice for `buf.len()` bytes for the duration of the call, and the
-    // kernel only reads from it.
-    let r = unsafe {
-        libc::send(
-            sock.as_raw_fd(),
-            buf.as_ptr().cast(),
-            buf.len(),
-            libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT,
-        )
-    };
+/// `send(2)` of `len` bytes at `ptr`, without SIGPIPE and without blocking.
+///
+/// # Safety
+/// `ptr` must be valid for reads of `len` bytes for the duration of the call.
+unsafe fn send_raw(fd: RawFd, ptr: *const u8, len: usize) -> io::Result<usize> {
+    // SAFETY: the caller guarantees `ptr` is readable for `len` bytes; the kernel only reads it.
+    let r = unsafe { libc::send(fd, ptr.cast(), len, libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT) };
     if r < 0 {
         Err(io::Error::last_os_error())
     } else {
@@ -109,24 +104,18 @@ pub fn send_bytes<S: AsRawFd>(sock: &S, buf: &[u8]) -> io::Result<usize> {
     }
 }
 
+/// `send(2)` without SIGPIPE and without blocking.
+pub fn send_bytes<S: AsRawFd>(sock: &S, buf: &[u8]) -> io::Result<usize> {
+    // SAFETY: `buf` is a valid slice of `buf.len()` bytes for the duration of the call.
+    unsafe { send_raw(sock.as_raw_fd(), buf.as_ptr(), buf.len()) }
+}
+
 /// `send(2)` straight from guest memory, without SIGPIPE and without blocking.
 pub fn send_volatile<S: AsRawFd>(sock: &S, buf: &VolatileSlice<'_, ()>) -> io::Result<usize> {
     let guard = buf.ptr_guard();
     // SAFETY: the guard keeps the mapping of `buf.len()` bytes of guest memory valid for the
     // call; the kernel only reads from it (copy_from_user tolerates concurrent guest writes).
-    let r = unsafe {
-        libc::send(
-            sock.as_raw_fd(),
-            guard.as_ptr().cast(),
-            buf.len(),
-            libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT,
-        )
-    };
-    if r < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(r as usize)
-    }
+    unsafe { send_raw(sock.as_raw_fd(), guard.as_ptr(), buf.len()) }
 }
 
 #[cfg(test)]
