@@ -19,7 +19,9 @@ pub fn workspace_root() -> PathBuf {
 }
 
 /// `build/` in the clone: `make build` leaves binaries in `build/bin`, `make kernel` the guest
-/// kernel at `build/vmlinux`.
+/// kernel at `build/vmlinux`. `HULL_BUILD_DIR` overrides it; `tests/run-vm-tests` sets it to the
+/// clone it runs from, since a test binary from the shared target dir may have been compiled in
+/// another clone.
 pub fn build_dir() -> PathBuf {
     std::env::var_os("HULL_BUILD_DIR")
         .map(PathBuf::from)
