@@ -18,7 +18,10 @@ use hull_tests::stream_check::{expected, reply_line, Checksum, Pattern};
 use hull_tests::{bin, kernel, require_kvm, Finished, Initramfs, Proc, TempDir};
 
 /// Generous: everything runs under software emulation inside the emulated KVM host.
-const VM_LIMIT: Duration = Duration::from_secs(900);
+const VM_LIMIT: Duration = Duration::from_secs(600);
+/// Longest a single read, write or accept may block: a stalled stream fails the test with the
+/// guest's console instead of hanging it.
+const IO_LIMIT: Duration = Duration::from_secs(240);
 const BIG: u64 = 16 << 20;
 const CONNS: u64 = 32;
 const SMALL: u64 = 256 << 10;
@@ -143,7 +146,8 @@ fn read_line(s: &mut UnixStream) -> std::io::Result<String> {
 fn host_connect(vm: &Vm, port: u32, deadline: Instant) -> UnixStream {
     loop {
         if let Ok(mut s) = UnixStream::connect(&vm.uds) {
-            s.set_read_timeout(Some(VM_LIMIT)).unwrap();
+            s.set_read_timeout(Some(IO_LIMIT)).unwrap();
+            s.set_write_timeout(Some(IO_LIMIT)).unwrap();
             s.write_all(format!("CONNECT {port}\n").as_bytes()).unwrap();
             match read_line(&mut s) {
                 Ok(l) if l.starts_with("OK ") && l.ends_with('\n') => {
@@ -164,8 +168,9 @@ fn host_connect(vm: &Vm, port: u32, deadline: Instant) -> UnixStream {
     }
 }
 
-/// Sends `len` bytes of `Pattern::new(seed)`, half-closes, and returns the peer's reply line.
-fn send_and_reply(mut s: UnixStream, seed: u64, len: u64) -> (Checksum, String) {
+/// Sends `len` bytes of `Pattern::new(seed)`, half-closes, and returns the peer's reply line; an
+/// I/O error or timeout names the step and how far it got.
+fn send_and_reply(mut s: UnixStream, seed: u64, len: u64) -> Result<(Checksum, String), String> {
     let mut p = Pattern::new(seed);
     let mut sum = Checksum::default();
     let mut buf = vec![0u8; 64 * 1024];
@@ -174,12 +179,14 @@ fn send_and_reply(mut s: UnixStream, seed: u64, len: u64) -> (Checksum, String) 
         let n = left.min(buf.len() as u64) as usize;
         p.fill(&mut buf[..n]);
         sum.update(&buf[..n]);
-        s.write_all(&buf[..n]).unwrap();
+        s.write_all(&buf[..n])
+            .map_err(|e| format!("writing at byte {} of {len}: {e}", len - left))?;
         left -= n as u64;
     }
-    s.shutdown(std::net::Shutdown::Write).unwrap();
-    let line = read_line(&mut s).unwrap();
-    (sum, line)
+    s.shutdown(std::net::Shutdown::Write)
+        .map_err(|e| format!("shutdown(write): {e}"))?;
+    let line = read_line(&mut s).map_err(|e| format!("reading the reply line: {e}"))?;
+    Ok((sum, line))
 }
 
 #[test]
@@ -194,7 +201,8 @@ fn host_client_reaches_guest_listener_16mib_and_32_concurrent() {
     let deadline = Instant::now() + VM_LIMIT;
     // 16 MiB over one connection: the guest counts and checksums what it read.
     let s = host_connect(&vm, 1234, deadline);
-    let (sum, reply) = send_and_reply(s, 7, BIG);
+    let (sum, reply) = send_and_reply(s, 7, BIG)
+        .unwrap_or_else(|e| panic!("16 MiB to the guest: {e}; console:\n{}", vm.console_text()));
     assert_eq!(
         reply,
         reply_line(BIG, sum),
@@ -213,7 +221,13 @@ fn host_client_reaches_guest_listener_16mib_and_32_concurrent() {
         })
         .collect();
     for w in workers {
-        let (i, (sum, reply)) = w.join().unwrap();
+        let (i, res) = w.join().unwrap();
+        let (sum, reply) = res.unwrap_or_else(|e| {
+            panic!(
+                "connection {i} of {CONNS}: {e}; console:\n{}",
+                vm.console_text()
+            )
+        });
         assert_eq!(reply, reply_line(SMALL, sum), "connection {i}");
     }
     let (_, console) = vm.finish();
@@ -230,29 +244,52 @@ fn host_client_reaches_guest_listener_16mib_and_32_concurrent() {
 
 /// Serves `conns` connections of a host listener concurrently: each is read to EOF, answered
 /// with its byte count and checksum (which the guest checks against its own), and the counts and
-/// checksums are returned for the test to check against what the guest was told to send.
-fn serve_host(l: UnixListener, conns: u64) -> Vec<(u64, Checksum)> {
-    let workers: Vec<_> = (0..conns)
-        .map(|_| {
-            let (mut s, _) = l.accept().unwrap();
-            std::thread::spawn(move || {
-                s.set_read_timeout(Some(VM_LIMIT)).unwrap();
+/// checksums are returned for the test to check against what the guest was told to send. An
+/// accept, read or write that stalls for `IO_LIMIT` is an error naming the step.
+fn serve_host(l: &UnixListener, conns: u64) -> Result<Vec<(u64, Checksum)>, String> {
+    l.set_nonblocking(true).unwrap();
+    let mut workers = Vec::new();
+    for c in 0..conns {
+        let deadline = Instant::now() + IO_LIMIT;
+        let mut s = loop {
+            match l.accept() {
+                Ok((s, _)) => break s,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    if Instant::now() > deadline {
+                        return Err(format!(
+                            "no guest connection {} of {conns} within {IO_LIMIT:?}",
+                            c + 1
+                        ));
+                    }
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                Err(e) => return Err(format!("accept: {e}")),
+            }
+        };
+        workers.push(std::thread::spawn(
+            move || -> Result<(u64, Checksum), String> {
+                s.set_nonblocking(false).unwrap();
+                s.set_read_timeout(Some(IO_LIMIT)).unwrap();
+                s.set_write_timeout(Some(IO_LIMIT)).unwrap();
                 let mut buf = vec![0u8; 64 * 1024];
                 let mut sum = Checksum::default();
                 let mut total = 0u64;
                 loop {
-                    let n = s.read(&mut buf).unwrap();
+                    let n = s
+                        .read(&mut buf)
+                        .map_err(|e| format!("reading after {total} bytes: {e}"))?;
                     if n == 0 {
                         break;
                     }
                     sum.update(&buf[..n]);
                     total += n as u64;
                 }
-                s.write_all(reply_line(total, sum).as_bytes()).unwrap();
-                (total, sum)
-            })
-        })
-        .collect();
+                s.write_all(reply_line(total, sum).as_bytes())
+                    .map_err(|e| format!("writing the reply: {e}"))?;
+                Ok((total, sum))
+            },
+        ));
+    }
     workers.into_iter().map(|w| w.join().unwrap()).collect()
 }
 
@@ -273,13 +310,16 @@ fn guest_client_reaches_host_listener_16mib_and_32_concurrent() {
     let l = UnixListener::bind(&lpath).unwrap();
     std::fs::set_permissions(&lpath, std::fs::Permissions::from_mode(0o600)).unwrap();
 
-    let big = serve_host(l.try_clone().unwrap(), 1);
+    let fail =
+        |what: &str, e: String| -> ! { panic!("{what}: {e}; console:\n{}", vm.console_text()) };
+    let big = serve_host(&l, 1).unwrap_or_else(|e| fail("16 MiB from the guest", e));
     assert_eq!(
         big,
         vec![(BIG, expected(7, BIG))],
         "16 MiB from the guest differ"
     );
-    let mut many = serve_host(l, CONNS);
+    let mut many =
+        serve_host(&l, CONNS).unwrap_or_else(|e| fail("32 connections from the guest", e));
     many.sort_by_key(|(_, s)| s.0);
     let mut want: Vec<(u64, Checksum)> = (0..CONNS)
         .map(|i| (SMALL, expected(100 + i, SMALL)))
