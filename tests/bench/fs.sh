@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # virtio-fs throughput: the same workload in a guest on a virtio-fs share (hull-vmm, cache=auto)
 # and directly on the shared directory in the (emulated) KVM host, reported as guest/host ratios.
-#   - sequential write of HULL_BENCH_FS_MIB MiB (default 128; dd bs=1M, then sync),
+#   - sequential write of HULL_BENCH_FS_MIB MiB (default 1024, as the issue asks; dd bs=1M, then sync),
 #   - sequential read of a file of that size the guest has not seen (dd bs=1M),
 #   - HULL_BENCH_FS_FILES small files (default 500): create, stat (ls -ln), unlink (rm).
 # Both sides run the same busybox script; times come from /proc/uptime (10 ms resolution).
@@ -9,7 +9,7 @@
 # KVM host (tests/testhost/run) unless called with --inside.
 set -euo pipefail
 top=$(cd "$(dirname "$0")/../.." && pwd)
-MIB=${HULL_BENCH_FS_MIB:-128}
+MIB=${HULL_BENCH_FS_MIB:-1024}
 FILES=${HULL_BENCH_FS_FILES:-500}
 
 workload() {
@@ -34,7 +34,7 @@ EOF
 }
 
 if [ "${1:-}" != --inside ]; then
-  exec "$top/tests/testhost/run" --timeout 3000 -- "$0" --inside
+  exec "$top/tests/testhost/run" --timeout 3000 --memory 8192 -- "$0" --inside
 fi
 
 work=$(mktemp -d /var/tmp/hull-bench-fs.XXXXXX)
