@@ -47,7 +47,7 @@ unit-test: deps
 testhost-selftest: deps
 	tests/testhost/selftest
 
-# Tests that need KVM: every test binary of hull-tests, on single-CPU emulated KVM hosts (one per core)
+# Tests that need KVM: every test binary of hull-tests, in the emulated KVM host
 # (or directly, on a machine with hardware virtualisation).
 vm-test: build kernel initrd
 	tests/run-vm-tests
