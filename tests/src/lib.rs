@@ -62,6 +62,20 @@ pub fn require_kvm() {
     );
 }
 
+/// Deterministic pseudo-random bytes (xorshift64*), for file contents both sides can recompute.
+pub fn pattern(seed: u64, len: usize) -> Vec<u8> {
+    let mut x = seed | 1;
+    let mut v = Vec::with_capacity(len + 8);
+    while v.len() < len {
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        v.extend_from_slice(&x.wrapping_mul(0x2545_f491_4f6c_dd1d).to_le_bytes());
+    }
+    v.truncate(len);
+    v
+}
+
 /// A scratch directory removed on drop.
 pub struct TempDir(PathBuf);
 

@@ -3,20 +3,22 @@
 //! built on the host shared as `--fs rootfs=DIR,cache=never`, and hull-runtime's client drives
 //! the agent: mount, spawn with `root`, data both ways, read-only shares, unmount, shutdown.
 
+mod common;
+
 use std::fs;
 use std::os::unix::fs::symlink;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use hull_agent_protocol::{ErrorKind, ExitStatus, MountRequest, SpawnRequest, StdStream};
+use common::{run, CALL_LIMIT};
+use hull_agent_protocol::{ErrorKind, MountRequest, SpawnRequest, StdStream};
 use hull_runtime::agent::{AgentClient, Endpoint, Error};
-use hull_tests::{bin, build_dir, kernel, require_kvm, Proc, TempDir};
+use hull_tests::{bin, build_dir, kernel, pattern, require_kvm, Proc, TempDir};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// Generous: everything runs under software emulation inside the emulated KVM host.
 const VM_LIMIT: Duration = Duration::from_secs(900);
-const CALL_LIMIT: Duration = Duration::from_secs(300);
 const ROOT: &str = "/run/rootfs";
 
 fn agent_initrd() -> PathBuf {
@@ -45,20 +47,6 @@ fn busybox_root(root: &Path) {
     }
 }
 
-/// Deterministic pseudo-random bytes (xorshift64*).
-fn pattern(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed | 1;
-    let mut v = Vec::with_capacity(len + 8);
-    while v.len() < len {
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
-        v.extend_from_slice(&x.wrapping_mul(0x2545_f491_4f6c_dd1d).to_le_bytes());
-    }
-    v.truncate(len);
-    v
-}
-
 fn sha256_of(path: &Path) -> String {
     let out = Command::new("sha256sum").arg(path).output().unwrap();
     assert!(out.status.success(), "sha256sum {}", path.display());
@@ -75,18 +63,6 @@ fn sh_in(root: &str, script: &str) -> SpawnRequest {
     r.env = vec!["PATH=/bin".into()];
     r.root = Some(root.into());
     r
-}
-
-async fn run(c: &AgentClient, req: SpawnRequest) -> (ExitStatus, String, String) {
-    let out = tokio::time::timeout(CALL_LIMIT, c.run(req, None))
-        .await
-        .expect("process finishes")
-        .unwrap();
-    (
-        out.status,
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
 }
 
 struct Shares {

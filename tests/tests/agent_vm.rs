@@ -4,10 +4,13 @@
 //! The agent initramfs holds only /init. For processes to run, a second archive with busybox is
 //! appended (the kernel unpacks concatenated archives in order); the agent's own /init stays.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use common::{run, CALL_LIMIT};
 use hull_agent_protocol::{AgentMode, ExitStatus, SpawnRequest, StdStream, StdioSpec};
 use hull_runtime::agent::{AgentClient, Endpoint};
 use hull_tests::{bin, build_dir, kernel, require_kvm, Initramfs, Proc, TempDir};
@@ -15,7 +18,6 @@ use tokio::io::AsyncReadExt;
 
 /// Generous: everything runs under software emulation inside the emulated KVM host.
 const VM_LIMIT: Duration = Duration::from_secs(900);
-const CALL_LIMIT: Duration = Duration::from_secs(300);
 
 fn agent_initrd() -> PathBuf {
     let p = build_dir().join("hull-initrd.img");
@@ -87,18 +89,6 @@ fn sh(script: &str) -> SpawnRequest {
     let mut r = SpawnRequest::new(["/bin/sh", "-c", script]);
     r.env = vec!["PATH=/bin:/sbin:/usr/bin:/usr/sbin".into()];
     r
-}
-
-async fn run(c: &AgentClient, req: SpawnRequest) -> (ExitStatus, String, String) {
-    let out = tokio::time::timeout(CALL_LIMIT, c.run(req, None))
-        .await
-        .expect("process finishes")
-        .unwrap();
-    (
-        out.status,
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
 }
 
 async fn drive(vm: &Vm) {

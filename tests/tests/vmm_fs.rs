@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use hull_tests::{bin, kernel, require_kvm, Finished, Initramfs, Proc, TempDir};
+use hull_tests::{bin, kernel, pattern, require_kvm, Finished, Initramfs, Proc, TempDir};
 
 /// One VM's life inside the emulated host (software emulation is slow).
 const VM_LIMIT: Duration = Duration::from_secs(420);
@@ -184,20 +184,6 @@ fn xattr(path: &Path, name: &str) -> Vec<u8> {
     assert!(len >= 0, "lgetxattr {name} on {}", path.display());
     buf.truncate(len as usize);
     buf
-}
-
-/// Deterministic pseudo-random bytes (xorshift64*).
-fn pattern(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed | 1;
-    let mut v = Vec::with_capacity(len + 8);
-    while v.len() < len {
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
-        v.extend_from_slice(&x.wrapping_mul(0x2545_f491_4f6c_dd1d).to_le_bytes());
-    }
-    v.truncate(len);
-    v
 }
 
 /// A busybox root file system: /bin/busybox and its applets as symlinks.
