@@ -266,11 +266,17 @@ async fn serve_control(agent: Arc<Agent>, conn: BoxConn) {
                 .unwrap_or_else(|e| e.into_inner())
                 .remove(&id);
             if let (Some(grace), true) = (shutdown_grace, result.is_ok()) {
-                // Reply first (and wait until it is written), then shut down.
+                // Reply first (and wait until it is written), then shut down. The wait runs in a
+                // task of its own: a host that closes the connection as soon as it has the reply
+                // aborts this call's task (see `abort_all` below), and the shutdown must happen
+                // anyway. A reply never written (ack dropped) shuts down at once.
                 let (ack_tx, ack_rx) = oneshot::channel();
+                let stopper = agent.clone();
+                tokio::spawn(async move {
+                    let _ = tokio::time::timeout(Duration::from_secs(2), ack_rx).await;
+                    stopper.request_shutdown(grace);
+                });
                 send(&tx, ResponseFrame { id, result }, Some(ack_tx)).await;
-                let _ = tokio::time::timeout(Duration::from_secs(2), ack_rx).await;
-                agent.request_shutdown(grace);
             } else {
                 send(&tx, ResponseFrame { id, result }, None).await;
             }

@@ -648,6 +648,25 @@ async fn shutdown_stops_processes_and_exits() {
     assert!(matches!(c.health().await.unwrap_err(), Error::Closed));
 }
 
+/// A host that closes its connection as soon as it has the shutdown reply must not cancel the
+/// shutdown. It once could: closing the connection aborted the call's task before it asked for the
+/// shutdown, and a VM test saw the guest stay up. The race only showed under emulation (this test
+/// passes on the old code here); it guards the behaviour, repeated for the odd bad timing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_happens_when_the_host_hangs_up_right_after_the_reply() {
+    for round in 0..10 {
+        let mut agent = TestAgent::start();
+        let c = agent.client().await;
+        c.shutdown(Some(Duration::from_millis(50))).await.unwrap();
+        drop(c);
+        assert_eq!(
+            agent.wait_exit(T),
+            Some(0),
+            "round {round}: the agent did not exit"
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connect_retry_waits_for_the_agent_and_gives_up_at_the_deadline() {
     let dir = std::env::temp_dir().join(format!("hull-agent-retry.{}", std::process::id()));
