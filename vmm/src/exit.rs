@@ -10,8 +10,9 @@
 //! | 4 | VMM or KVM internal error |
 //! | 128+N | stopped by signal N (SIGTERM, SIGINT) |
 
+use crate::sync::LockExt;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Mutex, PoisonError};
+use std::sync::Mutex;
 
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
@@ -93,7 +94,7 @@ impl ExitState {
     /// Records `reason` unless one is already recorded; wakes the event loop.
     pub fn request(&self, reason: ExitReason) {
         {
-            let mut r = self.reason.lock().unwrap_or_else(PoisonError::into_inner);
+            let mut r = self.reason.locked();
             if r.is_some() {
                 return;
             }
@@ -107,10 +108,7 @@ impl ExitState {
 
     /// The console showed a kernel panic; the reset that follows is reported as the panic.
     pub fn note_guest_panic(&self, line: String) {
-        let mut p = self
-            .panic_line
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
+        let mut p = self.panic_line.locked();
         if p.is_none() {
             tracing::warn!("{line}");
             *p = Some(line);
@@ -118,10 +116,7 @@ impl ExitState {
     }
 
     fn panic_line(&self) -> Option<String> {
-        self.panic_line
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
+        self.panic_line.locked().clone()
     }
 
     /// The API asked the guest to shut down: its reset is the answer.
@@ -154,10 +149,7 @@ impl ExitState {
     }
 
     pub fn reason(&self) -> Option<ExitReason> {
-        self.reason
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
+        self.reason.locked().clone()
     }
 
     /// Readable once a reason is recorded.

@@ -16,6 +16,7 @@ pub mod arch;
 pub mod config;
 pub mod devices;
 pub mod exit;
+pub mod sync;
 pub mod vmm;
 pub mod vstate;
 

@@ -1,11 +1,12 @@
 //! Building and running one VM: [`run`] validates the configuration, creates the VM, its
 //! devices and vCPU threads, runs the event loop until the VM stops, and cleans up.
 
+use crate::sync::LockExt;
 use std::fs::{File, OpenOptions};
 use std::io::LineWriter;
 use std::os::fd::AsRawFd;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -112,7 +113,7 @@ struct VcpuThreads(Mutex<Vec<JoinHandle<()>>>);
 
 impl VcpuThreads {
     fn kick_all(&self) {
-        let g = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        let g = self.0.locked();
         for h in g.iter() {
             if let Err(e) = h.kill(vcpu::kick_signal()) {
                 tracing::warn!("cannot kick a vCPU thread: {e}");
@@ -121,8 +122,7 @@ impl VcpuThreads {
     }
 
     fn join_all(&self) {
-        let handles: Vec<_> =
-            std::mem::take(&mut *self.0.lock().unwrap_or_else(PoisonError::into_inner));
+        let handles: Vec<_> = std::mem::take(&mut *self.0.locked());
         for h in handles {
             if h.join().is_err() {
                 tracing::error!("a vCPU thread panicked");
@@ -185,17 +185,12 @@ impl VmController for VmmHandle {
         }
         // A paused guest cannot react: let it run.
         self.control.set_state(RunState::Running);
-        let sent = self
-            .i8042
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .send_ctrl_alt_del();
+        let sent = self.i8042.locked().send_ctrl_alt_del();
         if !sent {
             tracing::warn!("shutdown: the guest is not reading its keyboard");
         }
         self.shutdown_timer
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
+            .locked()
             .reset(Duration::from_millis(timeout_ms), None)
             .map_err(|e| format!("cannot arm the shutdown timer: {e}"))
     }
@@ -241,11 +236,7 @@ impl MutEventSubscriber for ControlSubscriber {
                 self.exit.request(ExitReason::Signal(info.ssi_signo as i32));
             }
         } else if fd == self.timer_fd {
-            let _ = self
-                .timer
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .wait();
+            let _ = self.timer.locked().wait();
             self.exit.request(ExitReason::ApiShutdown { forced: true });
         }
     }
@@ -424,11 +415,7 @@ impl Vmm {
                 .name(format!("vcpu{}", v.id()))
                 .spawn(move || v.run(ctx));
             match h {
-                Ok(h) => threads
-                    .0
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .push(h),
+                Ok(h) => threads.0.locked().push(h),
                 Err(e) => {
                     exit.request(ExitReason::Internal(format!(
                         "cannot start a vCPU thread: {e}"
@@ -448,10 +435,7 @@ impl Vmm {
         control.set_state(RunState::Stopping);
         threads.kick_all();
         threads.join_all();
-        serial
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .flush();
+        serial.locked().flush();
         drop(em);
         drop(ctx);
         drop(_vm);

@@ -3,8 +3,9 @@
 //! A small hand-written bus (Firecracker-style) rather than vm-device: hull needs only
 //! insert + lookup, and the dispatch must never panic on guest-chosen addresses or sizes.
 
+use crate::sync::LockExt;
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex};
 
 /// A device on a bus. `offset` is relative to the device's base; `data.len()` is the access
 /// size the guest chose (1..=8 bytes for PIO/MMIO exits). Implementations must accept any
@@ -67,10 +68,7 @@ impl Bus {
     pub fn read(&self, addr: u64, data: &mut [u8]) -> bool {
         match self.find(addr) {
             Some((offset, e)) => {
-                e.device
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .read(offset, data);
+                e.device.locked().read(offset, data);
                 true
             }
             None => false,
@@ -81,10 +79,7 @@ impl Bus {
     pub fn write(&self, addr: u64, data: &[u8]) -> bool {
         match self.find(addr) {
             Some((offset, e)) => {
-                e.device
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .write(offset, data);
+                e.device.locked().write(offset, data);
                 true
             }
             None => false,

@@ -5,6 +5,7 @@
 //! EINTR whether the signal arrived during KVM_RUN or just before it; the thread then sees the
 //! new state at the top of its loop.
 
+use crate::sync::LockExt;
 use std::cell::Cell;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, PoisonError};
@@ -89,7 +90,7 @@ impl Default for VcpuControl {
 
 impl VcpuControl {
     fn lock(&self) -> std::sync::MutexGuard<'_, ControlInner> {
-        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
+        self.inner.locked()
     }
 
     pub fn state(&self) -> RunState {

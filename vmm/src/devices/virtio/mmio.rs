@@ -10,8 +10,9 @@
 //! that does reach the transport (no ioeventfd, or an index without one) is forwarded the same
 //! way. The interrupt line is an eventfd the VMM registers as a KVM irqfd.
 
+use crate::sync::LockExt;
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex};
 
 use virtio_queue::{Queue, QueueT};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
@@ -149,7 +150,7 @@ fn copy_queue(q: &Queue, event_idx: bool) -> Option<Queue> {
 }
 
 fn lock(d: &Arc<Mutex<dyn VirtioDevice>>) -> std::sync::MutexGuard<'_, dyn VirtioDevice + 'static> {
-    d.lock().unwrap_or_else(PoisonError::into_inner)
+    d.locked()
 }
 
 impl MmioTransport {

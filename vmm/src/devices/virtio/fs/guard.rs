@@ -20,10 +20,11 @@
 //!   `virtio_fs` fuzz target). So READ and WRITE get the flags the handle was opened with, the
 //!   fcntl never happens, and handles this layer did not open (directory handles) get EBADF.
 
+use crate::sync::LockExt;
 use std::collections::HashMap;
 use std::ffi::CStr;
 use std::io;
-use std::sync::{Mutex, PoisonError};
+use std::sync::Mutex;
 use std::time::Duration;
 
 use fuse_backend_rs::abi::fuse_abi::{stat64, statvfs64, CreateIn};
@@ -65,7 +66,7 @@ impl GuardedFs {
     }
 
     fn handles(&self) -> std::sync::MutexGuard<'_, HashMap<u64, u32>> {
-        self.handles.lock().unwrap_or_else(PoisonError::into_inner)
+        self.handles.locked()
     }
 
     /// The flags `handle` was opened with (EBADF for handles not from OPEN/CREATE).
