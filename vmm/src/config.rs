@@ -1,213 +1,30 @@
-//! VM configuration as plain data: what `hull-vmm --config vm.json` reads and what the command
-//! line flags fill. [`VmConfig::validate`] checks everything before any VM exists.
-//!
-//! ```json
-//! {
-//!   "kernel": "/path/vmlinux",
-//!   "initrd": "/path/initrd.img",
-//!   "cmdline": "console=ttyS0 quiet",
-//!   "vcpus": 2,
-//!   "memory_mib": 256,
-//!   "memory_backing": "anonymous",
-//!   "serial": "stdout",
-//!   "vsock": { "uds_path": "/run/hull/x/vsock.sock", "guest_cid": 3 },
-//!   "fs": [ { "tag": "rootfs", "shared_dir": "/run/hull/x/rootfs", "read_only": false,
-//!             "cache": "auto", "xattr": false, "writeback": false } ],
-//!   "api_socket": "/run/hull/x/api.sock"
-//! }
-//! ```
-//! Only `kernel` is required. `serial` is `"stdout"`, `"off"`, or a file path.
+//! Checking a VM configuration against the host before any VM exists. The configuration
+//! itself is plain data in the `hull-vmm-api` crate (re-exported here), so that the runtime can
+//! build one without linking the VMM; [`Validate::validate`] is hull-vmm's side: files exist, are
+//! readable and are what they claim to be, numbers are within limits, socket paths are free,
+//! and everything fits the device layout.
 
 use std::fs::File;
 use std::io::Read;
 use std::os::unix::fs::FileTypeExt;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::str::FromStr;
 
-use serde::{Deserialize, Serialize};
+pub use hull_vmm_api::config::*;
 
 use crate::arch::x86_64::layout::{CMDLINE_MAX_SIZE, VIRTIO_MMIO_MAX_DEVICES};
 use crate::devices::virtio::fs::FsError;
-pub use crate::devices::virtio::fs::{CachePolicy, FsConfig};
 
-/// Most vCPUs a VM may have.
-pub const MAX_VCPUS: u32 = 32;
-/// Least guest memory (MiB): the kernel alone needs tens of MiB.
-pub const MIN_MEMORY_MIB: u64 = 64;
-/// Most guest memory (MiB).
-pub const MAX_MEMORY_MIB: u64 = 64 * 1024;
 /// Most bytes of a Unix socket path (sun_path holds 108 including the NUL).
 const MAX_SOCKET_PATH: usize = 107;
-/// Kernel parameters the VMM always puts first: `reboot=k` makes a guest reboot reach the
-/// i8042 reset (how the VMM sees it); `panic=-1` turns a panic into an immediate reset (the
-/// VMM tells it from a reboot by the console's panic line). The user's command line comes after
-/// these, so it can override them (at the cost of those exit semantics).
-pub const CMDLINE_PREFIX: &str = "reboot=k panic=-1";
-/// What the i8042 emulation supports (no mouse port, no multiplexer, no keyboard commands).
-pub const CMDLINE_I8042: &str = "i8042.noaux i8042.nomux i8042.dumbkbd i8042.nopnp";
 /// Worst-case length of one `virtio_mmio.device=4K@0xd0000000:23` parameter plus a space.
 const VIRTIO_PARAM_MAX_LEN: usize = 36;
-
-/// The default guest command line: the console on COM1, and `quiet` because every console byte
-/// is a VM exit (booting with the full kernel log costs seconds under nested virtualisation);
-/// errors and panics still reach the console. Drop `quiet` to see the whole kernel log.
-fn default_cmdline() -> String {
-    "console=ttyS0 quiet".to_string()
-}
-fn default_vcpus() -> u32 {
-    1
-}
-fn default_memory_mib() -> u64 {
-    256
-}
-fn default_cid() -> u64 {
-    3
-}
-
-/// How guest RAM is backed.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum MemoryBacking {
-    /// A private anonymous mapping, advised to use transparent huge pages.
-    #[default]
-    Anonymous,
-    /// A memfd (so it can later be shared with virtio-fs daemons or saved for snapshots).
-    Memfd,
-}
-
-impl FromStr for MemoryBacking {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "anonymous" => Ok(MemoryBacking::Anonymous),
-            "memfd" => Ok(MemoryBacking::Memfd),
-            _ => Err(format!(
-                "memory backing must be anonymous or memfd, not '{s}'"
-            )),
-        }
-    }
-}
-
-/// How the kernel is entered.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum BootProtocolConfig {
-    /// PVH when the kernel is an ELF with a PVH note, else the 64-bit Linux boot protocol.
-    #[default]
-    Auto,
-    /// Always the 64-bit Linux boot protocol (an ELF's PVH note is ignored).
-    Linux,
-}
-
-impl FromStr for BootProtocolConfig {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "auto" => Ok(BootProtocolConfig::Auto),
-            "linux" => Ok(BootProtocolConfig::Linux),
-            _ => Err(format!("boot protocol must be auto or linux, not '{s}'")),
-        }
-    }
-}
-
-/// Where the guest console (COM1) goes.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(try_from = "String", into = "String")]
-pub enum SerialConfig {
-    #[default]
-    Stdout,
-    Off,
-    File(PathBuf),
-}
-
-impl FromStr for SerialConfig {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "stdout" => Ok(SerialConfig::Stdout),
-            "off" => Ok(SerialConfig::Off),
-            "" => Err("serial must be stdout, off or a file path, not empty".into()),
-            path => Ok(SerialConfig::File(PathBuf::from(path))),
-        }
-    }
-}
-
-impl TryFrom<String> for SerialConfig {
-    type Error = String;
-    fn try_from(s: String) -> Result<Self, String> {
-        s.parse()
-    }
-}
-
-impl From<SerialConfig> for String {
-    fn from(s: SerialConfig) -> String {
-        match s {
-            SerialConfig::Stdout => "stdout".into(),
-            SerialConfig::Off => "off".into(),
-            SerialConfig::File(p) => p.to_string_lossy().into_owned(),
-        }
-    }
-}
-
-/// The virtio-vsock device.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct VsockConfig {
-    /// The host-side Unix socket (Firecracker-style hybrid vsock).
-    pub uds_path: PathBuf,
-    /// The guest's context id (3..=0xffff_fffe).
-    #[serde(default = "default_cid")]
-    pub guest_cid: u64,
-}
-
-/// Everything that describes one VM.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct VmConfig {
-    /// Guest kernel: ELF vmlinux (PVH note preferred) or bzImage.
-    pub kernel: PathBuf,
-    /// Initramfs (newc cpio, optionally compressed).
-    #[serde(default)]
-    pub initrd: Option<PathBuf>,
-    /// Kernel command line (the VMM adds its own parameters before it, see [`CMDLINE_PREFIX`]).
-    #[serde(default = "default_cmdline")]
-    pub cmdline: String,
-    #[serde(default)]
-    pub boot_protocol: BootProtocolConfig,
-    #[serde(default = "default_vcpus")]
-    pub vcpus: u32,
-    #[serde(default = "default_memory_mib")]
-    pub memory_mib: u64,
-    #[serde(default)]
-    pub memory_backing: MemoryBacking,
-    #[serde(default)]
-    pub serial: SerialConfig,
-    #[serde(default)]
-    pub vsock: Option<VsockConfig>,
-    /// virtio-fs shares, one device each (the guest mounts them with `mount -t virtiofs TAG`).
-    #[serde(default)]
-    pub fs: Vec<FsConfig>,
-    /// The control API's Unix socket.
-    #[serde(default)]
-    pub api_socket: Option<PathBuf>,
-}
 
 /// What is wrong with a configuration.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("cannot read config file {path}: {source}")]
-    ReadConfig {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("config file {path}: {source}")]
-    ParseConfig {
-        path: PathBuf,
-        #[source]
-        source: serde_json::Error,
-    },
+    #[error(transparent)]
+    File(#[from] ConfigFileError),
     #[error("{what} {path}: {source}")]
     Open {
         what: &'static str,
@@ -332,60 +149,15 @@ fn check_socket_path(what: &'static str, path: &Path) -> Result<(), ConfigError>
     }
 }
 
-impl VmConfig {
-    /// A configuration with defaults for everything but the kernel.
-    pub fn new(kernel: PathBuf) -> VmConfig {
-        VmConfig {
-            kernel,
-            initrd: None,
-            cmdline: default_cmdline(),
-            boot_protocol: BootProtocolConfig::default(),
-            vcpus: default_vcpus(),
-            memory_mib: default_memory_mib(),
-            memory_backing: MemoryBacking::default(),
-            serial: SerialConfig::default(),
-            vsock: None,
-            fs: Vec::new(),
-            api_socket: None,
-        }
-    }
-
-    /// Parses a JSON configuration (unknown fields are errors).
-    pub fn from_json(text: &str, path: &Path) -> Result<VmConfig, ConfigError> {
-        serde_json::from_str(text).map_err(|source| ConfigError::ParseConfig {
-            path: path.to_path_buf(),
-            source,
-        })
-    }
-
-    /// Reads and parses a JSON configuration file.
-    pub fn from_file(path: &Path) -> Result<VmConfig, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::ReadConfig {
-            path: path.to_path_buf(),
-            source,
-        })?;
-        VmConfig::from_json(&text, path)
-    }
-
-    /// Guest memory in bytes.
-    pub fn memory_bytes(&self) -> u64 {
-        self.memory_mib << 20
-    }
-
-    /// Number of virtio-mmio devices this configuration creates.
-    pub fn virtio_device_count(&self) -> usize {
-        usize::from(self.vsock.is_some()) + self.fs.len()
-    }
-
-    /// The kernel command line without the virtio-mmio device parameters (which the VMM adds
-    /// when it places the devices, right after this prefix).
-    pub fn cmdline_prefix(&self) -> String {
-        format!("{CMDLINE_PREFIX} {CMDLINE_I8042}")
-    }
-
+/// hull-vmm's checks of a [`VmConfig`] against the host.
+pub trait Validate {
     /// Checks everything that can be checked before creating a VM: files exist, are readable
     /// and are what they claim to be; numbers are within limits; socket paths are free.
-    pub fn validate(&self) -> Result<(), ConfigError> {
+    fn validate(&self) -> Result<(), ConfigError>;
+}
+
+impl Validate for VmConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
         if self.vcpus == 0 || self.vcpus > MAX_VCPUS {
             return Err(ConfigError::Vcpus(self.vcpus));
         }
@@ -435,7 +207,7 @@ impl VmConfig {
             return Err(ConfigError::TooManyDevices(self.virtio_device_count()));
         }
         for (i, share) in self.fs.iter().enumerate() {
-            share.validate()?;
+            share.validate().map_err(FsError::from)?;
             if self.fs[..i].iter().any(|s| s.tag == share.tag) {
                 return Err(ConfigError::DuplicateFsTag(share.tag.clone()));
             }
@@ -586,28 +358,6 @@ mod tests {
             .map(|i| FsConfig::new(format!("t{i}"), &share))
             .collect();
         assert!(d.validate().unwrap_err().to_string().contains("too many"));
-    }
-
-    #[test]
-    fn json_round_trip_and_unknown_fields() {
-        let p = Path::new("vm.json");
-        let c = VmConfig::from_json(
-            r#"{"kernel":"/k","vcpus":2,"memory_mib":128,"serial":"/tmp/x.log",
-                "vsock":{"uds_path":"/tmp/v.sock"},"memory_backing":"memfd"}"#,
-            p,
-        )
-        .unwrap();
-        assert_eq!(c.serial, SerialConfig::File("/tmp/x.log".into()));
-        assert_eq!(c.vsock.as_ref().unwrap().guest_cid, 3);
-        assert_eq!(c.memory_backing, MemoryBacking::Memfd);
-        let back: VmConfig = serde_json::from_str(&serde_json::to_string(&c).unwrap()).unwrap();
-        assert_eq!(back, c);
-        let e = VmConfig::from_json(r#"{"kernel":"/k","vcpu":2}"#, p).unwrap_err();
-        assert!(e.to_string().contains("unknown field `vcpu`"), "{e}");
-        let e = VmConfig::from_json(r#"{"vcpus":2}"#, p).unwrap_err();
-        assert!(e.to_string().contains("missing field `kernel`"), "{e}");
-        let e = VmConfig::from_json(r#"{"kernel":"/k","serial":""}"#, p).unwrap_err();
-        assert!(e.to_string().contains("serial must be"), "{e}");
     }
 
     #[test]

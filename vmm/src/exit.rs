@@ -1,4 +1,5 @@
-//! Why a VM stopped, and the process exit status that tells it.
+//! Why a VM stopped: [`ExitState`] collects the reason from vCPUs, devices and the event loop.
+//! The reasons and their exit statuses are plain data in `hull_vmm_api::exit`:
 //!
 //! | exit status | meaning |
 //! |---|---|
@@ -16,59 +17,7 @@ use std::sync::Mutex;
 
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
-/// Why the VM stopped.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum ExitReason {
-    /// The guest reset the machine (i8042 reset with `reboot=k`) without having panicked.
-    GuestReboot,
-    /// The guest reported a power-off through KVM.
-    GuestPowerOff,
-    /// An API shutdown request; `forced` when the guest did not stop within the grace period.
-    ApiShutdown { forced: bool },
-    /// The guest kernel panicked; the console's panic line.
-    GuestPanic(String),
-    /// A vCPU triple-faulted.
-    TripleFault { vcpu: u8 },
-    /// The VMM or KVM failed.
-    Internal(String),
-    /// SIGTERM or SIGINT.
-    Signal(i32),
-}
-
-impl ExitReason {
-    /// The process exit status for this reason.
-    pub fn exit_code(&self) -> i32 {
-        match self {
-            ExitReason::GuestReboot
-            | ExitReason::GuestPowerOff
-            | ExitReason::ApiShutdown { .. } => 0,
-            ExitReason::GuestPanic(_) => 2,
-            ExitReason::TripleFault { .. } => 3,
-            ExitReason::Internal(_) => 4,
-            ExitReason::Signal(n) => 128 + n,
-        }
-    }
-
-    /// One line for stderr.
-    pub fn describe(&self) -> String {
-        match self {
-            ExitReason::GuestReboot => "guest rebooted".into(),
-            ExitReason::GuestPowerOff => "guest powered off".into(),
-            ExitReason::ApiShutdown { forced: false } => "shut down on API request".into(),
-            ExitReason::ApiShutdown { forced: true } => {
-                "shut down on API request: the guest did not stop within the grace period, so \
-                 the VMM stopped it"
-                    .into()
-            }
-            ExitReason::GuestPanic(line) => format!("guest kernel panic: {line}"),
-            ExitReason::TripleFault { vcpu } => {
-                format!("guest triple fault on vCPU {vcpu} (KVM_EXIT_SHUTDOWN)")
-            }
-            ExitReason::Internal(e) => format!("internal error: {e}"),
-            ExitReason::Signal(n) => format!("stopped by signal {n}"),
-        }
-    }
-}
+pub use hull_vmm_api::exit::*;
 
 /// Shared by the vCPUs, devices and the event loop: the first reason recorded wins and wakes
 /// the event loop.
@@ -178,14 +127,5 @@ mod tests {
         s.note_guest_panic("Kernel panic - not syncing: x".into());
         s.triple_fault(1);
         assert_eq!(s.reason().unwrap().exit_code(), 2);
-    }
-
-    #[test]
-    fn exit_codes() {
-        assert_eq!(ExitReason::GuestReboot.exit_code(), 0);
-        assert_eq!(ExitReason::ApiShutdown { forced: true }.exit_code(), 0);
-        assert_eq!(ExitReason::TripleFault { vcpu: 0 }.exit_code(), 3);
-        assert_eq!(ExitReason::Internal(String::new()).exit_code(), 4);
-        assert_eq!(ExitReason::Signal(15).exit_code(), 143);
     }
 }

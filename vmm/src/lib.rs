@@ -13,9 +13,12 @@
 
 pub mod api;
 pub mod arch;
+mod builder;
 pub mod config;
+pub mod device_manager;
 pub mod devices;
 pub mod exit;
+mod rpc_interface;
 pub mod sync;
 pub mod vmm;
 pub mod vstate;

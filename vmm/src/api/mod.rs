@@ -1,23 +1,8 @@
-//! The control API: JSON over a Unix socket, one request per line, one response line per
-//! request, any number of requests per connection (`socat - UNIX-CONNECT:api.sock` works).
-//!
-//! Requests (`action` selects the operation; unknown fields are errors):
-//! ```text
-//! {"action":"pause"}       park every vCPU; returns once they are all parked
-//! {"action":"resume"}      let them run again
-//! {"action":"shutdown"}    ask the guest to stop: inject Ctrl-Alt-Del through the i8042
-//!                          keyboard, and stop the VM if the guest has not ended within
-//!                          timeout_ms (default 10000; 0 = stop now). Optional field:
-//!                          {"action":"shutdown","timeout_ms":5000}
-//! {"action":"stats"}       vCPUs, memory, uptime, run state and VM exit counts
-//! ```
-//! Responses: `{"ok":true,...}` or `{"ok":false,"error":"..."}`.
-//!
-//! Why Ctrl-Alt-Del: the guest has no ACPI, so there is no power button. The kernel turns
-//! Ctrl-Alt-Del into an immediate restart, or, when PID 1 has set `reboot(RB_DISABLE_CAD)` (as
-//! an init should), into SIGINT for PID 1, which can then shut down cleanly and `reboot()`.
-//! A guest that ignores it is stopped when the grace period expires; the process exits 0 either
-//! way and says on stderr which one happened.
+//! The control API server on hull-vmm's event loop: JSON over a Unix socket, one request per
+//! line, one response line per request, any number of requests per connection
+//! (`socat - UNIX-CONNECT:api.sock` works). The requests, responses and limits are plain data in
+//! `hull_vmm_api::api`, which documents the protocol; this module serves it and
+//! [`VmController`] is what it drives.
 
 use std::collections::HashMap;
 use std::io::{ErrorKind, Read, Write};
@@ -27,80 +12,11 @@ use std::path::Path;
 use std::sync::Arc;
 
 use event_manager::{EventOps, EventSet, Events, MutEventSubscriber};
-use serde::{Deserialize, Serialize};
 
-use crate::vstate::vcpu::RunState;
+pub use hull_vmm_api::api::*;
 
-/// Longest request line accepted.
-pub const MAX_REQUEST: usize = 64 * 1024;
 /// Most simultaneous API connections.
 pub const MAX_CONNECTIONS: usize = 16;
-/// Default grace period of a shutdown request.
-pub const DEFAULT_SHUTDOWN_TIMEOUT_MS: u64 = 10_000;
-/// Longest grace period accepted.
-pub const MAX_SHUTDOWN_TIMEOUT_MS: u64 = 600_000;
-
-/// A request.
-#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(tag = "action", rename_all = "snake_case", deny_unknown_fields)]
-pub enum ApiRequest {
-    // Struct variants (not unit ones) so that deny_unknown_fields applies to them too.
-    Pause {},
-    Resume {},
-    Shutdown {
-        #[serde(default)]
-        timeout_ms: Option<u64>,
-    },
-    Stats {},
-}
-
-/// VM exit counts.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ExitCounts {
-    pub io_in: u64,
-    pub io_out: u64,
-    pub mmio_read: u64,
-    pub mmio_write: u64,
-    pub other: u64,
-}
-
-/// What `stats` returns.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct VmStats {
-    pub vcpus: u32,
-    pub memory_mib: u64,
-    pub uptime_ms: u64,
-    pub state: RunState,
-    pub exits: ExitCounts,
-}
-
-/// A response.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ApiResponse {
-    pub ok: bool,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub error: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub state: Option<RunState>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub stats: Option<VmStats>,
-}
-
-impl ApiResponse {
-    pub fn ok() -> ApiResponse {
-        ApiResponse {
-            ok: true,
-            ..Default::default()
-        }
-    }
-    pub fn error(e: impl Into<String>) -> ApiResponse {
-        ApiResponse {
-            ok: false,
-            error: Some(e.into()),
-            ..Default::default()
-        }
-    }
-}
 
 /// What the API drives (implemented by the VMM).
 pub trait VmController: Send + Sync {

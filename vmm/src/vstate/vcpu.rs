@@ -53,14 +53,8 @@ pub enum VcpuError {
     Signal(#[source] vmm_sys_util::errno::Error),
 }
 
-/// What the vCPUs should be doing.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum RunState {
-    Running,
-    Paused,
-    Stopping,
-}
+/// What the vCPUs should be doing (plain data shared with the API: `hull_vmm_api::RunState`).
+pub use hull_vmm_api::RunState;
 
 struct ControlInner {
     state: RunState,

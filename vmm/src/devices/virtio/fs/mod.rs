@@ -37,7 +37,7 @@ pub use worker::FsServer;
 /// Virtio device ID of a file system device.
 pub const FS_DEVICE_ID: u32 = 26;
 /// Size of the tag field of the config space.
-pub const TAG_LEN: usize = 36;
+pub const TAG_LEN: usize = hull_vmm_api::fs::FS_TAG_LEN;
 /// Request queues (the Linux driver uses one).
 pub const NUM_REQUEST_QUEUES: usize = 1;
 /// The high-priority queue (FORGET, INTERRUPT) plus the request queues.
@@ -52,14 +52,8 @@ pub const CONFIG_SPACE_SIZE: usize = TAG_LEN + 4;
 /// Why a share could not be configured or created.
 #[derive(Debug, thiserror::Error)]
 pub enum FsError {
-    #[error("invalid --fs `{spec}`: {reason}")]
-    InvalidSpec { spec: String, reason: String },
-    #[error("invalid virtio-fs tag `{tag}`: {reason}")]
-    InvalidTag { tag: String, reason: &'static str },
-    #[error("unknown cache policy `{0}` (expected never, metadata, auto or always)")]
-    InvalidCache(String),
-    #[error("{0}")]
-    InvalidOptions(String),
+    #[error(transparent)]
+    Spec(#[from] hull_vmm_api::FsSpecError),
     #[error("shared directory {}: {source}", path.display())]
     SharedDir {
         path: PathBuf,

@@ -49,7 +49,7 @@ impl FsServer {
         };
         let pcfg = passthrough::Config {
             root_dir,
-            cache_policy: cfg.cache.to_backend(),
+            cache_policy: super::config::backend_cache_policy(cfg.cache),
             writeback: cfg.writeback && !cfg.read_only,
             xattr: cfg.xattr,
             attr_timeout: timeout,

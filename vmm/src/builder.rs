@@ -1,0 +1,236 @@
+//! Building a VM from its configuration: guest memory and the KVM VM, the kernel and initramfs,
+//! the legacy devices (COM1, i8042), the virtio devices (through the MMIO device manager), the
+//! command line and boot information, the vCPUs, and the control plane. What comes out is a
+//! [`Vmm`] ready to run: no guest instruction has run yet.
+
+use std::fs::{File, OpenOptions};
+use std::io::LineWriter;
+use std::os::fd::AsRawFd;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use event_manager::{EventManager, SubscriberOps};
+use linux_loader::loader::Cmdline;
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+use vmm_sys_util::timerfd::TimerFd;
+
+use crate::api::ApiServer;
+use crate::arch::x86_64::{boot, layout, mptable};
+use crate::config::{BootProtocolConfig, ConfigError, SerialConfig, Validate, VmConfig};
+use crate::device_manager::mmio::{MmioDeviceManager, Subscriber};
+use crate::devices::bus::Bus;
+use crate::devices::legacy::i8042::I8042;
+use crate::devices::legacy::serial::{SerialDevice, SerialOut, SerialSink};
+use crate::devices::legacy::EventFdTrigger;
+use crate::devices::virtio::fs::Fs;
+use crate::devices::virtio::vsock::Vsock;
+use crate::exit::ExitState;
+use crate::rpc_interface::{signal_fd, ControlSubscriber, VmmHandle};
+use crate::vmm::{SocketCleanup, VcpuThreads, Vmm, VmmError};
+use crate::vstate::vcpu::{self, ExitCounters, Vcpu, VcpuContext, VcpuControl};
+use crate::vstate::vm::{self, Vm};
+
+fn serial_sink(cfg: &SerialConfig) -> Result<SerialSink, VmmError> {
+    Ok(match cfg {
+        SerialConfig::Stdout => SerialSink::Stdout,
+        SerialConfig::Off => SerialSink::Off,
+        SerialConfig::File(p) => {
+            let f = OpenOptions::new()
+                .create(true)
+                .write(true)
+                .truncate(true)
+                .open(p)
+                .map_err(|source| VmmError::Open {
+                    what: "serial output file",
+                    path: p.clone(),
+                    source,
+                })?;
+            SerialSink::File(LineWriter::new(f))
+        }
+    })
+}
+
+fn irqfd(vm: &Vm, evt: &EventFd, gsi: u32) -> Result<(), VmmError> {
+    vm.fd()
+        .register_irqfd(evt, gsi)
+        .map_err(|source| VmmError::Kvm {
+            what: "KVM_IRQFD",
+            source,
+        })
+}
+
+pub(crate) fn build(config: &VmConfig) -> Result<Vmm, VmmError> {
+    let start = Instant::now();
+    config.validate()?;
+    let signals = signal_fd()?;
+    let mut sockets = SocketCleanup::default();
+
+    let exit = Arc::new(ExitState::new().map_err(|source| VmmError::Io {
+        what: "exit eventfd",
+        source,
+    })?);
+    let vcpus = config.vcpus;
+    let vcpu_count = u8::try_from(vcpus).map_err(|_| ConfigError::Vcpus(vcpus))?;
+    let mem_size = config.memory_bytes();
+
+    // Memory and VM.
+    let phase = |what: &str| tracing::debug!("build: {what} done at {:?}", start.elapsed());
+    phase("config validation");
+    let mem = vm::create_guest_memory(mem_size, config.memory_backing)?;
+    let vm = Vm::new(vcpus)?;
+    vm.register_memory(&mem)?;
+    phase("guest memory and KVM VM");
+
+    // Kernel and initramfs.
+    let open = |what, path: &PathBuf| {
+        File::open(path).map_err(|source| VmmError::Open {
+            what,
+            path: path.clone(),
+            source,
+        })
+    };
+    let allow_pvh = config.boot_protocol == BootProtocolConfig::Auto;
+    let entry = boot::load_kernel(&mem, &mut open("kernel", &config.kernel)?, allow_pvh)?;
+    tracing::debug!("kernel entry: {:?} at {:#x}", entry.protocol, entry.entry);
+    phase("kernel load");
+    let initrd = match &config.initrd {
+        Some(p) => Some(boot::load_initrd(
+            &mem,
+            mem_size,
+            &entry,
+            &mut open("initrd", p)?,
+        )?),
+        None => None,
+    };
+
+    phase("initramfs load");
+
+    // Legacy devices.
+    let mut pio_bus = Bus::new();
+    let new_evt = || {
+        EventFd::new(EFD_NONBLOCK).map_err(|source| VmmError::Io {
+            what: "eventfd",
+            source,
+        })
+    };
+    let serial_irq = new_evt()?;
+    irqfd(&vm, &serial_irq, layout::COM1_IRQ)?;
+    let serial = Arc::new(Mutex::new(SerialDevice::new(
+        EventFdTrigger(serial_irq),
+        SerialOut::new(serial_sink(&config.serial)?, exit.clone()),
+    )));
+    pio_bus.insert(u64::from(layout::COM1_PORT), 8, serial.clone())?;
+    let kbd_irq = new_evt()?;
+    irqfd(&vm, &kbd_irq, layout::I8042_IRQ)?;
+    let i8042 = Arc::new(Mutex::new(I8042::new(
+        EventFdTrigger(kbd_irq),
+        exit.clone(),
+    )));
+    pio_bus.insert(
+        u64::from(layout::I8042_DATA_PORT),
+        u64::from(layout::I8042_COMMAND_PORT - layout::I8042_DATA_PORT) + 1,
+        i8042.clone(),
+    )?;
+
+    // Virtio devices.
+    let mut devices = MmioDeviceManager::new();
+    if let Some(v) = &config.vsock {
+        // The device binds the socket: it is ours to remove from here on.
+        sockets.0.push(v.uds_path.clone());
+        devices.add(&vm, &mem, Vsock::new(v.guest_cid, v.uds_path.clone())?)?;
+    }
+    for share in &config.fs {
+        // Fs::new checks the shared directory.
+        devices.add(&vm, &mem, Fs::new(share.clone())?)?;
+    }
+
+    // Command line and boot information.
+    let mut cmdline = Cmdline::new(layout::CMDLINE_MAX_SIZE)?;
+    cmdline.insert_str(config.cmdline_prefix())?;
+    devices.add_to_cmdline(&mut cmdline)?;
+    let (mmio_bus, device_subscribers) = devices.into_parts();
+    if !config.cmdline.trim().is_empty() {
+        cmdline.insert_str(config.cmdline.trim())?;
+    }
+    let cmdline_len = cmdline.as_cstring()?.as_bytes().len();
+    tracing::debug!("kernel command line: {:?}", cmdline.as_cstring()?);
+    boot::write_cmdline(&mem, &cmdline)?;
+    boot::write_boot_info(&mem, mem_size, &entry, cmdline_len, initrd)?;
+    mptable::setup(&mem, vcpu_count)?;
+    phase("devices and boot information");
+
+    // vCPUs.
+    let base_cpuid = vm.supported_cpuid()?;
+    let host = vm.host_features();
+    tracing::debug!("host features beyond the supported CPUID: {host:?}");
+    let mut vcpu_list = Vec::with_capacity(vcpus as usize);
+    for id in 0..vcpu_count {
+        let v = Vcpu::new(&vm, id)?;
+        let boot_regs = (id == 0).then_some((entry.protocol, entry.entry));
+        v.configure(&base_cpuid, host, vcpu_count, &mem, boot_regs)?;
+        vcpu_list.push(v);
+    }
+
+    phase("vCPU set-up");
+
+    // Control plane.
+    let control = Arc::new(VcpuControl::default());
+    let threads = Arc::new(VcpuThreads::default());
+    let counters = Arc::new(ExitCounters::default());
+    let timer = TimerFd::new().map_err(|e| VmmError::Io {
+        what: "timerfd",
+        source: std::io::Error::from_raw_os_error(e.errno()),
+    })?;
+    let timer_fd = timer.as_raw_fd();
+    let timer = Arc::new(Mutex::new(timer));
+    let handle = Arc::new(VmmHandle {
+        vcpus,
+        memory_mib: config.memory_mib,
+        start,
+        control: control.clone(),
+        threads: threads.clone(),
+        counters: counters.clone(),
+        exit: exit.clone(),
+        i8042,
+        shutdown_timer: timer.clone(),
+    });
+
+    let mut em = EventManager::<Subscriber>::new().map_err(VmmError::EventLoop)?;
+    em.add_subscriber(Arc::new(Mutex::new(ControlSubscriber {
+        exit: exit.clone(),
+        signals,
+        timer,
+        timer_fd,
+    })));
+    if let Some(path) = &config.api_socket {
+        let server = ApiServer::bind(path, handle.clone())?;
+        sockets.0.push(path.clone());
+        em.add_subscriber(Arc::new(Mutex::new(server)));
+    }
+    for s in device_subscribers {
+        em.add_subscriber(s);
+    }
+
+    vcpu::register_kick_handler()?;
+    let ctx = VcpuContext {
+        pio: Arc::new(pio_bus),
+        mmio: Arc::new(mmio_bus),
+        exit: exit.clone(),
+        control: control.clone(),
+        counters,
+    };
+    Ok(Vmm {
+        start,
+        exit,
+        control,
+        threads,
+        ctx,
+        vcpus: vcpu_list,
+        em,
+        serial,
+        _vm: vm,
+        _mem: mem,
+        _sockets: sockets,
+    })
+}
