@@ -1,0 +1,296 @@
+use std::fs::File;
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::UnixStream;
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use hull_vmm_api::exit::VmmExit;
+use hull_vmm_api::{ApiRequest, ApiResponse, VmConfig};
+use nix::sys::signal::Signal;
+use nix::unistd::Pid;
+
+/// The configuration hull-vmm is started with, in the VM's directory.
+pub const CONFIG_FILE: &str = "vm.json";
+/// hull-vmm's stdout: the guest console when the configuration sends it to stdout.
+pub const CONSOLE_FILE: &str = "console.log";
+/// hull-vmm's stderr: its log and the line saying why it stopped.
+pub const LOG_FILE: &str = "vmm.log";
+/// How long one API request may take (a pause waits up to 10 s for the vCPUs to park).
+const API_TIMEOUT: Duration = Duration::from_secs(60);
+/// Longest API response line read (responses are a few hundred bytes).
+const MAX_RESPONSE: u64 = 64 * 1024;
+
+/// What went wrong launching or driving hull-vmm.
+#[derive(Debug, thiserror::Error)]
+pub enum VmmError {
+    #[error("VM directory {path}: {source}")]
+    Dir {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot write {path}: {source}")]
+    WriteFile {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot serialise the VM configuration: {0}")]
+    Serialise(#[source] serde_json::Error),
+    #[error("cannot start {binary}: {source}")]
+    Spawn {
+        binary: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the VM has no API socket in its configuration")]
+    NoApiSocket,
+    #[error("API socket {path}: {source}")]
+    Api {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("API socket {path}: unreadable response: {reason}")]
+    BadResponse { path: PathBuf, reason: String },
+    #[error("API request refused: {0}")]
+    Refused(String),
+    #[error("waiting for hull-vmm (pid {pid}): {source}")]
+    Wait {
+        pid: u32,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot signal hull-vmm (pid {pid}): {source}")]
+    Signal {
+        pid: u32,
+        #[source]
+        source: nix::Error,
+    },
+}
+
+/// How a hull-vmm process ended.
+#[derive(Clone, Debug)]
+pub struct VmmExited {
+    /// The raw wait status.
+    pub status: ExitStatus,
+    /// What the status means (`hull_vmm_api::exit`).
+    pub exit: VmmExit,
+}
+
+/// A hull-vmm process started by [`VmmProcess::launch`]. Dropped while it still runs, it is
+/// killed (SIGKILL) and reaped, so that no VM outlives an error path; [`VmmProcess::detach`]
+/// lets it run on.
+pub struct VmmProcess {
+    child: Child,
+    dir: PathBuf,
+    api_socket: Option<PathBuf>,
+    exited: Option<VmmExited>,
+    detached: bool,
+}
+
+fn write_file(path: &Path, data: &[u8]) -> Result<(), VmmError> {
+    let err = |source| VmmError::WriteFile {
+        path: path.to_path_buf(),
+        source,
+    };
+    // Written whole and renamed into place, so a reader never sees half a file.
+    let tmp = path.with_extension("tmp");
+    let mut f = File::create(&tmp).map_err(err)?;
+    f.write_all(data).map_err(err)?;
+    f.sync_all().map_err(err)?;
+    std::fs::rename(&tmp, path).map_err(err)
+}
+
+impl VmmProcess {
+    /// Writes `config` to `dir/vm.json` (creating `dir`) and starts `binary --config` on it.
+    /// Returns as soon as the process runs: the guest boots in the background. A configuration
+    /// hull-vmm refuses shows as a prompt exit with [`VmmExit::Config`] and the reason in the
+    /// log ([`VmmProcess::log`]).
+    pub fn launch(binary: &Path, config: &VmConfig, dir: &Path) -> Result<VmmProcess, VmmError> {
+        let dir_err = |source| VmmError::Dir {
+            path: dir.to_path_buf(),
+            source,
+        };
+        std::fs::create_dir_all(dir).map_err(dir_err)?;
+        let json = serde_json::to_vec_pretty(config).map_err(VmmError::Serialise)?;
+        let config_path = dir.join(CONFIG_FILE);
+        write_file(&config_path, &json)?;
+        let open = |name: &str| {
+            let path = dir.join(name);
+            File::create(&path).map_err(|source| VmmError::WriteFile { path, source })
+        };
+        let child = Command::new(binary)
+            .arg("--config")
+            .arg(&config_path)
+            .stdin(Stdio::null())
+            .stdout(open(CONSOLE_FILE)?)
+            .stderr(open(LOG_FILE)?)
+            .process_group(0)
+            .spawn()
+            .map_err(|source| VmmError::Spawn {
+                binary: binary.to_path_buf(),
+                source,
+            })?;
+        tracing::debug!(pid = child.id(), dir = %dir.display(), "hull-vmm started");
+        Ok(VmmProcess {
+            child,
+            dir: dir.to_path_buf(),
+            api_socket: config.api_socket.clone(),
+            exited: None,
+            detached: false,
+        })
+    }
+
+    /// hull-vmm's process id (also its process group id).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// The VM's directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// What hull-vmm wrote to stdout so far (the guest console when it goes to stdout), with
+    /// the serial line's `\r\n` turned back into `\n`.
+    pub fn console(&self) -> String {
+        read_text(&self.dir.join(CONSOLE_FILE))
+    }
+
+    /// What hull-vmm wrote to stderr so far.
+    pub fn log(&self) -> String {
+        read_text(&self.dir.join(LOG_FILE))
+    }
+
+    /// Sends one request to the API socket and returns the response; a response with
+    /// `ok: false` is [`VmmError::Refused`].
+    pub fn api(&self, request: &ApiRequest) -> Result<ApiResponse, VmmError> {
+        let line = serde_json::to_string(request).map_err(VmmError::Serialise)?;
+        let path = self.api_socket.as_ref().ok_or(VmmError::NoApiSocket)?;
+        let text = self.api_raw(&line)?;
+        let resp: ApiResponse = serde_json::from_str(&text).map_err(|e| VmmError::BadResponse {
+            path: path.clone(),
+            reason: e.to_string(),
+        })?;
+        if !resp.ok {
+            return Err(VmmError::Refused(resp.error.unwrap_or_default()));
+        }
+        Ok(resp)
+    }
+
+    /// Sends one raw request line and returns the raw response line (without its newline).
+    pub fn api_raw(&self, line: &str) -> Result<String, VmmError> {
+        let path = self.api_socket.as_ref().ok_or(VmmError::NoApiSocket)?;
+        let err = |source| VmmError::Api {
+            path: path.clone(),
+            source,
+        };
+        let mut s = UnixStream::connect(path).map_err(err)?;
+        s.set_read_timeout(Some(API_TIMEOUT)).map_err(err)?;
+        s.set_write_timeout(Some(API_TIMEOUT)).map_err(err)?;
+        s.write_all(format!("{line}\n").as_bytes()).map_err(err)?;
+        let mut out = String::new();
+        BufReader::new(std::io::Read::take(s, MAX_RESPONSE))
+            .read_line(&mut out)
+            .map_err(err)?;
+        if !out.ends_with('\n') {
+            return Err(VmmError::BadResponse {
+                path: path.clone(),
+                reason: format!("no complete line (got {} bytes)", out.len()),
+            });
+        }
+        out.pop();
+        Ok(out)
+    }
+
+    /// Sends `signal` to hull-vmm (SIGTERM stops the VM and exits 128+15).
+    pub fn signal(&self, signal: Signal) -> Result<(), VmmError> {
+        nix::sys::signal::kill(Pid::from_raw(self.child.id() as i32), signal).map_err(|source| {
+            VmmError::Signal {
+                pid: self.child.id(),
+                source,
+            }
+        })
+    }
+
+    /// How it ended, if it has.
+    pub fn try_wait(&mut self) -> Result<Option<VmmExited>, VmmError> {
+        if self.exited.is_none() {
+            let pid = self.child.id();
+            if let Some(status) = self
+                .child
+                .try_wait()
+                .map_err(|source| VmmError::Wait { pid, source })?
+            {
+                self.exited = Some(VmmExited {
+                    status,
+                    exit: VmmExit::from_wait(status.code(), status.signal()),
+                });
+            }
+        }
+        Ok(self.exited.clone())
+    }
+
+    /// Waits at most `limit` for hull-vmm to exit; `None` if it still runs then.
+    pub fn wait_timeout(&mut self, limit: Duration) -> Result<Option<VmmExited>, VmmError> {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(e) = self.try_wait()? {
+                return Ok(Some(e));
+            }
+            if Instant::now() >= deadline {
+                return Ok(None);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Kills hull-vmm (SIGKILL) if it still runs, and reaps it.
+    pub fn kill(&mut self) -> Result<VmmExited, VmmError> {
+        if let Some(e) = self.try_wait()? {
+            return Ok(e);
+        }
+        let pid = self.child.id();
+        // ESRCH/ECHILD races with a process that just exited are fine: wait() tells.
+        let _ = self.child.kill();
+        let status = self
+            .child
+            .wait()
+            .map_err(|source| VmmError::Wait { pid, source })?;
+        let e = VmmExited {
+            status,
+            exit: VmmExit::from_wait(status.code(), status.signal()),
+        };
+        self.exited = Some(e.clone());
+        Ok(e)
+    }
+
+    /// Lets hull-vmm run on after this handle is dropped; returns its pid.
+    pub fn detach(mut self) -> u32 {
+        self.detached = true;
+        self.child.id()
+    }
+}
+
+impl Drop for VmmProcess {
+    fn drop(&mut self) {
+        if !self.detached {
+            if let Err(e) = self.kill() {
+                tracing::warn!("cannot stop hull-vmm: {e}");
+            }
+        }
+    }
+}
+
+fn read_text(path: &Path) -> String {
+    std::fs::read(path)
+        .map(|b| String::from_utf8_lossy(&b).replace("\r\n", "\n"))
+        .unwrap_or_default()
+}
+
+#[cfg(test)]
+#[path = "tests.rs"]
+mod tests;

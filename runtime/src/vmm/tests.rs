@@ -1,0 +1,176 @@
+//! The launcher against fake `hull-vmm` scripts: no VM needed.
+
+use std::os::unix::fs::PermissionsExt;
+
+use super::*;
+use hull_vmm_api::RunState;
+
+struct Tmp(PathBuf);
+
+impl Tmp {
+    fn new(name: &str) -> Tmp {
+        let p = std::env::temp_dir().join(format!("hull-rt-vmm-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&p);
+        std::fs::create_dir_all(&p).unwrap();
+        Tmp(p)
+    }
+
+    /// An executable script standing in for hull-vmm.
+    fn fake(&self, body: &str) -> PathBuf {
+        let p = self.0.join("fake-vmm");
+        std::fs::write(&p, format!("#!/bin/sh\n{body}")).unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+        p
+    }
+}
+
+impl Drop for Tmp {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn config(t: &Tmp) -> VmConfig {
+    let mut c = VmConfig::new("/boot/vmlinux-for-test".into());
+    c.api_socket = Some(t.0.join("vm/api.sock"));
+    c
+}
+
+const LIMIT: Duration = Duration::from_secs(30);
+
+#[test]
+fn writes_the_config_captures_console_and_log_and_reads_the_exit_status() {
+    let t = Tmp::new("exit");
+    // The fake checks it got --config with our file, then behaves like a rebooting guest.
+    let bin = t.fake(
+        "[ \"$1\" = --config ] || exit 99\ngrep -q vmlinux-for-test \"$2\" || exit 98\n\
+         printf 'guest says hi\\r\\n'\necho 'hull-vmm: guest rebooted' >&2\nexit ${CODE:-0}\n",
+    );
+    let dir = t.0.join("vm");
+    let mut vm = VmmProcess::launch(&bin, &config(&t), &dir).unwrap();
+    let e = vm.wait_timeout(LIMIT).unwrap().expect("the fake exits");
+    assert_eq!(e.exit, VmmExit::Stopped, "log: {}", vm.log());
+    assert_eq!(vm.console(), "guest says hi\n");
+    assert_eq!(vm.log(), "hull-vmm: guest rebooted\n");
+    let written: VmConfig =
+        serde_json::from_slice(&std::fs::read(dir.join(CONFIG_FILE)).unwrap()).unwrap();
+    assert_eq!(written, config(&t));
+
+    for (code, want) in [
+        ("1", VmmExit::Config),
+        ("2", VmmExit::GuestPanic),
+        ("3", VmmExit::TripleFault),
+        ("4", VmmExit::Internal),
+        ("143", VmmExit::Signal(15)),
+        ("77", VmmExit::Unknown(77)),
+    ] {
+        std::env::set_var("CODE", code);
+        let mut vm = VmmProcess::launch(&bin, &config(&t), &dir).unwrap();
+        let got = vm.wait_timeout(LIMIT).unwrap().unwrap().exit;
+        assert_eq!(got, want, "exit {code}");
+    }
+    std::env::remove_var("CODE");
+}
+
+#[test]
+fn a_dropped_handle_kills_and_reaps_and_a_detached_one_does_not() {
+    let t = Tmp::new("drop");
+    let bin = t.fake("exec sleep 1000\n");
+    let vm = VmmProcess::launch(&bin, &config(&t), &t.0.join("vm")).unwrap();
+    let pid = Pid::from_raw(vm.pid() as i32);
+    // Its own process group.
+    assert_eq!(nix::unistd::getpgid(Some(pid)).unwrap(), pid);
+    drop(vm);
+    assert_eq!(
+        nix::sys::signal::kill(pid, None),
+        Err(nix::errno::Errno::ESRCH),
+        "killed and reaped"
+    );
+
+    let vm = VmmProcess::launch(&bin, &config(&t), &t.0.join("vm")).unwrap();
+    let pid = Pid::from_raw(vm.detach() as i32);
+    assert!(nix::sys::signal::kill(pid, None).is_ok(), "still running");
+    nix::sys::signal::kill(pid, Signal::SIGKILL).unwrap();
+    nix::sys::wait::waitpid(pid, None).unwrap();
+
+    let mut vm = VmmProcess::launch(&bin, &config(&t), &t.0.join("vm")).unwrap();
+    vm.signal(Signal::SIGKILL).unwrap();
+    let e = vm.wait_timeout(LIMIT).unwrap().unwrap();
+    assert_eq!(e.exit, VmmExit::Killed(9));
+    assert!(
+        vm.wait_timeout(Duration::ZERO).unwrap().is_some(),
+        "stays known"
+    );
+}
+
+#[test]
+fn api_requests_responses_and_refusals() {
+    let t = Tmp::new("api");
+    // A fake API server: answers four connections, one line each, then exits.
+    let server = t.0.join("fake-api.py");
+    std::fs::write(
+        &server,
+        r#"import json, socket, sys
+sock = json.load(open(sys.argv[2]))["api_socket"]
+s = socket.socket(socket.AF_UNIX)
+s.bind(sock)
+s.listen(4)
+for reply in [b'{"ok":true,"state":"paused"}\n', b'{"ok":false,"error":"nope"}\n', b"garbage\n", b"no newline"]:
+    c, _ = s.accept()
+    sys.stderr.write(c.makefile().readline())
+    c.sendall(reply)
+    c.close()
+"#,
+    )
+    .unwrap();
+    let bin = t.fake(&format!("exec python3 {} \"$@\"\n", server.display()));
+    let mut vm = VmmProcess::launch(&bin, &config(&t), &t.0.join("vm")).unwrap();
+    let sock = t.0.join("vm/api.sock");
+    let deadline = Instant::now() + LIMIT;
+    while !sock.exists() {
+        assert!(vm.try_wait().unwrap().is_none(), "fake died: {}", vm.log());
+        assert!(Instant::now() < deadline, "the fake never bound its socket");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let r = vm.api(&ApiRequest::Pause {}).unwrap();
+    assert_eq!(r.state, Some(RunState::Paused));
+    let e = vm.api(&ApiRequest::Resume {}).unwrap_err();
+    assert!(matches!(&e, VmmError::Refused(m) if m == "nope"), "{e}");
+    let e = vm.api(&ApiRequest::Stats {}).unwrap_err();
+    assert!(matches!(e, VmmError::BadResponse { .. }), "{e}");
+    let e = vm
+        .api(&ApiRequest::Shutdown {
+            timeout_ms: Some(5),
+        })
+        .unwrap_err();
+    assert!(e.to_string().contains("no complete line"), "{e}");
+    vm.wait_timeout(LIMIT).unwrap().expect("the fake exits");
+    assert_eq!(
+        vm.log(),
+        "{\"action\":\"pause\"}\n{\"action\":\"resume\"}\n{\"action\":\"stats\"}\n\
+         {\"action\":\"shutdown\",\"timeout_ms\":5}\n"
+    );
+}
+
+#[test]
+fn launch_errors_name_what_is_wrong() {
+    let t = Tmp::new("errors");
+    let missing = t.0.join("no-such-hull-vmm");
+    let e = VmmProcess::launch(&missing, &config(&t), &t.0.join("vm"))
+        .err()
+        .expect("a missing binary is an error");
+    assert!(e.to_string().contains("no-such-hull-vmm"), "{e}");
+    let file = t.0.join("plain-file");
+    std::fs::write(&file, b"x").unwrap();
+    let e = VmmProcess::launch(&t.fake("exit 0\n"), &config(&t), &file.join("vm"))
+        .err()
+        .expect("a directory under a file is an error");
+    assert!(e.to_string().contains("plain-file"), "{e}");
+    let mut c = config(&t);
+    c.api_socket = None;
+    let vm = VmmProcess::launch(&t.fake("exit 0\n"), &c, &t.0.join("vm")).unwrap();
+    assert!(matches!(
+        vm.api(&ApiRequest::Stats {}),
+        Err(VmmError::NoApiSocket)
+    ));
+}
