@@ -28,6 +28,8 @@ pub fn build_dir() -> PathBuf {
         .unwrap_or_else(|| workspace_root().join("build"))
 }
 
+pub mod vm;
+
 /// Path of a file the build must have produced; panics naming the make target otherwise.
 fn built(path: PathBuf, target: &str) -> PathBuf {
     assert!(
@@ -141,11 +143,8 @@ impl Initramfs {
         }
         std::fs::copy("/bin/busybox", root.join("bin/busybox"))
             .expect("/bin/busybox (package busybox-static) is needed to build test initramfs");
-        let applets = Command::new("/bin/busybox").arg("--list").output().unwrap();
-        for a in String::from_utf8_lossy(&applets.stdout).split_whitespace() {
-            if a != "busybox" {
-                let _ = std::os::unix::fs::symlink("busybox", root.join("bin").join(a));
-            }
+        for a in busybox_applets() {
+            let _ = std::os::unix::fs::symlink("busybox", root.join("bin").join(a));
         }
         for (path, contents, mode) in &self.files {
             let p = root.join(path.trim_start_matches('/'));
@@ -164,6 +163,20 @@ impl Initramfs {
             .unwrap();
         assert!(status.success(), "cpio failed building {}", out.display());
     }
+}
+
+/// The applets of the host's static busybox (without `busybox` itself).
+fn busybox_applets() -> Vec<String> {
+    let out = Command::new("/bin/busybox")
+        .arg("--list")
+        .output()
+        .expect("/bin/busybox (package busybox-static)");
+    assert!(out.status.success(), "busybox --list failed");
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .filter(|a| *a != "busybox")
+        .map(str::to_string)
+        .collect()
 }
 
 /// A child process whose output is collected on threads and that is killed when dropped, so a

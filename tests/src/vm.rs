@@ -1,0 +1,123 @@
+//! Booting hull-vmm in VM tests: every test launches it through hull-runtime's
+//! [`VmmProcess`] (the same launcher the runtime uses), and finds here what several tests need:
+//! the built agent initramfs, a busybox root file system, a nonce, waiting for the console or
+//! for the exit with the console and log in the failure message.
+
+use std::os::unix::fs::symlink;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+pub use hull_runtime::vmm::api::config::{
+    BootProtocolConfig, FsConfig, MemoryBacking, SerialConfig, VsockConfig,
+};
+pub use hull_runtime::vmm::api::{ApiRequest, ApiResponse, CachePolicy, RunState, VmConfig};
+pub use hull_runtime::vmm::{VmmExited, VmmProcess};
+
+use crate::{bin, build_dir, kernel};
+
+/// A configuration with the built guest kernel, `initrd` and 256 MiB; the console goes to
+/// hull-vmm's stdout, which the launcher keeps in `console.log` ([`VmmProcess::console`]).
+pub fn config(initrd: &Path) -> VmConfig {
+    let mut c = VmConfig::new(kernel());
+    c.initrd = Some(initrd.to_path_buf());
+    c.memory_mib = 256;
+    c
+}
+
+/// Starts the built hull-vmm with `config` in `dir` (its config, console and log files go
+/// there). The VM is killed when the returned handle is dropped.
+pub fn launch(config: &VmConfig, dir: &Path) -> VmmProcess {
+    crate::require_kvm();
+    VmmProcess::launch(&bin("hull-vmm"), config, dir)
+        .unwrap_or_else(|e| panic!("cannot launch hull-vmm: {e}"))
+}
+
+/// Waits at most `limit` for hull-vmm to exit; panics with its log and the console otherwise.
+pub fn wait_exit(vm: &mut VmmProcess, limit: Duration) -> VmmExited {
+    match vm.wait_timeout(limit) {
+        Ok(Some(e)) => e,
+        Ok(None) => panic!(
+            "hull-vmm still running after {limit:?}\n--- log:\n{}\n--- console:\n{}",
+            vm.log(),
+            vm.console()
+        ),
+        Err(e) => panic!("waiting for hull-vmm: {e}"),
+    }
+}
+
+/// Waits at most `limit` for hull-vmm to exit with status `code` and a log that says `reason`;
+/// returns the console.
+pub fn expect_exit(vm: &mut VmmProcess, limit: Duration, code: i32, reason: &str) -> String {
+    let e = wait_exit(vm, limit);
+    let (log, console) = (vm.log(), vm.console());
+    assert_eq!(
+        e.status.code(),
+        Some(code),
+        "hull-vmm exit status ({}); log:\n{log}\nconsole:\n{console}",
+        e.exit
+    );
+    assert!(
+        log.contains(reason),
+        "the log should say {reason:?}:\n{log}"
+    );
+    console
+}
+
+/// Waits until `text()` contains `needle`; panics with what it has after `limit`.
+pub fn wait_for(what: &str, text: impl Fn() -> String, needle: &str, limit: Duration) -> String {
+    let start = Instant::now();
+    loop {
+        let t = text();
+        if t.contains(needle) {
+            return t;
+        }
+        assert!(
+            start.elapsed() < limit,
+            "{needle:?} did not appear in {what} within {limit:?}; it has:\n{t}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The agent initramfs (`make initrd`).
+pub fn agent_initrd() -> PathBuf {
+    crate::built(build_dir().join("hull-initrd.img"), "initrd")
+}
+
+/// A busybox root file system: /bin/busybox, its applets as symlinks, and empty `dirs`
+/// (e.g. tmp, dev, proc, etc).
+pub fn busybox_root(root: &Path, dirs: &[&str]) {
+    for d in dirs.iter().chain(&["bin"]) {
+        std::fs::create_dir_all(root.join(d)).unwrap();
+    }
+    std::fs::copy("/bin/busybox", root.join("bin/busybox"))
+        .expect("/bin/busybox (package busybox-static) is needed for a busybox root");
+    for a in crate::busybox_applets() {
+        symlink("busybox", root.join("bin").join(a)).unwrap();
+    }
+}
+
+/// A string no earlier run printed.
+pub fn nonce() -> String {
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap();
+    format!("{:x}{:x}", t.as_nanos(), std::process::id())
+}
+
+/// `sha256sum` of a host file.
+pub fn sha256(path: &Path) -> String {
+    let out = Command::new("sha256sum").arg(path).output().unwrap();
+    assert!(
+        out.status.success(),
+        "sha256sum {}: {}",
+        path.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_string()
+}
