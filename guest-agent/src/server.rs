@@ -48,8 +48,8 @@ impl Agent {
     }
 }
 
-/// Accepts connections until the listener fails.
-pub async fn serve(agent: Arc<Agent>, listener: Listener) -> std::io::Result<()> {
+/// Accepts connections until the listener fails (returns why).
+pub async fn serve(agent: Arc<Agent>, listener: Listener) -> std::io::Error {
     loop {
         let (conn, peer) = match listener.accept().await {
             Ok(c) => c,
@@ -58,7 +58,7 @@ pub async fn serve(agent: Arc<Agent>, listener: Listener) -> std::io::Result<()>
                 tokio::time::sleep(Duration::from_millis(50)).await;
                 continue;
             }
-            Err(e) => return Err(e),
+            Err(e) => return e,
         };
         let agent = agent.clone();
         tokio::spawn(async move {
@@ -293,6 +293,22 @@ fn error_frame(id: u64, e: AgentError) -> ResponseFrame {
 }
 
 impl Agent {
+    /// Host mode: SIGTERM every process group the agent started, SIGKILL after the grace period.
+    pub async fn stop_processes(&self, grace: Duration) {
+        use nix::sys::signal::Signal;
+        self.procs.signal_all(Signal::SIGTERM);
+        let deadline = tokio::time::Instant::now() + grace;
+        while self.procs.running() > 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        self.procs.signal_all(Signal::SIGKILL);
+        // Let the reaper collect them.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+        while self.procs.running() > 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     fn request_shutdown(&self, grace_ms: u32) {
         if let Some(tx) = self
             .shutdown
