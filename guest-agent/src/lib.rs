@@ -24,13 +24,14 @@ mod log;
 mod mounts;
 mod process;
 mod server;
+mod service;
 mod stats;
 mod transport;
 
 pub use init::power_off;
 pub use transport::Address;
 
-use server::Agent;
+use service::{Agent, DEFAULT_GRACE_MS};
 use transport::Listener;
 
 /// Why the agent stopped serving (other than a shutdown request).
@@ -114,10 +115,10 @@ async fn serve(addr: Address, mode: AgentMode) -> Result<Duration, Error> {
     // The reaper: registered before anything is spawned, and run once at start for children
     // that ended before (none in practice; cheap).
     let mut sigchld = handler(SignalKind::child(), "SIGCHLD")?;
-    let procs = agent.procs.clone();
+    let reaper = agent.clone();
     tokio::spawn(async move {
         loop {
-            procs.reap();
+            reaper.reap();
             if sigchld.recv().await.is_none() {
                 break;
             }
@@ -133,11 +134,11 @@ async fn serve(addr: Address, mode: AgentMode) -> Result<Duration, Error> {
     let mut sigint = handler(SignalKind::interrupt(), "SIGINT")?;
     let grace_ms = tokio::select! {
         e = server::serve(agent.clone(), listener) => return Err(Error::Accept(e)),
-        g = shutdown => g.unwrap_or(server::DEFAULT_GRACE_MS),
+        g = shutdown => g.unwrap_or(DEFAULT_GRACE_MS),
         // In the guest, PID 1 only gets signals it handles; treat these as a shutdown request
         // in both modes.
-        _ = sigterm.recv() => server::DEFAULT_GRACE_MS,
-        _ = sigint.recv() => server::DEFAULT_GRACE_MS,
+        _ = sigterm.recv() => DEFAULT_GRACE_MS,
+        _ = sigint.recv() => DEFAULT_GRACE_MS,
     };
     tracing::info!("shutting down (grace {grace_ms} ms)");
     let grace = Duration::from_millis(u64::from(grace_ms));
