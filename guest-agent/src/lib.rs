@@ -6,12 +6,20 @@
 //! mounts, clock, shutdown) and the log backlog. The binary `hull-agent` only parses its
 //! arguments and calls [`setup`], [`run`] and [`power_off`].
 //!
+//! Layout: `server` handles connections (hello, framing, in-flight ids, replies, stream and log
+//! connections) and never looks inside a request; `service` maps each request to the agent's
+//! state and returns the reply, knowing nothing of sockets; below it `process` (spawn, reaper,
+//! streams), `mounts`, `stats`, `init` (PID 1) and, next, `container` (OCI containers).
+//! `transport` is vsock or a Unix socket, `log` the tracing backlog.
+//!
 //! What it must never do:
 //! - trust the host beyond the protocol: every frame and field is checked (sizes, ids, paths,
 //!   signal numbers) and a bad one is answered with an error, never a panic or a dead agent;
-//! - block the async runtime: fork, mount and other slow or blocking system calls run with the
-//!   table lock and signals arranged as `process` documents, or on blocking threads;
-//! - wait for children anywhere but the reaper (`waitpid(-1)` is the reaper's alone);
+//! - block the async runtime: a fork returns at once (the child's exit arrives through the
+//!   reaper, never a blocking wait), and calls that can wait on the VMM or a disk (mount,
+//!   unmount) run on blocking threads;
+//! - wait for children anywhere but the reaper (`waitpid(-1)` is the reaper's alone), or run
+//!   anything but async-signal-safe calls in a forked child before exec;
 //! - let one connection's failure end another connection or the agent.
 
 use std::time::Duration;
@@ -19,6 +27,7 @@ use std::time::Duration;
 use hull_agent_protocol::{AgentMode, PROTOCOL_VERSION};
 use tokio::signal::unix::{signal, SignalKind};
 
+mod container;
 mod init;
 mod log;
 mod mounts;
