@@ -6,7 +6,7 @@ use std::os::fd::AsRawFd;
 use std::sync::Arc;
 
 use hull_agent_protocol::{AgentError, ErrorKind, ProcessId, StdStream};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncReadExt, AsyncWriteExt, Interest};
 
 use super::{CloseAt, Fd, Output, Process, Processes, StdinSlot};
 use crate::transport::BoxConn;
@@ -110,27 +110,17 @@ impl Processes {
 }
 
 async fn read_fd(fd: &Fd, buf: &mut [u8]) -> io::Result<usize> {
-    loop {
-        let mut guard = fd.readable().await?;
-        match guard
-            .try_io(|inner| nix::unistd::read(inner.as_raw_fd(), buf).map_err(io::Error::from))
-        {
-            Ok(r) => return r,
-            Err(_would_block) => continue,
-        }
-    }
+    fd.async_io(Interest::READABLE, |inner| {
+        nix::unistd::read(inner.as_raw_fd(), buf).map_err(io::Error::from)
+    })
+    .await
 }
 
 async fn write_fd(fd: &Fd, data: &[u8]) -> io::Result<usize> {
-    loop {
-        let mut guard = fd.writable().await?;
-        match guard
-            .try_io(|inner| nix::unistd::write(inner.get_ref(), data).map_err(io::Error::from))
-        {
-            Ok(r) => return r,
-            Err(_would_block) => continue,
-        }
-    }
+    fd.async_io(Interest::WRITABLE, |inner| {
+        nix::unistd::write(inner, data).map_err(io::Error::from)
+    })
+    .await
 }
 
 enum OutEnd {
