@@ -8,8 +8,11 @@ use std::collections::VecDeque;
 use std::io::Write;
 use std::sync::{Arc, Mutex, OnceLock};
 
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::broadcast;
 use tracing_subscriber::fmt::MakeWriter;
+
+use crate::transport::BoxConn;
 
 /// Bytes of log lines kept for log connections that attach later.
 pub const BACKLOG_BYTES: usize = 256 * 1024;
@@ -119,4 +122,33 @@ pub fn init() {
         .with_timer(tracing_subscriber::fmt::time::uptime())
         .with_target(false)
         .try_init();
+}
+
+/// A log connection: the backlog, then live lines, until the host closes it.
+pub async fn serve_connection(conn: BoxConn) {
+    let (mut rd, mut wr) = tokio::io::split(conn);
+    let (backlog, mut live) = hub().subscribe();
+    for line in backlog {
+        if wr.write_all(line.as_bytes()).await.is_err() {
+            return;
+        }
+    }
+    let mut probe = [0u8; 256];
+    loop {
+        tokio::select! {
+            r = live.recv() => {
+                let line: Arc<str> = match r {
+                    Ok(l) => l,
+                    Err(broadcast::error::RecvError::Lagged(n)) => {
+                        Arc::from(format!("[hull-agent: {n} log lines skipped: reader too slow]\n"))
+                    }
+                    Err(broadcast::error::RecvError::Closed) => return,
+                };
+                if wr.write_all(line.as_bytes()).await.is_err() {
+                    return;
+                }
+            }
+            r = rd.read(&mut probe) => if matches!(r, Ok(0) | Err(_)) { return },
+        }
+    }
 }

@@ -1,55 +1,28 @@
-//! Accepting connections, the hello handshake, and serving control connections.
+//! Connection handling: accepting connections, the hello handshake, framing on control
+//! connections (reading requests, in-flight ids, writing replies in completion order, one task
+//! per call) and handing stream and log connections to their copiers.
+//!
+//! What a request does is the service's business ([`Agent::handle`]); this module never looks
+//! inside a request beyond its id.
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use hull_agent_protocol::frame::{read_frame_async, write_frame_async, write_raw_frame_async};
 use hull_agent_protocol::{
-    decode_hello, decode_request, encode_frame, AgentError, AgentMode, ConnectionKind, ErrorKind,
-    FrameError, HealthInfo, HelloReply, Request, Response, ResponseFrame, StdStream, VersionInfo,
-    HELLO_TIMEOUT_MS, MAX_IN_FLIGHT, PROTOCOL_VERSION,
+    decode_hello, decode_request, encode_frame, AgentError, ConnectionKind, ErrorKind, FrameError,
+    HelloReply, ResponseFrame, HELLO_TIMEOUT_MS, MAX_IN_FLIGHT, PROTOCOL_VERSION,
 };
 use tokio::io::AsyncWriteExt;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinSet;
 
-use crate::process::streams::{self, Attachment};
-use crate::process::Processes;
+use crate::service::{Agent, Outcome};
 use crate::transport::{BoxConn, Listener};
 
-/// Grace period between SIGTERM and SIGKILL at shutdown, unless the request says otherwise.
-pub const DEFAULT_GRACE_MS: u32 = 2000;
-/// Longest grace period a request may ask for.
-pub const MAX_GRACE_MS: u32 = 60_000;
-
-/// Shared state of the serving agent.
-pub struct Agent {
-    pub procs: Arc<Processes>,
-    pub mode: AgentMode,
-    pub started: Instant,
-    /// Set once by a shutdown request: the grace period.
-    shutdown: Mutex<Option<oneshot::Sender<u32>>>,
-}
-
-impl Agent {
-    /// The agent and the receiver that fires when the host asks for a shutdown.
-    pub fn new(mode: AgentMode) -> (Arc<Agent>, oneshot::Receiver<u32>) {
-        let (tx, rx) = oneshot::channel();
-        (
-            Arc::new(Agent {
-                procs: Arc::new(Processes::new()),
-                mode,
-                started: Instant::now(),
-                shutdown: Mutex::new(Some(tx)),
-            }),
-            rx,
-        )
-    }
-}
-
-/// Accepts connections until the listener fails.
-pub async fn serve(agent: Arc<Agent>, listener: Listener) -> std::io::Result<()> {
+/// Accepts connections until the listener fails (returns why).
+pub async fn serve(agent: Arc<Agent>, listener: Listener) -> std::io::Error {
     loop {
         let (conn, peer) = match listener.accept().await {
             Ok(c) => c,
@@ -58,7 +31,7 @@ pub async fn serve(agent: Arc<Agent>, listener: Listener) -> std::io::Result<()>
                 tokio::time::sleep(Duration::from_millis(50)).await;
                 continue;
             }
-            Err(e) => return Err(e),
+            Err(e) => return e,
         };
         let agent = agent.clone();
         tokio::spawn(async move {
@@ -128,31 +101,20 @@ async fn handle_connection(agent: Arc<Agent>, mut conn: BoxConn, peer: &str) {
         }
         ConnectionKind::Log => {
             if reply_hello(&mut conn, Ok(())).await {
-                streams::run_log(conn).await;
+                crate::log::serve_connection(conn).await;
             }
         }
-        ConnectionKind::Stream { process, stream } => {
-            match agent.procs.attach(process, stream) {
-                Err(e) => {
-                    let _ = reply_hello(&mut conn, Err(e)).await;
-                }
-                Ok((proc, att)) => {
-                    // The stream is claimed; if the reply cannot be sent, hand it back through
-                    // the normal end-of-connection path.
-                    let _ = reply_hello(&mut conn, Ok(())).await;
-                    match att {
-                        Attachment::Output(fd) => {
-                            streams::run_output(agent.procs.clone(), proc, stream, fd, conn).await
-                        }
-                        Attachment::Stdin(fd) => streams::run_stdin(proc, fd, conn).await,
-                        Attachment::Drained => {
-                            debug_assert_ne!(stream, StdStream::Stdin);
-                            let _ = conn.shutdown().await;
-                        }
-                    }
-                }
+        ConnectionKind::Stream { process, stream } => match agent.open_stream(process, stream) {
+            Err(e) => {
+                let _ = reply_hello(&mut conn, Err(e)).await;
             }
-        }
+            Ok(claim) => {
+                // The stream is claimed; if the reply cannot be sent, hand it back through
+                // the normal end-of-connection path.
+                let _ = reply_hello(&mut conn, Ok(())).await;
+                claim.copy(conn).await;
+            }
+        },
     }
 }
 
@@ -254,27 +216,23 @@ async fn serve_control(agent: Arc<Agent>, conn: BoxConn) {
         let tx = tx.clone();
         let in_flight = in_flight.clone();
         calls.spawn(async move {
-            let shutdown_grace = match &frame.call {
-                Request::Shutdown { grace_ms } => {
-                    Some(grace_ms.unwrap_or(DEFAULT_GRACE_MS).min(MAX_GRACE_MS))
-                }
-                _ => None,
-            };
-            let result = handle_call(&agent, frame.call).await;
+            let Outcome {
+                result,
+                after_reply,
+            } = agent.handle(frame.call).await;
             in_flight
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .remove(&id);
-            if let (Some(grace), true) = (shutdown_grace, result.is_ok()) {
-                // Reply first (and wait until it is written), then shut down. The wait runs in a
-                // task of its own: a host that closes the connection as soon as it has the reply
-                // aborts this call's task (see `abort_all` below), and the shutdown must happen
-                // anyway. A reply never written (ack dropped) shuts down at once.
+            if let Some(after_reply) = after_reply {
+                // Reply first (and wait until it is written), then act. The wait runs in a task
+                // of its own: a host that closes the connection as soon as it has the reply
+                // aborts this call's task (see `abort_all` below), and the action must happen
+                // anyway. A reply never written (ack dropped) acts at once.
                 let (ack_tx, ack_rx) = oneshot::channel();
-                let stopper = agent.clone();
                 tokio::spawn(async move {
                     let _ = tokio::time::timeout(Duration::from_secs(2), ack_rx).await;
-                    stopper.request_shutdown(grace);
+                    after_reply();
                 });
                 send(&tx, ResponseFrame { id, result }, Some(ack_tx)).await;
             } else {
@@ -290,99 +248,4 @@ async fn serve_control(agent: Arc<Agent>, conn: BoxConn) {
 
 fn error_frame(id: u64, e: AgentError) -> ResponseFrame {
     ResponseFrame { id, result: Err(e) }
-}
-
-impl Agent {
-    fn request_shutdown(&self, grace_ms: u32) {
-        if let Some(tx) = self
-            .shutdown
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take()
-        {
-            let _ = tx.send(grace_ms);
-        }
-    }
-}
-
-async fn handle_call(agent: &Agent, call: Request) -> Result<Response, AgentError> {
-    let procs = &agent.procs;
-    match call {
-        Request::Version => Ok(Response::Version(VersionInfo {
-            protocol: PROTOCOL_VERSION,
-            agent: env!("CARGO_PKG_VERSION").to_string(),
-            mode: agent.mode,
-            kernel: nix::sys::utsname::uname()
-                .map(|u| u.release().to_string_lossy().into_owned())
-                .unwrap_or_default(),
-        })),
-        Request::Health => Ok(Response::Health(HealthInfo {
-            uptime_ms: agent.started.elapsed().as_millis() as u64,
-            running_processes: procs.running(),
-        })),
-        Request::Spawn(req) => {
-            let p = procs.spawn(&req)?;
-            Ok(Response::Spawned {
-                process: p.id,
-                pid: p.pid,
-            })
-        }
-        Request::Signal {
-            process,
-            signal,
-            group,
-        } => procs
-            .signal(process, signal, group)
-            .map(|()| Response::Done),
-        Request::Wait { process } => procs.wait(process).await.map(Response::Exited),
-        Request::CloseStdin {
-            process,
-            after_bytes,
-        } => procs
-            .close_stdin(process, after_bytes)
-            .await
-            .map(|()| Response::Done),
-        Request::ResizeTerminal {
-            process,
-            rows,
-            cols,
-        } => procs.resize(process, rows, cols).map(|()| Response::Done),
-        Request::Release { process } => procs.release(process).map(|()| Response::Done),
-        Request::ListProcesses => Ok(Response::Processes {
-            processes: procs.list(),
-        }),
-        Request::Stats => crate::stats::collect().map(Response::Stats),
-        Request::SetTime { seconds, nanos } => {
-            if agent.mode == AgentMode::Host {
-                return Err(AgentError::new(
-                    ErrorKind::Unsupported,
-                    "set_time is refused in host mode: the agent does not change its host's clock",
-                ));
-            }
-            crate::init::set_clock(seconds, nanos).map(|()| Response::Done)
-        }
-        Request::Mount(req) => {
-            // Mounting a virtio-fs share is a FUSE round trip to the VMM: keep it off the
-            // async workers.
-            tokio::task::spawn_blocking(move || crate::mounts::mount_fs(&req))
-                .await
-                .map_err(|e| AgentError::new(ErrorKind::Io, format!("mount task: {e}")))?
-                .map(|()| Response::Done)
-        }
-        Request::Unmount { target, lazy } => {
-            tokio::task::spawn_blocking(move || crate::mounts::unmount_fs(&target, lazy))
-                .await
-                .map_err(|e| AgentError::new(ErrorKind::Io, format!("unmount task: {e}")))?
-                .map(|()| Response::Done)
-        }
-        // The shutdown itself starts once this reply is written (see serve_control).
-        Request::Shutdown { .. } => Ok(Response::Done),
-        other => Err(AgentError::new(
-            ErrorKind::UnknownRequest,
-            format!(
-                "request type {:?} is not served by this agent",
-                other.type_name()
-            ),
-        )),
-    }
 }

@@ -48,15 +48,22 @@ fn send_raw(s: &mut UnixStream, payload: &[u8]) {
     s.write_all(payload).unwrap();
 }
 
+/// Sends one request frame.
+fn request(s: &mut UnixStream, id: u64, call: Request) {
+    write_frame(s, &RequestFrame { id, call }).unwrap();
+}
+
+/// Sends a frame header announcing `len` bytes and only `partial` of them and goes away; the
+/// agent still serves new connections.
+fn leave_mid_frame(agent: &TestAgent, mut s: UnixStream, len: u32, partial: &[u8]) {
+    s.write_all(&len.to_be_bytes()).unwrap();
+    s.write_all(partial).unwrap();
+    drop(s);
+    health(&mut control(agent), 1);
+}
+
 fn health(s: &mut UnixStream, id: u64) {
-    write_frame(
-        s,
-        &RequestFrame {
-            id,
-            call: Request::Health,
-        },
-    )
-    .unwrap();
+    request(s, id, Request::Health);
     let r = response(s);
     assert_eq!(r.id, id);
     assert!(matches!(r.result, Ok(Response::Health(_))), "{r:?}");
@@ -94,14 +101,7 @@ fn bad_hellos() {
 
     // A request where the hello belongs.
     let mut s = raw(&agent);
-    write_frame(
-        &mut s,
-        &RequestFrame {
-            id: 1,
-            call: Request::Health,
-        },
-    )
-    .unwrap();
+    request(&mut s, 1, Request::Health);
     let e = hello_reply(&mut s).result.unwrap_err();
     assert_eq!(e.kind, ErrorKind::OutOfOrder);
     assert_closed(&mut s);
@@ -129,14 +129,8 @@ fn bad_hellos() {
     let e = hello_reply(&mut s).result.unwrap_err();
     assert!(e.message.contains("exceeds the maximum"), "{}", e.message);
 
-    // Truncated hello, then the peer goes away.
-    let mut s = raw(&agent);
-    s.write_all(&100u32.to_be_bytes()).unwrap();
-    s.write_all(b"{\"ver").unwrap();
-    drop(s);
-
-    // The agent still serves.
-    health(&mut control(&agent), 1);
+    // Truncated hello, then the peer goes away; the agent still serves.
+    leave_mid_frame(&agent, raw(&agent), 100, b"{\"ver");
 }
 
 #[test]
@@ -192,50 +186,30 @@ fn bad_requests_on_a_control_connection() {
     health(&mut s, 12);
 
     // A duplicate id while the first is in flight.
-    write_frame(
+    request(
         &mut s,
-        &RequestFrame {
-            id: 20,
-            call: Request::Spawn(SpawnRequest::new(["sleep", "1000"])),
-        },
-    )
-    .unwrap();
+        20,
+        Request::Spawn(SpawnRequest::new(["sleep", "1000"])),
+    );
     let Ok(Response::Spawned { process, .. }) = response(&mut s).result else {
         panic!("spawn")
     };
-    write_frame(
-        &mut s,
-        &RequestFrame {
-            id: 21,
-            call: Request::Wait { process },
-        },
-    )
-    .unwrap();
-    write_frame(
-        &mut s,
-        &RequestFrame {
-            id: 21,
-            call: Request::Health,
-        },
-    )
-    .unwrap();
+    request(&mut s, 21, Request::Wait { process });
+    request(&mut s, 21, Request::Health);
     let r = response(&mut s);
     assert_eq!(r.id, 21);
     let e = r.result.unwrap_err();
     assert_eq!(e.kind, ErrorKind::BadFrame);
     assert!(e.message.contains("already in flight"));
-    write_frame(
+    request(
         &mut s,
-        &RequestFrame {
-            id: 22,
-            call: Request::Signal {
-                process,
-                signal: 9,
-                group: false,
-            },
+        22,
+        Request::Signal {
+            process,
+            signal: 9,
+            group: false,
         },
-    )
-    .unwrap();
+    );
     // Replies in completion order: the signal's, then the wait's.
     let mut got = [response(&mut s), response(&mut s)];
     got.sort_by_key(|r| r.id);
@@ -256,12 +230,7 @@ fn bad_requests_on_a_control_connection() {
     assert_closed(&mut s);
 
     // A truncated frame, then the peer leaves.
-    let mut t = control(&agent);
-    t.write_all(&50u32.to_be_bytes()).unwrap();
-    t.write_all(b"{\"id\":1").unwrap();
-    drop(t);
-
-    health(&mut control(&agent), 1);
+    leave_mid_frame(&agent, control(&agent), 50, b"{\"id\":1");
 }
 
 #[test]

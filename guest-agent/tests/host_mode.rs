@@ -11,7 +11,7 @@ use hull_agent_protocol::{
     AgentMode, ErrorKind, ExitStatus, ProcessId, ProcessState, Redirect, SpawnRequest, StdStream,
     StdioSpec, User, PROTOCOL_VERSION,
 };
-use hull_runtime::agent::{AgentClient, Error};
+use hull_runtime::agent::{AgentClient, Error, Spawned};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
 
@@ -24,6 +24,16 @@ fn sh(script: &str) -> SpawnRequest {
 fn kind(e: Error) -> ErrorKind {
     e.agent_kind()
         .unwrap_or_else(|| panic!("expected an agent error, got {e}"))
+}
+
+/// The call failed with an agent error of kind `want`.
+fn assert_kind<T: std::fmt::Debug>(r: Result<T, Error>, want: ErrorKind) {
+    assert_eq!(kind(r.unwrap_err()), want);
+}
+
+/// Spawns `sh -c script`.
+async fn spawn_sh(c: &AgentClient, script: &str) -> Spawned {
+    c.spawn(sh(script)).await.unwrap()
 }
 
 async fn read_all(mut s: UnixStream) -> Vec<u8> {
@@ -63,8 +73,7 @@ async fn read_until(s: &mut UnixStream, needle: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn version_health_stats_and_set_time() {
-    let agent = TestAgent::start();
-    let c = agent.client().await;
+    let (_agent, c) = TestAgent::with_client().await;
     let v = c.version().await.unwrap();
     assert_eq!(v.protocol, PROTOCOL_VERSION);
     assert_eq!(v.mode, AgentMode::Host);
@@ -87,8 +96,7 @@ async fn version_health_stats_and_set_time() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn process_output_and_exit_code() {
-    let agent = TestAgent::start();
-    let c = agent.client().await;
+    let (agent, c) = TestAgent::with_client().await;
     let out = c
         .run(sh("echo out; echo err >&2; exit 3"), None)
         .await
@@ -111,14 +119,10 @@ async fn process_output_and_exit_code() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sixty_four_mib_of_output_all_arrive() {
-    let agent = TestAgent::start();
-    let c = agent.client().await;
+    let (_agent, c) = TestAgent::with_client().await;
     const LEN: usize = 64 << 20;
     // `head` writes 64 MiB and exits at once; the agent holds the pipe until it is drained.
-    let p = c
-        .spawn(sh(&format!("yes 0123456789abcde | head -c {LEN}")))
-        .await
-        .unwrap();
+    let p = spawn_sh(&c, &format!("yes 0123456789abcde | head -c {LEN}")).await;
     let out = c.open_stream(p.process, StdStream::Stdout).await.unwrap();
     let start = Instant::now();
     let reader = tokio::spawn(read_all(out));
@@ -141,13 +145,9 @@ async fn sixty_four_mib_of_output_all_arrive() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn output_of_a_process_that_exited_before_attach_is_kept() {
-    let agent = TestAgent::start();
-    let c = agent.client().await;
+    let (_agent, c) = TestAgent::with_client().await;
     // 60000 bytes fit in the pipe: the process exits long before anyone attaches.
-    let p = c
-        .spawn(sh("head -c 60000 /dev/zero | tr '\\0' x; printf done >&2"))
-        .await
-        .unwrap();
+    let p = spawn_sh(&c, "head -c 60000 /dev/zero | tr '\\0' x; printf done >&2").await;
     // No stream is attached, so wait answers at exit; the output stays held.
     assert_eq!(c.wait_timeout(p.process, T).await.unwrap().code(), Some(0));
     let listed = c.list_processes().await.unwrap();
@@ -165,20 +165,16 @@ async fn output_of_a_process_that_exited_before_attach_is_kept() {
         .unwrap()
         .iter()
         .all(|i| i.process != p.process));
-    assert_eq!(
-        kind(c.wait_timeout(p.process, T).await.unwrap_err()),
-        ErrorKind::UnknownProcess
+    assert_kind(
+        c.wait_timeout(p.process, T).await,
+        ErrorKind::UnknownProcess,
     );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn output_stream_can_be_reattached_without_loss() {
-    let agent = TestAgent::start();
-    let c = agent.client().await;
-    let p = c
-        .spawn(sh("echo first; read x; echo second $x"))
-        .await
-        .unwrap();
+    let (_agent, c) = TestAgent::with_client().await;
+    let p = spawn_sh(&c, "echo first; read x; echo second $x").await;
     let mut out = c.open_stream(p.process, StdStream::Stdout).await.unwrap();
     assert_eq!(read_until(&mut out, "first\n").await, "first\n");
     // A second connection for the same stream is refused while one is attached.
@@ -212,8 +208,7 @@ async fn output_stream_can_be_reattached_without_loss() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stdin_is_read_completely() {
-    let agent = TestAgent::start();
-    let c = agent.client().await;
+    let (_agent, c) = TestAgent::with_client().await;
     // 8 MiB through stdin, closed by byte count.
     let data: Vec<u8> = (0..8u32 << 20).map(|i| (i % 251) as u8).collect();
     let out = c
@@ -247,7 +242,7 @@ async fn stdin_is_read_completely() {
     assert_eq!(c.wait_timeout(p.process, T).await.unwrap().code(), Some(0));
 
     // close_stdin with no stream: the process sees end-of-file at once.
-    let p = c.spawn(sh("wc -c")).await.unwrap();
+    let p = spawn_sh(&c, "wc -c").await;
     let out = c.open_stream(p.process, StdStream::Stdout).await.unwrap();
     c.close_stdin(p.process, None).await.unwrap();
     // Attaching to a closed stdin is refused (the entry lives until waited for).
@@ -265,8 +260,7 @@ async fn stdin_is_read_completely() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn signals() {
-    let agent = TestAgent::start();
-    let c = agent.client().await;
+    let (_agent, c) = TestAgent::with_client().await;
     let p = c.spawn(SpawnRequest::new(["sleep", "1000"])).await.unwrap();
     c.signal(p.process, libc::SIGTERM, false).await.unwrap();
     assert_eq!(
@@ -278,19 +272,18 @@ async fn signals() {
     );
 
     // A handled signal: the process decides its exit code.
-    let p = c
-        .spawn(sh(
-            "trap 'exit 7' USR1; echo ready; while :; do sleep 0.05; done",
-        ))
-        .await
-        .unwrap();
+    let p = spawn_sh(
+        &c,
+        "trap 'exit 7' USR1; echo ready; while :; do sleep 0.05; done",
+    )
+    .await;
     let mut out = c.open_stream(p.process, StdStream::Stdout).await.unwrap();
     read_until(&mut out, "ready").await;
     c.signal(p.process, libc::SIGUSR1, false).await.unwrap();
     assert_eq!(c.wait_timeout(p.process, T).await.unwrap().code(), Some(7));
 
     // Group signal: the background child dies with its shell.
-    let p = c.spawn(sh("sleep 1000 & echo $!; wait")).await.unwrap();
+    let p = spawn_sh(&c, "sleep 1000 & echo $!; wait").await;
     let mut out = c.open_stream(p.process, StdStream::Stdout).await.unwrap();
     let bg: i32 = read_until(&mut out, "\n").await.trim().parse().unwrap();
     c.signal(p.process, libc::SIGKILL, true).await.unwrap();
@@ -319,8 +312,7 @@ async fn signals() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn exit_codes_127_and_126() {
-    let agent = TestAgent::start();
-    let c = agent.client().await;
+    let (agent, c) = TestAgent::with_client().await;
     let out = c
         .run(SpawnRequest::new(["/nonexistent/program", "x"]), None)
         .await
@@ -373,8 +365,7 @@ async fn exit_codes_127_and_126() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn terminal_mode_with_resize() {
-    let agent = TestAgent::start();
-    let c = agent.client().await;
+    let (_agent, c) = TestAgent::with_client().await;
     let mut req = sh("test -t 0 && test -t 1 && echo is-a-tty; stty size; read x; stty size");
     req.stdio = StdioSpec::Terminal { rows: 24, cols: 80 };
     let p = c.spawn(req).await.unwrap();
@@ -414,8 +405,7 @@ async fn terminal_mode_with_resize() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn user_and_groups() {
-    let agent = TestAgent::start();
-    let c = agent.client().await;
+    let (_agent, c) = TestAgent::with_client().await;
     if !nix_is_root() {
         // Without root setuid fails: the child says so and exits 126.
         let mut req = SpawnRequest::new(["/usr/bin/id", "-u"]);
@@ -449,8 +439,7 @@ fn nix_is_root() -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_spawn_requests_start_nothing() {
-    let agent = TestAgent::start();
-    let c = agent.client().await;
+    let (agent, c) = TestAgent::with_client().await;
     let dir = agent.dir().display().to_string();
     let cases: Vec<(SpawnRequest, &str)> = vec![
         (SpawnRequest::new(Vec::<String>::new()), "argv is empty"),
@@ -500,42 +489,22 @@ async fn bad_spawn_requests_start_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unknown_process_ids() {
-    let agent = TestAgent::start();
-    let c = agent.client().await;
+    let (_agent, c) = TestAgent::with_client().await;
     let p = ProcessId(999);
-    assert_eq!(
-        kind(c.wait_timeout(p, T).await.unwrap_err()),
-        ErrorKind::UnknownProcess
-    );
-    assert_eq!(
-        kind(c.signal(p, 15, false).await.unwrap_err()),
-        ErrorKind::UnknownProcess
-    );
-    assert_eq!(
-        kind(c.close_stdin(p, None).await.unwrap_err()),
-        ErrorKind::UnknownProcess
-    );
-    assert_eq!(
-        kind(c.resize_terminal(p, 1, 1).await.unwrap_err()),
-        ErrorKind::UnknownProcess
-    );
-    assert_eq!(
-        kind(c.release(p).await.unwrap_err()),
-        ErrorKind::UnknownProcess
-    );
+    assert_kind(c.wait_timeout(p, T).await, ErrorKind::UnknownProcess);
+    assert_kind(c.signal(p, 15, false).await, ErrorKind::UnknownProcess);
+    assert_kind(c.close_stdin(p, None).await, ErrorKind::UnknownProcess);
+    assert_kind(c.resize_terminal(p, 1, 1).await, ErrorKind::UnknownProcess);
+    assert_kind(c.release(p).await, ErrorKind::UnknownProcess);
     for s in [StdStream::Stdin, StdStream::Stdout, StdStream::Stderr] {
-        assert_eq!(
-            kind(c.open_stream(p, s).await.unwrap_err()),
-            ErrorKind::UnknownProcess
-        );
+        assert_kind(c.open_stream(p, s).await, ErrorKind::UnknownProcess);
     }
     c.health().await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn list_release_and_null_redirects() {
-    let agent = TestAgent::start();
-    let c = agent.client().await;
+    let (_agent, c) = TestAgent::with_client().await;
     let sleeper = c.spawn(SpawnRequest::new(["sleep", "1000"])).await.unwrap();
     let mut req = SpawnRequest::new(["/bin/echo", "unread"]);
     req.stdio = StdioSpec::Pipes {
@@ -571,10 +540,7 @@ async fn list_release_and_null_redirects() {
     assert_eq!(c.health().await.unwrap().running_processes, 1);
 
     // Release drops the unread output; a running process cannot be released.
-    assert_eq!(
-        kind(c.release(sleeper.process).await.unwrap_err()),
-        ErrorKind::ProcessRunning
-    );
+    assert_kind(c.release(sleeper.process).await, ErrorKind::ProcessRunning);
     c.release(echo.process).await.unwrap();
     let list = c.list_processes().await.unwrap();
     assert_eq!(list.len(), 1);
@@ -586,8 +552,7 @@ async fn list_release_and_null_redirects() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn orphans_are_reaped() {
-    let agent = TestAgent::start();
-    let c = agent.client().await;
+    let (_agent, c) = TestAgent::with_client().await;
     // The shell exits at once; its background child is re-parented to the agent (child
     // subreaper in host mode, PID 1 in the guest) and must not stay a zombie.
     let out = c.run(sh("sleep 0.3 & echo $!"), None).await.unwrap();
@@ -601,7 +566,7 @@ async fn many_calls_in_flight_on_one_connection() {
     let agent = TestAgent::start();
     let c = std::sync::Arc::new(agent.client().await);
     // A wait in flight does not hold up other calls.
-    let p = c.spawn(sh("read x; exit 5")).await.unwrap();
+    let p = spawn_sh(&c, "read x; exit 5").await;
     let waiter = {
         let c = c.clone();
         tokio::spawn(async move { c.wait_timeout(p.process, T).await })
@@ -622,8 +587,7 @@ async fn many_calls_in_flight_on_one_connection() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn log_connection_gets_backlog_and_live_lines() {
-    let agent = TestAgent::start();
-    let c = agent.client().await;
+    let (_agent, c) = TestAgent::with_client().await;
     let p = c.spawn(SpawnRequest::new(["/bin/true"])).await.unwrap();
     c.wait_timeout(p.process, T).await.unwrap();
     let mut log = c.open_log().await.unwrap();
@@ -639,7 +603,7 @@ async fn log_connection_gets_backlog_and_live_lines() {
 async fn shutdown_stops_processes_and_exits() {
     let mut agent = TestAgent::start();
     let c = agent.client().await;
-    let p = c.spawn(sh("sleep 1000 & sleep 1000")).await.unwrap();
+    let p = spawn_sh(&c, "sleep 1000 & sleep 1000").await;
     c.shutdown(Some(Duration::from_millis(200))).await.unwrap();
     assert_eq!(agent.wait_exit(T), Some(0));
     assert!(pid_gone(p.pid), "the agent's processes are stopped");

@@ -6,12 +6,12 @@
 mod common;
 
 use std::os::unix::fs::symlink;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use common::TestAgent;
 use hull_agent_protocol::{ErrorKind, MountOption, MountRequest, Request, Response, SpawnRequest};
-use hull_runtime::agent::{AgentClient, Error};
+use hull_runtime::agent::{AgentClient, Error, ProcessOutput};
 
 const T: Duration = Duration::from_secs(30);
 
@@ -21,6 +21,29 @@ fn require_root() {
     assert_eq!(
         euid, 0,
         "these tests mount file systems and chroot: run them as root"
+    );
+}
+
+/// An agent and its client, for a test that needs root.
+async fn root_agent() -> (TestAgent, AgentClient) {
+    require_root();
+    TestAgent::with_client().await
+}
+
+/// `argv` chrooted into `root`.
+fn chrooted(root: &Path, argv: &[&str]) -> SpawnRequest {
+    let mut req = SpawnRequest::new(argv.iter().copied());
+    req.root = Some(root.display().to_string());
+    req
+}
+
+/// The process exited with `code` (its stderr says why not).
+fn assert_exit(out: &ProcessOutput, code: i32) {
+    assert_eq!(
+        out.status.code(),
+        Some(code),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
     );
 }
 
@@ -46,8 +69,7 @@ fn is_mountpoint(p: &Path) -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_mount_requests_are_refused_naming_the_problem() {
-    let agent = TestAgent::start();
-    let c = agent.client().await;
+    let (agent, c) = TestAgent::with_client().await;
     let dir = agent.dir().display().to_string();
     let file = format!("{dir}/agent.log");
     let cases: Vec<(MountRequest, ErrorKind, &str)> = vec![
@@ -145,9 +167,7 @@ async fn bad_mount_requests_are_refused_naming_the_problem() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_mount_removes_the_directories_it_created() {
-    require_root();
-    let agent = TestAgent::start();
-    let c = agent.client().await;
+    let (agent, c) = root_agent().await;
     // There is no virtio-fs device on the host: the kernel refuses the tag.
     let target = agent.dir().join("new/deeper/target");
     let (_, msg) = agent_err(
@@ -170,11 +190,8 @@ async fn a_failed_mount_removes_the_directories_it_created() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tmpfs_mount_is_used_by_a_chrooted_process_then_unmounted() {
-    require_root();
-    let agent = TestAgent::start();
-    let c = agent.client().await;
-    let root = agent.dir().join("root");
-    busybox_root(&root);
+    let (agent, c) = root_agent().await;
+    let root = busybox_root(&agent);
     let tmp = root.join("tmp");
     let _guard = DetachOnDrop(tmp.clone());
     c.mount(MountRequest {
@@ -186,21 +203,18 @@ async fn tmpfs_mount_is_used_by_a_chrooted_process_then_unmounted() {
     .unwrap();
     assert!(is_mountpoint(&tmp));
 
-    let mut req = SpawnRequest::new([
-        "/bin/busybox",
-        "sh",
-        "-c",
-        "echo in-tmpfs > /tmp/f; busybox cp /bin/busybox /tmp/big; \
-         echo $?; cat /tmp/f",
-    ]);
-    req.root = Some(root.display().to_string());
-    let out = c.run(req, None).await.unwrap();
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let req = chrooted(
+        &root,
+        &[
+            "/bin/busybox",
+            "sh",
+            "-c",
+            "echo in-tmpfs > /tmp/f; busybox cp /bin/busybox /tmp/big; \
+             echo $?; cat /tmp/f",
+        ],
     );
+    let out = c.run(req, None).await.unwrap();
+    assert_exit(&out, 0);
     // The 1 MiB size limit holds: copying the 2 MB busybox fails with ENOSPC.
     assert_eq!(String::from_utf8_lossy(&out.stdout), "1\nin-tmpfs\n");
     let err = String::from_utf8_lossy(&out.stderr);
@@ -208,8 +222,7 @@ async fn tmpfs_mount_is_used_by_a_chrooted_process_then_unmounted() {
     assert_eq!(std::fs::read(tmp.join("f")).unwrap(), b"in-tmpfs\n");
 
     // Busy while a process has its cwd there; lazily it detaches at once.
-    let mut busy = SpawnRequest::new(["/bin/busybox", "sleep", "1000"]);
-    busy.root = Some(root.display().to_string());
+    let mut busy = chrooted(&root, &["/bin/busybox", "sleep", "1000"]);
     busy.cwd = "/tmp".into();
     let p = c.spawn(busy).await.unwrap();
     common::eventually(T, "the process is in /tmp", || {
@@ -239,8 +252,10 @@ impl Drop for DetachOnDrop {
     }
 }
 
-/// `/bin/busybox` (static) and the applets the tests use.
-fn busybox_root(root: &Path) {
+/// A root directory in the agent's dir with `/bin/busybox` (static) and the applets the tests
+/// use.
+fn busybox_root(agent: &TestAgent) -> PathBuf {
+    let root = agent.dir().join("root");
     std::fs::create_dir_all(root.join("bin")).unwrap();
     std::fs::create_dir_all(root.join("tmp")).unwrap();
     std::fs::create_dir_all(root.join("proc")).unwrap();
@@ -248,37 +263,28 @@ fn busybox_root(root: &Path) {
     for a in ["sh", "cat", "echo", "pwd", "ls"] {
         symlink("busybox", root.join("bin").join(a)).unwrap();
     }
+    root
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn spawn_with_root_runs_chrooted() {
-    require_root();
-    let agent = TestAgent::start();
-    let c = agent.client().await;
-    let root = agent.dir().join("root");
-    busybox_root(&root);
+    let (agent, c) = root_agent().await;
+    let root = busybox_root(&agent);
     std::fs::create_dir_all(root.join("work/sub")).unwrap();
     // An absolute symlink inside the root resolves inside it (as after chroot), not on the host.
     symlink("/work", root.join("link")).unwrap();
     let rootstr = root.display().to_string();
 
     // The acceptance: `busybox sh -c 'echo hi > /x'` writes into the root.
-    let mut req = SpawnRequest::new(["/bin/busybox", "sh", "-c", "echo hi > /x"]);
-    req.root = Some(rootstr.clone());
+    let req = chrooted(&root, &["/bin/busybox", "sh", "-c", "echo hi > /x"]);
     let out = c.run(req, None).await.unwrap();
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_exit(&out, 0);
     assert_eq!(std::fs::read(root.join("x")).unwrap(), b"hi\n");
     assert!(!Path::new("/x").exists() || std::fs::read("/x").unwrap() != b"hi\n");
 
     // cwd is inside the root; a bare name is looked up in PATH inside the root.
-    let mut req = SpawnRequest::new(["sh", "-c", "pwd; ls /"]);
+    let mut req = chrooted(&root, &["sh", "-c", "pwd; ls /"]);
     req.env = vec!["PATH=/bin".into()];
-    req.root = Some(rootstr.clone());
     req.cwd = "/link/sub".into();
     let out = c.run(req, None).await.unwrap();
     assert_eq!(out.status.code(), Some(0));
@@ -289,20 +295,16 @@ async fn spawn_with_root_runs_chrooted() {
     assert!(text.contains("work"), "{text}");
 
     // Exec failures inside the root: 127 / 126 with the reason on stderr.
-    let mut req = SpawnRequest::new(["/bin/bash"]);
-    req.root = Some(rootstr.clone());
-    let out = c.run(req, None).await.unwrap();
-    assert_eq!(out.status.code(), Some(127));
+    let out = c.run(chrooted(&root, &["/bin/bash"]), None).await.unwrap();
+    assert_exit(&out, 127);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
         err.contains("hull-agent: /bin/bash: No such file or directory"),
         "{err}"
     );
     std::fs::write(root.join("notexec"), "data").unwrap();
-    let mut req = SpawnRequest::new(["/notexec"]);
-    req.root = Some(rootstr.clone());
-    let out = c.run(req, None).await.unwrap();
-    assert_eq!(out.status.code(), Some(126));
+    let out = c.run(chrooted(&root, &["/notexec"]), None).await.unwrap();
+    assert_exit(&out, 126);
     assert!(String::from_utf8_lossy(&out.stderr).contains("Permission denied"));
 
     // Bad roots and cwds start nothing.

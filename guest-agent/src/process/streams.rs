@@ -6,7 +6,7 @@ use std::os::fd::AsRawFd;
 use std::sync::Arc;
 
 use hull_agent_protocol::{AgentError, ErrorKind, ProcessId, StdStream};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncReadExt, AsyncWriteExt, Interest};
 
 use super::{CloseAt, Fd, Output, Process, Processes, StdinSlot};
 use crate::transport::BoxConn;
@@ -14,8 +14,33 @@ use crate::transport::BoxConn;
 /// Copy buffer per stream connection.
 const CHUNK: usize = 256 * 1024;
 
+/// A stream claimed for one stream connection; [`Claim::copy`] serves it.
+pub struct Claim {
+    procs: Arc<Processes>,
+    proc: Arc<Process>,
+    stream: StdStream,
+    attachment: Attachment,
+}
+
+impl Claim {
+    /// Copies the stream over its connection: output to the host until end-of-file (or until
+    /// the host goes away: the pipe is held again), or the host's bytes into stdin.
+    pub async fn copy(self, mut conn: BoxConn) {
+        match self.attachment {
+            Attachment::Output(fd) => {
+                run_output(self.procs, self.proc, self.stream, fd, conn).await
+            }
+            Attachment::Stdin(fd) => run_stdin(self.proc, fd, conn).await,
+            Attachment::Drained => {
+                debug_assert_ne!(self.stream, StdStream::Stdin);
+                let _ = conn.shutdown().await;
+            }
+        }
+    }
+}
+
 /// What a stream connection got.
-pub enum Attachment {
+enum Attachment {
     /// Copy this output descriptor to the host.
     Output(Fd),
     /// The stream was already drained: the host gets end-of-file at once.
@@ -27,11 +52,7 @@ pub enum Attachment {
 impl Processes {
     /// Claims a stream for a connection (before the hello reply is sent, so a `wait` that
     /// follows the reply accounts for it).
-    pub fn attach(
-        &self,
-        id: ProcessId,
-        stream: StdStream,
-    ) -> Result<(Arc<Process>, Attachment), AgentError> {
+    pub fn attach(self: &Arc<Self>, id: ProcessId, stream: StdStream) -> Result<Claim, AgentError> {
         let proc = self.get(id)?;
         let busy = || {
             AgentError::new(
@@ -79,32 +100,27 @@ impl Processes {
             }
         };
         proc.notify();
-        Ok((proc, att))
+        Ok(Claim {
+            procs: self.clone(),
+            proc,
+            stream,
+            attachment: att,
+        })
     }
 }
 
 async fn read_fd(fd: &Fd, buf: &mut [u8]) -> io::Result<usize> {
-    loop {
-        let mut guard = fd.readable().await?;
-        match guard
-            .try_io(|inner| nix::unistd::read(inner.as_raw_fd(), buf).map_err(io::Error::from))
-        {
-            Ok(r) => return r,
-            Err(_would_block) => continue,
-        }
-    }
+    fd.async_io(Interest::READABLE, |inner| {
+        nix::unistd::read(inner.as_raw_fd(), buf).map_err(io::Error::from)
+    })
+    .await
 }
 
 async fn write_fd(fd: &Fd, data: &[u8]) -> io::Result<usize> {
-    loop {
-        let mut guard = fd.writable().await?;
-        match guard
-            .try_io(|inner| nix::unistd::write(inner.get_ref(), data).map_err(io::Error::from))
-        {
-            Ok(r) => return r,
-            Err(_would_block) => continue,
-        }
-    }
+    fd.async_io(Interest::WRITABLE, |inner| {
+        nix::unistd::write(inner, data).map_err(io::Error::from)
+    })
+    .await
 }
 
 enum OutEnd {
@@ -118,7 +134,7 @@ enum OutEnd {
 
 /// Copies an output stream to its connection until end-of-file (then closes the connection)
 /// or until the host goes away (then the pipe is held again).
-pub async fn run_output(
+async fn run_output(
     procs: Arc<Processes>,
     proc: Arc<Process>,
     stream: StdStream,
@@ -215,7 +231,7 @@ async fn write_stdin(proc: &Process, fd: &Fd, mut data: &[u8]) -> Result<usize, 
 }
 
 /// Copies the host's bytes into stdin until the connection ends or stdin is to be closed.
-pub async fn run_stdin(proc: Arc<Process>, fd: Fd, conn: BoxConn) {
+async fn run_stdin(proc: Arc<Process>, fd: Fd, conn: BoxConn) {
     let (mut rd, _wr) = tokio::io::split(conn);
     let mut buf = vec![0u8; CHUNK];
     let end = loop {
@@ -256,33 +272,4 @@ pub async fn run_stdin(proc: Arc<Process>, fd: Fd, conn: BoxConn) {
         };
     }
     proc.notify();
-}
-
-/// A log connection: the backlog, then live lines, until the host closes it.
-pub async fn run_log(conn: BoxConn) {
-    let (mut rd, mut wr) = tokio::io::split(conn);
-    let (backlog, mut live) = crate::log::hub().subscribe();
-    for line in backlog {
-        if wr.write_all(line.as_bytes()).await.is_err() {
-            return;
-        }
-    }
-    let mut probe = [0u8; 256];
-    loop {
-        tokio::select! {
-            r = live.recv() => {
-                let line: Arc<str> = match r {
-                    Ok(l) => l,
-                    Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
-                        Arc::from(format!("[hull-agent: {n} log lines skipped: reader too slow]\n"))
-                    }
-                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
-                };
-                if wr.write_all(line.as_bytes()).await.is_err() {
-                    return;
-                }
-            }
-            r = rd.read(&mut probe) => if matches!(r, Ok(0) | Err(_)) { return },
-        }
-    }
 }

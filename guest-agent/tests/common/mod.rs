@@ -39,6 +39,13 @@ impl TestAgent {
         }
     }
 
+    /// An agent and a client connected to it.
+    pub async fn with_client() -> (TestAgent, AgentClient) {
+        let agent = TestAgent::start();
+        let c = agent.client().await;
+        (agent, c)
+    }
+
     pub fn dir(&self) -> &Path {
         &self.dir
     }
