@@ -6,56 +6,21 @@
 mod common;
 
 use std::fs;
-use std::os::unix::fs::symlink;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::Duration;
 
 use common::{run, CALL_LIMIT};
 use hull_agent_protocol::{ErrorKind, MountRequest, SpawnRequest, StdStream};
 use hull_runtime::agent::{AgentClient, Endpoint, Error};
-use hull_tests::{bin, build_dir, kernel, pattern, require_kvm, Proc, TempDir};
+use hull_tests::vm::{self, agent_initrd, busybox_root, sha256 as sha256_of};
+use hull_tests::{pattern, TempDir};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// Generous: everything runs under software emulation inside the emulated KVM host.
 const VM_LIMIT: Duration = Duration::from_secs(900);
 const ROOT: &str = "/run/rootfs";
-
-fn agent_initrd() -> PathBuf {
-    let p = build_dir().join("hull-initrd.img");
-    assert!(
-        p.exists(),
-        "{} is missing: run `make initrd` first (make test does)",
-        p.display()
-    );
-    p
-}
-
-/// A busybox root file system: /bin/busybox, its applets as symlinks, and empty /tmp, /dev,
-/// /proc, /etc.
-fn busybox_root(root: &Path) {
-    for d in ["bin", "etc", "tmp", "dev", "proc", "data"] {
-        fs::create_dir_all(root.join(d)).unwrap();
-    }
-    fs::copy("/bin/busybox", root.join("bin/busybox")).unwrap();
-    let list = Command::new("/bin/busybox").arg("--list").output().unwrap();
-    assert!(list.status.success());
-    for a in String::from_utf8_lossy(&list.stdout).split_whitespace() {
-        if a != "busybox" {
-            symlink("busybox", root.join("bin").join(a)).unwrap();
-        }
-    }
-}
-
-fn sha256_of(path: &Path) -> String {
-    let out = Command::new("sha256sum").arg(path).output().unwrap();
-    assert!(out.status.success(), "sha256sum {}", path.display());
-    String::from_utf8_lossy(&out.stdout)
-        .split_whitespace()
-        .next()
-        .unwrap()
-        .to_string()
-}
+/// What the busybox roots hold besides /bin.
+const ROOT_DIRS: &[&str] = &["etc", "tmp", "dev", "proc", "data"];
 
 /// `busybox sh -c SCRIPT` chrooted into `root`.
 fn sh_in(root: &str, script: &str) -> SpawnRequest {
@@ -239,47 +204,37 @@ async fn drive(uds: &Path, console: &Path, shares: &Shares) {
 
 #[test]
 fn agent_mounts_a_virtiofs_root_and_runs_chrooted_processes() {
-    require_kvm();
     let dir = TempDir::new("hull-agent-fs");
     let shares = Shares {
         rootfs: dir.path().join("rootfs"),
         ro: dir.path().join("ro"),
     };
-    busybox_root(&shares.rootfs);
-    busybox_root(&shares.ro);
+    busybox_root(&shares.rootfs, ROOT_DIRS);
+    busybox_root(&shares.ro, ROOT_DIRS);
     fs::write(shares.ro.join("hello"), "hello from a read-only share\n").unwrap();
     let uds = dir.path().join("v.sock");
     let console = dir.path().join("console.log");
-    let mut cmd = Command::new(bin("hull-vmm"));
-    cmd.arg("--kernel")
-        .arg(kernel())
-        .arg("--initrd")
-        .arg(agent_initrd())
-        .args(["--memory-mib", "256", "--vcpus", "1", "--vsock-cid", "3"])
-        .args(["--cmdline", "console=ttyS0 hull.hostname=agent-fs"])
-        .arg("--vsock-uds")
-        .arg(&uds)
-        .arg("--serial")
-        .arg(&console)
-        .arg("--fs")
-        .arg(format!("rootfs={},cache=never", shares.rootfs.display()))
-        .arg("--fs")
-        .arg(format!("ro={},ro", shares.ro.display()));
-    let proc = Proc::spawn(&mut cmd);
+    let mut c = vm::config(&agent_initrd());
+    c.cmdline = "console=ttyS0 hull.hostname=agent-fs".into();
+    c.vsock = Some(vm::VsockConfig {
+        uds_path: uds.clone(),
+        guest_cid: 3,
+    });
+    c.serial = vm::SerialConfig::File(console.clone());
+    let mut rootfs = vm::FsConfig::new("rootfs", &shares.rootfs);
+    rootfs.cache = vm::CachePolicy::Never;
+    let mut ro = vm::FsConfig::new("ro", &shares.ro);
+    ro.read_only = true;
+    c.fs = vec![rootfs, ro];
+    let mut vmm = vm::launch(&c, dir.path());
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .unwrap();
     rt.block_on(drive(&uds, &console, &shares));
-    let f = proc.wait_timeout(VM_LIMIT);
+    vm::expect_exit(&mut vmm, VM_LIMIT, 0, "hull-vmm: ");
     let console = fs::read_to_string(&console).unwrap_or_default();
-    assert!(
-        f.status.success(),
-        "hull-vmm did not exit 0 after the shutdown call: {:?}\nstderr:\n{}\nconsole:\n{console}",
-        f.status,
-        f.stderr
-    );
     assert!(console.contains("rebooting to end the VM"), "{console}");
     assert!(!uds.exists(), "hull-vmm left {} behind", uds.display());
     // The shares hold what the test put there and what the guest wrote, nothing else.

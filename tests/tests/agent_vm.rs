@@ -7,27 +7,17 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::{run, CALL_LIMIT};
 use hull_agent_protocol::{AgentMode, ExitStatus, SpawnRequest, StdStream, StdioSpec};
 use hull_runtime::agent::{AgentClient, Endpoint};
-use hull_tests::{bin, build_dir, kernel, require_kvm, Initramfs, Proc, TempDir};
+use hull_tests::vm::{self, agent_initrd, VmmProcess};
+use hull_tests::{Initramfs, TempDir};
 use tokio::io::AsyncReadExt;
 
 /// Generous: everything runs under software emulation inside the emulated KVM host.
 const VM_LIMIT: Duration = Duration::from_secs(900);
-
-fn agent_initrd() -> PathBuf {
-    let p = build_dir().join("hull-initrd.img");
-    assert!(
-        p.exists(),
-        "{} is missing: run `make initrd` first (make test does)",
-        p.display()
-    );
-    p
-}
 
 /// The agent initramfs followed by a busybox archive.
 fn initrd_with_busybox(dir: &Path) -> PathBuf {
@@ -45,43 +35,30 @@ fn initrd_with_busybox(dir: &Path) -> PathBuf {
 }
 
 struct Vm {
-    proc: Option<Proc>,
+    vmm: VmmProcess,
     uds: PathBuf,
-    console: PathBuf,
     _dir: TempDir,
 }
 
 fn boot(tag: &str) -> Vm {
-    require_kvm();
     let dir = TempDir::new(tag);
-    let initrd = initrd_with_busybox(dir.path());
     let uds = dir.path().join("v.sock");
-    let console = dir.path().join("console.log");
-    let mut cmd = Command::new(bin("hull-vmm"));
-    cmd.arg("--kernel")
-        .arg(kernel())
-        .arg("--initrd")
-        .arg(&initrd)
-        .args(["--memory-mib", "256", "--vcpus", "1", "--vsock-cid", "3"])
-        .args([
-            "--cmdline",
-            "console=ttyS0 hull.hostname=agent-vm hull.time=1900000000",
-        ])
-        .arg("--vsock-uds")
-        .arg(&uds)
-        .arg("--serial")
-        .arg(&console);
+    let mut c = vm::config(&initrd_with_busybox(dir.path()));
+    c.cmdline = "console=ttyS0 hull.hostname=agent-vm hull.time=1900000000".into();
+    c.vsock = Some(vm::VsockConfig {
+        uds_path: uds.clone(),
+        guest_cid: 3,
+    });
     Vm {
-        proc: Some(Proc::spawn(&mut cmd)),
+        vmm: vm::launch(&c, dir.path()),
         uds,
-        console,
         _dir: dir,
     }
 }
 
 impl Vm {
     fn console_text(&self) -> String {
-        std::fs::read_to_string(&self.console).unwrap_or_default()
+        self.vmm.console()
     }
 }
 
@@ -235,14 +212,7 @@ fn agent_pid1_serves_the_host_and_powers_off() {
         .build()
         .unwrap();
     rt.block_on(drive(&vm));
-    let f = vm.proc.take().unwrap().wait_timeout(VM_LIMIT);
-    let console = vm.console_text();
-    assert!(
-        f.status.success(),
-        "hull-vmm did not exit 0 after the shutdown call: {:?}\nstderr:\n{}\nconsole:\n{console}",
-        f.status,
-        f.stderr
-    );
+    let console = vm::expect_exit(&mut vm.vmm, VM_LIMIT, 0, "hull-vmm: ");
     assert!(console.contains("rebooting to end the VM"), "{console}");
     assert!(
         !vm.uds.exists(),

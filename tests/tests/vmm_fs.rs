@@ -7,23 +7,16 @@ use std::collections::HashMap;
 use std::fs;
 use std::os::unix::fs::{symlink, FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
-use hull_tests::{bin, kernel, pattern, require_kvm, Finished, Initramfs, Proc, TempDir};
+use hull_tests::vm::{self, busybox_root as busybox_root_with, nonce, sha256};
+use hull_tests::{pattern, Initramfs, TempDir};
 
 /// One VM's life inside the emulated host (software emulation is slow).
 const VM_LIMIT: Duration = Duration::from_secs(420);
 const PROBE: &str = env!("CARGO_BIN_EXE_hull-fs-probe");
 /// 2001-02-03 04:05:06 UTC.
 const GUEST_MTIME: i64 = 981_173_106;
-
-fn nonce() -> String {
-    let t = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap();
-    format!("{:x}{:x}", t.as_nanos(), std::process::id())
-}
 
 /// The probe runs in a busybox initramfs: it must be static.
 fn probe_bytes() -> Vec<u8> {
@@ -47,7 +40,8 @@ struct Share<'a> {
 
 /// What a VM run left: the VMM's exit, the console and the guest's `FST` reports.
 struct Run {
-    finished: Finished,
+    /// hull-vmm's log.
+    log: String,
     console: String,
     report: HashMap<String, String>,
 }
@@ -57,7 +51,7 @@ impl Run {
         self.report.get(key).map(String::as_str).unwrap_or_else(|| {
             panic!(
                 "the guest did not report {key:?}; console:\n{}\nstderr:\n{}",
-                self.console, self.finished.stderr
+                self.console, self.log
             )
         })
     }
@@ -77,16 +71,9 @@ impl Run {
     }
 }
 
-fn console_text(path: &Path) -> String {
-    fs::read_to_string(path)
-        .unwrap_or_default()
-        .replace("\r\n", "\n")
-}
-
 /// Boots hull-vmm with `shares` and an init running `script` (with `r KEY VALUE...` to report).
 /// `during` runs on the host while the VM runs, with the console path.
 fn run_vm(dir: &TempDir, shares: &[Share<'_>], script: &str, during: impl FnOnce(&Path)) -> Run {
-    require_kvm();
     let initrd = dir.path().join("initrd.cpio");
     Initramfs::new()
         .file("/bin/hull-fs-probe", probe_bytes(), 0o755)
@@ -97,36 +84,30 @@ fn run_vm(dir: &TempDir, shares: &[Share<'_>], script: &str, during: impl FnOnce
         ))
         .build(&initrd);
     let console = dir.path().join("console.log");
-    let mut cmd = Command::new(bin("hull-vmm"));
-    cmd.arg("--kernel")
-        .arg(kernel())
-        .arg("--initrd")
-        .arg(&initrd)
-        .args(["--memory-mib", "512", "--serial"])
-        .arg(&console);
+    let mut c = vm::config(&initrd);
+    c.memory_mib = 512;
+    c.serial = vm::SerialConfig::File(console.clone());
     for s in shares {
         let opts = if s.opts.is_empty() {
             String::new()
         } else {
             format!(",{}", s.opts)
         };
-        cmd.arg("--fs")
-            .arg(format!("{}={}{opts}", s.tag, s.dir.display()));
+        let spec = format!("{}={}{opts}", s.tag, s.dir.display());
+        c.fs.push(vm::FsConfig::parse_cli(&spec).unwrap_or_else(|e| panic!("{spec}: {e}")));
     }
-    let proc = Proc::spawn(&mut cmd);
+    let mut vmm = vm::launch(&c, dir.path());
     during(&console);
-    let finished = proc.wait_timeout(VM_LIMIT);
+    let finished = vm::wait_exit(&mut vmm, VM_LIMIT);
     let console = console_text(&console);
+    let log = vmm.log();
     // Shown when the test fails.
-    println!(
-        "--- console:\n{console}\n--- hull-vmm stderr:\n{}",
-        finished.stderr
-    );
+    println!("--- console:\n{console}\n--- hull-vmm log:\n{log}");
     assert_eq!(
         finished.status.code(),
         Some(0),
-        "hull-vmm failed; stderr:\n{}\nconsole:\n{console}",
-        finished.stderr
+        "hull-vmm failed ({}); log:\n{log}\nconsole:\n{console}",
+        finished.exit
     );
     let report = console
         .lines()
@@ -137,7 +118,7 @@ fn run_vm(dir: &TempDir, shares: &[Share<'_>], script: &str, during: impl FnOnce
         })
         .collect();
     let run = Run {
-        finished,
+        log,
         console,
         report,
     };
@@ -145,32 +126,16 @@ fn run_vm(dir: &TempDir, shares: &[Share<'_>], script: &str, during: impl FnOnce
     run
 }
 
-/// Waits until the console shows `needle`.
-fn wait_console(path: &Path, needle: &str, limit: Duration) {
-    let start = Instant::now();
-    while !console_text(path).contains(needle) {
-        assert!(
-            start.elapsed() < limit,
-            "{needle:?} did not appear on the console within {limit:?}:\n{}",
-            console_text(path)
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+/// What the guest printed so far (the serial line's `\r\n` undone).
+fn console_text(path: &Path) -> String {
+    fs::read_to_string(path)
+        .unwrap_or_default()
+        .replace("\r\n", "\n")
 }
 
-fn sha256(path: &Path) -> String {
-    let out = Command::new("sha256sum").arg(path).output().unwrap();
-    assert!(
-        out.status.success(),
-        "sha256sum {}: {}",
-        path.display(),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout)
-        .split_whitespace()
-        .next()
-        .unwrap()
-        .to_string()
+/// Waits until the console shows `needle`.
+fn wait_console(path: &Path, needle: &str, limit: Duration) {
+    vm::wait_for("the console", || console_text(path), needle, limit);
 }
 
 fn xattr(path: &Path, name: &str) -> Vec<u8> {
@@ -186,18 +151,9 @@ fn xattr(path: &Path, name: &str) -> Vec<u8> {
     buf
 }
 
-/// A busybox root file system: /bin/busybox and its applets as symlinks.
+/// A busybox root file system with the directories these tests use.
 fn busybox_root(root: &Path) {
-    for d in ["bin", "etc", "tmp", "data/sub", "proc", "dev"] {
-        fs::create_dir_all(root.join(d)).unwrap();
-    }
-    fs::copy("/bin/busybox", root.join("bin/busybox")).unwrap();
-    let list = Command::new("/bin/busybox").arg("--list").output().unwrap();
-    for a in String::from_utf8_lossy(&list.stdout).split_whitespace() {
-        if a != "busybox" {
-            symlink("busybox", root.join("bin").join(a)).unwrap();
-        }
-    }
+    busybox_root_with(root, &["etc", "tmp", "data/sub", "proc", "dev"]);
 }
 
 #[test]

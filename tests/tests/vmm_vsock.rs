@@ -11,11 +11,11 @@ use std::io::{Read, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::PathBuf;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use hull_tests::stream_check::{expected, reply_line, Checksum, Pattern};
-use hull_tests::{bin, kernel, require_kvm, Finished, Initramfs, Proc, TempDir};
+use hull_tests::vm::{self, VmmProcess};
+use hull_tests::{Initramfs, TempDir};
 
 /// Generous: everything runs under software emulation inside the emulated KVM host.
 const VM_LIMIT: Duration = Duration::from_secs(600);
@@ -54,16 +54,14 @@ fn has_interp(elf: &[u8]) -> bool {
 }
 
 struct Vm {
-    proc: Proc,
+    vmm: VmmProcess,
     uds: PathBuf,
-    console: PathBuf,
     _dir: TempDir,
 }
 
 /// Boots hull-vmm with vsock and an initramfs whose /init runs `script` (with the probe at
 /// /bin/hull-guest-probe), then reboots.
 fn boot(tag: &str, script: &str) -> Vm {
-    require_kvm();
     let dir = TempDir::new(tag);
     let initrd = dir.path().join("initrd.cpio");
     let probe_bytes = std::fs::read(probe()).unwrap();
@@ -74,53 +72,32 @@ fn boot(tag: &str, script: &str) -> Vm {
         ))
         .build(&initrd);
     let uds = dir.path().join("v.sock");
-    let console = dir.path().join("console.log");
-    let mut cmd = Command::new(bin("hull-vmm"));
-    cmd.arg("--kernel")
-        .arg(kernel())
-        .arg("--initrd")
-        .arg(&initrd)
-        .args(["--memory-mib", "256", "--vsock-cid", "3"])
-        .arg("--vsock-uds")
-        .arg(&uds)
-        .arg("--serial")
-        .arg(&console);
-    let proc = Proc::spawn(&mut cmd);
+    let mut c = vm::config(&initrd);
+    c.vsock = Some(vm::VsockConfig {
+        uds_path: uds.clone(),
+        guest_cid: 3,
+    });
     Vm {
-        proc,
+        vmm: vm::launch(&c, dir.path()),
         uds,
-        console,
         _dir: dir,
     }
 }
 
 impl Vm {
     fn console_text(&self) -> String {
-        std::fs::read_to_string(&self.console).unwrap_or_default()
+        self.vmm.console()
     }
 
     /// Waits for the guest to reboot (hull-vmm exits 0) and returns the console.
-    fn finish(self) -> (Finished, String) {
-        let Vm {
-            proc,
-            uds,
-            console,
-            _dir,
-        } = self;
-        let f = proc.wait_timeout(VM_LIMIT);
-        let text = std::fs::read_to_string(&console).unwrap_or_default();
+    fn finish(mut self) -> String {
+        let text = vm::expect_exit(&mut self.vmm, VM_LIMIT, 0, "hull-vmm: ");
         assert!(
-            f.status.success(),
-            "hull-vmm: {:?}\nstderr:\n{}\nconsole:\n{text}",
-            f.status,
-            f.stderr
-        );
-        assert!(
-            !uds.exists(),
+            !self.uds.exists(),
             "hull-vmm left its vsock socket {} behind",
-            uds.display()
+            self.uds.display()
         );
-        (f, text)
+        text
     }
 }
 
@@ -230,7 +207,7 @@ fn host_client_reaches_guest_listener_16mib_and_32_concurrent() {
         });
         assert_eq!(reply, reply_line(SMALL, sum), "connection {i}");
     }
-    let (_, console) = vm.finish();
+    let console = vm.finish();
     assert_eq!(
         console.lines().filter(|l| l.starts_with("SERVED ")).count() as u64,
         1 + CONNS,
@@ -330,7 +307,7 @@ fn guest_client_reaches_host_listener_16mib_and_32_concurrent() {
         "the 32 concurrent streams from the guest differ"
     );
 
-    let (_, console) = vm.finish();
+    let console = vm.finish();
     assert!(console.contains("BIG-EXIT 0"), "{console}");
     assert!(console.contains("MANY-EXIT 0"), "{console}");
     let sent_big = format!("SENT 0 {BIG} {:016x} OK", expected(7, BIG).0);
