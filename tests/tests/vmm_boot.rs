@@ -175,10 +175,26 @@ fn api_pause_resume_stats_shutdown() {
 
     let r = api(&v, r#"{"action":"pause"}"#);
     assert_eq!(r.trim(), r#"{"ok":true,"state":"paused"}"#);
+    // No progress while paused, shown by events rather than a sleep: the guest prints a tick
+    // every 0.1 s when it runs; let the VMM's own clock (its stats) pass 30 tick periods while
+    // the host keeps asking, and compare the guest's output and the VM's I/O exits before and
+    // after. A running vCPU would have printed ~30 lines and made ~30 x 8 port writes.
+    let stats = |v: &VmmProcess| v.api(&vm::ApiRequest::Stats {}).unwrap().stats.unwrap();
     let before = count(&v.console(), "tick ");
-    std::thread::sleep(Duration::from_secs(3));
+    let first = stats(&v);
+    let mut last = stats(&v);
+    let mut requests = 1;
+    while last.uptime_ms < first.uptime_ms + 3_000 {
+        std::thread::sleep(Duration::from_millis(100));
+        last = stats(&v);
+        requests += 1;
+    }
     let after = count(&v.console(), "tick ");
     assert_eq!(before, after, "the guest made progress while paused");
+    assert_eq!(
+        first.exits, last.exits,
+        "VM exits happened while paused ({requests} stats requests in between)"
+    );
 
     let stats = api(&v, r#"{"action":"stats"}"#);
     assert!(stats.contains(r#""ok":true"#), "{stats}");
