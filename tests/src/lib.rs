@@ -1,4 +1,8 @@
-//! Helpers shared by hull's integration and end-to-end tests.
+//! Helpers shared by hull's integration and end-to-end tests: one place for them (the VM
+//! launcher wrapper in [`vm`], initramfs and busybox roots, processes with collected output,
+//! scratch directories, data patterns).
+//!
+//! **Must not**: skip a test or weaken one: a test that cannot run here fails with the reason.
 //!
 //! VM tests need a `/dev/kvm` that can boot a Linux guest. On machines whose `/dev/kvm` is PVM
 //! (or that have none), `make test` runs them inside the emulated KVM host (`tests/testhost/run`);

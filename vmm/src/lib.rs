@@ -1,5 +1,11 @@
 //! hull-vmm: the KVM microVM monitor that runs one hull sandbox.
 //!
+//! **Owns**: KVM, guest memory, the vCPUs, the devices and everything the guest can touch from
+//! inside the VM (virtqueues, MMIO and port I/O, FUSE requests: all hostile input, never trusted,
+//! never a panic). **Must not**: know about containers, pods or OCI (that is the runtime's and
+//! the agent's), or be linked by the runtime or the front ends: they start the `hull-vmm` binary
+//! and speak `hull-vmm-api` to it.
+//!
 //! One process per VM. [`VmConfig`] (plain data: JSON or command-line flags) describes the VM;
 //! [`run`] validates it, boots the guest and returns the [`ExitReason`] when the VM stops
 //! (whose [`ExitReason::exit_code`] is the process exit status).

@@ -1,5 +1,9 @@
 //! The protocol spoken between hull's runtime (host) and hull-agent (guest PID 1).
 //!
+//! **Owns**: the wire types, their encoding and the limits (frame size, ids, in-flight calls).
+//! **Must not**: do I/O beyond reading and writing frames on a stream it is given, or depend on
+//! either side's internals: both the agent and the runtime build on it.
+//!
 //! # Transport
 //!
 //! The agent listens on one stream-socket address: vsock port [`AGENT_VSOCK_PORT`] in the guest
