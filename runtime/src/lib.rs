@@ -9,4 +9,7 @@
 //! or trust anything the guest sends (every agent reply is checked and bounded).
 
 pub mod agent;
+pub mod config;
+pub mod mount;
+pub mod sandbox;
 pub mod vmm;

@@ -110,6 +110,16 @@ impl VmmProcess {
     /// hull-vmm refuses shows as a prompt exit with [`VmmExit::Config`] and the reason in the
     /// log ([`VmmProcess::log`]).
     pub fn launch(binary: &Path, config: &VmConfig, dir: &Path) -> Result<VmmProcess, VmmError> {
+        VmmProcess::launch_with_env(binary, config, dir, &[])
+    }
+
+    /// [`VmmProcess::launch`] with extra environment variables for hull-vmm (e.g. `HULL_LOG`).
+    pub fn launch_with_env(
+        binary: &Path,
+        config: &VmConfig,
+        dir: &Path,
+        env: &[(&str, &str)],
+    ) -> Result<VmmProcess, VmmError> {
         let dir_err = |source| VmmError::Dir {
             path: dir.to_path_buf(),
             source,
@@ -128,6 +138,7 @@ impl VmmProcess {
             .stdin(Stdio::null())
             .stdout(open(CONSOLE_FILE)?)
             .stderr(open(LOG_FILE)?)
+            .envs(env.iter().copied())
             .process_group(0)
             .spawn()
             .map_err(|source| VmmError::Spawn {

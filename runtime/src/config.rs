@@ -1,0 +1,180 @@
+//! hull's runtime configuration: `/etc/hull/config.toml` (or the file `HULL_CONFIG` names).
+//!
+//! The file is optional and every key has a built-in default, so a host where `make install`
+//! put the binaries, kernel and initramfs in their standard places needs none:
+//!
+//! ```toml
+//! kernel = "/usr/local/share/hull/vmlinux"          # the guest kernel
+//! initrd = "/usr/local/share/hull/hull-initrd.img"  # the guest initramfs (hull-agent)
+//! vmm = "/usr/local/bin/hull-vmm"                   # the VMM binary
+//! vcpus = 1                                         # default vCPUs of a sandbox
+//! memory_mib = 256                                  # default guest memory of a sandbox
+//! log_level = "warn"                                # hull-vmm's log level (HULL_LOG)
+//! ```
+//!
+//! An unknown key is an error naming the key and the file.
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+/// Where the configuration is read from when `HULL_CONFIG` is not set.
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/hull/config.toml";
+/// Where `make install` puts the guest kernel and initramfs.
+pub const DEFAULT_SHARE_DIR: &str = "/usr/local/share/hull";
+/// Where `make install` puts the binaries.
+pub const DEFAULT_BIN_DIR: &str = "/usr/local/bin";
+
+/// Why the configuration cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("{path}: {key} must be {expected}, got {got}")]
+    Value {
+        path: PathBuf,
+        key: &'static str,
+        expected: &'static str,
+        got: String,
+    },
+}
+
+/// The runtime's configuration (see the module docs for the file).
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RuntimeConfig {
+    /// The guest kernel.
+    pub kernel: PathBuf,
+    /// The guest initramfs with hull-agent as /init.
+    pub initrd: PathBuf,
+    /// The hull-vmm binary.
+    pub vmm: PathBuf,
+    /// Default vCPUs of a sandbox.
+    pub vcpus: u32,
+    /// Default guest memory of a sandbox, MiB.
+    pub memory_mib: u64,
+    /// hull-vmm's log level (a tracing filter such as `warn` or `hull_vmm=debug`).
+    pub log_level: String,
+}
+
+impl Default for RuntimeConfig {
+    fn default() -> RuntimeConfig {
+        RuntimeConfig {
+            kernel: Path::new(DEFAULT_SHARE_DIR).join("vmlinux"),
+            initrd: Path::new(DEFAULT_SHARE_DIR).join("hull-initrd.img"),
+            vmm: Path::new(DEFAULT_BIN_DIR).join("hull-vmm"),
+            vcpus: 1,
+            memory_mib: 256,
+            log_level: "warn".into(),
+        }
+    }
+}
+
+impl RuntimeConfig {
+    /// The configuration in effect: `HULL_CONFIG`'s file, else `/etc/hull/config.toml`; a
+    /// missing default file means the defaults, a missing `HULL_CONFIG` file is an error.
+    pub fn load() -> Result<RuntimeConfig, ConfigError> {
+        match std::env::var_os("HULL_CONFIG") {
+            Some(p) => RuntimeConfig::from_file(Path::new(&p)),
+            None => {
+                let p = Path::new(DEFAULT_CONFIG_PATH);
+                if p.exists() {
+                    RuntimeConfig::from_file(p)
+                } else {
+                    Ok(RuntimeConfig::default())
+                }
+            }
+        }
+    }
+
+    /// Reads and checks one file.
+    pub fn from_file(path: &Path) -> Result<RuntimeConfig, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        RuntimeConfig::from_toml(&text, path)
+    }
+
+    /// Parses and checks `text` (`path` names it in errors).
+    pub fn from_toml(text: &str, path: &Path) -> Result<RuntimeConfig, ConfigError> {
+        let c: RuntimeConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_path_buf(),
+            message: e.message().to_string(),
+        })?;
+        let bad = |key, expected, got: String| ConfigError::Value {
+            path: path.to_path_buf(),
+            key,
+            expected,
+            got,
+        };
+        if !(1..=32).contains(&c.vcpus) {
+            return Err(bad("vcpus", "between 1 and 32", c.vcpus.to_string()));
+        }
+        if !(64..=65536).contains(&c.memory_mib) {
+            return Err(bad(
+                "memory_mib",
+                "between 64 and 65536",
+                c.memory_mib.to_string(),
+            ));
+        }
+        for (key, p) in [
+            ("kernel", &c.kernel),
+            ("initrd", &c.initrd),
+            ("vmm", &c.vmm),
+        ] {
+            if !p.is_absolute() {
+                return Err(bad(key, "an absolute path", p.display().to_string()));
+            }
+        }
+        Ok(c)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<RuntimeConfig, ConfigError> {
+        RuntimeConfig::from_toml(text, Path::new("/etc/hull/config.toml"))
+    }
+
+    #[test]
+    fn every_key_has_a_default() {
+        let c = parse("").unwrap();
+        assert_eq!(c, RuntimeConfig::default());
+        assert_eq!(c.kernel, Path::new("/usr/local/share/hull/vmlinux"));
+        assert_eq!(c.vmm, Path::new("/usr/local/bin/hull-vmm"));
+        let c = parse("vcpus = 2\nmemory_mib = 512\nkernel = \"/k\"\n").unwrap();
+        assert_eq!((c.vcpus, c.memory_mib), (2, 512));
+        assert_eq!(c.kernel, Path::new("/k"));
+        assert_eq!(c.initrd, RuntimeConfig::default().initrd);
+    }
+
+    #[test]
+    fn bad_files_name_the_key_and_the_file() {
+        let e = parse("vcpu = 2\n").unwrap_err().to_string();
+        assert!(
+            e.contains("vcpu") && e.contains("/etc/hull/config.toml"),
+            "{e}"
+        );
+        let e = parse("vcpus = \"two\"\n").unwrap_err().to_string();
+        assert!(e.contains("/etc/hull/config.toml"), "{e}");
+        let e = parse("vcpus = 0\n").unwrap_err().to_string();
+        assert!(e.contains("vcpus must be between 1 and 32"), "{e}");
+        let e = parse("memory_mib = 1\n").unwrap_err().to_string();
+        assert!(e.contains("memory_mib"), "{e}");
+        let e = parse("kernel = \"relative/vmlinux\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("kernel must be an absolute path"), "{e}");
+        let e = RuntimeConfig::from_file(Path::new("/nonexistent/hull.toml")).unwrap_err();
+        assert!(e.to_string().contains("/nonexistent/hull.toml"), "{e}");
+    }
+}

@@ -1,0 +1,521 @@
+//! Sandboxes: one microVM each, with its `hull-vmm` process, one virtio-fs share, the agent
+//! connection and a state directory.
+//!
+//! ```text
+//! <root>/<id>/            the sandbox's directory (root: /run/hull for the CLI)
+//!   state.json            SandboxState: the VMM's pid and start time, size, creation time
+//!   lock                  flock held by the command acting on the sandbox
+//!   vm.json console.log vmm.log   hull-vmm's config, guest console and log (crate::vmm)
+//!   api.sock vsock.sock   hull-vmm's API socket and hybrid vsock socket
+//!   shared/               shared with the guest (virtio-fs tag `hull-shared`), mounted by the
+//!                         agent at /run/hull/shared; containers' root file systems go below it
+//! ```
+//!
+//! Several processes use one sandbox over its life (each CLI command is a new process; a shim
+//! can restart), so [`Sandbox::create`] leaves hull-vmm running on its own and everything needed
+//! to reattach is on disk: [`Sandbox::load`]. [`Sandbox::stop`] asks the agent, then the VMM's
+//! API, then SIGKILL; [`cleanup`] removes whatever is left (the VMM, mounts under the
+//! directory, the directory) and works whatever died halfway. A create that fails leaves
+//! nothing behind.
+
+mod state;
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant, SystemTime};
+
+use hull_agent_protocol::MountRequest;
+use hull_vmm_api::{CachePolicy, FsConfig, VmConfig, VsockConfig};
+use nix::sys::signal::Signal;
+use nix::unistd::Pid;
+
+use crate::agent::{AgentClient, Endpoint};
+use crate::config::RuntimeConfig;
+use crate::vmm::VmmProcess;
+pub use state::{process_start_time, SandboxState, StateLock, LOCK_FILE, STATE_FILE};
+
+/// The virtio-fs tag of the sandbox's share.
+pub const SHARE_TAG: &str = "hull-shared";
+/// Where the agent mounts the share in the guest.
+pub const GUEST_SHARE_DIR: &str = "/run/hull/shared";
+/// The share's directory inside the sandbox's directory.
+pub const SHARE_DIR: &str = "shared";
+/// The guest's vsock context id.
+const GUEST_CID: u64 = 3;
+/// Longest a sandbox id may be.
+pub const MAX_ID_LEN: usize = 128;
+/// How long a guest may take to boot to its agent (generous: nested emulation is slow).
+pub const DEFAULT_BOOT_TIMEOUT: Duration = Duration::from_secs(300);
+/// Most bytes of a Unix socket path.
+const MAX_SOCKET_PATH: usize = 107;
+
+/// What went wrong with a sandbox.
+#[derive(Debug, thiserror::Error)]
+pub enum SandboxError {
+    #[error("invalid sandbox id {id:?}: {reason}")]
+    InvalidId { id: String, reason: &'static str },
+    #[error("sandbox id {0:?} is already in use")]
+    IdInUse(String),
+    #[error("sandbox {0:?} does not exist")]
+    NotFound(String),
+    #[error("{what}: {}: {source}", path.display())]
+    Io {
+        what: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{}: {reason}", path.display())]
+    BadState { path: PathBuf, reason: String },
+    #[error("{what} {}: {reason}", path.display())]
+    Missing {
+        what: &'static str,
+        path: PathBuf,
+        reason: String,
+    },
+    #[error("sandbox directory {} is too deep for its sockets ({len} bytes, at most {MAX_SOCKET_PATH}): use a shorter --root or id", path.display())]
+    PathTooLong { path: PathBuf, len: usize },
+    #[error(transparent)]
+    Vmm(#[from] crate::vmm::VmmError),
+    #[error("hull-vmm stopped while the guest was booting ({exit}); its log:\n{log}")]
+    VmmDied { exit: String, log: String },
+    #[error("the guest agent did not come up: {0}")]
+    AgentBoot(#[source] crate::agent::Error),
+    #[error("guest agent: {0}")]
+    Agent(#[from] crate::agent::Error),
+    #[error("the sandbox's VM is not running")]
+    NotRunning,
+    #[error("cannot {what} (pid {pid}): {source}")]
+    Signal {
+        what: &'static str,
+        pid: u32,
+        #[source]
+        source: nix::Error,
+    },
+}
+
+/// What a new sandbox looks like; unset fields come from the runtime configuration.
+#[derive(Clone, Debug, Default)]
+pub struct SandboxOptions {
+    pub vcpus: Option<u32>,
+    pub memory_mib: Option<u64>,
+    /// How long the guest may take to reach its agent (default [`DEFAULT_BOOT_TIMEOUT`]).
+    pub boot_timeout: Option<Duration>,
+}
+
+/// One sandbox, attached: its state, its lock (held for this handle's life) and its agent.
+pub struct Sandbox {
+    dir: PathBuf,
+    state: SandboxState,
+    agent: Option<AgentClient>,
+    _lock: StateLock,
+}
+
+/// Checks a sandbox id: what runc accepts (letters, digits, `_ + - .`), not `.` or `..`.
+pub fn validate_id(id: &str) -> Result<(), SandboxError> {
+    let bad = |reason| SandboxError::InvalidId {
+        id: id.to_string(),
+        reason,
+    };
+    if id.is_empty() {
+        return Err(bad("it is empty"));
+    }
+    if id.len() > MAX_ID_LEN {
+        return Err(bad("it is longer than 128 bytes"));
+    }
+    if id == "." || id == ".." {
+        return Err(bad("it is . or .."));
+    }
+    if !id
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b"_+-.".contains(&b))
+    {
+        return Err(bad("only letters, digits and _ + - . are allowed"));
+    }
+    Ok(())
+}
+
+fn check_file(what: &'static str, path: &Path) -> Result<(), SandboxError> {
+    match std::fs::metadata(path) {
+        Ok(m) if m.is_file() => Ok(()),
+        Ok(_) => Err(SandboxError::Missing {
+            what,
+            path: path.to_path_buf(),
+            reason: "is not a regular file".into(),
+        }),
+        Err(e) => Err(SandboxError::Missing {
+            what,
+            path: path.to_path_buf(),
+            reason: format!("{e} (set it in /etc/hull/config.toml or run `make install`)"),
+        }),
+    }
+}
+
+fn now_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+impl Sandbox {
+    /// Creates sandbox `id` under `root`: starts hull-vmm (which outlives the caller), waits
+    /// for the agent, sets the guest clock and mounts the share. On any failure, whatever was
+    /// made is removed again.
+    pub async fn create(
+        config: &RuntimeConfig,
+        root: &Path,
+        id: &str,
+        opts: &SandboxOptions,
+    ) -> Result<Sandbox, SandboxError> {
+        validate_id(id)?;
+        for (what, p) in [
+            ("guest kernel", &config.kernel),
+            ("guest initramfs", &config.initrd),
+            ("hull-vmm", &config.vmm),
+        ] {
+            check_file(what, p)?;
+        }
+        let dir = root.join(id);
+        let longest = dir.join("vsock.sock_4294967295");
+        let len = longest.as_os_str().len();
+        if len > MAX_SOCKET_PATH {
+            return Err(SandboxError::PathTooLong { path: dir, len });
+        }
+        std::fs::create_dir_all(root).map_err(|source| SandboxError::Io {
+            what: "cannot create the state root",
+            path: root.to_path_buf(),
+            source,
+        })?;
+        match std::fs::create_dir(&dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                return Err(SandboxError::IdInUse(id.to_string()))
+            }
+            Err(source) => {
+                return Err(SandboxError::Io {
+                    what: "cannot create the sandbox directory",
+                    path: dir,
+                    source,
+                })
+            }
+        }
+        let lock = match StateLock::acquire(&dir) {
+            Ok(l) => l,
+            Err(e) => {
+                let _ = std::fs::remove_dir_all(&dir);
+                return Err(e);
+            }
+        };
+        match Sandbox::boot(config, &dir, id, opts).await {
+            Ok((state, agent)) => Ok(Sandbox {
+                dir,
+                state,
+                agent: Some(agent),
+                _lock: lock,
+            }),
+            Err(e) => {
+                if let Err(c) = cleanup_dir(&dir) {
+                    tracing::warn!("cleaning up after a failed create: {c}");
+                }
+                Err(e)
+            }
+        }
+    }
+
+    async fn boot(
+        config: &RuntimeConfig,
+        dir: &Path,
+        id: &str,
+        opts: &SandboxOptions,
+    ) -> Result<(SandboxState, AgentClient), SandboxError> {
+        let share = dir.join(SHARE_DIR);
+        std::fs::create_dir(&share).map_err(|source| SandboxError::Io {
+            what: "cannot create the share",
+            path: share.clone(),
+            source,
+        })?;
+        let vcpus = opts.vcpus.unwrap_or(config.vcpus);
+        let memory_mib = opts.memory_mib.unwrap_or(config.memory_mib);
+        let uds = dir.join("vsock.sock");
+        let mut vm = VmConfig::new(config.kernel.clone());
+        vm.initrd = Some(config.initrd.clone());
+        vm.vcpus = vcpus;
+        vm.memory_mib = memory_mib;
+        vm.cmdline = format!("console=ttyS0 quiet hull.hostname={id}");
+        vm.vsock = Some(VsockConfig {
+            uds_path: uds.clone(),
+            guest_cid: GUEST_CID,
+        });
+        vm.api_socket = Some(dir.join("api.sock"));
+        let mut fs = FsConfig::new(SHARE_TAG, &share);
+        // The host changes the share (mounts, bundles) while the guest runs.
+        fs.cache = CachePolicy::Never;
+        vm.fs = vec![fs];
+        let mut vmm = VmmProcess::launch_with_env(
+            &config.vmm,
+            &vm,
+            dir,
+            &[("HULL_LOG", config.log_level.as_str())],
+        )?;
+
+        // Wait for the agent, but not past the VMM's death.
+        let deadline = opts.boot_timeout.unwrap_or(DEFAULT_BOOT_TIMEOUT);
+        let connect = AgentClient::connect_retry(Endpoint::vm(&uds), deadline);
+        tokio::pin!(connect);
+        let agent = loop {
+            tokio::select! {
+                r = &mut connect => break r.map_err(SandboxError::AgentBoot)?,
+                _ = tokio::time::sleep(Duration::from_millis(100)) => {
+                    if let Some(e) = vmm.try_wait()? {
+                        return Err(SandboxError::VmmDied { exit: e.exit.to_string(), log: vmm.log() });
+                    }
+                }
+            }
+        };
+        agent.set_time(SystemTime::now()).await?;
+        agent
+            .mount(MountRequest::virtiofs(SHARE_TAG, GUEST_SHARE_DIR))
+            .await?;
+        let pid = vmm.pid();
+        let state = SandboxState {
+            id: id.to_string(),
+            vmm_pid: pid,
+            vmm_start_time: process_start_time(pid).ok_or(SandboxError::NotRunning)?,
+            vcpus,
+            memory_mib,
+            created: now_secs(),
+        };
+        state.write(dir)?;
+        // From here on the VMM runs on its own: the state file is how it is found again.
+        vmm.detach();
+        Ok((state, agent))
+    }
+
+    /// Attaches to sandbox `id` under `root` (waiting for another command that holds its
+    /// lock). The agent is connected if the VM runs; a sandbox whose VM died can still be
+    /// stopped and cleaned up.
+    pub async fn load(root: &Path, id: &str) -> Result<Sandbox, SandboxError> {
+        validate_id(id)?;
+        let dir = root.join(id);
+        if !dir.join(STATE_FILE).exists() {
+            return Err(SandboxError::NotFound(id.to_string()));
+        }
+        let lock = StateLock::acquire(&dir)?;
+        let state = SandboxState::read(&dir)?;
+        let mut sb = Sandbox {
+            dir,
+            state,
+            agent: None,
+            _lock: lock,
+        };
+        if sb.vmm_running() {
+            let endpoint = Endpoint::vm(sb.dir.join("vsock.sock"));
+            sb.agent = Some(AgentClient::connect(endpoint, Duration::from_secs(30)).await?);
+        }
+        Ok(sb)
+    }
+
+    pub fn id(&self) -> &str {
+        &self.state.id
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn state(&self) -> &SandboxState {
+        &self.state
+    }
+
+    /// The host directory shared with the guest at [`GUEST_SHARE_DIR`].
+    pub fn share_dir(&self) -> PathBuf {
+        self.dir.join(SHARE_DIR)
+    }
+
+    /// The guest console so far.
+    pub fn console(&self) -> String {
+        std::fs::read(self.dir.join(crate::vmm::CONSOLE_FILE))
+            .map(|b| String::from_utf8_lossy(&b).replace("\r\n", "\n"))
+            .unwrap_or_default()
+    }
+
+    /// Whether this sandbox's hull-vmm (the same process, not a recycled pid) still runs.
+    pub fn vmm_running(&self) -> bool {
+        vmm_alive(&self.state)
+    }
+
+    /// The agent connection.
+    pub fn agent(&self) -> Result<&AgentClient, SandboxError> {
+        self.agent.as_ref().ok_or(SandboxError::NotRunning)
+    }
+
+    /// Stops the VM: the agent shuts the guest down; if the VMM is still there after `grace`,
+    /// its API stops the VM at once; if even that fails, SIGKILL. Leaves the directory for
+    /// [`Sandbox::destroy`] / [`cleanup`].
+    pub async fn stop(&mut self, grace: Duration) -> Result<(), SandboxError> {
+        if let Some(agent) = self.agent.take() {
+            if let Err(e) = agent.shutdown(Some(grace)).await {
+                tracing::debug!("agent shutdown: {e}");
+            }
+        }
+        if self.wait_vmm_gone(grace).await {
+            return Ok(());
+        }
+        let api = self.dir.join("api.sock");
+        if api.exists() {
+            let line = serde_json::to_string(&hull_vmm_api::ApiRequest::Shutdown {
+                timeout_ms: Some(0),
+            })
+            .unwrap_or_default();
+            let _ = api_line(&api, &line);
+            if self.wait_vmm_gone(Duration::from_secs(5)).await {
+                return Ok(());
+            }
+        }
+        kill_vmm(&self.state)?;
+        self.wait_vmm_gone(Duration::from_secs(10)).await;
+        Ok(())
+    }
+
+    /// Stops the VM (see [`Sandbox::stop`]) and removes everything.
+    pub async fn destroy(mut self, grace: Duration) -> Result<(), SandboxError> {
+        self.stop(grace).await?;
+        cleanup_dir(&self.dir)
+    }
+
+    async fn wait_vmm_gone(&self, limit: Duration) -> bool {
+        let deadline = Instant::now() + limit;
+        loop {
+            reap(self.state.vmm_pid);
+            if !self.vmm_running() {
+                return true;
+            }
+            if Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+/// Reaps `pid` if it is a child of this process that has exited (a sandbox created by this
+/// process); does nothing otherwise.
+fn reap(pid: u32) {
+    let _ = nix::sys::wait::waitpid(
+        Pid::from_raw(pid as i32),
+        Some(nix::sys::wait::WaitPidFlag::WNOHANG),
+    );
+}
+
+fn vmm_alive(state: &SandboxState) -> bool {
+    process_start_time(state.vmm_pid) == Some(state.vmm_start_time)
+}
+
+fn kill_vmm(state: &SandboxState) -> Result<(), SandboxError> {
+    if !vmm_alive(state) {
+        return Ok(());
+    }
+    match nix::sys::signal::kill(Pid::from_raw(state.vmm_pid as i32), Signal::SIGKILL) {
+        Ok(()) | Err(nix::errno::Errno::ESRCH) => Ok(()),
+        Err(source) => Err(SandboxError::Signal {
+            what: "kill hull-vmm",
+            pid: state.vmm_pid,
+            source,
+        }),
+    }
+}
+
+fn api_line(path: &Path, line: &str) -> std::io::Result<()> {
+    use std::io::{BufRead, Write};
+    let mut s = std::os::unix::net::UnixStream::connect(path)?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    s.write_all(format!("{line}\n").as_bytes())?;
+    let mut out = String::new();
+    std::io::BufReader::new(std::io::Read::take(s, 64 * 1024)).read_line(&mut out)?;
+    Ok(())
+}
+
+/// Removes sandbox `id` under `root` whatever state it is in: kills its VMM if it still runs,
+/// unmounts whatever is mounted below its directory, and removes the directory. Nothing to
+/// remove is not an error.
+pub fn cleanup(root: &Path, id: &str) -> Result<(), SandboxError> {
+    validate_id(id)?;
+    let dir = root.join(id);
+    if !dir.exists() {
+        return Ok(());
+    }
+    let _lock = StateLock::acquire(&dir)?;
+    cleanup_dir(&dir)
+}
+
+fn cleanup_dir(dir: &Path) -> Result<(), SandboxError> {
+    if let Ok(state) = SandboxState::read(dir) {
+        kill_vmm(&state)?;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while vmm_alive(&state) && Instant::now() < deadline {
+            reap(state.vmm_pid);
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        reap(state.vmm_pid);
+    }
+    crate::mount::unmount_below(dir).map_err(|source| SandboxError::Io {
+        what: "cannot unmount what is mounted in the sandbox",
+        path: dir.to_path_buf(),
+        source,
+    })?;
+    match std::fs::remove_dir_all(dir) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(source) => Err(SandboxError::Io {
+            what: "cannot remove the sandbox directory",
+            path: dir.to_path_buf(),
+            source,
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids() {
+        for ok in ["a", "abc-123_x.y+z", &"f".repeat(64)] {
+            validate_id(ok).unwrap();
+        }
+        for bad in ["", ".", "..", "a/b", "../x", "a b", "é", &"x".repeat(129)] {
+            assert!(validate_id(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn bad_input_leaves_nothing_behind() {
+        let root = std::env::temp_dir().join(format!("hull-sb-bad-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        let mut cfg = RuntimeConfig::default();
+        cfg.kernel = root.join("no-such-vmlinux");
+        let e = Sandbox::create(&cfg, &root, "x", &SandboxOptions::default())
+            .await
+            .err()
+            .expect("a missing kernel is an error");
+        assert!(e.to_string().contains("no-such-vmlinux"), "{e}");
+        assert!(!root.join("x").exists());
+        let e = Sandbox::load(&root, "x").await.err().expect("not found");
+        assert!(matches!(e, SandboxError::NotFound(_)), "{e}");
+        cleanup(&root, "x").unwrap();
+        let deep = root.join("d".repeat(100));
+        std::fs::create_dir_all(&root).unwrap();
+        let k = root.join("k");
+        std::fs::write(&k, b"x").unwrap();
+        cfg.kernel = k.clone();
+        cfg.initrd = k.clone();
+        cfg.vmm = k;
+        let e = Sandbox::create(&cfg, &deep, "x", &SandboxOptions::default())
+            .await
+            .err()
+            .expect("too deep");
+        assert!(matches!(e, SandboxError::PathTooLong { .. }), "{e}");
+        assert!(!deep.exists());
+        std::fs::remove_dir_all(&root).unwrap();
+    }
+}
