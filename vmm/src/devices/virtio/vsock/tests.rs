@@ -418,6 +418,13 @@ impl Driver {
         got
     }
 
+    /// A host client of the device's socket that has sent `line`.
+    pub fn dial(&self, line: &[u8]) -> UnixStream {
+        let mut s = UnixStream::connect(&self.uds).unwrap();
+        s.write_all(line).unwrap();
+        s
+    }
+
     pub fn conn_count(&self) -> usize {
         self.dev.lock().unwrap().connection_count()
     }
@@ -629,11 +636,34 @@ fn pump_all(
     }
 }
 
+/// [`pump_all`] for one guest connection and its host peer.
+fn pump_pair(
+    d: &mut Driver,
+    g: &mut GuestConn,
+    h: &mut HostPeer,
+    limit: Duration,
+    mut done: impl FnMut(&GuestConn, &HostPeer) -> bool,
+) {
+    let (g, h) = (std::slice::from_mut(g), std::slice::from_mut(h));
+    pump_all(d, g, h, limit, |g, h| done(&g[0], &h[0]));
+}
+
+/// [`pump_all`] for one guest connection whose host peer does not take part.
+fn pump_guest(
+    d: &mut Driver,
+    g: &mut GuestConn,
+    limit: Duration,
+    mut done: impl FnMut(&GuestConn) -> bool,
+) {
+    pump_all(d, std::slice::from_mut(g), &mut [], limit, |g, _| {
+        done(&g[0])
+    });
+}
+
 /// Host connects through the Unix socket to guest port `port`; the guest accepts. Returns the
 /// host peer and the guest end.
 fn host_connect(d: &mut Driver, port: u32, guest_buf_alloc: u32) -> (HostPeer, GuestConn) {
-    let mut s = UnixStream::connect(&d.uds).unwrap();
-    s.write_all(format!("CONNECT {port}\n").as_bytes()).unwrap();
+    let s = d.dial(format!("CONNECT {port}\n").as_bytes());
     let got = d.pump_until(Duration::from_secs(5), |p| {
         p.iter().any(|p| p.hdr.op == VSOCK_OP_REQUEST)
     });
@@ -648,13 +678,9 @@ fn host_connect(d: &mut Driver, port: u32, guest_buf_alloc: u32) -> (HostPeer, G
     d.send(&g.hdr(VSOCK_OP_RESPONSE), &[]);
     let mut h = HostPeer::new(s);
     let want = format!("OK {host_port}\n");
-    pump_all(
-        d,
-        std::slice::from_mut(&mut g),
-        std::slice::from_mut(&mut h),
-        Duration::from_secs(5),
-        |_, h| h[0].input.len() >= want.len(),
-    );
+    pump_pair(d, &mut g, &mut h, Duration::from_secs(5), |_, h| {
+        h.input.len() >= want.len()
+    });
     assert_eq!(String::from_utf8_lossy(&h.input), want);
     h.input.clear();
     (h, g)
@@ -682,6 +708,20 @@ fn guest_connect(
     (HostPeer::new(s), g)
 }
 
+/// A driver whose guest connected from `guest_port` to a host listener on `port`, with
+/// `buf_alloc` bytes of guest buffer: the driver, the listener, the host peer, the guest end.
+fn guest_connected(
+    tag: &str,
+    port: u32,
+    guest_port: u32,
+    buf_alloc: u32,
+) -> (Driver, UnixListener, HostPeer, GuestConn) {
+    let mut d = Driver::new(tag);
+    let l = listen_port(&d, port);
+    let (h, g) = guest_connect(&mut d, &l, port, guest_port, buf_alloc);
+    (d, l, h, g)
+}
+
 fn listen_port(d: &Driver, port: u32) -> UnixListener {
     let mut p = d.uds.as_os_str().to_owned();
     p.push(format!("_{port}"));
@@ -707,16 +747,9 @@ fn host_to_guest_listener_data_both_ways_and_half_close() {
     h.shut_wr_when_sent = true;
     g.tx = guest_data.clone();
     // Host sends everything then half-closes; the guest sees the bytes, then SHUTDOWN(SEND).
-    pump_all(
-        &mut d,
-        std::slice::from_mut(&mut g),
-        std::slice::from_mut(&mut h),
-        Duration::from_secs(20),
-        |g, h| {
-            g[0].got_shutdown & VSOCK_FLAGS_SHUTDOWN_SEND != 0
-                && h[0].input.len() == guest_data.len()
-        },
-    );
+    pump_pair(&mut d, &mut g, &mut h, Duration::from_secs(20), |g, h| {
+        g.got_shutdown & VSOCK_FLAGS_SHUTDOWN_SEND != 0 && h.input.len() == guest_data.len()
+    });
     assert!(g.rx == host_data, "host->guest bytes differ");
     assert_eq!(
         g.got_shutdown, VSOCK_FLAGS_SHUTDOWN_SEND,
@@ -727,13 +760,9 @@ fn host_to_guest_listener_data_both_ways_and_half_close() {
     // The half-closed host still receives: the guest replies, then closes.
     g.tx.extend_from_slice(b"reply after half close");
     g.shutdown_when_sent = Some(VSOCK_FLAGS_SHUTDOWN_RCV | VSOCK_FLAGS_SHUTDOWN_SEND);
-    pump_all(
-        &mut d,
-        std::slice::from_mut(&mut g),
-        std::slice::from_mut(&mut h),
-        Duration::from_secs(10),
-        |g, h| h[0].eof && g[0].got_rst,
-    );
+    pump_pair(&mut d, &mut g, &mut h, Duration::from_secs(10), |g, h| {
+        h.eof && g.got_rst
+    });
     assert!(h.input.ends_with(b"reply after half close"));
     assert_eq!(h.input.len(), guest_data.len() + 22);
     assert_eq!(d.conn_count(), 0);
@@ -741,20 +770,14 @@ fn host_to_guest_listener_data_both_ways_and_half_close() {
 
 #[test]
 fn guest_to_host_listener_data_both_ways_and_host_close() {
-    let mut d = Driver::new("g2h");
-    let l = listen_port(&d, 5000);
-    let (mut h, mut g) = guest_connect(&mut d, &l, 5000, 40_000, 128 * 1024);
+    let (mut d, _l, mut h, mut g) = guest_connected("g2h", 5000, 40_000, 128 * 1024);
     let host_data = pattern(3, 1 << 20);
     let guest_data = pattern(4, (1 << 20) + 1);
     h.out = host_data.clone();
     g.tx = guest_data.clone();
-    pump_all(
-        &mut d,
-        std::slice::from_mut(&mut g),
-        std::slice::from_mut(&mut h),
-        Duration::from_secs(30),
-        |g, h| g[0].rx.len() == host_data.len() && h[0].input.len() == guest_data.len(),
-    );
+    pump_pair(&mut d, &mut g, &mut h, Duration::from_secs(30), |g, h| {
+        g.rx.len() == host_data.len() && h.input.len() == guest_data.len()
+    });
     assert!(g.rx == host_data);
     assert!(h.input == guest_data);
     // The host closes: the guest sees SHUTDOWN with both flags and resets.
@@ -776,30 +799,19 @@ fn guest_to_host_listener_data_both_ways_and_host_close() {
 
 #[test]
 fn guest_close_flushes_buffered_bytes_then_resets() {
-    let mut d = Driver::new("gclose");
-    let l = listen_port(&d, 5001);
-    let (mut h, mut g) = guest_connect(&mut d, &l, 5001, 40_001, 64 * 1024);
+    let (mut d, _l, mut h, mut g) = guest_connected("gclose", 5001, 40_001, 64 * 1024);
     // The host does not read yet: more than the socket buffer is sent, so the device buffers.
     let data = pattern(5, 240 * 1024);
     g.tx = data.clone();
     g.shutdown_when_sent = Some(VSOCK_FLAGS_SHUTDOWN_RCV | VSOCK_FLAGS_SHUTDOWN_SEND);
-    let mut hosts: [HostPeer; 0] = [];
-    pump_all(
-        &mut d,
-        std::slice::from_mut(&mut g),
-        &mut hosts,
-        Duration::from_secs(10),
-        |g, _| g[0].tx_off == data.len() && g[0].shutdown_when_sent.is_none(),
-    );
+    pump_guest(&mut d, &mut g, Duration::from_secs(10), |g| {
+        g.tx_off == data.len() && g.shutdown_when_sent.is_none()
+    });
     d.pump_for(Duration::from_millis(50));
     // Now the host reads: it gets every byte, then EOF, and the guest its RST.
-    pump_all(
-        &mut d,
-        std::slice::from_mut(&mut g),
-        std::slice::from_mut(&mut h),
-        Duration::from_secs(10),
-        |g, h| h[0].eof && g[0].got_rst,
-    );
+    pump_pair(&mut d, &mut g, &mut h, Duration::from_secs(10), |g, h| {
+        h.eof && g.got_rst
+    });
     assert!(h.input == data);
     assert_eq!(d.conn_count(), 0);
 }
@@ -841,13 +853,9 @@ fn flow_control_host_side_stops_reading_without_guest_credit() {
     assert_eq!(g.rx.len(), 8192);
     // With regular updates, everything arrives.
     let want = h.out.clone();
-    pump_all(
-        &mut d,
-        std::slice::from_mut(&mut g),
-        std::slice::from_mut(&mut h),
-        Duration::from_secs(10),
-        |g, _| g[0].rx.len() == want.len(),
-    );
+    pump_pair(&mut d, &mut g, &mut h, Duration::from_secs(10), |g, _| {
+        g.rx.len() == want.len()
+    });
     assert!(g.rx == want);
 }
 
@@ -864,9 +872,7 @@ fn credit_request_from_guest_gets_credit_update() {
 
 #[test]
 fn guest_overrunning_its_credit_is_reset() {
-    let mut d = Driver::new("overrun");
-    let l = listen_port(&d, 5002);
-    let (h, g) = guest_connect(&mut d, &l, 5002, 40_002, 64 * 1024);
+    let (mut d, _l, h, g) = guest_connected("overrun", 5002, 40_002, 64 * 1024);
     // The host never reads; the guest ignores the credit the device gives it.
     let chunk = pattern(7, MAX_PKT_BUF_SIZE as usize);
     let mut rst = false;
@@ -919,8 +925,7 @@ fn rst_for_unknown_ports_and_connections() {
 #[test]
 fn guest_refusing_a_host_connection_closes_the_host_stream() {
     let mut d = Driver::new("refuse");
-    let mut s = UnixStream::connect(&d.uds).unwrap();
-    s.write_all(b"CONNECT 4321\n").unwrap();
+    let mut s = d.dial(b"CONNECT 4321\n");
     let got = d.pump_until(Duration::from_secs(5), |p| !p.is_empty());
     assert_eq!(got[0].hdr.op, VSOCK_OP_REQUEST);
     d.send(&ghdr(VSOCK_OP_RST, 4321, got[0].hdr.src_port), &[]);
@@ -960,13 +965,11 @@ fn bad_connect_lines_are_closed() {
         b"CONNECT 99999999999\n",
         &[b'A'; 64][..],
     ] {
-        let mut s = UnixStream::connect(&d.uds).unwrap();
-        s.write_all(line).unwrap();
+        let mut s = d.dial(line);
         pump_until_closed(&mut d, &mut s, Duration::from_secs(5));
     }
     // A client that never finishes its line is closed after the timeout.
-    let mut s = UnixStream::connect(&d.uds).unwrap();
-    s.write_all(b"CONN").unwrap();
+    let mut s = d.dial(b"CONN");
     let start = Instant::now();
     pump_until_closed(&mut d, &mut s, CONNECT_LINE_TIMEOUT * 10);
     assert!(start.elapsed() >= CONNECT_LINE_TIMEOUT);
@@ -978,8 +981,7 @@ fn bad_connect_lines_are_closed() {
 #[test]
 fn guest_that_never_answers_a_request_times_out() {
     let mut d = Driver::new("reqto");
-    let mut s = UnixStream::connect(&d.uds).unwrap();
-    s.write_all(b"CONNECT 4322\n").unwrap();
+    let mut s = d.dial(b"CONNECT 4322\n");
     let got = d.pump_until(CONN_REQUEST_TIMEOUT * 3, |p| {
         p.iter().any(|p| p.hdr.op == VSOCK_OP_RST)
     });
@@ -1129,13 +1131,9 @@ fn reset_closes_connections_and_the_device_works_again() {
     // The old queue eventfds are gone from the loop and the new ones work.
     let (mut h, mut g) = host_connect(&mut d, 94, 64 * 1024);
     h.out = b"after reset".to_vec();
-    pump_all(
-        &mut d,
-        std::slice::from_mut(&mut g),
-        std::slice::from_mut(&mut h),
-        Duration::from_secs(5),
-        |g, _| g[0].rx.len() == 11,
-    );
+    pump_pair(&mut d, &mut g, &mut h, Duration::from_secs(5), |g, _| {
+        g.rx.len() == 11
+    });
     assert_eq!(g.rx, b"after reset");
 }
 
@@ -1481,8 +1479,7 @@ fn connection_limit_refuses_with_rst() {
     );
     assert_eq!(d.conn_count(), MAX_CONNECTIONS);
     // A host client is refused too (closed without an answer) while the table is full.
-    let mut s = UnixStream::connect(&d.uds).unwrap();
-    s.write_all(b"CONNECT 1\n").unwrap();
+    let mut s = d.dial(b"CONNECT 1\n");
     pump_until_closed(&mut d, &mut s, Duration::from_secs(5));
     // Closing one makes room again.
     d.send(&ghdr(VSOCK_OP_RST, 60_000, 8000), &[]);
@@ -1495,23 +1492,14 @@ fn connection_limit_refuses_with_rst() {
 
 #[test]
 fn guest_close_with_a_host_that_never_reads_times_out() {
-    let mut d = Driver::new("drainto");
-    let l = listen_port(&d, 5003);
-    let (h, mut g) = guest_connect(&mut d, &l, 5003, 40_003, 64 * 1024);
+    let (mut d, _l, h, mut g) = guest_connected("drainto", 5003, 40_003, 64 * 1024);
     // More than the host socket holds, within the device's credit: some bytes stay buffered.
     g.tx = pattern(8, 2 << 20);
-    let mut hosts: [HostPeer; 0] = [];
-    pump_all(
-        &mut d,
-        std::slice::from_mut(&mut g),
-        &mut hosts,
-        Duration::from_secs(10),
-        |g, _| {
-            // Stop once the device's credit is used up (the host does not read).
-            let in_flight = (g[0].tx_off as u32).wrapping_sub(g[0].host_fwd_cnt);
-            in_flight >= g[0].host_buf_alloc && g[0].host_buf_alloc > 0
-        },
-    );
+    pump_guest(&mut d, &mut g, Duration::from_secs(10), |g| {
+        // Stop once the device's credit is used up (the host does not read).
+        let in_flight = (g.tx_off as u32).wrapping_sub(g.host_fwd_cnt);
+        in_flight >= g.host_buf_alloc && g.host_buf_alloc > 0
+    });
     d.send(
         &g.hdr(VSOCK_OP_SHUTDOWN)
             .with_flags(VSOCK_FLAGS_SHUTDOWN_RCV | VSOCK_FLAGS_SHUTDOWN_SEND),
