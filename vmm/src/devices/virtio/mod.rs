@@ -58,6 +58,17 @@ pub fn read_config_space(config: &[u8], offset: u64, data: &mut [u8]) {
     }
 }
 
+/// The body of [`VirtioDevice::write_config`] for a device whose configuration space is
+/// read-only (vsock, virtio-fs): the write is logged and ignored.
+pub fn ignore_config_write(device: &str, offset: u64, data: &[u8]) {
+    tracing::debug!(
+        device,
+        offset,
+        len = data.len(),
+        "ignoring a write to a read-only config space"
+    );
+}
+
 /// What every device checks when it is activated: one eventfd per queue, `expected` queues, and
 /// that the driver acknowledged VIRTIO_F_VERSION_1 (hull's devices are modern-only).
 pub fn check_activation(
