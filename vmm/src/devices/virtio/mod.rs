@@ -9,6 +9,8 @@
 
 pub mod fs;
 pub mod mmio;
+#[cfg(test)]
+pub(crate) mod test_utils;
 pub mod vsock;
 
 use std::sync::Arc;
@@ -54,6 +56,17 @@ pub fn read_config_space(config: &[u8], offset: u64, data: &mut [u8]) {
     {
         data.copy_from_slice(src);
     }
+}
+
+/// The body of [`VirtioDevice::write_config`] for a device whose configuration space is
+/// read-only (vsock, virtio-fs): the write is logged and ignored.
+pub fn ignore_config_write(device: &str, offset: u64, data: &[u8]) {
+    tracing::debug!(
+        device,
+        offset,
+        len = data.len(),
+        "ignoring a write to a read-only config space"
+    );
 }
 
 /// What every device checks when it is activated: one eventfd per queue, `expected` queues, and

@@ -14,7 +14,8 @@ use super::{
     TAG_LEN,
 };
 use crate::devices::virtio::{
-    check_activation, read_config_space, ActivateError, GuestMemory, VirtioDevice, VirtioInterrupt,
+    check_activation, ignore_config_write, read_config_space, ActivateError, GuestMemory,
+    VirtioDevice, VirtioInterrupt,
 };
 
 /// What `activate` (vCPU thread) hands to `process` (event loop thread), which starts the
@@ -192,11 +193,7 @@ impl VirtioDevice for Fs {
     }
 
     fn write_config(&mut self, offset: u64, data: &[u8]) {
-        tracing::debug!(
-            offset,
-            len = data.len(),
-            "virtio-fs: ignoring a config space write (the config space is read-only)"
-        );
+        ignore_config_write("virtio-fs", offset, data);
     }
 
     fn activate(

@@ -21,14 +21,13 @@ use virtio_bindings::bindings::virtio_ring::{
     VRING_DESC_F_INDIRECT, VRING_DESC_F_NEXT, VRING_DESC_F_WRITE,
 };
 use virtio_queue::desc::{split::Descriptor as SplitDescriptor, RawDescriptor};
-use virtio_queue::mock::MockSplitQueue;
 use virtio_queue::Queue;
-use vm_memory::{Address, ByteValued, Bytes, GuestAddress, GuestMemoryMmap};
+use vm_memory::{ByteValued, Bytes, GuestAddress};
 
 use super::*;
+use crate::devices::virtio::test_utils::{test_mem, Desc, TempDir, TestIrq, TestQueue, MEM_SIZE};
 use crate::devices::virtio::{ActivateError, GuestMemory, VirtioDevice, VirtioInterrupt};
 
-const MEM_SIZE: usize = 16 << 20;
 const QSIZE: u16 = 256;
 const REQ_ADDR: u64 = 0x10_0000;
 const REPLY_ADDR: u64 = 0x40_0000;
@@ -42,43 +41,6 @@ const WRITEBACK_CACHE: u32 = 1 << 16;
 const BIG_WRITES: u32 = 1 << 5;
 const MAX_PAGES: u32 = 1 << 22;
 
-/// A fresh directory, removed on drop.
-pub(super) struct TempDir(pub PathBuf);
-
-impl TempDir {
-    pub fn new(tag: &str) -> TempDir {
-        static N: AtomicUsize = AtomicUsize::new(0);
-        let n = N.fetch_add(1, Ordering::Relaxed);
-        let d = std::env::temp_dir().join(format!("hull-fs-{tag}-{}-{n}", std::process::id()));
-        let _ = fs::remove_dir_all(&d);
-        fs::create_dir_all(&d).unwrap();
-        TempDir(d)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = fs::remove_dir_all(&self.0);
-    }
-}
-
-#[derive(Default)]
-struct TestIrq(AtomicUsize);
-
-impl VirtioInterrupt for TestIrq {
-    fn signal_used_queue(&self) -> std::io::Result<()> {
-        self.0.fetch_add(1, Ordering::SeqCst);
-        Ok(())
-    }
-    fn signal_config_change(&self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-fn new_mem() -> GuestMemory {
-    GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), MEM_SIZE)]).unwrap()
-}
-
 /// A reply as the guest reads it.
 #[derive(Debug)]
 struct Reply {
@@ -90,6 +52,7 @@ struct Reply {
 /// The guest side: memory, one request queue, and the FUSE server behind it.
 struct Guest {
     mem: GuestMemory,
+    ring: TestQueue,
     queue: Queue,
     server: FsServer,
     irq: TestIrq,
@@ -97,10 +60,6 @@ struct Guest {
     uid: u32,
     gid: u32,
     used_seen: u16,
-    /// Where the driver's rings are (laid out once by `MockSplitQueue`, which zeroes them).
-    desc_addr: GuestAddress,
-    avail_addr: GuestAddress,
-    used_addr: GuestAddress,
     /// The share and its parent (outside the share, where escapes would land).
     share: PathBuf,
     _tmp: TempDir,
@@ -117,18 +76,12 @@ fn share_with(tag: &str, f: impl FnOnce(&mut FsConfig)) -> Guest {
     // Through Fs::new, as the VMM does it (canonical path, limit raised).
     let dev = Fs::new(cfg).unwrap();
     let server = FsServer::new(dev.config()).unwrap();
-    let mem = new_mem();
-    let mock = MockSplitQueue::create(&mem, GuestAddress(0), QSIZE);
-    let queue: Queue = mock.create_queue().unwrap();
-    let (desc_addr, avail_addr, used_addr) =
-        (mock.desc_table_addr(), mock.avail_addr(), mock.used_addr());
-    drop(mock);
+    let mem = test_mem();
+    let ring = TestQueue::create(&mem, GuestAddress(0), QSIZE);
     Guest {
-        desc_addr,
-        avail_addr,
-        used_addr,
+        queue: ring.queue(),
+        ring,
         mem,
-        queue,
         server,
         irq: TestIrq::default(),
         unique: 0,
@@ -142,6 +95,16 @@ fn share_with(tag: &str, f: impl FnOnce(&mut FsConfig)) -> Guest {
 
 fn share(tag: &str) -> Guest {
     share_with(tag, |_| {})
+}
+
+/// A share holding `f` (10 bytes), after INIT: `f`'s entry and a read-write handle to it.
+fn share_with_open_file(tag: &str) -> (Guest, EntryOut, u64) {
+    let mut g = share(tag);
+    fs::write(g.share.join("f"), b"0123456789").unwrap();
+    g.init();
+    let e = g.lookup(ROOT, "f").unwrap();
+    let fh = g.open(e.nodeid, libc::O_RDWR).unwrap();
+    (g, e, fh)
 }
 
 fn cstr(s: &str) -> Vec<u8> {
@@ -163,50 +126,13 @@ fn parse<T: ByteValued + Default>(data: &[u8]) -> T {
 }
 
 type R<T> = Result<T, i32>;
-/// A descriptor as the driver writes it: (addr, len, flags, next).
-type Desc = (u64, u32, u16, u16);
 
 impl Guest {
-    /// Writes descriptors `(addr, len, flags, next)` at table index `base..` and makes the
-    /// first one available.
-    fn push_raw(&self, base: u16, descs: &[Desc]) {
-        for (i, &(addr, len, flags, next)) in descs.iter().enumerate() {
-            let d = RawDescriptor::from(SplitDescriptor::new(addr, len, flags, next));
-            let at = self
-                .desc_addr
-                .unchecked_add(16 * u64::from(base + i as u16));
-            self.mem.write_obj(d, at).unwrap();
-        }
-        let idx_addr = self.avail_addr.unchecked_add(2);
-        let idx: u16 = self.mem.read_obj(idx_addr).unwrap();
-        let slot = self
-            .avail_addr
-            .unchecked_add(4 + 2 * u64::from(idx % QSIZE));
-        self.mem.write_obj(base, slot).unwrap();
-        self.mem.write_obj(idx.wrapping_add(1), idx_addr).unwrap();
-    }
-
     /// Lets the device serve the queue; returns the used elements that appeared.
     fn run(&mut self) -> Vec<(u32, u32)> {
         self.server
             .process_queue(&self.mem, &mut self.queue, &self.irq);
-        let used_addr = self.used_addr;
-        let idx: u16 = self.mem.read_obj(used_addr.unchecked_add(2)).unwrap();
-        let mut out = Vec::new();
-        while self.used_seen != idx {
-            let slot = u64::from(self.used_seen % QSIZE);
-            let id: u32 = self
-                .mem
-                .read_obj(used_addr.unchecked_add(4 + 8 * slot))
-                .unwrap();
-            let len: u32 = self
-                .mem
-                .read_obj(used_addr.unchecked_add(8 + 8 * slot))
-                .unwrap();
-            out.push((id, len));
-            self.used_seen = self.used_seen.wrapping_add(1);
-        }
-        out
+        self.ring.take_used(&mut self.used_seen)
     }
 
     /// Sends a FUSE request with a reply buffer of `reply_cap` bytes (none if 0).
@@ -229,9 +155,10 @@ impl Guest {
             .write_slice(&[0xa5; 64], GuestAddress(REPLY_ADDR))
             .unwrap();
         if reply_cap == 0 {
-            self.push_raw(0, &[(REQ_ADDR, req.len() as u32, 0, 0)]);
+            self.ring
+                .add_chain(0, &[(REQ_ADDR, req.len() as u32, 0, 0)]);
         } else {
-            self.push_raw(
+            self.ring.add_chain(
                 0,
                 &[
                     (REQ_ADDR, req.len() as u32, VRING_DESC_F_NEXT as u16, 1),
@@ -277,13 +204,7 @@ impl Guest {
     }
 
     fn init(&mut self) -> InitOut {
-        let a = InitIn {
-            major: 7,
-            minor: 31,
-            max_readahead: 128 << 10,
-            flags: 0,
-        };
-        parse(&self.call(Opcode::Init, 0, a.as_slice()).unwrap())
+        self.init_with(0)
     }
 
     /// INIT offering `flags`; returns the server's reply.
@@ -764,7 +685,7 @@ fn fuse_session_against_a_temp_dir() {
     g.forget(e.nodeid, 1);
     assert_eq!(g.getattr(e.nodeid).unwrap_err(), libc::EBADF);
     // Every reply interrupted the guest.
-    assert!(g.irq.0.load(Ordering::SeqCst) > 20);
+    assert!(g.irq.count() > 20);
 }
 
 #[test]
@@ -1149,11 +1070,7 @@ fn file_flags_in_read_and_write_never_close_the_handle() {
     // direct I/O): fuse-backend-rs 0.14 then closed the handle's fd (see guard.rs). The guard
     // never lets the guest's flags reach that fcntl. (Without the guard this test aborts:
     // "IO Safety violation: owned file descriptor already closed".)
-    let mut g = share("flags");
-    fs::write(g.share.join("f"), b"0123456789").unwrap();
-    g.init();
-    let e = g.lookup(ROOT, "f").unwrap();
-    let fh = g.open(e.nodeid, libc::O_RDWR).unwrap();
+    let (mut g, e, fh) = share_with_open_file("flags");
     let dfh = g.opendir(ROOT).unwrap();
     for flags in [
         libc::O_DIRECT as u32,
@@ -1273,11 +1190,7 @@ fn fd_exhaustion_is_an_error_reply() {
 
 #[test]
 fn malformed_requests_get_error_replies() {
-    let mut g = share("badreq");
-    fs::write(g.share.join("f"), b"0123456789").unwrap();
-    g.init();
-    let f = g.lookup(ROOT, "f").unwrap();
-    let fh = g.open(f.nodeid, libc::O_RDWR).unwrap();
+    let (mut g, f, fh) = share_with_open_file("badreq");
 
     // Unknown opcodes.
     for op in [0u32, 47, 9999, u32::MAX] {
@@ -1325,7 +1238,7 @@ fn malformed_requests_get_error_replies() {
         };
         let req = cat(&[hdr.as_slice(), &cstr("f")]);
         g.mem.write_slice(&req, GuestAddress(REQ_ADDR)).unwrap();
-        g.push_raw(
+        g.ring.add_chain(
             0,
             &[
                 (REQ_ADDR, req.len() as u32, VRING_DESC_F_NEXT as u16, 1),
@@ -1517,7 +1430,7 @@ fn malformed_chains_are_returned_unserved() {
         g.mem
             .write_slice(&[0xa5; 32], GuestAddress(REPLY_ADDR))
             .unwrap();
-        g.push_raw(RAW, &descs);
+        g.ring.add_chain(RAW, &descs);
         let used = g.run();
         assert_eq!(used.len(), 1, "{what}: the chain is returned");
         assert_eq!(used[0].0, u32::from(RAW), "{what}");
@@ -1545,7 +1458,8 @@ fn malformed_chains_are_returned_unserved() {
             .write_obj(RawDescriptor::from(*d), GuestAddress(table + 16 * i as u64))
             .unwrap();
     }
-    g.push_raw(RAW, &[(table, 32, VRING_DESC_F_INDIRECT as u16, 0)]);
+    g.ring
+        .add_chain(RAW, &[(table, 32, VRING_DESC_F_INDIRECT as u16, 0)]);
     let used = g.run();
     assert_eq!(used.len(), 1);
     let out: OutHeader = g.mem.read_obj(GuestAddress(REPLY_ADDR)).unwrap();
@@ -1596,11 +1510,11 @@ fn workers_serve_the_queues_off_the_event_loop() {
     let mut em = EventManager::<Arc<Mutex<Fs>>>::new().unwrap();
     em.add_subscriber(dev.clone());
 
-    let mem = new_mem();
-    // Hiprio queue at 0, request queue at 1 MiB... both from MockSplitQueue layouts.
-    let hq = MockSplitQueue::create(&mem, GuestAddress(0x8_0000), QSIZE);
-    let rq = MockSplitQueue::create(&mem, GuestAddress(0), QSIZE);
-    let queues: Vec<Queue> = vec![hq.create_queue().unwrap(), rq.create_queue().unwrap()];
+    let mem = test_mem();
+    // Hiprio queue at 512 KiB, request queue at 0.
+    let hq = TestQueue::create(&mem, GuestAddress(0x8_0000), QSIZE);
+    let rq = TestQueue::create(&mem, GuestAddress(0), QSIZE);
+    let queues: Vec<Queue> = vec![hq.queue(), rq.queue()];
     let evts: Vec<EventFd> = (0..2).map(|_| EventFd::new(0).unwrap()).collect();
     let kick: Vec<EventFd> = evts.iter().map(|e| e.try_clone().unwrap()).collect();
     let irq = Arc::new(GateIrq::default());
@@ -1622,7 +1536,7 @@ fn workers_serve_the_queues_off_the_event_loop() {
             .activate(
                 mem.clone(),
                 irq.clone(),
-                vec![hq.create_queue().unwrap(), rq.create_queue().unwrap()],
+                vec![hq.queue(), rq.queue()],
                 evts.iter().map(|e| e.try_clone().unwrap()).collect(),
             )
             .unwrap_err();
@@ -1636,11 +1550,7 @@ fn workers_serve_the_queues_off_the_event_loop() {
     assert!(dev.lock().unwrap().is_activated());
 
     // A FUSE_INIT on the request queue, notified through its eventfd.
-    let mut guest = Driverless {
-        mem: &mem,
-        q: &rq,
-        used: 0,
-    };
+    let guest = Driverless(&rq);
     guest.send(
         1,
         Opcode::Init as u32,
@@ -1681,11 +1591,7 @@ fn workers_serve_the_queues_off_the_event_loop() {
     assert_eq!(e.attr.size, 3);
 
     // FORGET on the hiprio queue: used, no reply.
-    let mut hi = Driverless {
-        mem: &mem,
-        q: &hq,
-        used: 0,
-    };
+    let hi = Driverless(&hq);
     hi.send(
         3,
         Opcode::Forget as u32,
@@ -1701,24 +1607,20 @@ fn workers_serve_the_queues_off_the_event_loop() {
     {
         let mut d = dev.lock().unwrap();
         d.set_acked_features(1 << 32);
-        let hq2 = MockSplitQueue::create(&mem, GuestAddress(0x20_0000), QSIZE);
-        let rq2 = MockSplitQueue::create(&mem, GuestAddress(0x28_0000), QSIZE);
+        let hq2 = TestQueue::create(&mem, GuestAddress(0x20_0000), QSIZE);
+        let rq2 = TestQueue::create(&mem, GuestAddress(0x28_0000), QSIZE);
         let evts: Vec<EventFd> = (0..2).map(|_| EventFd::new(0).unwrap()).collect();
         let kick2 = evts[1].try_clone().unwrap();
         d.activate(
             mem.clone(),
             irq.clone(),
-            vec![hq2.create_queue().unwrap(), rq2.create_queue().unwrap()],
+            vec![hq2.queue(), rq2.queue()],
             evts,
         )
         .unwrap();
         drop(d);
         em.run_with_timeout(100).unwrap();
-        let mut g2 = Driverless {
-            mem: &mem,
-            q: &rq2,
-            used: 0,
-        };
+        let g2 = Driverless(&rq2);
         // The old inode is gone with the old session.
         g2.send(
             4,
@@ -1735,21 +1637,17 @@ fn workers_serve_the_queues_off_the_event_loop() {
     drop(dev);
 }
 
-/// A minimal driver over a `MockSplitQueue` for the threaded test: one request in flight at a
-/// time, request at 3 MiB, reply at 4 MiB + 64 KiB * queue offset.
-struct Driverless<'a> {
-    mem: &'a GuestMemory,
-    q: &'a MockSplitQueue<'a, GuestMemory>,
-    used: u16,
-}
+/// A minimal driver for the threaded test: one request in flight at a time, request at 5 MiB,
+/// reply at 6 MiB, each + the queue's address.
+struct Driverless<'a>(&'a TestQueue);
 
 impl Driverless<'_> {
     fn reply_addr(&self) -> u64 {
-        0x60_0000 + self.q.start().0
+        0x60_0000 + self.0.desc.0
     }
 
-    fn send(&mut self, unique: u64, opcode: u32, nodeid: u64, args: &[u8]) {
-        let req_addr = 0x50_0000 + self.q.start().0;
+    fn send(&self, unique: u64, opcode: u32, nodeid: u64, args: &[u8]) {
+        let req_addr = 0x50_0000 + self.0.desc.0;
         let hdr = InHeader {
             len: (HDR + args.len()) as u32,
             opcode,
@@ -1758,38 +1656,29 @@ impl Driverless<'_> {
             ..Default::default()
         };
         let req = cat(&[hdr.as_slice(), args]);
-        self.mem.write_slice(&req, GuestAddress(req_addr)).unwrap();
-        let descs = [
-            SplitDescriptor::new(req_addr, req.len() as u32, VRING_DESC_F_NEXT as u16, 1),
-            SplitDescriptor::new(self.reply_addr(), 4096, VRING_DESC_F_WRITE as u16, 0),
-        ];
-        for (i, d) in descs.iter().enumerate() {
-            self.q
-                .desc_table()
-                .store(i as u16, RawDescriptor::from(*d))
-                .unwrap();
-        }
-        let idx = self.q.avail().idx().load();
-        self.q
-            .avail()
-            .ring()
-            .ref_at((idx % QSIZE) as usize)
-            .unwrap()
-            .store(0);
-        self.q.avail().idx().store(idx.wrapping_add(1));
-        self.used = idx;
+        self.0
+            .mem
+            .write_slice(&req, GuestAddress(req_addr))
+            .unwrap();
+        self.0.add_chain(
+            0,
+            &[
+                (req_addr, req.len() as u32, VRING_DESC_F_NEXT as u16, 1),
+                (self.reply_addr(), 4096, VRING_DESC_F_WRITE as u16, 0),
+            ],
+        );
     }
 
     fn used_idx(&self) -> u16 {
-        self.q.used().idx().load()
+        self.0.used_idx()
     }
 
     fn reply(&self, unique: u64) -> Reply {
-        let out: OutHeader = self.mem.read_obj(GuestAddress(self.reply_addr())).unwrap();
+        let mem = &self.0.mem;
+        let out: OutHeader = mem.read_obj(GuestAddress(self.reply_addr())).unwrap();
         assert_eq!(out.unique, unique);
         let mut data = vec![0u8; out.len as usize - 16];
-        self.mem
-            .read_slice(&mut data, GuestAddress(self.reply_addr() + 16))
+        mem.read_slice(&mut data, GuestAddress(self.reply_addr() + 16))
             .unwrap();
         Reply {
             used_len: out.len,

@@ -12,7 +12,8 @@ use super::packet::{parse_rx, parse_tx, PKT_HEADER_SIZE};
 use super::unix::muxer::VsockMuxer;
 use super::{VsockError, NUM_QUEUES, QUEUE_SIZE, RXQ_INDEX, TXQ_INDEX, VSOCK_DEVICE_ID};
 use crate::devices::virtio::{
-    check_activation, read_config_space, ActivateError, GuestMemory, VirtioDevice, VirtioInterrupt,
+    check_activation, ignore_config_write, read_config_space, ActivateError, GuestMemory,
+    VirtioDevice, VirtioInterrupt,
 };
 
 /// What the device holds between activation and reset.
@@ -196,11 +197,7 @@ impl VirtioDevice for Vsock {
     }
 
     fn write_config(&mut self, offset: u64, data: &[u8]) {
-        tracing::debug!(
-            offset,
-            len = data.len(),
-            "vsock: ignoring a config space write"
-        );
+        ignore_config_write("vsock", offset, data);
     }
 
     fn activate(

@@ -4,22 +4,13 @@
 use std::path::PathBuf;
 
 use super::*;
+use crate::devices::virtio::test_utils::{test_mem, Desc, TempDir, TestIrq, TestQueue, MEM_SIZE};
 use crate::devices::virtio::VirtioDevice;
-
-/// A fresh directory for sockets (short paths: sun_path holds 108 bytes).
-pub(super) fn temp_dir(tag: &str) -> PathBuf {
-    static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-    let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let d = std::env::temp_dir().join(format!("hv-{tag}-{}-{n}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
 
 #[test]
 fn new_binds_and_drop_removes_the_socket() {
-    let dir = temp_dir("api");
-    let path = dir.join("v.sock");
+    let dir = TempDir::new("api");
+    let path = dir.0.join("v.sock");
     let v = Vsock::new(3, path.clone()).unwrap();
     assert!(path.exists());
     assert_eq!(v.device_type(), 19);
@@ -50,12 +41,12 @@ fn new_binds_and_drop_removes_the_socket() {
 
     drop(v);
     assert!(!path.exists(), "the socket must be removed on drop");
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
 fn new_rejects_reserved_cids_and_bad_paths() {
-    let dir = temp_dir("cid");
+    let tmp = TempDir::new("cid");
+    let dir = &tmp.0;
     for cid in [0, 1, 2, u64::from(u32::MAX), u64::MAX] {
         let err = Vsock::new(cid, dir.join("x.sock")).err().unwrap();
         assert!(matches!(err, VsockError::InvalidCid(c) if c == cid));
@@ -63,7 +54,6 @@ fn new_rejects_reserved_cids_and_bad_paths() {
     assert!(!dir.join("x.sock").exists());
     let err = Vsock::new(3, dir.join("missing-dir/x.sock")).err().unwrap();
     assert!(err.to_string().contains("missing-dir/x.sock"), "{err}");
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -71,7 +61,6 @@ fn new_rejects_reserved_cids_and_bad_paths() {
 
 use std::io::{ErrorKind, Read, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -79,17 +68,14 @@ use event_manager::{EventManager, SubscriberOps};
 use virtio_bindings::bindings::virtio_ring::{
     VRING_DESC_F_INDIRECT, VRING_DESC_F_NEXT, VRING_DESC_F_WRITE,
 };
-use virtio_queue::desc::{split::Descriptor as SplitDescriptor, RawDescriptor};
-use virtio_queue::mock::MockSplitQueue;
-use virtio_queue::{Queue, QueueT};
-use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use virtio_queue::Queue;
+use vm_memory::{Bytes, GuestAddress};
 use vmm_sys_util::eventfd::EventFd;
 
 use super::packet::*;
-use crate::devices::virtio::{GuestMemory, VirtioInterrupt};
+use crate::devices::virtio::GuestMemory;
 
 pub(super) const GUEST_CID: u64 = 3;
-const MEM_SIZE: usize = 16 << 20;
 const QSIZE: u16 = 256;
 const RX_SLOTS: u16 = 64;
 const TX_SLOTS: u16 = 64;
@@ -100,19 +86,6 @@ const TX_BASE: u64 = 0x40_0000;
 const TX_SLOT_SIZE: u64 = 0x1_1000;
 /// Descriptor indices above this are free for hand-made (malformed) chains.
 const RAW_DESC_BASE: u16 = 2 * TX_SLOTS;
-
-#[derive(Default)]
-struct TestIrq(AtomicUsize);
-
-impl VirtioInterrupt for TestIrq {
-    fn signal_used_queue(&self) -> std::io::Result<()> {
-        self.0.fetch_add(1, Ordering::SeqCst);
-        Ok(())
-    }
-    fn signal_config_change(&self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
 
 /// A packet as the guest sees it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -170,29 +143,11 @@ pub(super) fn ghdr(op: u16, src_port: u32, dst_port: u32) -> Header {
     }
 }
 
-fn used_ring_addr(q: &MockSplitQueue<'static, GuestMemory>) -> GuestAddress {
-    GuestAddress(q.desc_table_addr().0 + 0x2000)
-}
-
-/// The used ring's index.
-fn used_idx(mem: &GuestMemory, q: &MockSplitQueue<'static, GuestMemory>) -> u16 {
-    mem.read_obj(GuestAddress(used_ring_addr(q).0 + 2)).unwrap()
-}
-
-/// Used ring entry `i` (mod the queue size): (id, len).
-fn used_elem(mem: &GuestMemory, q: &MockSplitQueue<'static, GuestMemory>, i: u16) -> (u32, u32) {
-    let a = used_ring_addr(q).0 + 4 + 8 * u64::from(i % QSIZE);
-    (
-        mem.read_obj(GuestAddress(a)).unwrap(),
-        mem.read_obj(GuestAddress(a + 4)).unwrap(),
-    )
-}
-
 pub(super) struct Driver {
-    pub mem: &'static GuestMemory,
-    rxq: MockSplitQueue<'static, GuestMemory>,
-    txq: MockSplitQueue<'static, GuestMemory>,
-    evq: MockSplitQueue<'static, GuestMemory>,
+    pub mem: GuestMemory,
+    rxq: TestQueue,
+    txq: TestQueue,
+    evq: TestQueue,
     pub dev: Arc<Mutex<Vsock>>,
     em: EventManager<Arc<Mutex<Vsock>>>,
     irq: Arc<TestIrq>,
@@ -206,26 +161,17 @@ pub(super) struct Driver {
     /// RX buffers used with length 0 (dropped as malformed), by head index.
     pub rx_dropped: Vec<u32>,
     pub uds: PathBuf,
-    pub dir: PathBuf,
-}
-
-impl Drop for Driver {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
+    _dir: TempDir,
 }
 
 impl Driver {
     pub fn new(tag: &str) -> Driver {
-        let dir = temp_dir(tag);
-        let uds = dir.join("v.sock");
+        let dir = TempDir::new(tag);
+        let uds = dir.0.join("v.sock");
         let dev = Arc::new(Mutex::new(Vsock::new(GUEST_CID, uds.clone()).unwrap()));
-        let mem: &'static GuestMemory = Box::leak(Box::new(
-            GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), MEM_SIZE)]).unwrap(),
-        ));
-        let rxq = MockSplitQueue::create(mem, GuestAddress(0x0), QSIZE);
-        let txq = MockSplitQueue::create(mem, GuestAddress(0x4000), QSIZE);
-        let evq = MockSplitQueue::create(mem, GuestAddress(0x8000), QSIZE);
+        let mem = test_mem();
+        let q = |at| TestQueue::create(&mem, GuestAddress(at), QSIZE);
+        let (rxq, txq, evq) = (q(0x0), q(0x4000), q(0x8000));
         let mut em = EventManager::<Arc<Mutex<Vsock>>>::new().unwrap();
         em.add_subscriber(dev.clone());
         let mut d = Driver {
@@ -244,25 +190,16 @@ impl Driver {
             tx_used: Vec::new(),
             rx_dropped: Vec::new(),
             uds,
-            dir,
+            _dir: dir,
         };
         d.activate();
         d
     }
 
     fn activate(&mut self) {
-        // MockSplitQueue (virtio-queue 0.17) places its used ring too close to the avail ring
-        // (it sizes the avail ring in entries, not bytes), so for a 256-entry queue the two
-        // overlap. The driver keeps MockSplitQueue's descriptor table and avail ring and puts the
-        // used ring at its own, non-overlapping address.
         let queues: Vec<Queue> = [&self.rxq, &self.txq, &self.evq]
             .iter()
-            .map(|q| {
-                let mut queue: Queue = q.create_queue().unwrap();
-                let used = used_ring_addr(q);
-                queue.set_used_ring_address(Some(used.0 as u32), Some(0));
-                queue
-            })
+            .map(|q| q.queue())
             .collect();
         let evts: Vec<EventFd> = (0..3)
             .map(|_| EventFd::new(libc::EFD_NONBLOCK).unwrap())
@@ -294,7 +231,7 @@ impl Driver {
     }
 
     pub fn irq_count(&self) -> usize {
-        self.irq.0.load(Ordering::SeqCst)
+        self.irq.count()
     }
 
     pub fn run_once(&mut self, ms: i32) {
@@ -303,33 +240,6 @@ impl Driver {
 
     fn kick(&self, q: usize) {
         self.kicks[q].write(1).unwrap();
-    }
-
-    fn desc(
-        &self,
-        q: &MockSplitQueue<'static, GuestMemory>,
-        i: u16,
-        addr: u64,
-        len: u32,
-        flags: u32,
-        next: u16,
-    ) {
-        q.desc_table()
-            .store(
-                i,
-                RawDescriptor::from(SplitDescriptor::new(addr, len, flags as u16, next)),
-            )
-            .unwrap();
-    }
-
-    fn push_avail(q: &MockSplitQueue<'static, GuestMemory>, head: u16) {
-        let idx = q.avail().idx().load();
-        q.avail()
-            .ring()
-            .ref_at((idx % QSIZE) as usize)
-            .unwrap()
-            .store(head);
-        q.avail().idx().store(idx.wrapping_add(1));
     }
 
     /// Posts every free RX buffer.
@@ -348,23 +258,14 @@ impl Driver {
             self.mem
                 .write_slice(&[0xee; PKT_HEADER_SIZE], GuestAddress(base))
                 .unwrap();
-            self.desc(
-                &self.rxq,
+            let (w, n) = (VRING_DESC_F_WRITE as u16, VRING_DESC_F_NEXT as u16);
+            self.rxq.add_chain(
                 2 * slot,
-                base,
-                PKT_HEADER_SIZE as u32,
-                VRING_DESC_F_WRITE | VRING_DESC_F_NEXT,
-                2 * slot + 1,
+                &[
+                    (base, PKT_HEADER_SIZE as u32, w | n, 2 * slot + 1),
+                    (base + 0x100, RX_DATA_LEN, w, 0),
+                ],
             );
-            self.desc(
-                &self.rxq,
-                2 * slot + 1,
-                base + 0x100,
-                RX_DATA_LEN,
-                VRING_DESC_F_WRITE,
-                0,
-            );
-            Self::push_avail(&self.rxq, 2 * slot);
             posted += 1;
         }
         if posted > 0 {
@@ -374,35 +275,23 @@ impl Driver {
 
     /// Posts a hand-made RX chain from raw descriptors at indices `RAW_DESC_BASE..`.
     pub fn post_raw_rx(&mut self, descs: &[RawDesc]) -> u16 {
-        let head = Self::store_raw(&self.rxq, descs);
-        Self::push_avail(&self.rxq, head);
-        self.kick(RXQ_INDEX);
-        head
+        self.post_raw(RXQ_INDEX, descs)
     }
 
     /// Queues a hand-made TX chain from raw descriptors `(addr, len, flags, next)` stored at
     /// indices `RAW_DESC_BASE..` (`next` is relative to RAW_DESC_BASE).
     pub fn send_raw(&mut self, descs: &[RawDesc]) -> u16 {
-        let head = Self::store_raw(&self.txq, descs);
-        Self::push_avail(&self.txq, head);
-        self.kick(TXQ_INDEX);
-        head
+        self.post_raw(TXQ_INDEX, descs)
     }
 
-    fn store_raw(q: &MockSplitQueue<'static, GuestMemory>, descs: &[RawDesc]) -> u16 {
-        for (i, (addr, len, flags, next)) in descs.iter().enumerate() {
-            q.desc_table()
-                .store(
-                    RAW_DESC_BASE + i as u16,
-                    RawDescriptor::from(SplitDescriptor::new(
-                        *addr,
-                        *len,
-                        *flags as u16,
-                        RAW_DESC_BASE + *next,
-                    )),
-                )
-                .unwrap();
-        }
+    fn post_raw(&mut self, q: usize, descs: &[RawDesc]) -> u16 {
+        let descs: Vec<Desc> = descs
+            .iter()
+            .map(|&(addr, len, flags, next)| (addr, len, flags as u16, RAW_DESC_BASE + next))
+            .collect();
+        let queue = if q == RXQ_INDEX { &self.rxq } else { &self.txq };
+        queue.add_chain(RAW_DESC_BASE, &descs);
+        self.kick(q);
         RAW_DESC_BASE
     }
 
@@ -420,29 +309,21 @@ impl Driver {
             .write_slice(&encode_header(&h, type_), GuestAddress(base))
             .unwrap();
         if data.is_empty() {
-            self.desc(&self.txq, 2 * slot, base, PKT_HEADER_SIZE as u32, 0, 0);
+            let hdr = (base, PKT_HEADER_SIZE as u32, 0, 0);
+            self.txq.add_chain(2 * slot, &[hdr]);
         } else {
             self.mem
                 .write_slice(data, GuestAddress(base + 0x100))
                 .unwrap();
-            self.desc(
-                &self.txq,
+            let n = VRING_DESC_F_NEXT as u16;
+            self.txq.add_chain(
                 2 * slot,
-                base,
-                PKT_HEADER_SIZE as u32,
-                VRING_DESC_F_NEXT,
-                2 * slot + 1,
-            );
-            self.desc(
-                &self.txq,
-                2 * slot + 1,
-                base + 0x100,
-                data.len() as u32,
-                0,
-                0,
+                &[
+                    (base, PKT_HEADER_SIZE as u32, n, 2 * slot + 1),
+                    (base + 0x100, data.len() as u32, 0, 0),
+                ],
             );
         }
-        Self::push_avail(&self.txq, 2 * slot);
         self.kick(TXQ_INDEX);
         true
     }
@@ -457,16 +338,13 @@ impl Driver {
     }
 
     fn reap_tx(&mut self) {
-        let used = used_idx(self.mem, &self.txq);
-        while self.tx_used_seen != used {
-            let (eid, elen) = used_elem(self.mem, &self.txq, self.tx_used_seen);
+        for (eid, elen) in self.txq.take_used(&mut self.tx_used_seen) {
             self.tx_used.push((eid, elen));
             let id = eid as u16;
             if id < RAW_DESC_BASE {
                 assert_eq!(id % 2, 0, "used id {id} is not a chain head we posted");
                 self.tx_free.push(id / 2);
             }
-            self.tx_used_seen = self.tx_used_seen.wrapping_add(1);
         }
     }
 
@@ -474,10 +352,7 @@ impl Driver {
     /// re-posted).
     pub fn take_rx(&mut self) -> Vec<Pkt> {
         let mut out = Vec::new();
-        let used = used_idx(self.mem, &self.rxq);
-        while self.rx_used_seen != used {
-            let (eid, elen) = used_elem(self.mem, &self.rxq, self.rx_used_seen);
-            self.rx_used_seen = self.rx_used_seen.wrapping_add(1);
+        for (eid, elen) in self.rxq.take_used(&mut self.rx_used_seen) {
             let id = eid as u16;
             if id >= RAW_DESC_BASE {
                 assert_eq!(elen, 0, "a malformed RX chain must be returned unused");
@@ -541,6 +416,13 @@ impl Driver {
             got.extend(self.take_rx());
         }
         got
+    }
+
+    /// A host client of the device's socket that has sent `line`.
+    pub fn dial(&self, line: &[u8]) -> UnixStream {
+        let mut s = UnixStream::connect(&self.uds).unwrap();
+        s.write_all(line).unwrap();
+        s
     }
 
     pub fn conn_count(&self) -> usize {
@@ -754,11 +636,34 @@ fn pump_all(
     }
 }
 
+/// [`pump_all`] for one guest connection and its host peer.
+fn pump_pair(
+    d: &mut Driver,
+    g: &mut GuestConn,
+    h: &mut HostPeer,
+    limit: Duration,
+    mut done: impl FnMut(&GuestConn, &HostPeer) -> bool,
+) {
+    let (g, h) = (std::slice::from_mut(g), std::slice::from_mut(h));
+    pump_all(d, g, h, limit, |g, h| done(&g[0], &h[0]));
+}
+
+/// [`pump_all`] for one guest connection whose host peer does not take part.
+fn pump_guest(
+    d: &mut Driver,
+    g: &mut GuestConn,
+    limit: Duration,
+    mut done: impl FnMut(&GuestConn) -> bool,
+) {
+    pump_all(d, std::slice::from_mut(g), &mut [], limit, |g, _| {
+        done(&g[0])
+    });
+}
+
 /// Host connects through the Unix socket to guest port `port`; the guest accepts. Returns the
 /// host peer and the guest end.
 fn host_connect(d: &mut Driver, port: u32, guest_buf_alloc: u32) -> (HostPeer, GuestConn) {
-    let mut s = UnixStream::connect(&d.uds).unwrap();
-    s.write_all(format!("CONNECT {port}\n").as_bytes()).unwrap();
+    let s = d.dial(format!("CONNECT {port}\n").as_bytes());
     let got = d.pump_until(Duration::from_secs(5), |p| {
         p.iter().any(|p| p.hdr.op == VSOCK_OP_REQUEST)
     });
@@ -773,13 +678,9 @@ fn host_connect(d: &mut Driver, port: u32, guest_buf_alloc: u32) -> (HostPeer, G
     d.send(&g.hdr(VSOCK_OP_RESPONSE), &[]);
     let mut h = HostPeer::new(s);
     let want = format!("OK {host_port}\n");
-    pump_all(
-        d,
-        std::slice::from_mut(&mut g),
-        std::slice::from_mut(&mut h),
-        Duration::from_secs(5),
-        |_, h| h[0].input.len() >= want.len(),
-    );
+    pump_pair(d, &mut g, &mut h, Duration::from_secs(5), |_, h| {
+        h.input.len() >= want.len()
+    });
     assert_eq!(String::from_utf8_lossy(&h.input), want);
     h.input.clear();
     (h, g)
@@ -807,6 +708,20 @@ fn guest_connect(
     (HostPeer::new(s), g)
 }
 
+/// A driver whose guest connected from `guest_port` to a host listener on `port`, with
+/// `buf_alloc` bytes of guest buffer: the driver, the listener, the host peer, the guest end.
+fn guest_connected(
+    tag: &str,
+    port: u32,
+    guest_port: u32,
+    buf_alloc: u32,
+) -> (Driver, UnixListener, HostPeer, GuestConn) {
+    let mut d = Driver::new(tag);
+    let l = listen_port(&d, port);
+    let (h, g) = guest_connect(&mut d, &l, port, guest_port, buf_alloc);
+    (d, l, h, g)
+}
+
 fn listen_port(d: &Driver, port: u32) -> UnixListener {
     let mut p = d.uds.as_os_str().to_owned();
     p.push(format!("_{port}"));
@@ -832,16 +747,9 @@ fn host_to_guest_listener_data_both_ways_and_half_close() {
     h.shut_wr_when_sent = true;
     g.tx = guest_data.clone();
     // Host sends everything then half-closes; the guest sees the bytes, then SHUTDOWN(SEND).
-    pump_all(
-        &mut d,
-        std::slice::from_mut(&mut g),
-        std::slice::from_mut(&mut h),
-        Duration::from_secs(20),
-        |g, h| {
-            g[0].got_shutdown & VSOCK_FLAGS_SHUTDOWN_SEND != 0
-                && h[0].input.len() == guest_data.len()
-        },
-    );
+    pump_pair(&mut d, &mut g, &mut h, Duration::from_secs(20), |g, h| {
+        g.got_shutdown & VSOCK_FLAGS_SHUTDOWN_SEND != 0 && h.input.len() == guest_data.len()
+    });
     assert!(g.rx == host_data, "host->guest bytes differ");
     assert_eq!(
         g.got_shutdown, VSOCK_FLAGS_SHUTDOWN_SEND,
@@ -852,13 +760,9 @@ fn host_to_guest_listener_data_both_ways_and_half_close() {
     // The half-closed host still receives: the guest replies, then closes.
     g.tx.extend_from_slice(b"reply after half close");
     g.shutdown_when_sent = Some(VSOCK_FLAGS_SHUTDOWN_RCV | VSOCK_FLAGS_SHUTDOWN_SEND);
-    pump_all(
-        &mut d,
-        std::slice::from_mut(&mut g),
-        std::slice::from_mut(&mut h),
-        Duration::from_secs(10),
-        |g, h| h[0].eof && g[0].got_rst,
-    );
+    pump_pair(&mut d, &mut g, &mut h, Duration::from_secs(10), |g, h| {
+        h.eof && g.got_rst
+    });
     assert!(h.input.ends_with(b"reply after half close"));
     assert_eq!(h.input.len(), guest_data.len() + 22);
     assert_eq!(d.conn_count(), 0);
@@ -866,20 +770,14 @@ fn host_to_guest_listener_data_both_ways_and_half_close() {
 
 #[test]
 fn guest_to_host_listener_data_both_ways_and_host_close() {
-    let mut d = Driver::new("g2h");
-    let l = listen_port(&d, 5000);
-    let (mut h, mut g) = guest_connect(&mut d, &l, 5000, 40_000, 128 * 1024);
+    let (mut d, _l, mut h, mut g) = guest_connected("g2h", 5000, 40_000, 128 * 1024);
     let host_data = pattern(3, 1 << 20);
     let guest_data = pattern(4, (1 << 20) + 1);
     h.out = host_data.clone();
     g.tx = guest_data.clone();
-    pump_all(
-        &mut d,
-        std::slice::from_mut(&mut g),
-        std::slice::from_mut(&mut h),
-        Duration::from_secs(30),
-        |g, h| g[0].rx.len() == host_data.len() && h[0].input.len() == guest_data.len(),
-    );
+    pump_pair(&mut d, &mut g, &mut h, Duration::from_secs(30), |g, h| {
+        g.rx.len() == host_data.len() && h.input.len() == guest_data.len()
+    });
     assert!(g.rx == host_data);
     assert!(h.input == guest_data);
     // The host closes: the guest sees SHUTDOWN with both flags and resets.
@@ -901,40 +799,26 @@ fn guest_to_host_listener_data_both_ways_and_host_close() {
 
 #[test]
 fn guest_close_flushes_buffered_bytes_then_resets() {
-    let mut d = Driver::new("gclose");
-    let l = listen_port(&d, 5001);
-    let (mut h, mut g) = guest_connect(&mut d, &l, 5001, 40_001, 64 * 1024);
+    let (mut d, _l, mut h, mut g) = guest_connected("gclose", 5001, 40_001, 64 * 1024);
     // The host does not read yet: more than the socket buffer is sent, so the device buffers.
     let data = pattern(5, 240 * 1024);
     g.tx = data.clone();
     g.shutdown_when_sent = Some(VSOCK_FLAGS_SHUTDOWN_RCV | VSOCK_FLAGS_SHUTDOWN_SEND);
-    let mut hosts: [HostPeer; 0] = [];
-    pump_all(
-        &mut d,
-        std::slice::from_mut(&mut g),
-        &mut hosts,
-        Duration::from_secs(10),
-        |g, _| g[0].tx_off == data.len() && g[0].shutdown_when_sent.is_none(),
-    );
+    pump_guest(&mut d, &mut g, Duration::from_secs(10), |g| {
+        g.tx_off == data.len() && g.shutdown_when_sent.is_none()
+    });
     d.pump_for(Duration::from_millis(50));
     // Now the host reads: it gets every byte, then EOF, and the guest its RST.
-    pump_all(
-        &mut d,
-        std::slice::from_mut(&mut g),
-        std::slice::from_mut(&mut h),
-        Duration::from_secs(10),
-        |g, h| h[0].eof && g[0].got_rst,
-    );
+    pump_pair(&mut d, &mut g, &mut h, Duration::from_secs(10), |g, h| {
+        h.eof && g.got_rst
+    });
     assert!(h.input == data);
     assert_eq!(d.conn_count(), 0);
 }
 
-#[test]
-fn flow_control_host_side_stops_reading_without_guest_credit() {
-    let mut d = Driver::new("credit");
-    let (mut h, mut g) = host_connect(&mut d, 77, 4096);
-    h.out = pattern(6, 64 * 1024);
-    // The guest consumes but never tells the device (no credit update).
+/// Runs device and host peer for 300 ms while the guest consumes what arrives but sends no
+/// credit update; true if the device asked for credit.
+fn pump_without_credit_updates(d: &mut Driver, g: &mut GuestConn, h: &mut HostPeer) -> bool {
     let mut got_credit_request = false;
     let deadline = Instant::now() + Duration::from_millis(300);
     while Instant::now() < deadline {
@@ -946,6 +830,16 @@ fn flow_control_host_side_stops_reading_without_guest_credit() {
             g.on_rx(&p);
         }
     }
+    got_credit_request
+}
+
+#[test]
+fn flow_control_host_side_stops_reading_without_guest_credit() {
+    let mut d = Driver::new("credit");
+    let (mut h, mut g) = host_connect(&mut d, 77, 4096);
+    h.out = pattern(6, 64 * 1024);
+    // The guest consumes but never tells the device (no credit update).
+    let got_credit_request = pump_without_credit_updates(&mut d, &mut g, &mut h);
     assert_eq!(g.rx.len(), 4096, "exactly the guest's credit may be sent");
     assert!(
         got_credit_request,
@@ -954,25 +848,13 @@ fn flow_control_host_side_stops_reading_without_guest_credit() {
     assert!(g.rx[..] == h.out[..4096]);
     // A credit update lets more through, again exactly up to the credit.
     d.send(&g.hdr(VSOCK_OP_CREDIT_UPDATE), &[]);
-    let deadline = Instant::now() + Duration::from_millis(300);
-    while Instant::now() < deadline {
-        h.step();
-        d.post_rx();
-        d.run_once(2);
-        for p in d.take_rx() {
-            g.on_rx(&p);
-        }
-    }
+    pump_without_credit_updates(&mut d, &mut g, &mut h);
     assert_eq!(g.rx.len(), 8192);
     // With regular updates, everything arrives.
     let want = h.out.clone();
-    pump_all(
-        &mut d,
-        std::slice::from_mut(&mut g),
-        std::slice::from_mut(&mut h),
-        Duration::from_secs(10),
-        |g, _| g[0].rx.len() == want.len(),
-    );
+    pump_pair(&mut d, &mut g, &mut h, Duration::from_secs(10), |g, _| {
+        g.rx.len() == want.len()
+    });
     assert!(g.rx == want);
 }
 
@@ -989,9 +871,7 @@ fn credit_request_from_guest_gets_credit_update() {
 
 #[test]
 fn guest_overrunning_its_credit_is_reset() {
-    let mut d = Driver::new("overrun");
-    let l = listen_port(&d, 5002);
-    let (h, g) = guest_connect(&mut d, &l, 5002, 40_002, 64 * 1024);
+    let (mut d, _l, h, g) = guest_connected("overrun", 5002, 40_002, 64 * 1024);
     // The host never reads; the guest ignores the credit the device gives it.
     let chunk = pattern(7, MAX_PKT_BUF_SIZE as usize);
     let mut rst = false;
@@ -1044,8 +924,7 @@ fn rst_for_unknown_ports_and_connections() {
 #[test]
 fn guest_refusing_a_host_connection_closes_the_host_stream() {
     let mut d = Driver::new("refuse");
-    let mut s = UnixStream::connect(&d.uds).unwrap();
-    s.write_all(b"CONNECT 4321\n").unwrap();
+    let mut s = d.dial(b"CONNECT 4321\n");
     let got = d.pump_until(Duration::from_secs(5), |p| !p.is_empty());
     assert_eq!(got[0].hdr.op, VSOCK_OP_REQUEST);
     d.send(&ghdr(VSOCK_OP_RST, 4321, got[0].hdr.src_port), &[]);
@@ -1085,13 +964,11 @@ fn bad_connect_lines_are_closed() {
         b"CONNECT 99999999999\n",
         &[b'A'; 64][..],
     ] {
-        let mut s = UnixStream::connect(&d.uds).unwrap();
-        s.write_all(line).unwrap();
+        let mut s = d.dial(line);
         pump_until_closed(&mut d, &mut s, Duration::from_secs(5));
     }
     // A client that never finishes its line is closed after the timeout.
-    let mut s = UnixStream::connect(&d.uds).unwrap();
-    s.write_all(b"CONN").unwrap();
+    let mut s = d.dial(b"CONN");
     let start = Instant::now();
     pump_until_closed(&mut d, &mut s, CONNECT_LINE_TIMEOUT * 10);
     assert!(start.elapsed() >= CONNECT_LINE_TIMEOUT);
@@ -1103,8 +980,7 @@ fn bad_connect_lines_are_closed() {
 #[test]
 fn guest_that_never_answers_a_request_times_out() {
     let mut d = Driver::new("reqto");
-    let mut s = UnixStream::connect(&d.uds).unwrap();
-    s.write_all(b"CONNECT 4322\n").unwrap();
+    let mut s = d.dial(b"CONNECT 4322\n");
     let got = d.pump_until(CONN_REQUEST_TIMEOUT * 3, |p| {
         p.iter().any(|p| p.hdr.op == VSOCK_OP_RST)
     });
@@ -1254,20 +1130,16 @@ fn reset_closes_connections_and_the_device_works_again() {
     // The old queue eventfds are gone from the loop and the new ones work.
     let (mut h, mut g) = host_connect(&mut d, 94, 64 * 1024);
     h.out = b"after reset".to_vec();
-    pump_all(
-        &mut d,
-        std::slice::from_mut(&mut g),
-        std::slice::from_mut(&mut h),
-        Duration::from_secs(5),
-        |g, _| g[0].rx.len() == 11,
-    );
+    pump_pair(&mut d, &mut g, &mut h, Duration::from_secs(5), |g, _| {
+        g.rx.len() == 11
+    });
     assert_eq!(g.rx, b"after reset");
 }
 
 #[test]
 fn host_connects_before_the_driver_is_ready() {
-    let dir = temp_dir("early");
-    let uds = dir.join("v.sock");
+    let dir = TempDir::new("early");
+    let uds = dir.0.join("v.sock");
     let dev = Arc::new(Mutex::new(Vsock::new(GUEST_CID, uds.clone()).unwrap()));
     let mut em = EventManager::<Arc<Mutex<Vsock>>>::new().unwrap();
     em.add_subscriber(dev.clone());
@@ -1281,7 +1153,6 @@ fn host_connects_before_the_driver_is_ready() {
     drop(em);
     drop(dev);
     assert!(!uds.exists());
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1492,11 +1363,8 @@ fn malformed_rx_chains_are_dropped_without_writing() {
     let head = d.post_raw_rx(&[(ro, 44 + 4096, w, 0)]);
     d.run_once(5);
     d.run_once(5);
-    let used = used_idx(d.mem, &d.rxq);
-    assert_eq!(
-        used_elem(d.mem, &d.rxq, used.wrapping_sub(1)),
-        (u32::from(head), 44)
-    );
+    let used = d.rxq.used_idx();
+    assert_eq!(d.rxq.used_elem(used.wrapping_sub(1)), (u32::from(head), 44));
     d.rx_used_seen = used;
     let mut hb = [0u8; PKT_HEADER_SIZE];
     d.mem.read_slice(&mut hb, GuestAddress(ro)).unwrap();
@@ -1508,29 +1376,16 @@ fn malformed_rx_chains_are_dropped_without_writing() {
 fn broken_avail_ring_does_not_panic() {
     let mut d = Driver::new("badring");
     // avail.idx jumps more than the queue size ahead: the queue refuses to pop.
-    let idx = d.txq.avail().idx().load();
-    d.txq.avail().idx().store(idx.wrapping_add(QSIZE + 5));
+    let idx = d.txq.avail_idx();
+    d.txq.set_avail_idx(idx.wrapping_add(QSIZE + 5));
     d.kick(TXQ_INDEX);
     d.pump_for(Duration::from_millis(20));
     // A ring entry naming a descriptor beyond the table.
-    d.txq.avail().idx().store(idx);
-    d.txq
-        .avail()
-        .ring()
-        .ref_at((idx % QSIZE) as usize)
-        .unwrap()
-        .store(QSIZE + 7);
-    d.txq.avail().idx().store(idx.wrapping_add(1));
+    d.txq.set_avail_idx(idx);
+    d.txq.push_avail(QSIZE + 7);
     d.kick(TXQ_INDEX);
     d.pump_for(Duration::from_millis(20));
-    let rx_idx = d.rxq.avail().idx().load();
-    d.rxq
-        .avail()
-        .ring()
-        .ref_at((rx_idx % QSIZE) as usize)
-        .unwrap()
-        .store(0xffff);
-    d.rxq.avail().idx().store(rx_idx.wrapping_add(1));
+    d.rxq.push_avail(0xffff);
     d.send_raw(&[(0, 44, 0, 0)]);
     d.kick(RXQ_INDEX);
     d.pump_for(Duration::from_millis(20));
@@ -1623,8 +1478,7 @@ fn connection_limit_refuses_with_rst() {
     );
     assert_eq!(d.conn_count(), MAX_CONNECTIONS);
     // A host client is refused too (closed without an answer) while the table is full.
-    let mut s = UnixStream::connect(&d.uds).unwrap();
-    s.write_all(b"CONNECT 1\n").unwrap();
+    let mut s = d.dial(b"CONNECT 1\n");
     pump_until_closed(&mut d, &mut s, Duration::from_secs(5));
     // Closing one makes room again.
     d.send(&ghdr(VSOCK_OP_RST, 60_000, 8000), &[]);
@@ -1637,23 +1491,14 @@ fn connection_limit_refuses_with_rst() {
 
 #[test]
 fn guest_close_with_a_host_that_never_reads_times_out() {
-    let mut d = Driver::new("drainto");
-    let l = listen_port(&d, 5003);
-    let (h, mut g) = guest_connect(&mut d, &l, 5003, 40_003, 64 * 1024);
+    let (mut d, _l, h, mut g) = guest_connected("drainto", 5003, 40_003, 64 * 1024);
     // More than the host socket holds, within the device's credit: some bytes stay buffered.
     g.tx = pattern(8, 2 << 20);
-    let mut hosts: [HostPeer; 0] = [];
-    pump_all(
-        &mut d,
-        std::slice::from_mut(&mut g),
-        &mut hosts,
-        Duration::from_secs(10),
-        |g, _| {
-            // Stop once the device's credit is used up (the host does not read).
-            let in_flight = (g[0].tx_off as u32).wrapping_sub(g[0].host_fwd_cnt);
-            in_flight >= g[0].host_buf_alloc && g[0].host_buf_alloc > 0
-        },
-    );
+    pump_guest(&mut d, &mut g, Duration::from_secs(10), |g| {
+        // Stop once the device's credit is used up (the host does not read).
+        let in_flight = (g.tx_off as u32).wrapping_sub(g.host_fwd_cnt);
+        in_flight >= g.host_buf_alloc && g.host_buf_alloc > 0
+    });
     d.send(
         &g.hdr(VSOCK_OP_SHUTDOWN)
             .with_flags(VSOCK_FLAGS_SHUTDOWN_RCV | VSOCK_FLAGS_SHUTDOWN_SEND),

@@ -1,3 +1,5 @@
 //! The hybrid (Unix socket) host side of the device.
 
 pub mod muxer;
+mod muxer_killq;
+mod muxer_rxq;

@@ -1,15 +1,10 @@
 //! The host side of the device: a muxer over the Unix listener, the host clients still sending
 //! their `CONNECT` line, and every connection's Unix stream, all polled by one epoll whose fd the
-//! device registers with the VMM's event loop.
-//!
-//! It also holds the RX queue, the packets waiting for a guest RX buffer, with explicit bounds:
-//! - connections with something to send (`rx_conns`), each present at most once, so at most
-//!   `MAX_CONNECTIONS`; the packet itself is built only when the buffer is there (data is read
-//!   from the host stream straight into guest memory at that moment);
-//! - RST replies to packets that match no connection (`rx_rsts`), at most `MAX_PENDING_RST`;
-//!   while that queue is full the device stops reading the TX queue ([`VsockMuxer::can_accept_tx`]).
+//! device registers with the VMM's event loop. It owns the connections and routes packets between
+//! them and the guest; what waits for the guest is in its RX queue (`muxer_rxq`), and the
+//! deadlines that end connections are in its kill queue (`muxer_killq`).
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::io::{self, Read};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
@@ -18,15 +13,16 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
-use vmm_sys_util::timerfd::TimerFd;
 
+use super::muxer_killq::MuxerKillQ;
+use super::muxer_rxq::MuxerRxQ;
 use crate::devices::virtio::vsock::csm::connection::VsockConnection;
 use crate::devices::virtio::vsock::packet::{
     write_header, Header, Packet, VSOCK_OP_REQUEST, VSOCK_OP_RST, VSOCK_TYPE_STREAM,
 };
 use crate::devices::virtio::vsock::{
     VsockError, CONNECT_LINE_TIMEOUT, MAX_CONNECTIONS, MAX_CONNECT_LINE, MAX_PENDING_HOST_CONNECTS,
-    MAX_PENDING_RST, VSOCK_HOST_CID,
+    VSOCK_HOST_CID,
 };
 
 /// epoll data of the listener and of the timer; streams use their fd.
@@ -58,13 +54,11 @@ pub struct VsockMuxer {
     uds_path: PathBuf,
     listener: UnixListener,
     epoll: Epoll,
-    timer: TimerFd,
-    timer_deadline: Option<Instant>,
+    killq: MuxerKillQ,
     conns: HashMap<ConnKey, VsockConnection>,
     fd_to_key: HashMap<RawFd, ConnKey>,
     pending_hosts: HashMap<RawFd, PendingHost>,
-    rx_conns: VecDeque<ConnKey>,
-    rx_rsts: VecDeque<ConnKey>,
+    rxq: MuxerRxQ,
     next_local_port: u32,
 }
 
@@ -93,36 +87,29 @@ impl VsockMuxer {
             .set_nonblocking(true)
             .map_err(|e| cleanup(VsockError::Setup("listener O_NONBLOCK", e)))?;
         let epoll = Epoll::new().map_err(|e| cleanup(VsockError::Setup("epoll", e)))?;
-        let timer = TimerFd::new().map_err(|e| cleanup(VsockError::Setup("timerfd", e.into())))?;
-        // Non-blocking, so that reading a timer that was re-armed meanwhile cannot stall.
-        set_nonblocking(timer.as_raw_fd())
-            .map_err(|e| cleanup(VsockError::Setup("timerfd O_NONBLOCK", e)))?;
-        epoll
-            .ctl(
-                ControlOperation::Add,
-                listener.as_raw_fd(),
-                EpollEvent::new(EventSet::IN, LISTENER_TOKEN),
-            )
-            .map_err(|e| cleanup(VsockError::Setup("epoll add listener", e)))?;
-        epoll
-            .ctl(
-                ControlOperation::Add,
-                timer.as_raw_fd(),
-                EpollEvent::new(EventSet::IN, TIMER_TOKEN),
-            )
-            .map_err(|e| cleanup(VsockError::Setup("epoll add timer", e)))?;
+        let killq = MuxerKillQ::new().map_err(cleanup)?;
+        for (fd, token, what) in [
+            (listener.as_raw_fd(), LISTENER_TOKEN, "epoll add listener"),
+            (killq.as_raw_fd(), TIMER_TOKEN, "epoll add timer"),
+        ] {
+            epoll
+                .ctl(
+                    ControlOperation::Add,
+                    fd,
+                    EpollEvent::new(EventSet::IN, token),
+                )
+                .map_err(|e| cleanup(VsockError::Setup(what, e)))?;
+        }
         Ok(VsockMuxer {
             guest_cid,
             uds_path,
             listener,
             epoll,
-            timer,
-            timer_deadline: None,
+            killq,
             conns: HashMap::new(),
             fd_to_key: HashMap::new(),
             pending_hosts: HashMap::new(),
-            rx_conns: VecDeque::new(),
-            rx_rsts: VecDeque::new(),
+            rxq: MuxerRxQ::default(),
             next_local_port: FIRST_LOCAL_PORT,
         })
     }
@@ -139,11 +126,11 @@ impl VsockMuxer {
     /// Whether a packet from the guest can be handled now: any packet may need an RST reply, so
     /// none is taken while the RST queue is full.
     pub fn can_accept_tx(&self) -> bool {
-        self.rx_rsts.len() < MAX_PENDING_RST
+        self.rxq.has_rst_room()
     }
 
     pub fn has_pending_rx(&self) -> bool {
-        !self.rx_rsts.is_empty() || !self.rx_conns.is_empty()
+        !self.rxq.is_empty()
     }
 
     /// The guest driver reset the device: every connection ends (host streams are closed), and
@@ -156,17 +143,8 @@ impl VsockMuxer {
             }
             self.update(key);
         }
-        self.rx_conns.clear();
-        self.rx_rsts.clear();
+        self.rxq.clear();
         self.rearm_timer();
-    }
-
-    fn enq_rst(&mut self, key: ConnKey) {
-        if self.rx_rsts.len() < MAX_PENDING_RST {
-            self.rx_rsts.push_back(key);
-        } else {
-            tracing::warn!(?key, "vsock: RST queue full; dropping an RST");
-        }
     }
 
     /// Handles a packet the guest sent (TX queue).
@@ -186,7 +164,7 @@ impl VsockMuxer {
         let op = pkt.op();
         if pkt.type_() != VSOCK_TYPE_STREAM {
             if op != VSOCK_OP_RST {
-                self.enq_rst(key);
+                self.rxq.push_rst(key);
             }
             return;
         }
@@ -195,7 +173,7 @@ impl VsockMuxer {
                 if op == VSOCK_OP_REQUEST {
                     self.guest_connect(key, pkt);
                 } else if op != VSOCK_OP_RST {
-                    self.enq_rst(key);
+                    self.rxq.push_rst(key);
                 }
             }
             Some(conn) => {
@@ -214,7 +192,7 @@ impl VsockMuxer {
     fn guest_connect(&mut self, key: ConnKey, pkt: &Packet<'_>) {
         if self.conns.len() >= MAX_CONNECTIONS {
             tracing::warn!("vsock: connection limit reached; refusing a guest connection");
-            self.enq_rst(key);
+            self.rxq.push_rst(key);
             return;
         }
         let mut path = self.uds_path.as_os_str().to_owned();
@@ -233,7 +211,7 @@ impl VsockMuxer {
             }
             Err(e) => {
                 tracing::debug!(path = ?path, error = %e, "vsock: guest connection refused");
-                self.enq_rst(key);
+                self.rxq.push_rst(key);
             }
         }
     }
@@ -271,7 +249,7 @@ impl VsockMuxer {
                 drop(c);
             }
             if in_rxq {
-                self.rx_conns.retain(|k| *k != key);
+                self.rxq.remove_conn(key);
             }
             if had_expiry {
                 self.rearm_timer();
@@ -307,7 +285,7 @@ impl VsockMuxer {
         }
         if conn.has_pending_rx() && !conn.in_rxq {
             conn.in_rxq = true;
-            self.rx_conns.push_back(key);
+            self.rxq.push_conn(key);
         }
         if conn.expiry() != conn.timer_seen {
             conn.timer_seen = conn.expiry();
@@ -317,7 +295,7 @@ impl VsockMuxer {
 
     /// Fills an RX packet; false if nothing is pending after all.
     pub fn recv_pkt(&mut self, pkt: &mut Packet<'_>) -> bool {
-        if let Some(key) = self.rx_rsts.pop_front() {
+        if let Some(key) = self.rxq.pop_rst() {
             write_header(
                 pkt,
                 &Header {
@@ -332,8 +310,8 @@ impl VsockMuxer {
             return true;
         }
         // Round robin over the connections with something to send; each is looked at most once.
-        for _ in 0..self.rx_conns.len() {
-            let Some(key) = self.rx_conns.pop_front() else {
+        for _ in 0..self.rxq.conn_count() {
+            let Some(key) = self.rxq.pop_conn() else {
                 break;
             };
             let Some(conn) = self.conns.get_mut(&key) else {
@@ -517,17 +495,8 @@ impl VsockMuxer {
     }
 
     fn on_timer(&mut self) {
-        // Non-blocking read: clears the expiration (or fails harmlessly if it was re-armed).
-        let _ = self.timer.wait();
-        self.timer_deadline = None;
-        let now = Instant::now();
-        let expired: Vec<ConnKey> = self
-            .conns
-            .iter()
-            .filter(|(_, c)| c.expiry().is_some_and(|e| e <= now))
-            .map(|(k, _)| *k)
-            .collect();
-        for key in expired {
+        let now = self.killq.fired();
+        for key in MuxerKillQ::expired(&self.conns, now) {
             if let Some(conn) = self.conns.get_mut(&key) {
                 conn.timeout();
             }
@@ -554,23 +523,7 @@ impl VsockMuxer {
             .filter_map(|c| c.expiry())
             .chain(self.pending_hosts.values().map(|p| p.deadline))
             .min();
-        if earliest == self.timer_deadline {
-            return;
-        }
-        self.timer_deadline = earliest;
-        let res = match earliest {
-            Some(t) => {
-                // A zero duration would disarm the timer: fire in 1 ms at the earliest.
-                let d = t
-                    .saturating_duration_since(Instant::now())
-                    .max(std::time::Duration::from_millis(1));
-                self.timer.reset(d, None)
-            }
-            None => self.timer.clear(),
-        };
-        if let Err(e) = res {
-            tracing::warn!(error = %e, "vsock: cannot arm the timer");
-        }
+        self.killq.rearm(earliest);
     }
 }
 
@@ -592,7 +545,7 @@ fn parse_connect_line(line: &[u8]) -> Option<u32> {
     port.parse().ok()
 }
 
-fn set_nonblocking(fd: RawFd) -> io::Result<()> {
+pub(super) fn set_nonblocking(fd: RawFd) -> io::Result<()> {
     // SAFETY: fcntl on an fd the caller owns; no memory is passed.
     let flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };
     if flags < 0 {
@@ -667,10 +620,8 @@ mod tests {
 
     #[test]
     fn nonblocking_connect_refuses_missing_and_full() {
-        let dir = std::env::temp_dir().join(format!("hull-vsock-nbc.{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        let p = dir.join("l");
+        let dir = crate::devices::virtio::test_utils::TempDir::new("nbc");
+        let p = dir.0.join("l");
         assert!(connect_nonblocking(&p).is_err());
         let listener = UnixListener::bind(&p).unwrap();
         let mut ok = Vec::new();
@@ -688,6 +639,5 @@ mod tests {
         assert!(refused, "connect to a full backlog never failed");
         assert!(!ok.is_empty());
         drop(listener);
-        let _ = std::fs::remove_dir_all(&dir);
     }
 }
