@@ -492,8 +492,10 @@ mod tests {
     async fn bad_input_leaves_nothing_behind() {
         let root = std::env::temp_dir().join(format!("hull-sb-bad-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&root);
-        let mut cfg = RuntimeConfig::default();
-        cfg.kernel = root.join("no-such-vmlinux");
+        let mut cfg = RuntimeConfig {
+            kernel: root.join("no-such-vmlinux"),
+            ..RuntimeConfig::default()
+        };
         let e = Sandbox::create(&cfg, &root, "x", &SandboxOptions::default())
             .await
             .err()
