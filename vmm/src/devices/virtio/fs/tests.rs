@@ -1574,11 +1574,11 @@ fn workers_serve_the_queues_off_the_event_loop() {
     guest.send(2, Opcode::Lookup as u32, ROOT, &cstr("f"));
     kick[1].write(1).unwrap();
     wait_until("LOOKUP served", || guest.used_idx() == 2);
-    let t = Instant::now();
+    // The event loop is not stuck behind the frozen worker: five passes of it complete (a
+    // stuck loop would hang here until the test harness's limit).
     for _ in 0..5 {
         em.run_with_timeout(10).unwrap();
     }
-    assert!(t.elapsed() < Duration::from_secs(5));
     {
         let d = dev.lock().unwrap();
         let mut cfg = [0u8; 4];
