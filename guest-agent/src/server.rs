@@ -235,6 +235,10 @@ async fn serve_control(agent: Arc<Agent>, conn: BoxConn) {
                     after_reply();
                 });
                 send(&tx, ResponseFrame { id, result }, Some(ack_tx)).await;
+                // Fault injection for tests: keep this call's task alive after its reply is
+                // written, the window in which a host hang-up aborts it. An action run here
+                // instead of in its own task would be lost (the shutdown race once seen).
+                hold_after_reply().await;
             } else {
                 send(&tx, ResponseFrame { id, result }, None).await;
             }
@@ -244,6 +248,21 @@ async fn serve_control(agent: Arc<Agent>, conn: BoxConn) {
     calls.abort_all();
     drop(tx);
     let _ = writer.await;
+}
+
+/// `HULL_AGENT_TEST_HOLD_AFTER_REPLY_MS`: how long a call's task lingers after writing a reply
+/// that has an after-reply action (tests only; unset, it does not linger).
+async fn hold_after_reply() {
+    static HOLD: std::sync::OnceLock<Option<Duration>> = std::sync::OnceLock::new();
+    let hold = HOLD.get_or_init(|| {
+        std::env::var("HULL_AGENT_TEST_HOLD_AFTER_REPLY_MS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .map(Duration::from_millis)
+    });
+    if let Some(d) = hold {
+        tokio::time::sleep(*d).await;
+    }
 }
 
 fn error_frame(id: u64, e: AgentError) -> ResponseFrame {

@@ -16,6 +16,11 @@ pub struct TestAgent {
 
 impl TestAgent {
     pub fn start() -> TestAgent {
+        TestAgent::start_with_env(&[])
+    }
+
+    /// Starts the agent with extra environment variables (e.g. a fault-injection hook).
+    pub fn start_with_env(env: &[(&str, &str)]) -> TestAgent {
         let base = std::env::temp_dir();
         let dir = (0u32..)
             .map(|n| base.join(format!("hull-agent-test.{}.{n}", std::process::id())))
@@ -27,6 +32,7 @@ impl TestAgent {
             .arg("--listen")
             .arg(format!("unix:{}", sock.display()))
             .env("HULL_AGENT_LOG", "debug")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log)
