@@ -5,15 +5,14 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use hull_agent_protocol::frame::{read_frame_async, write_frame_async, write_raw_frame_async};
 use hull_agent_protocol::{
-    decode_hello_reply, decode_response, encode_frame, AgentError, ConnectionKind, ExitStatus,
-    GuestStats, HealthInfo, Hello, HelloReply, MountRequest, ProcessId, ProcessInfo, Redirect,
-    Request, RequestFrame, Response, SpawnRequest, StdStream, StdioSpec, VersionInfo,
-    PROTOCOL_VERSION,
+    decode_hello_reply, decode_response, encode_frame, ConnectionKind, ExitStatus, GuestStats,
+    HealthInfo, Hello, HelloReply, MountRequest, ProcessId, ProcessInfo, Redirect, Request,
+    RequestFrame, Response, SpawnRequest, StdStream, StdioSpec, VersionInfo, PROTOCOL_VERSION,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::unix::OwnedWriteHalf;
 use tokio::net::UnixStream;
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, Notify};
 use tokio::task::JoinHandle;
 
 use super::endpoint::Endpoint;
@@ -28,12 +27,41 @@ pub const MAX_RUN_OUTPUT: u64 = 256 << 20;
 const BACKOFF_START: Duration = Duration::from_millis(10);
 const BACKOFF_MAX: Duration = Duration::from_millis(250);
 
-type Pending = Mutex<HashMap<u64, oneshot::Sender<Result<Response, AgentError>>>>;
+/// What a call receives: the agent's reply, or why there is none (the agent's error, a reply
+/// this client cannot decode, a broken connection).
+type Reply = Result<Response, Error>;
+
+/// The calls waiting for a reply. Once the reader is gone (`closed`), no call may be added: its
+/// reply could never arrive.
+#[derive(Default)]
+struct Calls {
+    waiting: HashMap<u64, oneshot::Sender<Reply>>,
+    closed: bool,
+}
 
 struct Shared {
     writer: tokio::sync::Mutex<OwnedWriteHalf>,
-    pending: Pending,
+    calls: Mutex<Calls>,
     next_id: AtomicU64,
+}
+
+impl Shared {
+    fn calls(&self) -> std::sync::MutexGuard<'_, Calls> {
+        self.calls.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// Removes a call's entry when the call ends in any way (reply, timeout, error, or the caller
+/// dropping the future), so that calls whose replies never come leave nothing behind.
+struct Forget<'a> {
+    shared: &'a Shared,
+    id: u64,
+}
+
+impl Drop for Forget<'_> {
+    fn drop(&mut self) {
+        self.shared.calls().waiting.remove(&self.id);
+    }
 }
 
 /// A control connection to the agent.
@@ -43,6 +71,7 @@ pub struct AgentClient {
     reader: JoinHandle<()>,
     call_timeout: Duration,
     connect_timeout: Duration,
+    max_run_output: u64,
 }
 
 impl Drop for AgentClient {
@@ -99,7 +128,7 @@ impl AgentClient {
         let (rd, wr) = s.into_split();
         let shared = Arc::new(Shared {
             writer: tokio::sync::Mutex::new(wr),
-            pending: Mutex::new(HashMap::new()),
+            calls: Mutex::new(Calls::default()),
             next_id: AtomicU64::new(1),
         });
         let reader = tokio::spawn(read_responses(rd, shared.clone()));
@@ -109,6 +138,7 @@ impl AgentClient {
             reader,
             call_timeout: DEFAULT_CALL_TIMEOUT,
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+            max_run_output: MAX_RUN_OUTPUT,
         })
     }
 
@@ -157,24 +187,22 @@ impl AgentClient {
         let what = req.type_name();
         let frame = encode_frame(&RequestFrame { id, call: req })?;
         let (tx, rx) = oneshot::channel();
-        self.shared
-            .pending
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(id, tx);
+        {
+            let mut calls = self.shared.calls();
+            if calls.closed {
+                return Err(Error::Closed);
+            }
+            calls.waiting.insert(id, tx);
+        }
+        let _forget = Forget {
+            shared: &self.shared,
+            id,
+        };
         let sent = {
             let mut w = self.shared.writer.lock().await;
             write_raw_frame_async(&mut *w, &frame).await
         };
-        let forget = || {
-            self.shared
-                .pending
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .remove(&id);
-        };
         if sent.is_err() {
-            forget();
             return Err(Error::Closed);
         }
         let reply = match timeout {
@@ -182,7 +210,6 @@ impl AgentClient {
             Some(t) => match tokio::time::timeout(t, rx).await {
                 Ok(r) => r,
                 Err(_) => {
-                    forget();
                     return Err(Error::Timeout {
                         what: format!("{what} call"),
                         after: t,
@@ -190,10 +217,19 @@ impl AgentClient {
                 }
             },
         };
-        match reply {
-            Ok(r) => r.map_err(Error::Agent),
-            Err(_) => Err(Error::Closed),
-        }
+        reply.unwrap_or(Err(Error::Closed))
+    }
+
+    /// Calls waiting for a reply.
+    #[cfg(test)]
+    pub(super) fn calls_waiting(&self) -> usize {
+        self.shared.calls().waiting.len()
+    }
+
+    /// Sets the cap of [`AgentClient::run`] on each stream's output.
+    #[cfg(test)]
+    pub(super) fn set_max_run_output(&mut self, cap: u64) {
+        self.max_run_output = cap;
     }
 
     async fn call_timed(&self, req: Request) -> Result<Response, Error> {
@@ -396,7 +432,8 @@ impl AgentClient {
 
     /// Runs a process to completion: spawns it, feeds it `stdin` (closing it afterwards; with
     /// `None` stdin is /dev/null), collects stdout and stderr (at most [`MAX_RUN_OUTPUT`] bytes
-    /// each), and waits for the exit.
+    /// each), and waits for the exit. A process that writes more than that to one stream is
+    /// killed (with its process group) and the call fails.
     pub async fn run(
         &self,
         mut req: SpawnRequest,
@@ -417,16 +454,23 @@ impl AgentClient {
             StdioSpec::Terminal { .. } => (true, false),
         };
         let p = self.spawn(req).await?;
-        // The guest is not trusted: collect at most MAX_RUN_OUTPUT bytes per stream.
+        // The guest is not trusted: collect at most `cap` bytes per stream. A stream that has
+        // more is dropped, and `overflow` says so: the process would otherwise block on a pipe
+        // nobody reads any more, and never exit.
+        let cap = self.max_run_output;
+        let overflow = Arc::new(Notify::new());
         let collect = |s: Option<UnixStream>| {
+            let overflow = overflow.clone();
             tokio::spawn(async move {
                 let mut v = Vec::new();
                 if let Some(s) = s {
-                    s.take(MAX_RUN_OUTPUT + 1).read_to_end(&mut v).await?;
+                    s.take(cap + 1).read_to_end(&mut v).await?;
                 }
-                if v.len() as u64 > MAX_RUN_OUTPUT {
+                if v.len() as u64 > cap {
+                    overflow.notify_one();
                     return Err(std::io::Error::other(format!(
-                        "the process wrote more than {MAX_RUN_OUTPUT} bytes to one stream;                          use open_stream to read that much"
+                        "the process wrote more than {cap} bytes to one stream and was killed; \
+                         use open_stream to read that much"
                     )));
                 }
                 Ok::<_, std::io::Error>(v)
@@ -450,7 +494,22 @@ impl AgentClient {
             }
             drop(s);
         }
-        let status = self.wait(p.process).await?;
+        let status = tokio::select! {
+            status = self.wait(p.process) => status?,
+            () = overflow.notified() => {
+                // Best effort: the process may have exited meanwhile.
+                let kill = nix::sys::signal::Signal::SIGKILL as i32;
+                if let Err(e) = self.signal(p.process, kill, true).await {
+                    tracing::debug!("killing process {} after too much output: {e}", p.process.0);
+                }
+                let status = self.wait(p.process).await?;
+                // Its unread output stays in the guest until released.
+                if let Err(e) = self.release(p.process).await {
+                    tracing::debug!("releasing process {}: {e}", p.process.0);
+                }
+                status
+            }
+        };
         let join = |h: JoinHandle<std::io::Result<Vec<u8>>>| async move {
             h.await
                 .map_err(|e| Error::Protocol(format!("stream reader failed: {e}")))?
@@ -468,52 +527,71 @@ fn unexpected(call: &str, r: &Response) -> Error {
     Error::Protocol(format!("unexpected reply to {call}: {r:?}"))
 }
 
+/// Frames that belong to no call (id-0 errors, frames without a readable id) are logged, but
+/// a guest can send any number of them: after the first few, only every this many-th is.
+const NOISE_LOG_FIRST: u64 = 8;
+const NOISE_LOG_EVERY: u64 = 1000;
+
+/// Reads the agent's replies and hands each to its call. Everything here comes from the guest:
+/// frames are bounded by the protocol's maximum frame size (checked before allocating), replies
+/// to ids nobody waits for are dropped, and a frame that cannot be split from the stream ends
+/// the connection: every waiting call fails with the reason, later calls with
+/// [`Error::Closed`], and the connection is shut down.
 async fn read_responses(mut rd: tokio::net::unix::OwnedReadHalf, shared: Arc<Shared>) {
-    loop {
+    let mut noise = 0u64;
+    let mut note_noise = |what: &str| {
+        noise += 1;
+        if noise <= NOISE_LOG_FIRST || noise.is_multiple_of(NOISE_LOG_EVERY) {
+            tracing::warn!("agent connection: {what} ({noise} frames for no call so far)");
+        }
+    };
+    let failure = loop {
         let payload = match read_frame_async(&mut rd).await {
             Ok(Some(p)) => p,
-            Ok(None) => break,
+            Ok(None) => break None,
             Err(e) => {
-                tracing::warn!("agent connection: {e}");
-                break;
+                tracing::warn!("agent connection: {e}; closing it");
+                break Some(format!("bad frame from the agent: {e}"));
             }
         };
-        let (id, result) = match decode_response(&payload) {
-            Ok(f) => (f.id, f.result),
+        let (id, reply) = match decode_response(&payload) {
+            Ok(f) => (f.id, f.result.map_err(Error::Agent)),
             Err((Some(id), msg)) => (
                 id,
-                Err(AgentError::new(
-                    hull_agent_protocol::ErrorKind::Other,
-                    format!("undecodable reply: {msg}"),
-                )),
+                Err(Error::Protocol(format!("undecodable reply: {msg}"))),
             ),
             Err((None, msg)) => {
-                tracing::warn!("agent sent an undecodable frame: {msg}");
+                note_noise(&format!("undecodable frame: {msg}"));
                 continue;
             }
         };
         if id == 0 {
-            if let Err(e) = &result {
-                tracing::warn!("agent reported a protocol error: {e}");
+            match &reply {
+                Err(e) => note_noise(&format!("the agent reported a protocol error: {e}")),
+                Ok(r) => note_noise(&format!("a reply with id 0: {r:?}")),
             }
             continue;
         }
-        let tx = shared
-            .pending
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&id);
+        let tx = shared.calls().waiting.remove(&id);
         match tx {
             Some(tx) => {
-                let _ = tx.send(result);
+                let _ = tx.send(reply);
             }
-            None => tracing::debug!("reply to request {id}, which nobody waits for any more"),
+            None => tracing::debug!("reply to request {id}, which nobody waits for (any more)"),
         }
+    };
+    let waiting = {
+        let mut calls = shared.calls();
+        calls.closed = true;
+        std::mem::take(&mut calls.waiting)
+    };
+    for (_, tx) in waiting {
+        let _ = tx.send(Err(match &failure {
+            Some(why) => Error::Protocol(why.clone()),
+            None => Error::Closed,
+        }));
     }
-    // Dropping the senders fails every pending call with Closed.
-    shared
-        .pending
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .clear();
+    // The stream has no usable frame boundary any more (or the agent is gone): let the agent
+    // see the end too.
+    let _ = shared.writer.lock().await.shutdown().await;
 }

@@ -161,3 +161,428 @@ async fn a_silent_agent_times_out() {
     assert!(matches!(e, Error::Timeout { .. }), "{e}");
     keep.abort();
 }
+
+// ---- A hostile agent: whatever the guest sends, the client stays bounded and answers with
+// ---- typed errors.
+
+/// Waits for `fut`, failing the test if it does not finish within a generous deadline (a hang
+/// is the bug these tests look for).
+async fn finishes<T>(what: &str, fut: impl std::future::Future<Output = T>) -> T {
+    tokio::time::timeout(Duration::from_secs(60), fut)
+        .await
+        .unwrap_or_else(|_| panic!("{what} hung"))
+}
+
+/// A fake agent on a Unix socket: answers every connection's hello, then hands the connection
+/// to `handler`. Returns the connected client (and the directory to keep alive).
+async fn hostile_agent<F, Fut>(tag: &str, handler: F) -> (Dir, AgentClient)
+where
+    F: Fn(ConnectionKind, UnixStream) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let dir = tmp(tag);
+    let sock = dir.0.join("a.sock");
+    let listener = UnixListener::bind(&sock).unwrap();
+    let handler = std::sync::Arc::new(handler);
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            let handler = handler.clone();
+            tokio::spawn(async move {
+                let hello = read_frame_async(&mut s).await.unwrap().unwrap();
+                let h = decode_hello(&hello).unwrap();
+                let ok = HelloReply {
+                    version: PROTOCOL_VERSION,
+                    result: Ok(()),
+                };
+                write_frame_async(&mut s, &ok).await.unwrap();
+                handler(h.connection, s).await;
+            });
+        }
+    });
+    let c = AgentClient::connect(Endpoint::unix(&sock), Duration::from_secs(20))
+        .await
+        .unwrap();
+    (dir, c)
+}
+
+/// The next request on a control connection (`None` once the client is gone).
+async fn next_request(s: &mut UnixStream) -> Option<hull_agent_protocol::RequestFrame> {
+    let p = read_frame_async(s).await.ok()??;
+    Some(decode_request(&p).unwrap())
+}
+
+async fn reply(s: &mut UnixStream, id: u64, result: Result<Response, AgentError>) {
+    write_frame_async(s, &ResponseFrame { id, result })
+        .await
+        .unwrap();
+}
+
+/// A health reply that says which request it answers.
+fn health(uptime_ms: u64) -> Result<Response, AgentError> {
+    Ok(Response::Health(HealthInfo {
+        uptime_ms,
+        running_processes: 0,
+    }))
+}
+
+/// One raw frame: the payload behind its length header.
+fn raw_frame(payload: &[u8]) -> Vec<u8> {
+    let mut f = (payload.len() as u32).to_be_bytes().to_vec();
+    f.extend_from_slice(payload);
+    f
+}
+
+async fn uptime(c: &AgentClient) -> u64 {
+    c.health().await.unwrap().uptime_ms
+}
+
+#[tokio::test]
+async fn replies_to_unknown_ids_are_dropped() {
+    let (_dir, c) = hostile_agent("unknown-id", |_, mut s| async move {
+        while let Some(req) = next_request(&mut s).await {
+            for bogus in [req.id + 1000, u64::MAX, req.id.wrapping_sub(1)] {
+                reply(&mut s, bogus, health(666)).await;
+            }
+            reply(&mut s, req.id, health(req.id)).await;
+        }
+    })
+    .await;
+    assert_eq!(uptime(&c).await, 1);
+    assert_eq!(uptime(&c).await, 2);
+    assert_eq!(c.calls_waiting(), 0);
+}
+
+#[tokio::test]
+async fn duplicate_replies_reach_only_their_own_call() {
+    let (_dir, c) = hostile_agent("dup-id", |_, mut s| async move {
+        while let Some(req) = next_request(&mut s).await {
+            reply(&mut s, req.id, health(req.id)).await;
+            reply(&mut s, req.id, health(9999)).await;
+            reply(&mut s, req.id, Err(AgentError::new(ErrorKind::Io, "dup"))).await;
+        }
+    })
+    .await;
+    for id in 1..=3 {
+        assert_eq!(uptime(&c).await, id);
+    }
+    // Concurrent calls each get the reply with their own id.
+    let (a, b) = tokio::join!(uptime(&c), uptime(&c));
+    assert_eq!((a.min(b), a.max(b)), (4, 5));
+    assert_eq!(c.calls_waiting(), 0);
+}
+
+#[tokio::test]
+async fn the_wrong_reply_type_is_a_protocol_error() {
+    let (_dir, c) = hostile_agent("wrong-type", |_, mut s| async move {
+        while let Some(req) = next_request(&mut s).await {
+            let r = match req.call {
+                Request::Wait { .. } => health(1),
+                _ => Ok(Response::Done),
+            };
+            reply(&mut s, req.id, r).await;
+        }
+    })
+    .await;
+    let e = c.health().await.unwrap_err();
+    assert!(matches!(e, Error::Protocol(_)), "{e}");
+    assert!(e.to_string().contains("unexpected reply to health"), "{e}");
+    let e = c.wait(hull_agent_protocol::ProcessId(1)).await.unwrap_err();
+    assert!(e.to_string().contains("unexpected reply to wait"), "{e}");
+    let e = c
+        .spawn(hull_agent_protocol::SpawnRequest::new(["/bin/true"]))
+        .await
+        .unwrap_err();
+    assert!(matches!(e, Error::Protocol(_)), "{e}");
+    // The connection is still fine for calls whose reply type matches.
+    c.release(hull_agent_protocol::ProcessId(1)).await.unwrap();
+}
+
+#[tokio::test]
+async fn undecodable_frames_fail_their_call_or_are_skipped() {
+    let (_dir, c) = hostile_agent("undecodable", |_, mut s| async move {
+        while let Some(req) = next_request(&mut s).await {
+            // No readable id: skipped.
+            s.write_all(&raw_frame(b"\xff\x00 not json")).await.unwrap();
+            s.write_all(&raw_frame(b"[1, 2, 3]")).await.unwrap();
+            s.write_all(&raw_frame(b"{\"id\": \"one\"}")).await.unwrap();
+            if req.id == 1 {
+                // A readable id with a result this client cannot decode: that call fails.
+                let bad = format!(
+                    "{{\"id\": {}, \"result\": {{\"Ok\": {{\"type\": \"teleport\"}}}}}}",
+                    req.id
+                );
+                s.write_all(&raw_frame(bad.as_bytes())).await.unwrap();
+            } else {
+                reply(&mut s, req.id, health(req.id)).await;
+            }
+        }
+    })
+    .await;
+    let e = c.health().await.unwrap_err();
+    // The client's own decoding failed: not an error the agent reported.
+    assert!(matches!(e, Error::Protocol(_)), "{e}");
+    assert_eq!(e.agent_kind(), None);
+    assert!(e.to_string().contains("undecodable reply"), "{e}");
+    assert_eq!(uptime(&c).await, 2);
+    assert_eq!(c.calls_waiting(), 0);
+}
+
+#[tokio::test]
+async fn an_oversized_frame_fails_the_calls_and_closes_the_connection() {
+    let (closed_tx, closed_rx) = tokio::sync::oneshot::channel();
+    let closed_tx = std::sync::Mutex::new(Some(closed_tx));
+    let (_dir, c) = hostile_agent("oversized", move |_, mut s| {
+        let closed_tx = closed_tx.lock().unwrap().take();
+        async move {
+            next_request(&mut s).await.unwrap();
+            // A header announcing 4 GiB (the maximum is 1 MiB), and nothing after it: the client
+            // must refuse it from the header alone, without allocating or waiting for it.
+            s.write_all(&u32::MAX.to_be_bytes()).await.unwrap();
+            // The client shuts the connection down: the agent sees the end.
+            while next_request(&mut s).await.is_some() {}
+            let _ = closed_tx.unwrap().send(());
+        }
+    })
+    .await;
+    let e = finishes("a call answered by an oversized frame", c.health())
+        .await
+        .unwrap_err();
+    assert!(matches!(e, Error::Protocol(_)), "{e}");
+    assert!(
+        e.to_string().contains("exceeds the maximum frame size"),
+        "{e}"
+    );
+    finishes("the agent seeing the connection close", closed_rx)
+        .await
+        .unwrap();
+    // Later calls fail at once, even those without a time limit.
+    let e = finishes("a call after the connection broke", c.health())
+        .await
+        .unwrap_err();
+    assert!(matches!(e, Error::Closed), "{e}");
+    let e = finishes(
+        "a wait after the connection broke",
+        c.wait(hull_agent_protocol::ProcessId(1)),
+    )
+    .await
+    .unwrap_err();
+    assert!(matches!(e, Error::Closed), "{e}");
+    assert_eq!(c.calls_waiting(), 0);
+}
+
+#[tokio::test]
+async fn a_frame_just_over_the_maximum_is_refused() {
+    let (_dir, c) = hostile_agent("just-over", |_, mut s| async move {
+        let req = next_request(&mut s).await.unwrap();
+        let mut big = serde_json::to_vec(&ResponseFrame {
+            id: req.id,
+            result: health(1),
+        })
+        .unwrap();
+        big.resize(hull_agent_protocol::MAX_FRAME_SIZE + 1, b' ');
+        let _ = s.write_all(&raw_frame(&big)).await;
+        while next_request(&mut s).await.is_some() {}
+    })
+    .await;
+    let e = finishes("a call answered by a too large frame", c.health())
+        .await
+        .unwrap_err();
+    assert!(
+        e.to_string().contains("exceeds the maximum frame size"),
+        "{e}"
+    );
+}
+
+#[tokio::test]
+async fn a_flood_of_id_0_errors_does_not_disturb_calls() {
+    let (_dir, c) = hostile_agent("flood", |_, mut s| async move {
+        while let Some(req) = next_request(&mut s).await {
+            let noise = hull_agent_protocol::encode_frame(&ResponseFrame {
+                id: 0,
+                result: Err(AgentError::new(ErrorKind::BadFrame, "x".repeat(100))),
+            })
+            .unwrap();
+            let mut burst = Vec::with_capacity(noise.len() * 1000);
+            for _ in 0..1000 {
+                burst.extend_from_slice(&noise);
+            }
+            for _ in 0..50 {
+                s.write_all(&burst).await.unwrap();
+            }
+            // id 0 with a success is just as much noise.
+            reply(&mut s, 0, health(0)).await;
+            reply(&mut s, req.id, health(req.id)).await;
+        }
+    })
+    .await;
+    assert_eq!(
+        finishes("a call behind 50000 noise frames", uptime(&c)).await,
+        1
+    );
+    assert_eq!(finishes("the next call", uptime(&c)).await, 2);
+    assert_eq!(c.calls_waiting(), 0);
+}
+
+#[tokio::test]
+async fn a_reply_that_never_comes_times_out() {
+    let (_dir, mut c) = hostile_agent("never", |_, mut s| async move {
+        let mut ignored = Vec::new();
+        while let Some(req) = next_request(&mut s).await {
+            match req.call {
+                Request::Health | Request::Wait { .. } => ignored.push(req.id),
+                _ => {
+                    // The late replies come before this one's: nobody waits for them.
+                    for id in ignored.drain(..) {
+                        reply(&mut s, id, health(id)).await;
+                    }
+                    reply(&mut s, req.id, Ok(Response::Done)).await;
+                }
+            }
+        }
+    })
+    .await;
+    let limit = Duration::from_millis(300);
+    c.set_call_timeout(limit);
+    let e = finishes("a call with a time limit", c.health())
+        .await
+        .unwrap_err();
+    match &e {
+        Error::Timeout { what, after } => {
+            assert_eq!(what, "health call");
+            assert_eq!(*after, limit);
+        }
+        _ => panic!("expected a timeout, got {e}"),
+    }
+    assert!(e.to_string().contains("health call timed out"), "{e}");
+    assert_eq!(
+        c.calls_waiting(),
+        0,
+        "a timed out call must leave nothing behind"
+    );
+    // Other calls are unaffected, also by the late reply.
+    c.release(hull_agent_protocol::ProcessId(1)).await.unwrap();
+    // A caller that gives up on a call (drops it) leaves nothing behind either.
+    let dropped = tokio::time::timeout(
+        Duration::from_millis(50),
+        c.wait(hull_agent_protocol::ProcessId(1)),
+    )
+    .await;
+    assert!(dropped.is_err());
+    assert_eq!(c.calls_waiting(), 0);
+}
+
+/// The control side of a fake process for `run`: spawn, then `wait` answers only once the
+/// process was killed (as a process blocked on a full pipe would).
+async fn fake_process_control(s: UnixStream, killed: std::sync::Arc<tokio::sync::Notify>) {
+    let (mut rd, wr) = s.into_split();
+    let wr = std::sync::Arc::new(tokio::sync::Mutex::new(wr));
+    loop {
+        let Ok(Some(p)) = read_frame_async(&mut rd).await else {
+            return;
+        };
+        let req = decode_request(&p).unwrap();
+        let (wr, killed) = (wr.clone(), killed.clone());
+        tokio::spawn(async move {
+            let result = match req.call {
+                Request::Spawn(_) => Ok(Response::Spawned {
+                    process: hull_agent_protocol::ProcessId(7),
+                    pid: 42,
+                }),
+                Request::Signal { signal, group, .. } => {
+                    assert_eq!((signal, group), (9, true));
+                    killed.notify_one();
+                    Ok(Response::Done)
+                }
+                Request::Wait { .. } => {
+                    killed.notified().await;
+                    killed.notify_one();
+                    Ok(Response::Exited(
+                        hull_agent_protocol::ExitStatus::Signaled {
+                            signal: 9,
+                            core_dumped: false,
+                        },
+                    ))
+                }
+                _ => Ok(Response::Done),
+            };
+            let frame = hull_agent_protocol::encode_frame(&ResponseFrame { id: req.id, result });
+            let _ = wr.lock().await.write_all(&frame.unwrap()).await;
+        });
+    }
+}
+
+#[tokio::test]
+async fn more_output_than_the_cap_kills_the_process_and_fails() {
+    let killed = std::sync::Arc::new(tokio::sync::Notify::new());
+    let k = killed.clone();
+    let (_dir, mut c) = hostile_agent("cap", move |kind, mut s| {
+        let killed = k.clone();
+        async move {
+            match kind {
+                ConnectionKind::Control => fake_process_control(s, killed).await,
+                ConnectionKind::Stream {
+                    stream: hull_agent_protocol::StdStream::Stdout,
+                    ..
+                } => {
+                    // `yes`: writes until the host stops reading.
+                    let chunk = vec![b'y'; 64 << 10];
+                    while s.write_all(&chunk).await.is_ok() {}
+                }
+                _ => {} // stderr: end of file at once
+            }
+        }
+    })
+    .await;
+    c.set_max_run_output(256 << 10);
+    let e = finishes(
+        "run of a process with endless output",
+        c.run(hull_agent_protocol::SpawnRequest::new(["yes"]), None),
+    )
+    .await
+    .unwrap_err();
+    assert!(matches!(e, Error::Io(_)), "{e}");
+    assert!(e.to_string().contains("more than 262144 bytes"), "{e}");
+    // The kill came from the client (the fake's wait answers only after it).
+    finishes("the kill", killed.notified()).await;
+}
+
+#[tokio::test]
+async fn output_up_to_the_cap_is_collected() {
+    let (_dir, mut c) = hostile_agent("cap-ok", |kind, mut s| async move {
+        match kind {
+            ConnectionKind::Control => {
+                while let Some(req) = next_request(&mut s).await {
+                    let result = match req.call {
+                        Request::Spawn(_) => Ok(Response::Spawned {
+                            process: hull_agent_protocol::ProcessId(7),
+                            pid: 42,
+                        }),
+                        Request::Wait { .. } => {
+                            Ok(Response::Exited(hull_agent_protocol::ExitStatus::Exited {
+                                code: 3,
+                            }))
+                        }
+                        _ => Err(AgentError::new(ErrorKind::Unsupported, "fake")),
+                    };
+                    reply(&mut s, req.id, result).await;
+                }
+            }
+            ConnectionKind::Stream {
+                stream: hull_agent_protocol::StdStream::Stdout,
+                ..
+            } => s.write_all(&vec![b'o'; 256 << 10]).await.unwrap(),
+            _ => s.write_all(b"err").await.unwrap(),
+        }
+    })
+    .await;
+    c.set_max_run_output(256 << 10);
+    let out = finishes(
+        "run",
+        c.run(hull_agent_protocol::SpawnRequest::new(["x"]), None),
+    )
+    .await
+    .unwrap();
+    assert_eq!(out.status.code(), Some(3));
+    assert_eq!(out.stdout.len(), 256 << 10);
+    assert_eq!(out.stderr, b"err");
+}
