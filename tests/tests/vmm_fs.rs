@@ -459,7 +459,7 @@ r dotdot_root $(ls /mnt/.. | tr '\n' ,)
 r dirlink $(ls /mnt/dirlink/ 2>&1 | head -c 200)
 r dirlink_inner $(cat /mnt/dirlink/inner 2>&1 | head -c 200)
 cd /mnt && cd .. && cd .. && r cd_up $(pwd) && cd /
-ln /mnt/abs /mnt/abs-hard
+ln /mnt/abs /mnt/abs-hard; r hard_rc $?
 r hard $(cat /mnt/abs-hard 2>&1 | head -c 200)
 r hard_is_link $(readlink /mnt/abs-hard)
 mv /mnt/inside /mnt/../moved-out && r moved_rc 0
@@ -507,15 +507,28 @@ echo pwned > /mnt/abs 2>/dev/null; r write_abs_rc $?
         run.get("dotdot_root")
     );
     assert_eq!(run.get("cd_up"), "/");
-    // A hard link to the symlink is a link to the symlink.
+    // A hard link to the symlink is a link to the symlink, and reading through it resolves
+    // the link in the guest, so it reaches nothing.
+    assert_eq!(run.get("hard_rc"), "0");
     assert_eq!(run.get("hard_is_link"), secret.display().to_string());
+    assert!(
+        run.get("hard").contains("No such file"),
+        "{}",
+        run.get("hard")
+    );
     // Moving out of the mount copies into the guest's own file system, not the host's.
+    assert_eq!(run.get("moved_rc"), "0");
     assert_eq!(run.get("moved_content"), "move me");
     assert_ne!(run.get("plant_rc"), "0");
     assert_ne!(run.get("write_through_rc"), "0");
     assert_ne!(run.get("write_abs_rc"), "0");
-    // Forged handles reach nothing outside the mount.
-    run.probe_ok("open-by-handle");
+    // Forged handles reach nothing: the share offers no export support, so the guest kernel
+    // refuses to make handles, and not one of the 4100 forged ones opens.
+    let probe = run.probe_ok("open-by-handle");
+    assert!(
+        probe.contains("refused=EOPNOTSUPP tried=4100 opened=0 escaped=0"),
+        "{probe}"
+    );
     // The host outside the share is exactly as it was.
     let outside_after: Vec<String> = snapshot(&top)
         .into_iter()
