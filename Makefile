@@ -18,7 +18,7 @@ CARGO_FLAGS := --release --locked --target $(TRIPLE)
 OUT := $(CARGO_TARGET_DIR)/$(TRIPLE)/release
 BINS := hull hull-vmm hull-agent containerd-shim-hull-v2
 
-.PHONY: deps build kernel initrd lint fuzz unit-test testhost-selftest vm-test test demo bench clean
+.PHONY: install deps build kernel initrd lint fuzz unit-test testhost-selftest vm-test test demo bench clean
 
 deps:
 	@scripts/install-deps.sh
@@ -39,6 +39,15 @@ initrd: build
 # one and outside the clone too; `lint` fails if any fuzz target stops compiling.
 export HULL_FUZZ_TARGET_DIR ?= $(HULL_CACHE_DIR)/fuzz-target-$(RUST_KEY)
 FUZZ_SECONDS ?= 600
+
+# Puts the binaries, the guest kernel and the initramfs where hull's defaults look for them
+# (runtime/src/config.rs): $(PREFIX)/bin and $(PREFIX)/share/hull.
+PREFIX ?= /usr/local
+install: build kernel initrd
+	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/share/hull
+	install -m 0755 $(BUILD)/bin/hull $(BUILD)/bin/hull-vmm $(BUILD)/bin/containerd-shim-hull-v2 $(DESTDIR)$(PREFIX)/bin/
+	install -m 0644 $(BUILD)/vmlinux $(BUILD)/hull-initrd.img $(DESTDIR)$(PREFIX)/share/hull/
+	@echo "installed into $(DESTDIR)$(PREFIX); check the host with: hull check"
 
 lint:
 	cargo fmt --all -- --check
