@@ -1,25 +1,15 @@
 //! The `hull` binary's command line, run as docker's runc shim would run it (no VM needed).
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output};
 
 const HULL: &str = env!("CARGO_BIN_EXE_hull");
 
-struct Tmp(PathBuf);
-
-impl Tmp {
-    fn new(name: &str) -> Tmp {
-        let p = std::env::temp_dir().join(format!("hull-cli-{}-{name}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&p);
-        std::fs::create_dir_all(&p).unwrap();
-        Tmp(p)
-    }
-}
-
-impl Drop for Tmp {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
+fn tmp(name: &str) -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix(&format!("hull-cli-{name}"))
+        .tempdir()
+        .unwrap()
 }
 
 fn hull(args: &[&str], dir: &Path, env: &[(&str, &str)]) -> Output {
@@ -37,23 +27,25 @@ fn text(b: &[u8]) -> String {
 
 #[test]
 fn spec_writes_a_default_config_and_never_overwrites_one() {
-    let t = Tmp::new("spec");
-    let out = hull(&["spec"], &t.0, &[]);
+    let t = tmp("spec");
+    let out = hull(&["spec"], t.path(), &[]);
     assert!(out.status.success(), "{}", text(&out.stderr));
-    let spec = oci_spec::runtime::Spec::load(t.0.join("config.json")).unwrap();
+    let spec = oci_spec::runtime::Spec::load(t.path().join("config.json")).unwrap();
     assert_eq!(spec.root().as_ref().unwrap().path(), Path::new("rootfs"));
     let args = spec.process().as_ref().unwrap().args().clone().unwrap();
     assert_eq!(args, vec!["sh".to_string()]);
-    let before = std::fs::read(t.0.join("config.json")).unwrap();
-    let out = hull(&["spec"], &t.0, &[]);
+    let before = std::fs::read(t.path().join("config.json")).unwrap();
+    let out = hull(&["spec"], t.path(), &[]);
     assert_eq!(out.status.code(), Some(1));
     assert!(text(&out.stderr).contains("exists. Remove it first"));
-    assert_eq!(std::fs::read(t.0.join("config.json")).unwrap(), before);
+    assert_eq!(std::fs::read(t.path().join("config.json")).unwrap(), before);
     // --bundle elsewhere, and a bundle that does not exist.
-    std::fs::create_dir(t.0.join("b")).unwrap();
-    assert!(hull(&["spec", "--bundle", "b"], &t.0, &[]).status.success());
-    assert!(t.0.join("b/config.json").exists());
-    let out = hull(&["spec", "-b", "missing"], &t.0, &[]);
+    std::fs::create_dir(t.path().join("b")).unwrap();
+    assert!(hull(&["spec", "--bundle", "b"], t.path(), &[])
+        .status
+        .success());
+    assert!(t.path().join("b/config.json").exists());
+    let out = hull(&["spec", "-b", "missing"], t.path(), &[]);
     assert_eq!(out.status.code(), Some(1));
     assert!(
         text(&out.stderr).contains("missing"),
@@ -61,24 +53,26 @@ fn spec_writes_a_default_config_and_never_overwrites_one() {
         text(&out.stderr)
     );
     // Rootless: user namespace mappings for the caller.
-    std::fs::create_dir(t.0.join("r")).unwrap();
-    assert!(hull(&["spec", "--rootless", "--bundle", "r"], &t.0, &[])
-        .status
-        .success());
-    let r = oci_spec::runtime::Spec::load(t.0.join("r/config.json")).unwrap();
+    std::fs::create_dir(t.path().join("r")).unwrap();
+    assert!(
+        hull(&["spec", "--rootless", "--bundle", "r"], t.path(), &[])
+            .status
+            .success()
+    );
+    let r = oci_spec::runtime::Spec::load(t.path().join("r/config.json")).unwrap();
     assert!(r.linux().as_ref().unwrap().uid_mappings().is_some());
 }
 
 #[test]
 fn check_reports_each_item_with_its_fix() {
-    let t = Tmp::new("check");
+    let t = tmp("check");
     let file = |n: &str| {
-        let p = t.0.join(n);
+        let p = t.path().join(n);
         std::fs::write(&p, b"x").unwrap();
         p
     };
     let (k, i, v) = (file("vmlinux"), file("initrd.img"), file("hull-vmm"));
-    let conf = t.0.join("config.toml");
+    let conf = t.path().join("config.toml");
     std::fs::write(
         &conf,
         format!(
@@ -89,7 +83,11 @@ fn check_reports_each_item_with_its_fix() {
         ),
     )
     .unwrap();
-    let out = hull(&["check"], &t.0, &[("HULL_CONFIG", conf.to_str().unwrap())]);
+    let out = hull(
+        &["check"],
+        t.path(),
+        &[("HULL_CONFIG", conf.to_str().unwrap())],
+    );
     let o = text(&out.stdout);
     assert!(
         o.contains(&format!("ok   guest kernel: {}", k.display())),
@@ -118,13 +116,24 @@ fn check_reports_each_item_with_its_fix() {
     }
     // A missing file is named with its fix; a bad config names the key and the file.
     std::fs::remove_file(&v).unwrap();
-    let o = text(&hull(&["check"], &t.0, &[("HULL_CONFIG", conf.to_str().unwrap())]).stdout);
+    let o = text(
+        &hull(
+            &["check"],
+            t.path(),
+            &[("HULL_CONFIG", conf.to_str().unwrap())],
+        )
+        .stdout,
+    );
     assert!(
         o.contains("FAIL hull-vmm:") && o.contains("run `make install`"),
         "{o}"
     );
     std::fs::write(&conf, "vcpu = 2\n").unwrap();
-    let out = hull(&["check"], &t.0, &[("HULL_CONFIG", conf.to_str().unwrap())]);
+    let out = hull(
+        &["check"],
+        t.path(),
+        &[("HULL_CONFIG", conf.to_str().unwrap())],
+    );
     let o = text(&out.stdout);
     assert!(
         o.contains("FAIL configuration") && o.contains("vcpu"),
@@ -135,7 +144,7 @@ fn check_reports_each_item_with_its_fix() {
 
 #[test]
 fn container_commands_check_runc_flags_then_say_they_are_not_implemented() {
-    let t = Tmp::new("notyet");
+    let t = tmp("notyet");
     for args in [
         &["create", "--bundle", ".", "--pid-file", "p", "c1"][..],
         &["--root", "/tmp/r", "--log-format", "json", "start", "c1"],
@@ -146,7 +155,7 @@ fn container_commands_check_runc_flags_then_say_they_are_not_implemented() {
         &["exec", "--tty", "c1", "sh"],
         &["list"],
     ] {
-        let out = hull(args, &t.0, &[]);
+        let out = hull(args, t.path(), &[]);
         assert_eq!(out.status.code(), Some(1), "{args:?}");
         let e = text(&out.stderr);
         assert!(e.contains("not implemented yet"), "{args:?}: {e}");
@@ -155,15 +164,15 @@ fn container_commands_check_runc_flags_then_say_they_are_not_implemented() {
         &["checkpoint", "c1"][..],
         &["restore", "--image-path", "x", "c1"],
     ] {
-        let out = hull(args, &t.0, &[]);
+        let out = hull(args, t.path(), &[]);
         assert_eq!(out.status.code(), Some(1), "{args:?}");
         assert!(text(&out.stderr).contains("not supported yet"));
     }
     // Flags are runc's: an unknown one is a usage error, and a missing id too.
-    let out = hull(&["create", "--bogus", "c1"], &t.0, &[]);
+    let out = hull(&["create", "--bogus", "c1"], t.path(), &[]);
     assert_eq!(out.status.code(), Some(2));
-    let out = hull(&["create"], &t.0, &[]);
+    let out = hull(&["create"], t.path(), &[]);
     assert!(text(&out.stderr).contains("CONTAINER_ID"));
-    let out = hull(&["--version"], &t.0, &[]);
+    let out = hull(&["--version"], t.path(), &[]);
     assert!(text(&out.stdout).contains("spec: 1.2.0"));
 }

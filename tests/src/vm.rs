@@ -25,6 +25,16 @@ pub fn config(initrd: &Path) -> VmConfig {
     c
 }
 
+/// Gives `config` a vsock device (guest CID 3) whose host socket is `dir/v.sock`; returns it.
+pub fn add_vsock(config: &mut VmConfig, dir: &Path) -> PathBuf {
+    let uds = dir.join("v.sock");
+    config.vsock = Some(VsockConfig {
+        uds_path: uds.clone(),
+        guest_cid: 3,
+    });
+    uds
+}
+
 /// Starts the built hull-vmm with `config` in `dir` (its config, console and log files go
 /// there). The VM is killed when the returned handle is dropped.
 pub fn launch(config: &VmConfig, dir: &Path) -> VmmProcess {

@@ -212,14 +212,10 @@ fn agent_mounts_a_virtiofs_root_and_runs_chrooted_processes() {
     busybox_root(&shares.rootfs, ROOT_DIRS);
     busybox_root(&shares.ro, ROOT_DIRS);
     fs::write(shares.ro.join("hello"), "hello from a read-only share\n").unwrap();
-    let uds = dir.path().join("v.sock");
     let console = dir.path().join("console.log");
     let mut c = vm::config(&agent_initrd());
     c.cmdline = "console=ttyS0 hull.hostname=agent-fs".into();
-    c.vsock = Some(vm::VsockConfig {
-        uds_path: uds.clone(),
-        guest_cid: 3,
-    });
+    let uds = vm::add_vsock(&mut c, dir.path());
     c.serial = vm::SerialConfig::File(console.clone());
     let mut rootfs = vm::FsConfig::new("rootfs", &shares.rootfs);
     rootfs.cache = vm::CachePolicy::Never;

@@ -42,13 +42,9 @@ struct Vm {
 
 fn boot(tag: &str) -> Vm {
     let dir = TempDir::new(tag);
-    let uds = dir.path().join("v.sock");
     let mut c = vm::config(&initrd_with_busybox(dir.path()));
     c.cmdline = "console=ttyS0 hull.hostname=agent-vm hull.time=1900000000".into();
-    c.vsock = Some(vm::VsockConfig {
-        uds_path: uds.clone(),
-        guest_cid: 3,
-    });
+    let uds = vm::add_vsock(&mut c, dir.path());
     Vm {
         vmm: vm::launch(&c, dir.path()),
         uds,

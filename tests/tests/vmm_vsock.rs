@@ -71,12 +71,8 @@ fn boot(tag: &str, script: &str) -> Vm {
             "mount -t proc proc /proc\nmount -t sysfs sys /sys\n{script}\necho GUEST-DONE\nreboot -f\n"
         ))
         .build(&initrd);
-    let uds = dir.path().join("v.sock");
     let mut c = vm::config(&initrd);
-    c.vsock = Some(vm::VsockConfig {
-        uds_path: uds.clone(),
-        guest_cid: 3,
-    });
+    let uds = vm::add_vsock(&mut c, dir.path());
     Vm {
         vmm: vm::launch(&c, dir.path()),
         uds,

@@ -5,34 +5,33 @@ use std::os::unix::fs::PermissionsExt;
 use super::*;
 use hull_vmm_api::RunState;
 
-struct Tmp(PathBuf);
+/// A scratch directory with fake hull-vmm scripts in it.
+struct Tmp(tempfile::TempDir);
 
 impl Tmp {
     fn new(name: &str) -> Tmp {
-        let p = std::env::temp_dir().join(format!("hull-rt-vmm-{}-{name}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&p);
-        std::fs::create_dir_all(&p).unwrap();
-        Tmp(p)
+        Tmp(tempfile::Builder::new()
+            .prefix(&format!("hull-rt-vmm-{name}"))
+            .tempdir()
+            .unwrap())
+    }
+
+    fn path(&self) -> &Path {
+        self.0.path()
     }
 
     /// An executable script standing in for hull-vmm.
     fn fake(&self, body: &str) -> PathBuf {
-        let p = self.0.join("fake-vmm");
+        let p = self.path().join("fake-vmm");
         std::fs::write(&p, format!("#!/bin/sh\n{body}")).unwrap();
         std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
         p
     }
 }
 
-impl Drop for Tmp {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 fn config(t: &Tmp) -> VmConfig {
     let mut c = VmConfig::new("/boot/vmlinux-for-test".into());
-    c.api_socket = Some(t.0.join("vm/api.sock"));
+    c.api_socket = Some(t.path().join("vm/api.sock"));
     c
 }
 
@@ -46,7 +45,7 @@ fn writes_the_config_captures_console_and_log_and_reads_the_exit_status() {
         "[ \"$1\" = --config ] || exit 99\ngrep -q vmlinux-for-test \"$2\" || exit 98\n\
          printf 'guest says hi\\r\\n'\necho 'hull-vmm: guest rebooted' >&2\nexit ${CODE:-0}\n",
     );
-    let dir = t.0.join("vm");
+    let dir = t.path().join("vm");
     let mut vm = VmmProcess::launch(&bin, &config(&t), &dir).unwrap();
     let e = vm.wait_timeout(LIMIT).unwrap().expect("the fake exits");
     assert_eq!(e.exit, VmmExit::Stopped, "log: {}", vm.log());
@@ -76,7 +75,7 @@ fn writes_the_config_captures_console_and_log_and_reads_the_exit_status() {
 fn a_dropped_handle_kills_and_reaps_and_a_detached_one_does_not() {
     let t = Tmp::new("drop");
     let bin = t.fake("exec sleep 1000\n");
-    let vm = VmmProcess::launch(&bin, &config(&t), &t.0.join("vm")).unwrap();
+    let vm = VmmProcess::launch(&bin, &config(&t), &t.path().join("vm")).unwrap();
     let pid = Pid::from_raw(vm.pid() as i32);
     // Its own process group.
     assert_eq!(nix::unistd::getpgid(Some(pid)).unwrap(), pid);
@@ -87,13 +86,13 @@ fn a_dropped_handle_kills_and_reaps_and_a_detached_one_does_not() {
         "killed and reaped"
     );
 
-    let vm = VmmProcess::launch(&bin, &config(&t), &t.0.join("vm")).unwrap();
+    let vm = VmmProcess::launch(&bin, &config(&t), &t.path().join("vm")).unwrap();
     let pid = Pid::from_raw(vm.detach() as i32);
     assert!(nix::sys::signal::kill(pid, None).is_ok(), "still running");
     nix::sys::signal::kill(pid, Signal::SIGKILL).unwrap();
     nix::sys::wait::waitpid(pid, None).unwrap();
 
-    let mut vm = VmmProcess::launch(&bin, &config(&t), &t.0.join("vm")).unwrap();
+    let mut vm = VmmProcess::launch(&bin, &config(&t), &t.path().join("vm")).unwrap();
     vm.signal(Signal::SIGKILL).unwrap();
     let e = vm.wait_timeout(LIMIT).unwrap().unwrap();
     assert_eq!(e.exit, VmmExit::Killed(9));
@@ -107,7 +106,7 @@ fn a_dropped_handle_kills_and_reaps_and_a_detached_one_does_not() {
 fn api_requests_responses_and_refusals() {
     let t = Tmp::new("api");
     // A fake API server: answers four connections, one line each, then exits.
-    let server = t.0.join("fake-api.py");
+    let server = t.path().join("fake-api.py");
     std::fs::write(
         &server,
         r#"import json, socket, sys
@@ -124,8 +123,8 @@ for reply in [b'{"ok":true,"state":"paused"}\n', b'{"ok":false,"error":"nope"}\n
     )
     .unwrap();
     let bin = t.fake(&format!("exec python3 {} \"$@\"\n", server.display()));
-    let mut vm = VmmProcess::launch(&bin, &config(&t), &t.0.join("vm")).unwrap();
-    let sock = t.0.join("vm/api.sock");
+    let mut vm = VmmProcess::launch(&bin, &config(&t), &t.path().join("vm")).unwrap();
+    let sock = t.path().join("vm/api.sock");
     let deadline = Instant::now() + LIMIT;
     while !sock.exists() {
         assert!(vm.try_wait().unwrap().is_none(), "fake died: {}", vm.log());
@@ -155,12 +154,12 @@ for reply in [b'{"ok":true,"state":"paused"}\n', b'{"ok":false,"error":"nope"}\n
 #[test]
 fn launch_errors_name_what_is_wrong() {
     let t = Tmp::new("errors");
-    let missing = t.0.join("no-such-hull-vmm");
-    let e = VmmProcess::launch(&missing, &config(&t), &t.0.join("vm"))
+    let missing = t.path().join("no-such-hull-vmm");
+    let e = VmmProcess::launch(&missing, &config(&t), &t.path().join("vm"))
         .err()
         .expect("a missing binary is an error");
     assert!(e.to_string().contains("no-such-hull-vmm"), "{e}");
-    let file = t.0.join("plain-file");
+    let file = t.path().join("plain-file");
     std::fs::write(&file, b"x").unwrap();
     let e = VmmProcess::launch(&t.fake("exit 0\n"), &config(&t), &file.join("vm"))
         .err()
@@ -168,7 +167,7 @@ fn launch_errors_name_what_is_wrong() {
     assert!(e.to_string().contains("plain-file"), "{e}");
     let mut c = config(&t);
     c.api_socket = None;
-    let vm = VmmProcess::launch(&t.fake("exit 0\n"), &c, &t.0.join("vm")).unwrap();
+    let vm = VmmProcess::launch(&t.fake("exit 0\n"), &c, &t.path().join("vm")).unwrap();
     assert!(matches!(
         vm.api(&ApiRequest::Stats {}),
         Err(VmmError::NoApiSocket)

@@ -174,10 +174,8 @@ impl MmioDeviceManager {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::devices::virtio::{ActivateError, VirtioInterrupt};
-    use event_manager::{EventOps, Events};
+    use crate::devices::virtio::test_utils::NullDevice;
     use std::cell::RefCell;
-    use virtio_queue::Queue;
 
     /// Records what would have gone to KVM.
     #[derive(Default)]
@@ -206,41 +204,6 @@ mod tests {
         }
     }
 
-    /// A device with `queues` queues that does nothing.
-    struct Dummy(Vec<u16>);
-
-    impl VirtioDevice for Dummy {
-        fn device_type(&self) -> u32 {
-            42
-        }
-        fn queue_max_sizes(&self) -> &[u16] {
-            &self.0
-        }
-        fn avail_features(&self) -> u64 {
-            1 << virtio_bindings::virtio_config::VIRTIO_F_VERSION_1
-        }
-        fn set_acked_features(&mut self, _: u64) {}
-        fn read_config(&self, _: u64, _: &mut [u8]) {}
-        fn write_config(&mut self, _: u64, _: &[u8]) {}
-        fn activate(
-            &mut self,
-            _: GuestMemory,
-            _: Arc<dyn VirtioInterrupt>,
-            _: Vec<Queue>,
-            _: Vec<EventFd>,
-        ) -> Result<(), ActivateError> {
-            Ok(())
-        }
-        fn reset(&mut self) -> bool {
-            true
-        }
-    }
-
-    impl MutEventSubscriber for Dummy {
-        fn process(&mut self, _: Events, _: &mut EventOps) {}
-        fn init(&mut self, _: &mut EventOps) {}
-    }
-
     fn mem() -> GuestMemory {
         GuestMemory::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap()
     }
@@ -249,8 +212,8 @@ mod tests {
     fn devices_get_consecutive_windows_irqs_and_queue_notifications() {
         let kvm = FakeKvm::default();
         let mut m = MmioDeviceManager::new();
-        let a = m.add(&kvm, &mem(), Dummy(vec![16, 16, 16])).unwrap();
-        let b = m.add(&kvm, &mem(), Dummy(vec![8])).unwrap();
+        let a = m.add(&kvm, &mem(), NullDevice::new(&[16, 16, 16])).unwrap();
+        let b = m.add(&kvm, &mem(), NullDevice::new(&[8])).unwrap();
         assert_eq!(
             a,
             MmioSlot {
@@ -300,10 +263,10 @@ mod tests {
         let kvm = FakeKvm::default();
         let mut m = MmioDeviceManager::new();
         for _ in 0..layout::VIRTIO_MMIO_MAX_DEVICES {
-            m.add(&kvm, &mem(), Dummy(vec![4])).unwrap();
+            m.add(&kvm, &mem(), NullDevice::new(&[4])).unwrap();
         }
         assert!(matches!(
-            m.add(&kvm, &mem(), Dummy(vec![4])),
+            m.add(&kvm, &mem(), NullDevice::new(&[4])),
             Err(DeviceManagerError::TooManyDevices)
         ));
         assert_eq!(m.slots().len(), layout::VIRTIO_MMIO_MAX_DEVICES);
@@ -313,7 +276,7 @@ mod tests {
             ..FakeKvm::default()
         };
         let mut m = MmioDeviceManager::new();
-        let e = m.add(&failing, &mem(), Dummy(vec![4])).unwrap_err();
+        let e = m.add(&failing, &mem(), NullDevice::new(&[4])).unwrap_err();
         assert!(e.to_string().contains("KVM_IOEVENTFD"), "{e}");
         assert!(
             std::error::Error::source(&e).is_some(),
@@ -321,7 +284,7 @@ mod tests {
         );
         assert!(m.slots().is_empty(), "a failed device takes no slot");
         assert!(matches!(
-            m.add(&failing, &mem(), Dummy(vec![])),
+            m.add(&failing, &mem(), NullDevice::new(&[])),
             Err(DeviceManagerError::Mmio(_))
         ));
     }

@@ -926,51 +926,23 @@ mod tests {
 
     #[test]
     fn transport_rejects_bad_devices() {
-        struct Bad(u16, u64);
-        impl VirtioDevice for Bad {
-            fn device_type(&self) -> u32 {
-                1
-            }
-            fn queue_max_sizes(&self) -> &[u16] {
-                if self.0 == 0 {
-                    &[]
-                } else if self.0 == 3 {
-                    &[3]
-                } else {
-                    &[8]
-                }
-            }
-            fn avail_features(&self) -> u64 {
-                self.1
-            }
-            fn set_acked_features(&mut self, _: u64) {}
-            fn read_config(&self, _: u64, _: &mut [u8]) {}
-            fn write_config(&mut self, _: u64, _: &[u8]) {}
-            fn activate(
-                &mut self,
-                _: GuestMemory,
-                _: Arc<dyn VirtioInterrupt>,
-                _: Vec<Queue>,
-                _: Vec<EventFd>,
-            ) -> Result<(), ActivateError> {
-                Ok(())
-            }
-            fn reset(&mut self) -> bool {
-                true
-            }
-        }
+        use crate::devices::virtio::test_utils::NullDevice;
         let mem = || GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x1000)]).unwrap();
-        let mk = |q, f| -> Arc<Mutex<dyn VirtioDevice>> { Arc::new(Mutex::new(Bad(q, f))) };
+        let mk = |q: &[u16], features| -> Arc<Mutex<dyn VirtioDevice>> {
+            let mut d = NullDevice::new(q);
+            d.features = features;
+            Arc::new(Mutex::new(d))
+        };
         assert!(matches!(
-            MmioTransport::new(mem(), mk(0, VIRTIO_F_VERSION_1)),
+            MmioTransport::new(mem(), mk(&[], VIRTIO_F_VERSION_1)),
             Err(MmioError::NoQueues)
         ));
         assert!(matches!(
-            MmioTransport::new(mem(), mk(3, VIRTIO_F_VERSION_1)),
+            MmioTransport::new(mem(), mk(&[3], VIRTIO_F_VERSION_1)),
             Err(MmioError::QueueSize { .. })
         ));
         assert!(matches!(
-            MmioTransport::new(mem(), mk(8, 0)),
+            MmioTransport::new(mem(), mk(&[8], 0)),
             Err(MmioError::NotModern)
         ));
     }
