@@ -1,51 +1,58 @@
 #!/usr/bin/env bash
 # virtio-fs throughput: the same workload in a guest on a virtio-fs share (hull-vmm, cache=auto)
-# and directly on the shared directory in the (emulated) KVM host, reported as guest/host ratios.
+# and directly on a directory of the same file system in the (emulated) KVM host, reported as
+# medians over rounds and guest/host ratios.
 #   - sequential write of HULL_BENCH_FS_MIB MiB (default 1024, as the issue asks; dd bs=1M, then sync),
-#   - sequential read of a file of that size the guest has not seen (dd bs=1M),
+#   - sequential read of a file of that size (dd bs=1M); every round's guest is a fresh VM, so
+#     its page cache is cold, and both sides read from the host's page cache,
 #   - HULL_BENCH_FS_FILES small files (default 500): create, stat (ls -ln), unlink (rm).
-# Both sides run the same busybox script; times come from /proc/uptime (10 ms resolution).
-# Needs build/bin/hull-vmm and build/vmlinux (make build kernel). Runs inside the emulated
-# KVM host (tests/testhost/run) unless called with --inside.
+# HULL_BENCH_FS_ROUNDS rounds (default 5), each one guest run (a fresh VM) and one host run,
+# the guest first in odd rounds, the host first in even ones.
+# Both sides run the same busybox script. The clock is the kernel's monotonic clock in
+# nanoseconds ("now at N nsecs" in /proc/timer_list), read with shell builtins only, so no fork
+# falls inside a timed interval (busybox's date has no %N; /proc/uptime only has 10 ms).
+# hull-vmm is started as the runtime starts it (runtime/src/vmm/process.rs): --config vm.json,
+# stdout (the console) to console.log, stderr to vmm.log, in its own process group.
+# Needs bin/hull-vmm and vmlinux in HULL_BUILD_DIR (default build/; make build kernel). Runs
+# inside the emulated KVM host (tests/testhost/run) unless called with --inside.
 set -euo pipefail
 top=$(cd "$(dirname "$0")/../.." && pwd)
+build=${HULL_BUILD_DIR:-$top/build}
 MIB=${HULL_BENCH_FS_MIB:-1024}
 FILES=${HULL_BENCH_FS_FILES:-500}
+ROUNDS=${HULL_BENCH_FS_ROUNDS:-5}
 
 workload() {
-  # $1: directory. Prints "BENCH <phase> <seconds>".
+  # $1: directory. Prints "BENCH <phase> <nanoseconds>".
   cat <<'EOF'
 d=$1; mib=$2; files=$3
-t() { read up rest < /proc/uptime; echo $up; }
-el() { echo "$1 $2" | awk '{ printf "%.2f", $2 - $1 }'; }
-a=$(t); dd if=/dev/zero of=$d/seq-write bs=1048576 count=$mib 2>/dev/null; sync; b=$(t)
-echo "BENCH seq_write $(el $a $b)"
-a=$(t); dd if=$d/seq-read of=/dev/null bs=1048576 2>/dev/null; b=$(t)
-echo "BENCH seq_read $(el $a $b)"
+now() { { read -r _; read -r _; read -r _ _ ns _; } < /proc/timer_list; }
+now
+case ${ns:-} in ''|*[!0-9]*) echo "BENCH-ERROR no clock: /proc/timer_list has no 'now at N nsecs'"; exit 1;; esac
+took() { now; echo "BENCH $1 $((ns - a))"; }
+now; a=$ns; dd if=/dev/zero of=$d/seq-write bs=1048576 count=$mib 2>/dev/null; sync; took seq_write
+now; a=$ns; dd if=$d/seq-read of=/dev/null bs=1048576 2>/dev/null; took seq_read
 mkdir -p $d/small
-a=$(t); i=0; while [ $i -lt $files ]; do : > $d/small/f$i; i=$((i+1)); done; b=$(t)
-echo "BENCH create $(el $a $b)"
-a=$(t); ls -ln $d/small > /dev/null; b=$(t)
-echo "BENCH stat $(el $a $b)"
-a=$(t); rm -f $d/small/*; b=$(t)
-echo "BENCH unlink $(el $a $b)"
+now; a=$ns; i=0; while [ $i -lt $files ]; do : > $d/small/f$i; i=$((i+1)); done; took create
+now; a=$ns; ls -ln $d/small > /dev/null; took stat
+now; a=$ns; rm -f $d/small/*; took unlink
 rm -rf $d/small $d/seq-write
 EOF
 }
 
 if [ "${1:-}" != --inside ]; then
-  exec "$top/tests/testhost/run" --timeout 3000 --memory 8192 -- "$0" --inside
+  exec "$top/tests/testhost/run" --timeout "${HULL_BENCH_TIMEOUT:-5400}" --memory 8192 -- "$0" --inside
 fi
 
 work=$(mktemp -d /var/tmp/hull-bench-fs.XXXXXX)
 trap 'rm -rf "$work"' EXIT
 workload > "$work/work.sh"
 share=$work/share
-mkdir -p "$share"
-# A file neither side has read yet, for each side.
+hostdir=$work/hostdir
+mkdir -p "$share" "$hostdir"
 echo "fs bench: preparing $MIB MiB" >&2
 head -c $((MIB << 20)) /dev/urandom > "$share/seq-read"
-cp "$share/seq-read" "$work/seq-read-host"
+cp "$share/seq-read" "$hostdir/seq-read"
 
 # Guest: busybox initramfs that mounts the share and runs the workload.
 mkdir -p "$work/rd/bin" "$work/rd/dev" "$work/rd/proc" "$work/rd/mnt"
@@ -63,32 +70,62 @@ reboot -f
 EOF
 chmod +x "$work/rd/init"
 (cd "$work/rd" && find . | cpio -o -H newc --quiet) > "$work/initrd.cpio"
-cat > "$work/vm.json" <<EOF
-{"kernel":"$top/build/vmlinux","initrd":"$work/initrd.cpio","memory_mib":1024,
- "serial":"$work/console.log","fs":[{"tag":"bench","shared_dir":"$share"}]}
+
+results=$work/results  # lines: side round phase nanoseconds
+: > "$results"
+
+guest_round() {
+  local vm=$work/vm$1
+  mkdir -p "$vm"
+  cat > "$vm/vm.json" <<EOF
+{"kernel":"$build/vmlinux","initrd":"$work/initrd.cpio","memory_mib":1024,"serial":"stdout",
+ "fs":[{"tag":"bench","shared_dir":"$share"}]}
 EOF
-echo "fs bench: guest" >&2
-"$top/build/bin/hull-vmm" --config "$work/vm.json" > "$work/vmm.out" 2>&1 || {
-  echo "hull-vmm failed:"; cat "$work/vmm.out" "$work/console.log"; exit 1; }
-grep -q BENCH-DONE "$work/console.log" || { echo "the guest did not finish:"; cat "$work/console.log"; exit 1; }
-tr -d '\r' < "$work/console.log" | grep '^BENCH ' > "$work/guest.txt"
+  setsid -w "$build/bin/hull-vmm" --config "$vm/vm.json" < /dev/null > "$vm/console.log" 2> "$vm/vmm.log" || {
+    echo "hull-vmm failed:"; cat "$vm/vmm.log" "$vm/console.log"; exit 1; }
+  grep -q BENCH-DONE "$vm/console.log" || { echo "the guest did not finish:"; cat "$vm/console.log"; exit 1; }
+  tr -d '\r' < "$vm/console.log" | grep '^BENCH ' | sed "s/^BENCH /guest $1 /" | tee -a "$results" > "$vm/bench"
+  [ "$(wc -l < "$vm/bench")" = 5 ] || { echo "the guest's workload failed:"; cat "$vm/console.log"; exit 1; }
+}
 
-# Host: the same script on a directory of the same file system, with its own unread file.
-hostdir=$work/hostdir
-mkdir -p "$hostdir"
-mv "$work/seq-read-host" "$hostdir/seq-read"
-echo "fs bench: host" >&2
-/bin/busybox sh "$work/work.sh" "$hostdir" "$MIB" "$FILES" > "$work/host.txt"
+host_round() {
+  /bin/busybox sh "$work/work.sh" "$hostdir" "$MIB" "$FILES" > "$work/host$1" ||
+    { echo "the host's workload failed:"; cat "$work/host$1"; exit 1; }
+  grep '^BENCH ' "$work/host$1" | sed "s/^BENCH /host $1 /" >> "$results"
+}
 
-echo "== virtio-fs: guest on a hull-vmm share vs the host directory ($MIB MiB, $FILES files)"
+show_round() {
+  # $1 side, $2 round: one line with the round's times.
+  awk -v side="$1" -v r="$2" '$1 == side && $2 == r { s = s sprintf("  %s %.3f s", $3, $4 / 1e9) }
+    END { printf "round %d %-5s%s\n", r, side, s }' "$results"
+}
+
+echo "fs bench: $ROUNDS rounds" >&2
+for r in $(seq 1 "$ROUNDS"); do
+  if [ $((r % 2)) = 1 ]; then order="guest host"; else order="host guest"; fi
+  for side in $order; do
+    "${side}_round" "$r"
+    show_round "$side" "$r"
+  done
+done
+
+echo
+echo "== virtio-fs: guest on a hull-vmm share vs the host directory ($MIB MiB, $FILES files, median of $ROUNDS rounds)"
 awk -v mib="$MIB" -v files="$FILES" '
-  FNR == NR { g[$2] = $3; next } { h[$2] = $3 }
+  { n[$1, $3]++; t[$1, $3, n[$1, $3]] = $4 / 1e9 }
+  function median(side, p,   m, i, j, x) {
+    m = n[side, p]; delete v
+    for (i = 1; i <= m; i++) v[i] = t[side, p, i]
+    for (i = 2; i <= m; i++) { x = v[i]; for (j = i - 1; j >= 1 && v[j] > x; j--) v[j + 1] = v[j]; v[j + 1] = x }
+    return (m % 2) ? v[(m + 1) / 2] : (v[m / 2] + v[m / 2 + 1]) / 2
+  }
   END {
-    printf "%-10s %14s %14s %10s\n", "phase", "guest", "host", "guest/host"
+    printf "%-10s %27s %27s %11s\n", "phase", "guest (median)", "host (median)", "guest/host"
     split("seq_write seq_read create stat unlink", ph, " ")
     for (i = 1; i <= 5; i++) {
-      p = ph[i]; n = (p ~ /^seq/) ? mib : files; u = (p ~ /^seq/) ? "MiB/s" : "ops/s"
-      gr = (g[p] > 0) ? n / g[p] : 0; hr = (h[p] > 0) ? n / h[p] : 0
-      printf "%-10s %8.1f %5s %8.1f %5s %10.2f\n", p, gr, u, hr, u, (hr > 0) ? gr / hr : 0
+      p = ph[i]; k = (p ~ /^seq/) ? mib : files; u = (p ~ /^seq/) ? "MiB/s" : "ops/s"
+      g = median("guest", p); h = median("host", p)
+      printf "%-10s %9.1f %s (%7.3f s) %9.1f %s (%7.3f s) %11.2f\n", p, k / g, u, g, k / h, u, h, h / g
     }
-  }' "$work/guest.txt" "$work/host.txt"
+    print "guest/host: the guest'"'"'s throughput over the host'"'"'s (median times: host / guest)"
+  }' "$results"
