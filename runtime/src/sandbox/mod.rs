@@ -367,7 +367,9 @@ impl Sandbox {
                 timeout_ms: Some(0),
             })
             .unwrap_or_default();
-            let _ = api_line(&api, &line);
+            if let Err(e) = crate::vmm::api_request(&api, &line) {
+                tracing::debug!("API shutdown: {e}");
+            }
             if self.wait_vmm_gone(Duration::from_secs(5)).await {
                 return Ok(());
             }
@@ -423,16 +425,6 @@ fn kill_vmm(state: &SandboxState) -> Result<(), SandboxError> {
             source,
         }),
     }
-}
-
-fn api_line(path: &Path, line: &str) -> std::io::Result<()> {
-    use std::io::{BufRead, Write};
-    let mut s = std::os::unix::net::UnixStream::connect(path)?;
-    s.set_read_timeout(Some(Duration::from_secs(10)))?;
-    s.write_all(format!("{line}\n").as_bytes())?;
-    let mut out = String::new();
-    std::io::BufReader::new(std::io::Read::take(s, 64 * 1024)).read_line(&mut out)?;
-    Ok(())
 }
 
 /// Removes sandbox `id` under `root` whatever state it is in: kills its VMM if it still runs,

@@ -15,4 +15,6 @@
 mod process;
 
 pub use hull_vmm_api as api;
-pub use process::{VmmError, VmmExited, VmmProcess, CONFIG_FILE, CONSOLE_FILE, LOG_FILE};
+pub use process::{
+    api_request, VmmError, VmmExited, VmmProcess, CONFIG_FILE, CONSOLE_FILE, LOG_FILE,
+};

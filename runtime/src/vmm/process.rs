@@ -195,26 +195,7 @@ impl VmmProcess {
     /// Sends one raw request line and returns the raw response line (without its newline).
     pub fn api_raw(&self, line: &str) -> Result<String, VmmError> {
         let path = self.api_socket.as_ref().ok_or(VmmError::NoApiSocket)?;
-        let err = |source| VmmError::Api {
-            path: path.clone(),
-            source,
-        };
-        let mut s = UnixStream::connect(path).map_err(err)?;
-        s.set_read_timeout(Some(API_TIMEOUT)).map_err(err)?;
-        s.set_write_timeout(Some(API_TIMEOUT)).map_err(err)?;
-        s.write_all(format!("{line}\n").as_bytes()).map_err(err)?;
-        let mut out = String::new();
-        BufReader::new(std::io::Read::take(s, MAX_RESPONSE))
-            .read_line(&mut out)
-            .map_err(err)?;
-        if !out.ends_with('\n') {
-            return Err(VmmError::BadResponse {
-                path: path.clone(),
-                reason: format!("no complete line (got {} bytes)", out.len()),
-            });
-        }
-        out.pop();
-        Ok(out)
+        api_request(path, line)
     }
 
     /// Sends `signal` to hull-vmm (SIGTERM stops the VM and exits 128+15).
@@ -294,6 +275,31 @@ impl Drop for VmmProcess {
             }
         }
     }
+}
+
+/// Sends one request line to the hull-vmm API socket at `path` and returns the response line
+/// (without its newline). Works for any hull-vmm, also one this process did not start.
+pub fn api_request(path: &Path, line: &str) -> Result<String, VmmError> {
+    let err = |source| VmmError::Api {
+        path: path.to_path_buf(),
+        source,
+    };
+    let mut s = UnixStream::connect(path).map_err(err)?;
+    s.set_read_timeout(Some(API_TIMEOUT)).map_err(err)?;
+    s.set_write_timeout(Some(API_TIMEOUT)).map_err(err)?;
+    s.write_all(format!("{line}\n").as_bytes()).map_err(err)?;
+    let mut out = String::new();
+    BufReader::new(std::io::Read::take(s, MAX_RESPONSE))
+        .read_line(&mut out)
+        .map_err(err)?;
+    if !out.ends_with('\n') {
+        return Err(VmmError::BadResponse {
+            path: path.to_path_buf(),
+            reason: format!("no complete line (got {} bytes)", out.len()),
+        });
+    }
+    out.pop();
+    Ok(out)
 }
 
 fn read_text(path: &Path) -> String {
