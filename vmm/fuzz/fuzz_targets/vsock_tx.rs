@@ -12,6 +12,9 @@
 
 #![no_main]
 
+#[path = "common/vsock.rs"]
+mod vsock;
+
 use std::cell::RefCell;
 use std::os::unix::net::UnixListener;
 use std::path::PathBuf;
@@ -19,25 +22,11 @@ use std::sync::{Arc, Mutex};
 
 use event_manager::{EventManager, SubscriberOps};
 use hull_vmm::devices::virtio::vsock::Vsock;
-use hull_vmm::devices::virtio::{GuestMemory, VirtioDevice, VirtioInterrupt};
+use hull_vmm::devices::virtio::VirtioDevice;
 use libfuzzer_sys::fuzz_target;
-use virtio_queue::{Queue, QueueT};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
-
-const MEM_SIZE: usize = 0x1_0000;
-const QSIZE: u16 = 16;
-const GUEST_CID: u64 = 3;
-
-struct NoIrq;
-impl VirtioInterrupt for NoIrq {
-    fn signal_used_queue(&self) -> std::io::Result<()> {
-        Ok(())
-    }
-    fn signal_config_change(&self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
+use vsock::{queue, sane_rx, NoIrq, GUEST_CID, MEM_SIZE};
 
 struct Harness {
     dev: Arc<Mutex<Vsock>>,
@@ -70,38 +59,13 @@ thread_local! {
     static HARNESS: RefCell<Harness> = RefCell::new(Harness::new());
 }
 
-fn queue(desc: u64, avail: u64, used: u64) -> Queue {
-    let mut q = Queue::new(QSIZE).unwrap();
-    q.set_size(QSIZE);
-    q.set_desc_table_address(Some(desc as u32), Some(0));
-    q.set_avail_ring_address(Some(avail as u32), Some(0));
-    q.set_used_ring_address(Some(used as u32), Some(0));
-    q.set_ready(true);
-    q
-}
-
-fn write_desc(mem: &GuestMemory, table: u64, i: u16, addr: u64, len: u32, flags: u16, next: u16) {
-    let a = GuestAddress(table + 16 * u64::from(i));
-    mem.write_obj(addr, a).unwrap();
-    mem.write_obj(len, GuestAddress(a.0 + 8)).unwrap();
-    mem.write_obj(flags, GuestAddress(a.0 + 12)).unwrap();
-    mem.write_obj(next, GuestAddress(a.0 + 14)).unwrap();
-}
-
 fuzz_target!(|data: &[u8]| {
     let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), MEM_SIZE)]).unwrap();
     let n = data.len().min(0x8000);
     mem.write_slice(&data[..n], GuestAddress(0)).unwrap();
 
     // A sane RX queue with 8 buffers (header + 1 KiB), so replies have somewhere to go.
-    for i in 0..8u16 {
-        let hdr = 0x9000 + u64::from(i) * 0x800;
-        write_desc(&mem, 0x8000, 2 * i, hdr, 44, 1 | 2, 2 * i + 1); // NEXT | WRITE
-        write_desc(&mem, 0x8000, 2 * i + 1, hdr + 0x100, 1024, 2, 0); // WRITE
-        mem.write_obj(2 * i, GuestAddress(0x8104 + 2 * u64::from(i)))
-            .unwrap();
-    }
-    mem.write_obj(8u16, GuestAddress(0x8102)).unwrap();
+    sane_rx(&mem, 0x8000, 0x9000, 8);
 
     HARNESS.with(|h| {
         let mut h = h.borrow_mut();
