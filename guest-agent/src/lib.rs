@@ -179,3 +179,9 @@ async fn bind(addr: &Address) -> Result<Listener, Error> {
         }
     }
 }
+
+/// Locks a mutex, taking the data as a panicked holder left it: one failed call must not take
+/// the agent (PID 1) down with a poisoned lock.
+pub(crate) fn locked<T: ?Sized>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}

@@ -43,7 +43,7 @@ pub fn hub() -> &'static LogHub {
 
 impl LogHub {
     fn push(&self, line: Arc<str>) {
-        let mut b = self.backlog.lock().unwrap_or_else(|e| e.into_inner());
+        let mut b = crate::locked(&self.backlog);
         b.bytes += line.len();
         b.lines.push_back(line.clone());
         while b.bytes > BACKLOG_BYTES {
@@ -61,7 +61,7 @@ impl LogHub {
 
     /// The backlog (with a note if older lines were dropped) and a receiver for what follows.
     pub fn subscribe(&self) -> (Vec<Arc<str>>, broadcast::Receiver<Arc<str>>) {
-        let b = self.backlog.lock().unwrap_or_else(|e| e.into_inner());
+        let b = crate::locked(&self.backlog);
         let mut lines = Vec::with_capacity(b.lines.len() + 1);
         if b.dropped > 0 {
             lines.push(Arc::from(format!(

@@ -193,7 +193,7 @@ async fn serve_control(agent: Arc<Agent>, conn: BoxConn) {
         };
         let id = frame.id;
         let refused = {
-            let mut set = in_flight.lock().unwrap_or_else(|e| e.into_inner());
+            let mut set = crate::locked(&in_flight);
             if set.len() >= MAX_IN_FLIGHT {
                 Some(AgentError::new(
                     ErrorKind::Busy,
@@ -220,10 +220,7 @@ async fn serve_control(agent: Arc<Agent>, conn: BoxConn) {
                 result,
                 after_reply,
             } = agent.handle(frame.call).await;
-            in_flight
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .remove(&id);
+            crate::locked(&in_flight).remove(&id);
             if let Some(after_reply) = after_reply {
                 // Reply first (and wait until it is written), then act. The wait runs in a task
                 // of its own: a host that closes the connection as soon as it has the reply

@@ -209,12 +209,7 @@ impl Agent {
     }
 
     fn request_shutdown(&self, grace_ms: u32) {
-        if let Some(tx) = self
-            .shutdown
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take()
-        {
+        if let Some(tx) = crate::locked(&self.shutdown).take() {
             let _ = tx.send(grace_ms);
         }
     }

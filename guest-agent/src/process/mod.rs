@@ -34,9 +34,7 @@ use spawn::ParentEnds;
 /// A non-blocking descriptor registered with the runtime (pipe end or terminal master).
 pub type Fd = Arc<AsyncFd<OwnedFd>>;
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
+use crate::locked as lock;
 
 /// Where an output stream (stdout/stderr) is.
 pub(crate) enum Output {
