@@ -295,3 +295,31 @@ reboot -f
     );
     assert!(!uds.exists(), "vsock socket left behind");
 }
+
+#[test]
+fn a_serial_file_is_capped_and_keeps_the_newest_output() {
+    let dir = TempDir::new("hull-vmm-serial-cap");
+    let console = dir.path().join("console.log");
+    let mut v = boot(
+        dir.path(),
+        "i=0\nwhile [ $i -lt 300 ]; do echo \"line $i\"; i=$((i+1)); done\necho LAST-LINE\nreboot -f\n",
+        |c| {
+            c.serial = vm::SerialConfig::File(console.clone());
+            c.serial_max_bytes = 1024;
+        },
+    );
+    let text = expect_exit(&mut v, VM_LIMIT, 0, "guest rebooted");
+    let size = std::fs::metadata(&console).unwrap().len();
+    assert!(
+        size <= 1024,
+        "the console file has {size} bytes, over its 1024-byte cap"
+    );
+    assert!(
+        text.contains("line 299\nLAST-LINE"),
+        "the newest output is kept:\n{text}"
+    );
+    assert!(
+        !text.contains("line 0\n"),
+        "the oldest output is gone:\n{text}"
+    );
+}

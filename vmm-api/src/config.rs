@@ -19,6 +19,12 @@
 //! }
 //! ```
 //! Only `kernel` is required. `serial` is `"stdout"`, `"off"`, or a file path.
+//!
+//! `serial_max_bytes` caps a `serial` file (default [`DEFAULT_SERIAL_MAX_BYTES`], 4 MiB): when
+//! the guest's output would take the file past the cap, hull-vmm cuts it to its newest half
+//! (the last `serial_max_bytes / 2` bytes, counting the bytes being written) and goes on
+//! appending, so the file never exceeds the cap and always ends with the newest output. A guest
+//! that prints forever cannot fill the host's disk.
 
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
@@ -52,6 +58,11 @@ fn default_vcpus() -> u32 {
 }
 fn default_memory_mib() -> u64 {
     256
+}
+/// Default cap of a serial output file: 4 MiB.
+pub const DEFAULT_SERIAL_MAX_BYTES: u64 = 4 << 20;
+fn default_serial_max_bytes() -> u64 {
+    DEFAULT_SERIAL_MAX_BYTES
 }
 fn default_cid() -> u64 {
     3
@@ -175,6 +186,9 @@ pub struct VmConfig {
     pub memory_backing: MemoryBacking,
     #[serde(default)]
     pub serial: SerialConfig,
+    /// Most bytes a `serial` file holds (see the module documentation for what is kept).
+    #[serde(default = "default_serial_max_bytes")]
+    pub serial_max_bytes: u64,
     #[serde(default)]
     pub vsock: Option<VsockConfig>,
     /// virtio-fs shares, one device each (the guest mounts them with `mount -t virtiofs TAG`).
@@ -214,6 +228,7 @@ impl VmConfig {
             memory_mib: default_memory_mib(),
             memory_backing: MemoryBacking::default(),
             serial: SerialConfig::default(),
+            serial_max_bytes: DEFAULT_SERIAL_MAX_BYTES,
             vsock: None,
             fs: Vec::new(),
             api_socket: None,
@@ -285,6 +300,10 @@ mod tests {
         let c = VmConfig::new("/k".into());
         assert_eq!((c.vcpus, c.memory_mib), (1, 256));
         assert_eq!(c.serial, SerialConfig::Stdout);
+        assert_eq!(c.serial_max_bytes, 4 << 20);
+        let p = Path::new("vm.json");
+        let capped = VmConfig::from_json(r#"{"kernel":"/k","serial_max_bytes":1000}"#, p);
+        assert_eq!(capped.unwrap().serial_max_bytes, 1000);
         assert_eq!(c.memory_bytes(), 256 << 20);
         assert_eq!(c.virtio_device_count(), 0);
         let e = VmConfig::from_file(Path::new("/nonexistent/vm.json")).unwrap_err();

@@ -21,7 +21,7 @@ use crate::config::{BootProtocolConfig, ConfigError, SerialConfig, Validate, VmC
 use crate::device_manager::mmio::{MmioDeviceManager, Subscriber};
 use crate::devices::bus::Bus;
 use crate::devices::legacy::i8042::I8042;
-use crate::devices::legacy::serial::{SerialDevice, SerialOut, SerialSink};
+use crate::devices::legacy::serial::{CappedFile, SerialDevice, SerialOut, SerialSink};
 use crate::devices::legacy::EventFdTrigger;
 use crate::devices::virtio::fs::Fs;
 use crate::devices::virtio::vsock::Vsock;
@@ -31,13 +31,14 @@ use crate::vmm::{SocketCleanup, VcpuThreads, Vmm, VmmError};
 use crate::vstate::vcpu::{self, ExitCounters, Vcpu, VcpuContext, VcpuControl};
 use crate::vstate::vm::{self, Vm};
 
-fn serial_sink(cfg: &SerialConfig) -> Result<SerialSink, VmmError> {
+fn serial_sink(cfg: &SerialConfig, max_bytes: u64) -> Result<SerialSink, VmmError> {
     Ok(match cfg {
         SerialConfig::Stdout => SerialSink::Stdout,
         SerialConfig::Off => SerialSink::Off,
         SerialConfig::File(p) => {
             let f = OpenOptions::new()
                 .create(true)
+                .read(true)
                 .write(true)
                 .truncate(true)
                 .open(p)
@@ -46,7 +47,7 @@ fn serial_sink(cfg: &SerialConfig) -> Result<SerialSink, VmmError> {
                     path: p.clone(),
                     source,
                 })?;
-            SerialSink::File(LineWriter::new(f))
+            SerialSink::File(LineWriter::new(CappedFile::new(f, max_bytes)))
         }
     })
 }
@@ -118,7 +119,10 @@ pub(crate) fn build(config: &VmConfig) -> Result<Vmm, VmmError> {
     irqfd(&vm, &serial_irq, layout::COM1_IRQ)?;
     let serial = Arc::new(Mutex::new(SerialDevice::new(
         EventFdTrigger(serial_irq),
-        SerialOut::new(serial_sink(&config.serial)?, exit.clone()),
+        SerialOut::new(
+            serial_sink(&config.serial, config.serial_max_bytes)?,
+            exit.clone(),
+        ),
     )));
     pio_bus.insert(u64::from(layout::COM1_PORT), 8, serial.clone())?;
     let kbd_irq = new_evt()?;

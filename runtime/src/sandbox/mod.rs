@@ -24,7 +24,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime};
 
 use hull_agent_protocol::MountRequest;
-use hull_vmm_api::{CachePolicy, FsConfig, VmConfig, VsockConfig};
+use hull_vmm_api::{CachePolicy, FsConfig, SerialConfig, VmConfig, VsockConfig};
 use nix::sys::signal::Signal;
 use nix::unistd::Pid;
 
@@ -247,6 +247,9 @@ impl Sandbox {
             guest_cid: GUEST_CID,
         });
         vm.api_socket = Some(dir.join("api.sock"));
+        // A file hull-vmm caps (serial_max_bytes), so a guest printing forever cannot fill the
+        // host's disk.
+        vm.serial = SerialConfig::File(dir.join(crate::vmm::CONSOLE_FILE));
         let mut fs = FsConfig::new(SHARE_TAG, &share);
         // The host changes the share (mounts, bundles) while the guest runs.
         fs.cache = CachePolicy::Never;

@@ -7,7 +7,7 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use hull_vmm_api::exit::VmmExit;
-use hull_vmm_api::{ApiRequest, ApiResponse, VmConfig};
+use hull_vmm_api::{ApiRequest, ApiResponse, SerialConfig, VmConfig};
 use nix::sys::signal::Signal;
 use nix::unistd::Pid;
 
@@ -86,6 +86,8 @@ pub struct VmmExited {
 pub struct VmmProcess {
     child: Child,
     dir: PathBuf,
+    /// Where the guest console goes: the configuration's serial file, else `console.log`.
+    console: PathBuf,
     api_socket: Option<PathBuf>,
     exited: Option<VmmExited>,
     detached: bool,
@@ -132,11 +134,16 @@ impl VmmProcess {
             let path = dir.join(name);
             File::create(&path).map_err(|source| VmmError::WriteFile { path, source })
         };
+        // A serial file (capped by hull-vmm) is the console; otherwise hull-vmm's stdout is.
+        let (console, stdout) = match &config.serial {
+            SerialConfig::File(p) => (p.clone(), Stdio::null()),
+            _ => (dir.join(CONSOLE_FILE), Stdio::from(open(CONSOLE_FILE)?)),
+        };
         let child = Command::new(binary)
             .arg("--config")
             .arg(&config_path)
             .stdin(Stdio::null())
-            .stdout(open(CONSOLE_FILE)?)
+            .stdout(stdout)
             .stderr(open(LOG_FILE)?)
             .envs(env.iter().copied())
             .process_group(0)
@@ -149,6 +156,7 @@ impl VmmProcess {
         Ok(VmmProcess {
             child,
             dir: dir.to_path_buf(),
+            console,
             api_socket: config.api_socket.clone(),
             exited: None,
             detached: false,
@@ -165,10 +173,10 @@ impl VmmProcess {
         &self.dir
     }
 
-    /// What hull-vmm wrote to stdout so far (the guest console when it goes to stdout), with
+    /// The guest console so far (the configuration's serial file, or hull-vmm's stdout), with
     /// the serial line's `\r\n` turned back into `\n`.
     pub fn console(&self) -> String {
-        read_text(&self.dir.join(CONSOLE_FILE))
+        read_text(&self.console)
     }
 
     /// What hull-vmm wrote to stderr so far.

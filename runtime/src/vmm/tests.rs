@@ -173,3 +173,17 @@ fn launch_errors_name_what_is_wrong() {
         Err(VmmError::NoApiSocket)
     ));
 }
+
+#[test]
+fn the_console_is_the_serial_file_when_the_config_names_one() {
+    let t = Tmp::new("serial");
+    let serial = t.path().join("guest-console");
+    std::fs::write(&serial, "from the serial file\r\n").unwrap();
+    let mut c = config(&t);
+    c.serial = hull_vmm_api::SerialConfig::File(serial);
+    // hull-vmm's stdout is not the console then: what the fake prints there is not shown.
+    let mut vm =
+        VmmProcess::launch(&t.fake("echo not the console\n"), &c, &t.path().join("vm")).unwrap();
+    vm.wait_timeout(LIMIT).unwrap().expect("the fake exits");
+    assert_eq!(vm.console(), "from the serial file\n");
+}

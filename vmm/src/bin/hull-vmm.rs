@@ -38,6 +38,10 @@ struct Args {
     /// Guest console: stdout, off, or a file path.
     #[arg(long)]
     serial: Option<SerialConfig>,
+    /// Most bytes a --serial file keeps (default 4 MiB); past it the file is cut to its newest
+    /// half.
+    #[arg(long)]
+    serial_max_bytes: Option<u64>,
     /// Host Unix socket of the virtio-vsock device.
     #[arg(long)]
     vsock_uds: Option<PathBuf>,
@@ -86,6 +90,9 @@ fn config_from(args: Args) -> anyhow::Result<VmConfig> {
     }
     if let Some(v) = args.serial {
         c.serial = v;
+    }
+    if let Some(v) = args.serial_max_bytes {
+        c.serial_max_bytes = v;
     }
     match (args.vsock_uds, args.vsock_cid) {
         (Some(uds_path), cid) => {

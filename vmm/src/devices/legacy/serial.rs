@@ -1,8 +1,9 @@
 //! COM1: vm-superio's 16550A emulation behind the port-I/O bus, writing what the guest prints to
-//! stdout, a file, or nowhere, and watching it for the kernel's panic line.
+//! stdout, a size-capped file, or nowhere, and watching it for the kernel's panic line.
 
 use std::fs::File;
 use std::io::{self, LineWriter, Write};
+use std::os::unix::fs::FileExt;
 use std::sync::Arc;
 
 use vm_superio::serial::NoEvents;
@@ -18,10 +19,68 @@ pub const PANIC_MARKER: &[u8] = b"Kernel panic - not syncing";
 /// Longest console line the panic detector keeps (longer lines are cut, not lost).
 const MAX_LINE: usize = 512;
 
+/// A console file that never holds more than `max` bytes and always ends with the newest
+/// output: when a write would take it past `max`, the file is cut to its newest `max / 2` bytes
+/// (counting the bytes being written) before the write lands. So once it has filled, it holds
+/// between `max / 2` and `max` bytes: the guest's latest output, whatever it printed before.
+/// Cutting costs a copy of `max / 2` bytes every `max / 2` bytes written (amortised: one byte
+/// moved per byte printed). A write longer than `max / 2` leaves only its own last `max / 2`
+/// bytes.
+pub struct CappedFile {
+    file: File,
+    /// Bytes in the file (hull-vmm created or truncated it and is its only writer).
+    len: u64,
+    max: u64,
+}
+
+impl CappedFile {
+    /// `file` must be empty (truncated) and open for reading and writing.
+    pub fn new(file: File, max: u64) -> CappedFile {
+        CappedFile { file, len: 0, max }
+    }
+
+    /// Keeps the newest `keep` bytes of the file, moved to its start.
+    fn keep_tail(&mut self, keep: u64) -> io::Result<()> {
+        let keep = keep.min(self.len);
+        let mut tail = vec![0u8; usize::try_from(keep).unwrap_or(usize::MAX)];
+        self.file.read_exact_at(&mut tail, self.len - keep)?;
+        self.file.write_all_at(&tail, 0)?;
+        self.file.set_len(keep)?;
+        self.len = keep;
+        Ok(())
+    }
+}
+
+impl Write for CappedFile {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = buf.len() as u64;
+        if self.len.saturating_add(n) > self.max {
+            let half = self.max / 2;
+            if n >= half {
+                // The new bytes alone fill the half that is kept.
+                let own = &buf[buf.len() - usize::try_from(half).unwrap_or(buf.len())..];
+                self.file.set_len(0)?;
+                self.len = 0;
+                self.file.write_all_at(own, 0)?;
+                self.len = own.len() as u64;
+                return Ok(buf.len());
+            }
+            self.keep_tail(half - n)?;
+        }
+        self.file.write_all_at(buf, self.len)?;
+        self.len += n;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
 /// Where the guest's console output goes.
 pub enum SerialSink {
     Stdout,
-    File(LineWriter<File>),
+    File(LineWriter<CappedFile>),
     Off,
 }
 
@@ -136,7 +195,72 @@ impl BusDevice for SerialDevice {
 mod tests {
     use super::*;
     use crate::exit::ExitReason;
+    use std::fs::OpenOptions;
+    use std::path::PathBuf;
     use vmm_sys_util::eventfd::EventFd;
+
+    struct Tmp(PathBuf);
+    impl Drop for Tmp {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_file(&self.0);
+        }
+    }
+
+    fn capped(name: &str, max: u64) -> (CappedFile, Tmp) {
+        let path =
+            std::env::temp_dir().join(format!("hull-vmm-serial-{name}-{}", std::process::id()));
+        let f = OpenOptions::new()
+            .create(true)
+            .read(true)
+            .write(true)
+            .truncate(true)
+            .open(&path)
+            .unwrap();
+        (CappedFile::new(f, max), Tmp(path))
+    }
+
+    fn contents(t: &Tmp) -> Vec<u8> {
+        std::fs::read(&t.0).unwrap()
+    }
+
+    #[test]
+    fn file_below_the_cap_keeps_everything() {
+        let (mut f, t) = capped("below", 100);
+        f.write_all(b"hello ").unwrap();
+        f.write_all(b"world").unwrap();
+        assert_eq!(contents(&t), b"hello world");
+        f.write_all(&[b'x'; 89]).unwrap(); // exactly 100 bytes
+        assert_eq!(contents(&t).len(), 100);
+    }
+
+    #[test]
+    fn file_over_the_cap_keeps_the_newest_half() {
+        let (mut f, t) = capped("over", 100);
+        let all: Vec<u8> = (0..1000u32).map(|i| (i % 251) as u8).collect();
+        for (i, b) in all.iter().enumerate() {
+            f.write_all(&[*b]).unwrap();
+            let c = contents(&t);
+            assert!(c.len() <= 100, "{} bytes after {}", c.len(), i + 1);
+            // Always the newest bytes, in order.
+            assert_eq!(c[..], all[i + 1 - c.len()..=i]);
+            if i >= 100 {
+                assert!(c.len() >= 50);
+            }
+        }
+    }
+
+    #[test]
+    fn a_write_bigger_than_half_the_cap_keeps_its_own_tail() {
+        let (mut f, t) = capped("big", 10);
+        f.write_all(b"abc").unwrap();
+        f.write_all(b"0123456789XYZ").unwrap();
+        assert_eq!(contents(&t), b"89XYZ");
+        f.write_all(b"!").unwrap();
+        assert_eq!(contents(&t), b"89XYZ!");
+        let (mut z, t) = capped("zero", 0);
+        z.write_all(b"nothing is kept").unwrap();
+        assert_eq!(contents(&t), b"");
+    }
 
     #[test]
     fn panic_line_is_reported() {
