@@ -152,6 +152,17 @@ fn cleanup_after_the_vmm_was_killed_and_after_a_failed_boot() {
             nix::sys::signal::Signal::SIGKILL,
         )
         .unwrap();
+        // Loading never depends on the guest: also while the killed VMM is still going away.
+        let sb = Sandbox::load(&root, "sb2").await.unwrap();
+        drop(sb);
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        while process_start_time(pid).is_some() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the killed hull-vmm never went away"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
         let sb = Sandbox::load(&root, "sb2").await.unwrap();
         assert!(!sb.vmm_running());
         assert!(sb.agent().is_err(), "no agent without a VM");

@@ -84,6 +84,8 @@ pub enum SandboxError {
     Agent(#[from] crate::agent::Error),
     #[error("the sandbox's VM is not running")]
     NotRunning,
+    #[error("the sandbox's guest agent cannot be reached: {0}")]
+    AgentUnavailable(String),
     #[error("cannot {what} (pid {pid}): {source}")]
     Signal {
         what: &'static str,
@@ -107,6 +109,8 @@ pub struct Sandbox {
     dir: PathBuf,
     state: SandboxState,
     agent: Option<AgentClient>,
+    /// Why the agent could not be reached when the sandbox was loaded.
+    agent_error: Option<String>,
     _lock: StateLock,
 }
 
@@ -211,6 +215,7 @@ impl Sandbox {
                 dir,
                 state,
                 agent: Some(agent),
+                agent_error: None,
                 _lock: lock,
             }),
             Err(e) => {
@@ -295,8 +300,9 @@ impl Sandbox {
     }
 
     /// Attaches to sandbox `id` under `root` (waiting for another command that holds its
-    /// lock). The agent is connected if the VM runs; a sandbox whose VM died can still be
-    /// stopped and cleaned up.
+    /// lock). The agent is connected if the VM runs and it answers; loading never fails because
+    /// of the guest, so a sandbox whose VM died or is dying can still be stopped and cleaned up
+    /// ([`Sandbox::agent`] then says why there is no agent).
     pub async fn load(root: &Path, id: &str) -> Result<Sandbox, SandboxError> {
         validate_id(id)?;
         let dir = root.join(id);
@@ -309,11 +315,18 @@ impl Sandbox {
             dir,
             state,
             agent: None,
+            agent_error: None,
             _lock: lock,
         };
         if sb.vmm_running() {
             let endpoint = Endpoint::vm(sb.dir.join("vsock.sock"));
-            sb.agent = Some(AgentClient::connect(endpoint, Duration::from_secs(30)).await?);
+            match AgentClient::connect(endpoint, Duration::from_secs(30)).await {
+                Ok(a) => sb.agent = Some(a),
+                Err(e) => {
+                    tracing::warn!("sandbox {id}: the agent cannot be reached: {e}");
+                    sb.agent_error = Some(e.to_string());
+                }
+            }
         }
         Ok(sb)
     }
@@ -349,7 +362,11 @@ impl Sandbox {
 
     /// The agent connection.
     pub fn agent(&self) -> Result<&AgentClient, SandboxError> {
-        self.agent.as_ref().ok_or(SandboxError::NotRunning)
+        match (&self.agent, &self.agent_error) {
+            (Some(a), _) => Ok(a),
+            (None, Some(e)) if self.vmm_running() => Err(SandboxError::AgentUnavailable(e.clone())),
+            (None, _) => Err(SandboxError::NotRunning),
+        }
     }
 
     /// Stops the VM: the agent shuts the guest down; if the VMM is still there after `grace`,
