@@ -83,11 +83,15 @@ fn check_reports_each_item_with_its_fix() {
         ),
     )
     .unwrap();
-    let out = hull(
-        &["check"],
-        t.path(),
-        &[("HULL_CONFIG", conf.to_str().unwrap())],
-    );
+    // `hull check` with this test's config file.
+    let check = || {
+        hull(
+            &["check"],
+            t.path(),
+            &[("HULL_CONFIG", conf.to_str().unwrap())],
+        )
+    };
+    let out = check();
     let o = text(&out.stdout);
     assert!(
         o.contains(&format!("ok   guest kernel: {}", k.display())),
@@ -116,24 +120,13 @@ fn check_reports_each_item_with_its_fix() {
     }
     // A missing file is named with its fix; a bad config names the key and the file.
     std::fs::remove_file(&v).unwrap();
-    let o = text(
-        &hull(
-            &["check"],
-            t.path(),
-            &[("HULL_CONFIG", conf.to_str().unwrap())],
-        )
-        .stdout,
-    );
+    let o = text(&check().stdout);
     assert!(
         o.contains("FAIL hull-vmm:") && o.contains("run `make install`"),
         "{o}"
     );
     std::fs::write(&conf, "vcpu = 2\n").unwrap();
-    let out = hull(
-        &["check"],
-        t.path(),
-        &[("HULL_CONFIG", conf.to_str().unwrap())],
-    );
+    let out = check();
     let o = text(&out.stdout);
     assert!(
         o.contains("FAIL configuration") && o.contains("vcpu"),
