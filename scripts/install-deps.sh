@@ -10,6 +10,10 @@ PKGS=(
   qemu-system-x86 busybox-static cpio kmod
   # test tooling
   python3 socat jq procps
+  # containers in the guest: libcontainer links libseccomp statically (libseccomp.a)
+  libseccomp-dev pkg-config
+  # the peer runtime the CLI tests and benches compare hull against
+  runc
 )
 
 missing=()

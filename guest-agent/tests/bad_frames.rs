@@ -109,7 +109,7 @@ fn bad_hellos() {
     // Garbage, an unknown connection kind, an empty and an oversized hello.
     for payload in [
         &b"\x00\x01garbage"[..],
-        br#"{"version":1,"connection":{"kind":"x"}}"#,
+        br#"{"version":2,"connection":{"kind":"x"}}"#, // the current PROTOCOL_VERSION
     ] {
         let mut s = raw(&agent);
         send_raw(&mut s, payload);

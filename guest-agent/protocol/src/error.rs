@@ -30,6 +30,15 @@ pub enum ErrorKind {
     Unsupported,
     /// A system call failed.
     Io,
+    /// No container with that id in this sandbox.
+    UnknownContainer,
+    /// A container with that id already exists.
+    ContainerExists,
+    /// The container is not in a state that allows the call (start a running container,
+    /// delete a running one without force, pause a stopped one, ...).
+    WrongState,
+    /// libcontainer refused or failed to create, start or exec (the message says why).
+    ContainerFailed,
     /// An error kind this side does not know.
     #[serde(other)]
     Other,

@@ -89,6 +89,14 @@
 //! Added in protocol version 1 as new calls: an older agent answers
 //! [`ErrorKind::UnknownRequest`].
 //!
+//! # Containers
+//!
+//! Version 2 adds the container calls ([`container`]): `create_container` from an OCI bundle
+//! the host prepared in the share, `start_container`, `exec`, `kill_container`,
+//! `container_state`, `container_pids`, `pause_container`, `resume_container`,
+//! `update_container`, `container_stats` and `delete_container`. A container's init and its
+//! execs are agent processes like spawned ones (streams, `wait`, resize, `close_stdin`).
+//!
 //! # Growing the protocol
 //!
 //! [`Request`] and [`Response`] are internally tagged (`"type"`) enums: new calls (containers:
@@ -96,18 +104,23 @@
 //! not know one answers [`ErrorKind::UnknownRequest`]. Incompatible changes bump
 //! [`PROTOCOL_VERSION`].
 
+pub mod container;
 pub mod error;
 pub mod frame;
 pub mod messages;
 pub mod mount;
 
+pub use container::{
+    check_container_id, CgroupCpu, CgroupIoDevice, CgroupMemory, CgroupPids, ContainerInfo,
+    ContainerStats, ContainerStatus, CreateContainerRequest, ExecRequest, MAX_CONTAINER_ID,
+};
 pub use error::{AgentError, ErrorKind, FrameError};
 pub use frame::{encode_frame, FrameDecoder};
 pub use messages::*;
 pub use mount::{check_path, FsType, MountOption, MountRequest};
 
 /// Version of the agent protocol; both ends must agree exactly.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// The vsock port the agent listens on in the guest.
 pub const AGENT_VSOCK_PORT: u32 = 1024;

@@ -3,6 +3,7 @@
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use crate::container::{ContainerInfo, ContainerStats, CreateContainerRequest, ExecRequest};
 use crate::error::{AgentError, ErrorKind};
 use crate::mount::MountRequest;
 use crate::PROTOCOL_VERSION;
@@ -184,6 +185,39 @@ pub enum Request {
         #[serde(default)]
         grace_ms: Option<u32>,
     },
+    /// Create a container from an OCI bundle; its init process is held before the user program
+    /// runs until `start_container`. Reply: [`Response::Spawned`] (the init process).
+    CreateContainer(CreateContainerRequest),
+    /// Let a created container's init run its program. Reply: [`Response::Done`].
+    StartContainer { id: String },
+    /// Run another process in a running container. Reply: [`Response::Spawned`].
+    Exec(ExecRequest),
+    /// Signal the container's init, or (`all`) every process in it. Reply: [`Response::Done`].
+    KillContainer {
+        id: String,
+        signal: i32,
+        #[serde(default)]
+        all: bool,
+    },
+    /// Reply: [`Response::Container`].
+    ContainerState { id: String },
+    /// Guest pids of the container's processes. Reply: [`Response::Pids`].
+    ContainerPids { id: String },
+    /// Freeze every process of the container (cgroup v2 freezer). Reply: [`Response::Done`].
+    PauseContainer { id: String },
+    /// Thaw a paused container. Reply: [`Response::Done`].
+    ResumeContainer { id: String },
+    /// Apply new resource limits: an OCI `linux.resources` object. Reply: [`Response::Done`].
+    UpdateContainer { id: String, resources: Value },
+    /// The container's cgroup figures. Reply: [`Response::ContainerStats`].
+    ContainerStats { id: String },
+    /// Remove a stopped container (`force`: kill it first if it still runs), its cgroup and
+    /// state, and release its init process. Reply: [`Response::Done`].
+    DeleteContainer {
+        id: String,
+        #[serde(default)]
+        force: bool,
+    },
 }
 
 impl Request {
@@ -203,6 +237,17 @@ impl Request {
         "shutdown",
         "mount",
         "unmount",
+        "create_container",
+        "start_container",
+        "exec",
+        "kill_container",
+        "container_state",
+        "container_pids",
+        "pause_container",
+        "resume_container",
+        "update_container",
+        "container_stats",
+        "delete_container",
     ];
 
     /// This request's `type` name.
@@ -222,6 +267,17 @@ impl Request {
             Request::Shutdown { .. } => "shutdown",
             Request::Mount(_) => "mount",
             Request::Unmount { .. } => "unmount",
+            Request::CreateContainer(_) => "create_container",
+            Request::StartContainer { .. } => "start_container",
+            Request::Exec(_) => "exec",
+            Request::KillContainer { .. } => "kill_container",
+            Request::ContainerState { .. } => "container_state",
+            Request::ContainerPids { .. } => "container_pids",
+            Request::PauseContainer { .. } => "pause_container",
+            Request::ResumeContainer { .. } => "resume_container",
+            Request::UpdateContainer { .. } => "update_container",
+            Request::ContainerStats { .. } => "container_stats",
+            Request::DeleteContainer { .. } => "delete_container",
         }
     }
 }
@@ -334,6 +390,9 @@ pub enum Response {
     Processes { processes: Vec<ProcessInfo> },
     Stats(GuestStats),
     Done,
+    Container(ContainerInfo),
+    Pids { pids: Vec<i32> },
+    ContainerStats(ContainerStats),
 }
 
 /// Where the agent runs.

@@ -56,6 +56,35 @@ fn all_requests() -> Vec<Request> {
         Request::Shutdown {
             grace_ms: Some(100),
         },
+        Request::CreateContainer(CreateContainerRequest {
+            id: "c1".into(),
+            bundle: "/run/hull/shared/containers/c1".into(),
+            stdio: StdioSpec::Terminal { rows: 24, cols: 80 },
+        }),
+        Request::StartContainer { id: "c1".into() },
+        Request::Exec(ExecRequest {
+            id: "c1".into(),
+            process: serde_json::json!({"args": ["sh"], "cwd": "/", "terminal": false}),
+            stdio: StdioSpec::default(),
+        }),
+        Request::KillContainer {
+            id: "c1".into(),
+            signal: 9,
+            all: true,
+        },
+        Request::ContainerState { id: "c1".into() },
+        Request::ContainerPids { id: "c1".into() },
+        Request::PauseContainer { id: "c1".into() },
+        Request::ResumeContainer { id: "c1".into() },
+        Request::UpdateContainer {
+            id: "c1".into(),
+            resources: serde_json::json!({"pids": {"limit": 10}}),
+        },
+        Request::ContainerStats { id: "c1".into() },
+        Request::DeleteContainer {
+            id: "c1".into(),
+            force: true,
+        },
     ]
 }
 
@@ -248,10 +277,10 @@ async fn async_reader_matches_the_blocking_one() {
 #[test]
 fn unknown_request_type_keeps_its_id() {
     let err =
-        decode_request(br#"{"id":42,"call":{"type":"create_container","spec":{}}}"#).unwrap_err();
+        decode_request(br#"{"id":42,"call":{"type":"checkpoint_container","spec":{}}}"#).unwrap_err();
     assert_eq!(err.id, Some(42));
     assert_eq!(err.error.kind, ErrorKind::UnknownRequest);
-    assert!(err.error.message.contains("\"create_container\""));
+    assert!(err.error.message.contains("\"checkpoint_container\""));
 }
 
 #[test]
@@ -314,7 +343,7 @@ fn hello_out_of_order_is_reported() {
 
 #[test]
 fn hello_version_mismatch_names_both_versions() {
-    for v in [0u64, 2, u64::from(u32::MAX) + 5] {
+    for v in [0u64, 1, 3, u64::from(u32::MAX) + 5] {
         let payload = format!(r#"{{"version":{v},"connection":{{"kind":"teleport"}}}}"#);
         let err = decode_hello(payload.as_bytes()).unwrap_err();
         assert_eq!(err.kind, ErrorKind::VersionMismatch);
@@ -325,8 +354,8 @@ fn hello_version_mismatch_names_both_versions() {
             err.message
         );
     }
-    let err = decode_hello(br#"{"version":2,"connection":{"kind":"control"}}"#).unwrap_err();
-    assert!(err.message.contains("host speaks version 2"));
+    let err = decode_hello(br#"{"version":1,"connection":{"kind":"control"}}"#).unwrap_err();
+    assert!(err.message.contains("host speaks version 1"));
 }
 
 #[test]
@@ -343,7 +372,7 @@ fn hello_round_trips_and_rejects_bad_kinds() {
         let bytes = serde_json::to_vec(&h).unwrap();
         assert_eq!(decode_hello(&bytes).unwrap(), h);
     }
-    let err = decode_hello(br#"{"version":1,"connection":{"kind":"teleport"}}"#).unwrap_err();
+    let err = decode_hello(br#"{"version":2,"connection":{"kind":"teleport"}}"#).unwrap_err();
     assert_eq!(err.kind, ErrorKind::BadFrame);
     let err = decode_hello(b"\xff\xfe").unwrap_err();
     assert_eq!(err.kind, ErrorKind::BadFrame);
