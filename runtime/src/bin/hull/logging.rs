@@ -121,7 +121,11 @@ impl Visit for Fields {
 }
 
 /// One log line in runc's json shape.
-pub fn json_line(level: &Level, msg: &str, extra: serde_json::Map<String, serde_json::Value>) -> String {
+pub fn json_line(
+    level: &Level,
+    msg: &str,
+    extra: serde_json::Map<String, serde_json::Value>,
+) -> String {
     let level = match *level {
         Level::ERROR => "error",
         Level::WARN => "warning",

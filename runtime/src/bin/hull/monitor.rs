@@ -36,7 +36,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context};
-use hull_runtime::agent::protocol::{ExitStatus, ProcessId, Request, Response, StdStream};
+use hull_runtime::agent::protocol::{ExitStatus, ProcessId, StdStream};
 use hull_runtime::agent::{AgentClient, Endpoint};
 
 use crate::signal::exit_code;
@@ -142,32 +142,34 @@ pub fn spawn(globals: &Globals, args: &MonitorArgs) -> anyhow::Result<Started> {
     let mut cmd = std::process::Command::new(exe);
     cmd.args(globals.to_args()).args(args.to_args());
     let w = ready_w.as_raw_fd();
+    let pre_exec = move || {
+        // SAFETY: setsid takes no arguments and is async-signal-safe.
+        if unsafe { libc::setsid() } < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        if w == READY_FD {
+            // dup2 onto itself keeps close-on-exec: clear it.
+            // SAFETY: fcntl on an integer fd; async-signal-safe.
+            if unsafe { libc::fcntl(w, libc::F_SETFD, 0) } < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+        // SAFETY: dup2 on integer fds; async-signal-safe.
+        } else if unsafe { libc::dup2(w, READY_FD) } < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(())
+    };
     // SAFETY: the closure runs in the child between fork and exec and only makes
     // async-signal-safe system calls (setsid, dup2, fcntl) on plain integers.
-    unsafe {
-        cmd.pre_exec(move || {
-            if libc::setsid() < 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            if w == READY_FD {
-                // dup2 onto itself keeps close-on-exec: clear it.
-                if libc::fcntl(w, libc::F_SETFD, 0) < 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-            } else if libc::dup2(w, READY_FD) < 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        })
-    };
+    unsafe { cmd.pre_exec(pre_exec) };
     let mut child = cmd.spawn().context("cannot start the monitor process")?;
     drop(ready_w);
     let mut reply = Vec::new();
     let read = std::fs::File::from(ready_r).read_to_end(&mut reply);
     let pid = child.id();
     match (read, reply.first()) {
-        (Ok(_), Some(0)) => Ok(Started { pid, child }),
-        (Ok(_), Some(_)) => {
+        (_, Some(0)) => Ok(Started { pid, child }),
+        (_, Some(_)) => {
             let _ = child.wait();
             bail!("{}", String::from_utf8_lossy(&reply).trim_end())
         }
@@ -253,7 +255,11 @@ pub fn main(root: &Path, args: &MonitorArgs) -> ExitCode {
             std::process::exit(i32::from(c));
         }
         Err(e) => {
-            tracing::error!("monitor of container {} process {}: {e:#}", args.container, args.process);
+            tracing::error!(
+                "monitor of container {} process {}: {e:#}",
+                args.container,
+                args.process
+            );
             ready.fail(&e);
             ExitCode::FAILURE
         }
@@ -299,17 +305,22 @@ impl Signals {
         // SAFETY: `set` is initialised; the old mask is not asked for.
         let rc = unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
         if rc != 0 {
-            bail!("cannot block signals: {}", std::io::Error::from_raw_os_error(rc));
+            bail!(
+                "cannot block signals: {}",
+                std::io::Error::from_raw_os_error(rc)
+            );
         }
         // SAFETY: `set` is initialised; -1 asks for a new descriptor, which is owned below.
         let fd = unsafe { libc::signalfd(-1, &set, libc::SFD_NONBLOCK | libc::SFD_CLOEXEC) };
         if fd < 0 {
-            bail!("cannot open a signalfd: {}", std::io::Error::last_os_error());
+            bail!(
+                "cannot open a signalfd: {}",
+                std::io::Error::last_os_error()
+            );
         }
         // SAFETY: signalfd returned a new descriptor that nothing else owns.
-        Ok(Signals {
-            fd: unsafe { OwnedFd::from_raw_fd(fd) },
-        })
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        Ok(Signals { fd })
     }
 
     /// The next pending signal, if any (non-blocking).
@@ -351,17 +362,7 @@ enum Target {
 
 async fn forward(agent: &AgentClient, target: &Target, signal: i32) {
     let r = match target {
-        Target::Init(id) => agent
-            .call(
-                Request::KillContainer {
-                    id: id.clone(),
-                    signal,
-                    all: false,
-                },
-                Some(Duration::from_secs(30)),
-            )
-            .await
-            .map(|_| ()),
+        Target::Init(id) => agent.kill_container(id, signal, false).await,
         Target::Exec(p) => agent.signal(*p, signal, false).await,
     };
     match r {
@@ -430,7 +431,12 @@ pub fn send_console(path: &Path, master: BorrowedFd<'_>, name: &str) -> anyhow::
         MsgFlags::empty(),
         None,
     )
-    .with_context(|| format!("cannot send the pty to the console socket {}", path.display()))?;
+    .with_context(|| {
+        format!(
+            "cannot send the pty to the console socket {}",
+            path.display()
+        )
+    })?;
     Ok(())
 }
 
@@ -486,7 +492,9 @@ pub fn copy_in<R: Read, W: Write>(
 
 /// A std stream from an attached tokio stream (blocking, for a copy thread).
 fn blocking(s: tokio::net::UnixStream) -> anyhow::Result<UnixStream> {
-    let s = s.into_std().context("cannot take a stream out of the runtime")?;
+    let s = s
+        .into_std()
+        .context("cannot take a stream out of the runtime")?;
     s.set_nonblocking(false)?;
     Ok(s)
 }
@@ -605,8 +613,13 @@ async fn monitor(
         args.process
     );
 
-    let sigfd = tokio::io::unix::AsyncFd::new(signals.fd().try_clone_to_owned()?)
-        .context("cannot watch the signalfd")?;
+    let owned = signals.fd().try_clone_to_owned()?;
+    // SAFETY: `owned` is an OwnedFd moved into the AsyncFd: it stays open and is the same
+    // descriptor for the AsyncFd's whole life.
+    let sigfd = unsafe {
+        tokio::io::unix::AsyncFd::register_with_interest(owned, tokio::io::Interest::READABLE)
+    }
+    .map_err(|e| anyhow!("cannot watch the signalfd: {e}"))?;
     let wait = agent.wait(process);
     tokio::pin!(wait);
     let status = loop {
@@ -686,8 +699,13 @@ mod tests {
         let mut buf = [0u8; 256];
         let mut iov = [std::io::IoSliceMut::new(&mut buf)];
         let mut cmsg = nix::cmsg_space!([RawFd; 1]);
-        let msg = recvmsg::<()>(conn.as_raw_fd(), &mut iov, Some(&mut cmsg), MsgFlags::empty())
-            .unwrap();
+        let msg = recvmsg::<()>(
+            conn.as_raw_fd(),
+            &mut iov,
+            Some(&mut cmsg),
+            MsgFlags::empty(),
+        )
+        .unwrap();
         let mut fds = Vec::new();
         for c in msg.cmsgs().unwrap() {
             if let ControlMessageOwned::ScmRights(f) = c {
@@ -715,7 +733,10 @@ mod tests {
             ws_ypixel: 0,
         };
         // SAFETY: TIOCSWINSZ reads one winsize from the pointer.
-        assert_eq!(unsafe { libc::ioctl(m.as_raw_fd(), libc::TIOCSWINSZ, &ws) }, 0);
+        assert_eq!(
+            unsafe { libc::ioctl(m.as_raw_fd(), libc::TIOCSWINSZ, &ws) },
+            0
+        );
         assert_eq!(window_size(s.as_fd()), Some((33, 101)));
     }
 
@@ -728,7 +749,10 @@ mod tests {
             &name.display().to_string(),
         )
         .unwrap_err();
-        assert!(format!("{e:#}").contains("/nonexistent/console.sock"), "{e:#}");
+        assert!(
+            format!("{e:#}").contains("/nonexistent/console.sock"),
+            "{e:#}"
+        );
     }
 
     #[test]
@@ -798,10 +822,25 @@ mod tests {
     #[test]
     fn forwarded_signals_are_the_catchable_ones() {
         let s = forwarded_signals();
-        for must in [libc::SIGTERM, libc::SIGINT, libc::SIGHUP, libc::SIGUSR1, libc::SIGWINCH, 34, 64] {
+        for must in [
+            libc::SIGTERM,
+            libc::SIGINT,
+            libc::SIGHUP,
+            libc::SIGUSR1,
+            libc::SIGWINCH,
+            34,
+            64,
+        ] {
             assert!(s.contains(&must), "{must}");
         }
-        for never in [libc::SIGKILL, libc::SIGSTOP, libc::SIGPIPE, libc::SIGSEGV, 32, 33] {
+        for never in [
+            libc::SIGKILL,
+            libc::SIGSTOP,
+            libc::SIGPIPE,
+            libc::SIGSEGV,
+            32,
+            33,
+        ] {
             assert!(!s.contains(&never), "{never}");
         }
     }

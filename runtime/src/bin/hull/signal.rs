@@ -53,7 +53,9 @@ pub fn parse_signal(s: &str) -> Result<i32, String> {
         return if (1..=SIGRTMAX).contains(&n) {
             Ok(n)
         } else {
-            Err(format!("invalid signal number {n}: it must be 1 to {SIGRTMAX}"))
+            Err(format!(
+                "invalid signal number {n}: it must be 1 to {SIGRTMAX}"
+            ))
         };
     }
     let up = s.to_ascii_uppercase();
@@ -126,7 +128,9 @@ mod tests {
         ] {
             assert_eq!(parse_signal(s), Ok(n), "{s}");
         }
-        for bad in ["", "FOO", "SIG", "0", "65", "-1", "RTMIN+40", "RTMAX+1", "RTMINx", "9x"] {
+        for bad in [
+            "", "FOO", "SIG", "0", "65", "-1", "RTMIN+40", "RTMAX+1", "RTMINx", "9x",
+        ] {
             let e = parse_signal(bad).unwrap_err();
             assert!(e.contains(bad) || e.contains("1 to 64"), "{bad}: {e}");
         }
