@@ -98,13 +98,15 @@ pub fn run(ctx: &Ctx, e: &liboci_cli::Events) -> anyhow::Result<ExitCode> {
     }
     block_on(async {
         let mut oom_seen = false;
+        let mut first = true;
         loop {
             let (status, oom, stats) = match sample(ctx, id).await {
                 Ok(s) => s,
-                // Deleted meanwhile: the events end.
-                Err(_) if !e.stats && !ctx.exists(id) => return Ok(()),
+                // Deleted since the last look: the events end.
+                Err(_) if !first && !ctx.exists(id) => return Ok(()),
                 Err(err) => return Err(err),
             };
+            first = false;
             if e.stats {
                 let Some(s) = stats else {
                     bail!("container \"{id}\" is not running");
