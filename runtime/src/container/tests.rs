@@ -304,6 +304,15 @@ async fn create_start_exec_delete() {
     assert!(calls.contains(&"delete_container".to_string()), "{calls:?}");
 }
 
+/// Writes `spec` as the bundle's config.json and expects creating "c1" from it to fail.
+async fn create_with(sb: &Sandbox, b: &Path, spec: &Value) -> ContainerError {
+    std::fs::write(b.join("config.json"), spec.to_string()).unwrap();
+    sb.create_container("c1", b, &CreateOptions::default())
+        .await
+        .err()
+        .expect("the create fails")
+}
+
 #[tokio::test]
 async fn failures_leave_nothing_behind() {
     let (tmp, _mounts, _sock, sb, guest) = sandbox_with_guest("ctr-fail").await;
@@ -338,11 +347,7 @@ async fn failures_leave_nothing_behind() {
         serde_json::from_slice(&std::fs::read(b.join("config.json")).unwrap()).unwrap();
     spec["hooks"] = json!({});
     spec["mounts"][1]["source"] = json!("/nonexistent/hosts");
-    std::fs::write(b.join("config.json"), spec.to_string()).unwrap();
-    let e = sb
-        .create_container("c1", &b, &CreateOptions::default())
-        .await
-        .unwrap_err();
+    let e = create_with(&sb, &b, &spec).await;
     assert!(
         e.to_string().contains("/etc/hosts") && e.to_string().contains("/nonexistent/hosts"),
         "{e}"
@@ -351,11 +356,7 @@ async fn failures_leave_nothing_behind() {
 
     // An invalid config.json, a bad id, a join with an unknown container.
     spec["process"]["args"] = json!(42);
-    std::fs::write(b.join("config.json"), spec.to_string()).unwrap();
-    let e = sb
-        .create_container("c1", &b, &CreateOptions::default())
-        .await
-        .unwrap_err();
+    let e = create_with(&sb, &b, &spec).await;
     assert!(
         e.to_string()
             .contains("config.json: process.args: invalid type"),
