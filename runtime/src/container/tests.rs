@@ -309,8 +309,7 @@ async fn create_with(sb: &Sandbox, b: &Path, spec: &Value) -> ContainerError {
     std::fs::write(b.join("config.json"), spec.to_string()).unwrap();
     sb.create_container("c1", b, &CreateOptions::default())
         .await
-        .err()
-        .expect("the create fails")
+        .expect_err("the create fails")
 }
 
 #[tokio::test]
