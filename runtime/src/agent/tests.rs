@@ -14,7 +14,7 @@ use tokio::net::{UnixListener, UnixStream};
 
 use super::{AgentClient, Endpoint, Error};
 
-struct Dir(PathBuf);
+pub(crate) struct Dir(pub(crate) PathBuf);
 impl Drop for Dir {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
@@ -175,7 +175,7 @@ async fn finishes<T>(what: &str, fut: impl std::future::Future<Output = T>) -> T
 
 /// A fake agent on a Unix socket: answers every connection's hello, then hands the connection
 /// to `handler`. Returns the connected client (and the directory to keep alive).
-async fn hostile_agent<F, Fut>(tag: &str, handler: F) -> (Dir, AgentClient)
+pub(crate) async fn hostile_agent<F, Fut>(tag: &str, handler: F) -> (Dir, AgentClient)
 where
     F: Fn(ConnectionKind, UnixStream) -> Fut + Send + Sync + 'static,
     Fut: std::future::Future<Output = ()> + Send + 'static,
@@ -206,12 +206,12 @@ where
 }
 
 /// The next request on a control connection (`None` once the client is gone).
-async fn next_request(s: &mut UnixStream) -> Option<hull_agent_protocol::RequestFrame> {
+pub(crate) async fn next_request(s: &mut UnixStream) -> Option<hull_agent_protocol::RequestFrame> {
     let p = read_frame_async(s).await.ok()??;
     Some(decode_request(&p).unwrap())
 }
 
-async fn reply(s: &mut UnixStream, id: u64, result: Result<Response, AgentError>) {
+pub(crate) async fn reply(s: &mut UnixStream, id: u64, result: Result<Response, AgentError>) {
     write_frame_async(s, &ResponseFrame { id, result })
         .await
         .unwrap();
