@@ -546,8 +546,8 @@ async fn monitor(
                         std::io::Error::last_os_error()
                     );
                 }
-                let saved = make_raw(slave.as_fd()).context("cannot set up the pty")?;
-                drop(saved);
+                // The slave is this process's alone: its old settings need no restoring.
+                make_raw(slave.as_fd()).context("cannot set up the pty")?;
                 send_console(path, master.as_fd(), &name.display().to_string())?;
                 drop(master);
                 let t_in = dup_std(slave.as_fd())?;
@@ -733,10 +733,8 @@ mod tests {
             ws_ypixel: 0,
         };
         // SAFETY: TIOCSWINSZ reads one winsize from the pointer.
-        assert_eq!(
-            unsafe { libc::ioctl(m.as_raw_fd(), libc::TIOCSWINSZ, &ws) },
-            0
-        );
+        let rc = unsafe { libc::ioctl(m.as_raw_fd(), libc::TIOCSWINSZ, &ws) };
+        assert_eq!(rc, 0);
         assert_eq!(window_size(s.as_fd()), Some((33, 101)));
     }
 
