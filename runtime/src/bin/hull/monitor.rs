@@ -70,6 +70,10 @@ pub struct MonitorArgs {
     /// Send the master of a new pty there (with --terminal).
     #[arg(long)]
     pub console_socket: Option<PathBuf>,
+    /// Reach the agent on this plain Unix socket (`hull-agent --listen unix:PATH`, host mode:
+    /// for tests) instead of the sandbox's VM.
+    #[arg(long)]
+    pub agent_socket: Option<PathBuf>,
 }
 
 impl MonitorArgs {
@@ -92,6 +96,10 @@ impl MonitorArgs {
         }
         if let Some(p) = &self.console_socket {
             v.push("--console-socket".into());
+            v.push(p.display().to_string());
+        }
+        if let Some(p) = &self.agent_socket {
+            v.push("--agent-socket".into());
             v.push(p.display().to_string());
         }
         v
@@ -513,8 +521,11 @@ async fn monitor(
     ready: &mut Ready,
 ) -> anyhow::Result<u8> {
     let process = ProcessId(args.process);
-    let uds = root.join(&args.sandbox).join("vsock.sock");
-    let agent = AgentClient::connect(Endpoint::vm(&uds), Duration::from_secs(30))
+    let endpoint = match &args.agent_socket {
+        Some(p) => Endpoint::unix(p),
+        None => Endpoint::vm(root.join(&args.sandbox).join("vsock.sock")),
+    };
+    let agent = AgentClient::connect(endpoint, Duration::from_secs(30))
         .await
         .with_context(|| format!("cannot reach the guest agent of sandbox {}", args.sandbox))?;
     let target = if args.exec {
@@ -863,6 +874,7 @@ mod tests {
             exec: true,
             terminal: true,
             console_socket: Some("/tmp/x.sock".into()),
+            agent_socket: None,
         };
         let mut argv = vec!["hull".to_string()];
         argv.extend(a.to_args());

@@ -128,6 +128,7 @@ async fn create_in(
             exec: false,
             terminal,
             console_socket: a.console_socket.map(Path::to_path_buf),
+            agent_socket: None,
         },
     )?;
     let recorded = (|| {

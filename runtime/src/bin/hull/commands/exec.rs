@@ -188,6 +188,7 @@ pub fn run(ctx: &Ctx, e: &liboci_cli::Exec) -> anyhow::Result<ExitCode> {
                 exec: true,
                 terminal: tty,
                 console_socket: e.console_socket.clone(),
+                agent_socket: None,
             },
         )
         .and_then(|m| {
