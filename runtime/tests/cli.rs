@@ -498,3 +498,109 @@ fn unsupported_commands_and_usage_errors() {
     let out = hull(&["--version"], t.path(), &[]);
     assert!(text(&out.stdout).contains("spec: 1.2.0"));
 }
+
+/// The monitor (`hull __monitor`) against a host-mode agent (`hull-agent --listen unix:PATH`,
+/// the binary named by HULL_AGENT): it carries stdio, exits with the process's code, forwards
+/// signals and reports 128 + N. No VM needed, but a built hull-agent is:
+/// `HULL_AGENT=.../hull-agent cargo test --test cli -- --ignored`.
+#[test]
+#[ignore = "needs a built hull-agent: set HULL_AGENT and run with --ignored"]
+fn monitor_carries_stdio_and_status_of_a_host_mode_agent_process() {
+    use hull_runtime::agent::protocol::SpawnRequest;
+    use hull_runtime::agent::{AgentClient, Endpoint};
+    use std::io::{Read, Write};
+    use std::os::fd::AsRawFd;
+    use std::os::unix::process::CommandExt;
+    use std::process::Stdio;
+
+    let agent_bin = std::env::var("HULL_AGENT").expect("HULL_AGENT: the hull-agent binary");
+    let t = tmp("monitor");
+    let sock = t.path().join("agent.sock");
+    let mut agent = Command::new(agent_bin)
+        .arg("--listen")
+        .arg(format!("unix:{}", sock.display()))
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let client = rt
+        .block_on(AgentClient::connect_retry(
+            Endpoint::unix(&sock),
+            std::time::Duration::from_secs(30),
+        ))
+        .unwrap();
+    let spawn = |script: &str| {
+        rt.block_on(client.spawn(SpawnRequest::new(["/bin/sh", "-c", script])))
+            .unwrap()
+            .process
+    };
+    // Starts a monitor for `process` as hull does: fd 3 is the readiness pipe.
+    let monitor = |process: u64| {
+        let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).unwrap();
+        let wfd = w.as_raw_fd();
+        let mut cmd = Command::new(HULL);
+        cmd.args(["--root", t.path().to_str().unwrap(), "__monitor"])
+            .args(["--sandbox", "s", "--container", "c", "--exec"])
+            .args(["--process", &process.to_string()])
+            .arg("--agent-socket")
+            .arg(&sock)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        // SAFETY: dup2 is async-signal-safe and works on plain integers.
+        unsafe {
+            cmd.pre_exec(move || {
+                if libc::dup2(wfd, 3) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            })
+        };
+        let child = cmd.spawn().unwrap();
+        drop(w);
+        let mut ready = Vec::new();
+        std::fs::File::from(r).read_to_end(&mut ready).unwrap();
+        assert_eq!(ready, [0], "{}", text(&ready));
+        child
+    };
+
+    // Pipes: stdin in (end of file closes it), stdout and stderr out, the exit code.
+    let p = spawn("cat; echo err >&2; exit 3");
+    let mut m = monitor(p.0);
+    m.stdin.take().unwrap().write_all(b"hello\n").unwrap();
+    let out = m.wait_with_output().unwrap();
+    assert_eq!(text(&out.stdout), "hello\n");
+    assert_eq!(text(&out.stderr), "err\n");
+    assert_eq!(out.status.code(), Some(3));
+
+    // A signal to the monitor reaches the process.
+    let p = spawn("trap 'echo term; exit 42' TERM; echo up; while :; do sleep 0.1; done");
+    let mut m = monitor(p.0);
+    let mut up = [0u8; 3];
+    m.stdout.as_mut().unwrap().read_exact(&mut up).unwrap();
+    assert_eq!(&up, b"up\n");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(m.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let out = m.wait_with_output().unwrap();
+    assert_eq!(text(&out.stdout), "term\n");
+    assert_eq!(out.status.code(), Some(42));
+
+    // Killed by a signal: 128 + N.
+    let p = spawn("echo up; exec sleep 100");
+    let mut m = monitor(p.0);
+    m.stdout.as_mut().unwrap().read_exact(&mut up).unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(m.id() as i32),
+        nix::sys::signal::Signal::SIGINT,
+    )
+    .unwrap();
+    assert_eq!(m.wait().unwrap().code(), Some(130));
+    let _ = agent.kill();
+    let _ = agent.wait();
+}
