@@ -550,15 +550,15 @@ fn monitor_carries_stdio_and_status_of_a_host_mode_agent_process() {
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
-        // SAFETY: dup2 is async-signal-safe and works on plain integers.
-        unsafe {
-            cmd.pre_exec(move || {
-                if libc::dup2(wfd, 3) < 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            })
+        let to_fd3 = move || {
+            // SAFETY: dup2 is async-signal-safe and works on plain integers.
+            if unsafe { libc::dup2(wfd, 3) } < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
         };
+        // SAFETY: the closure only calls dup2 (async-signal-safe) between fork and exec.
+        unsafe { cmd.pre_exec(to_fd3) };
         let child = cmd.spawn().unwrap();
         drop(w);
         let mut ready = Vec::new();
