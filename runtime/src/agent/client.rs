@@ -5,7 +5,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use hull_agent_protocol::frame::{read_frame_async, write_frame_async, write_raw_frame_async};
 use hull_agent_protocol::{
-    decode_hello_reply, decode_response, encode_frame, ConnectionKind, ExitStatus, GuestStats,
+    check_container_id, decode_hello_reply, decode_response, encode_frame, ConnectionKind,
+    ContainerInfo, ContainerStats, CreateContainerRequest, ExecRequest, ExitStatus, GuestStats,
     HealthInfo, Hello, HelloReply, MountRequest, ProcessId, ProcessInfo, Redirect, Request,
     RequestFrame, Response, SpawnRequest, StdStream, StdioSpec, VersionInfo, PROTOCOL_VERSION,
 };
@@ -20,6 +21,9 @@ use super::error::Error;
 
 /// Default limit for one call (not `wait`).
 pub const DEFAULT_CALL_TIMEOUT: Duration = Duration::from_secs(30);
+/// Default limit for `create_container` and `delete_container` (libcontainer sets up a whole
+/// container: mounts, cgroup, namespaces; slow in a nested guest).
+pub const DEFAULT_CONTAINER_CALL_TIMEOUT: Duration = Duration::from_secs(120);
 /// Default limit for connecting + handshake + hello (one try).
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Most bytes [`AgentClient::run`] collects from one stream.
@@ -389,6 +393,145 @@ impl AgentClient {
             },
         )
         .await
+    }
+
+    // ---- Container calls (protocol v2). Ids are checked here first, so a bad one fails
+    // ---- without a round trip, with the agent's wording.
+
+    /// Creates a container from the bundle at guest path `bundle`; its init is held before the
+    /// user program runs. Returns the init process.
+    pub async fn create_container(
+        &self,
+        id: &str,
+        bundle: &str,
+        stdio: StdioSpec,
+    ) -> Result<Spawned, Error> {
+        check_container_id(id)?;
+        let req = Request::CreateContainer(CreateContainerRequest {
+            id: id.to_string(),
+            bundle: bundle.to_string(),
+            stdio,
+        });
+        let limit = self.call_timeout.max(DEFAULT_CONTAINER_CALL_TIMEOUT);
+        match self.call(req, Some(limit)).await? {
+            Response::Spawned { process, pid } => Ok(Spawned { process, pid }),
+            other => Err(unexpected("create_container", &other)),
+        }
+    }
+
+    /// Lets a created container's init run its program.
+    pub async fn start_container(&self, id: &str) -> Result<(), Error> {
+        check_container_id(id)?;
+        self.done("start_container", Request::StartContainer { id: id.into() })
+            .await
+    }
+
+    /// Runs another process (an OCI `process` object) in a running container.
+    pub async fn exec(
+        &self,
+        id: &str,
+        process: serde_json::Value,
+        stdio: StdioSpec,
+    ) -> Result<Spawned, Error> {
+        check_container_id(id)?;
+        let req = Request::Exec(ExecRequest {
+            id: id.to_string(),
+            process,
+            stdio,
+        });
+        match self.call_timed(req).await? {
+            Response::Spawned { process, pid } => Ok(Spawned { process, pid }),
+            other => Err(unexpected("exec", &other)),
+        }
+    }
+
+    /// Signals the container's init, or (`all`) every process in it.
+    pub async fn kill_container(&self, id: &str, signal: i32, all: bool) -> Result<(), Error> {
+        check_container_id(id)?;
+        let req = Request::KillContainer {
+            id: id.into(),
+            signal,
+            all,
+        };
+        self.done("kill_container", req).await
+    }
+
+    pub async fn container_state(&self, id: &str) -> Result<ContainerInfo, Error> {
+        check_container_id(id)?;
+        match self
+            .call_timed(Request::ContainerState { id: id.into() })
+            .await?
+        {
+            // A reply about another container is as wrong as a reply of another type.
+            Response::Container(info) if info.id == id => Ok(info),
+            other => Err(unexpected("container_state", &other)),
+        }
+    }
+
+    /// Guest pids of the container's processes.
+    pub async fn container_pids(&self, id: &str) -> Result<Vec<i32>, Error> {
+        check_container_id(id)?;
+        match self
+            .call_timed(Request::ContainerPids { id: id.into() })
+            .await?
+        {
+            Response::Pids { pids } => Ok(pids),
+            other => Err(unexpected("container_pids", &other)),
+        }
+    }
+
+    pub async fn pause_container(&self, id: &str) -> Result<(), Error> {
+        check_container_id(id)?;
+        self.done("pause_container", Request::PauseContainer { id: id.into() })
+            .await
+    }
+
+    pub async fn resume_container(&self, id: &str) -> Result<(), Error> {
+        check_container_id(id)?;
+        self.done(
+            "resume_container",
+            Request::ResumeContainer { id: id.into() },
+        )
+        .await
+    }
+
+    /// Applies new limits: an OCI `linux.resources` object.
+    pub async fn update_container(
+        &self,
+        id: &str,
+        resources: serde_json::Value,
+    ) -> Result<(), Error> {
+        check_container_id(id)?;
+        let req = Request::UpdateContainer {
+            id: id.into(),
+            resources,
+        };
+        self.done("update_container", req).await
+    }
+
+    pub async fn container_stats(&self, id: &str) -> Result<ContainerStats, Error> {
+        check_container_id(id)?;
+        match self
+            .call_timed(Request::ContainerStats { id: id.into() })
+            .await?
+        {
+            Response::ContainerStats(s) => Ok(s),
+            other => Err(unexpected("container_stats", &other)),
+        }
+    }
+
+    /// Removes a stopped container (`force`: kills it first if it still runs).
+    pub async fn delete_container(&self, id: &str, force: bool) -> Result<(), Error> {
+        check_container_id(id)?;
+        let req = Request::DeleteContainer {
+            id: id.into(),
+            force,
+        };
+        let limit = self.call_timeout.max(DEFAULT_CONTAINER_CALL_TIMEOUT);
+        match self.call(req, Some(limit)).await? {
+            Response::Done => Ok(()),
+            other => Err(unexpected("delete_container", &other)),
+        }
     }
 
     async fn done(&self, what: &str, req: Request) -> Result<(), Error> {

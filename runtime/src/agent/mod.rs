@@ -25,4 +25,4 @@ pub use error::Error;
 pub use hull_agent_protocol as protocol;
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

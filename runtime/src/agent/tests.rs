@@ -14,7 +14,7 @@ use tokio::net::{UnixListener, UnixStream};
 
 use super::{AgentClient, Endpoint, Error};
 
-struct Dir(PathBuf);
+pub(crate) struct Dir(pub(crate) PathBuf);
 impl Drop for Dir {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
@@ -175,7 +175,7 @@ async fn finishes<T>(what: &str, fut: impl std::future::Future<Output = T>) -> T
 
 /// A fake agent on a Unix socket: answers every connection's hello, then hands the connection
 /// to `handler`. Returns the connected client (and the directory to keep alive).
-async fn hostile_agent<F, Fut>(tag: &str, handler: F) -> (Dir, AgentClient)
+pub(crate) async fn hostile_agent<F, Fut>(tag: &str, handler: F) -> (Dir, AgentClient)
 where
     F: Fn(ConnectionKind, UnixStream) -> Fut + Send + Sync + 'static,
     Fut: std::future::Future<Output = ()> + Send + 'static,
@@ -206,12 +206,12 @@ where
 }
 
 /// The next request on a control connection (`None` once the client is gone).
-async fn next_request(s: &mut UnixStream) -> Option<hull_agent_protocol::RequestFrame> {
+pub(crate) async fn next_request(s: &mut UnixStream) -> Option<hull_agent_protocol::RequestFrame> {
     let p = read_frame_async(s).await.ok()??;
     Some(decode_request(&p).unwrap())
 }
 
-async fn reply(s: &mut UnixStream, id: u64, result: Result<Response, AgentError>) {
+pub(crate) async fn reply(s: &mut UnixStream, id: u64, result: Result<Response, AgentError>) {
     write_frame_async(s, &ResponseFrame { id, result })
         .await
         .unwrap();
@@ -585,4 +585,149 @@ async fn output_up_to_the_cap_is_collected() {
     assert_eq!(out.status.code(), Some(3));
     assert_eq!(out.stdout.len(), 256 << 10);
     assert_eq!(out.stderr, b"err");
+}
+
+// ---- Container calls against a fake agent.
+
+/// A fake agent for container calls: `c1` exists (created), `c2` is stopped, anything else is
+/// unknown; `bad` gets replies of the wrong type, `other` a state reply about another container.
+async fn container_agent(tag: &str) -> (Dir, AgentClient) {
+    use hull_agent_protocol::{ContainerInfo, ContainerStatus, ProcessId};
+    hostile_agent(tag, |_, mut s| async move {
+        while let Some(req) = next_request(&mut s).await {
+            let id = match &req.call {
+                Request::CreateContainer(c) => c.id.clone(),
+                Request::Exec(e) => e.id.clone(),
+                Request::StartContainer { id }
+                | Request::KillContainer { id, .. }
+                | Request::ContainerState { id }
+                | Request::ContainerPids { id }
+                | Request::PauseContainer { id }
+                | Request::ResumeContainer { id }
+                | Request::UpdateContainer { id, .. }
+                | Request::ContainerStats { id }
+                | Request::DeleteContainer { id, .. } => id.clone(),
+                _ => String::new(),
+            };
+            let info = |id: &str| ContainerInfo {
+                id: id.into(),
+                status: ContainerStatus::Created,
+                process: ProcessId(5),
+                pid: 1,
+                exit: None,
+                oom_killed: false,
+            };
+            let result = match (id.as_str(), &req.call) {
+                ("bad", Request::CreateContainer(_) | Request::Exec(_)) => Ok(Response::Done),
+                ("bad", _) => health(1),
+                ("other", Request::ContainerState { .. }) => Ok(Response::Container(info("c1"))),
+                ("c1", Request::CreateContainer(_)) => Err(AgentError::new(
+                    ErrorKind::ContainerExists,
+                    "container c1 already exists",
+                )),
+                ("new", Request::CreateContainer(c)) => {
+                    assert_eq!(c.bundle, "/run/hull/shared/containers/new");
+                    Ok(Response::Spawned {
+                        process: ProcessId(5),
+                        pid: 1,
+                    })
+                }
+                ("c1", Request::ContainerState { .. }) => Ok(Response::Container(info("c1"))),
+                ("c1", Request::ContainerPids { .. }) => Ok(Response::Pids { pids: vec![1, 7] }),
+                ("c1", Request::ContainerStats { .. }) => Ok(Response::ContainerStats(
+                    hull_agent_protocol::ContainerStats::default(),
+                )),
+                ("c1", _) => Ok(Response::Done),
+                ("c2", _) => Err(AgentError::new(
+                    ErrorKind::WrongState,
+                    "container c2 is stopped",
+                )),
+                _ => Err(AgentError::new(
+                    ErrorKind::UnknownContainer,
+                    format!("no container {id}"),
+                )),
+            };
+            reply(&mut s, req.id, result).await;
+        }
+    })
+    .await
+}
+
+#[tokio::test]
+async fn container_calls_check_their_reply_type() {
+    let (_dir, c) = container_agent("ctr-wrong-type").await;
+    let stdio = hull_agent_protocol::StdioSpec::default();
+    let e = c.create_container("bad", "/b", stdio).await.unwrap_err();
+    assert!(matches!(e, Error::Protocol(_)), "{e}");
+    assert!(
+        e.to_string()
+            .contains("unexpected reply to create_container"),
+        "{e}"
+    );
+    let e = c
+        .exec("bad", serde_json::json!({"args": ["x"]}), stdio)
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("unexpected reply to exec"), "{e}");
+    for (what, e) in [
+        ("container_state", c.container_state("bad").await.err()),
+        ("container_pids", c.container_pids("bad").await.err()),
+        ("container_stats", c.container_stats("bad").await.err()),
+        ("start_container", c.start_container("bad").await.err()),
+        (
+            "delete_container",
+            c.delete_container("bad", true).await.err(),
+        ),
+        (
+            "kill_container",
+            c.kill_container("bad", 9, false).await.err(),
+        ),
+    ] {
+        let e = e.unwrap_or_else(|| panic!("{what} accepted a health reply"));
+        assert!(matches!(e, Error::Protocol(_)), "{what}: {e}");
+        assert!(
+            e.to_string()
+                .contains(&format!("unexpected reply to {what}")),
+            "{e}"
+        );
+    }
+    // A state reply about another container than the one asked for is refused too.
+    let e = c.container_state("other").await.unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("unexpected reply to container_state"),
+        "{e}"
+    );
+    // The connection is still fine.
+    assert_eq!(c.container_pids("c1").await.unwrap(), vec![1, 7]);
+    assert_eq!(c.container_state("c1").await.unwrap().pid, 1);
+    c.container_stats("c1").await.unwrap();
+    let p = c
+        .create_container("new", "/run/hull/shared/containers/new", stdio)
+        .await
+        .unwrap();
+    assert_eq!((p.process.0, p.pid), (5, 1));
+}
+
+#[tokio::test]
+async fn container_error_kinds_pass_through() {
+    let (_dir, c) = container_agent("ctr-kinds").await;
+    let stdio = hull_agent_protocol::StdioSpec::default();
+    let e = c.create_container("c1", "/b", stdio).await.unwrap_err();
+    assert_eq!(e.agent_kind(), Some(ErrorKind::ContainerExists), "{e}");
+    let e = c.start_container("c2").await.unwrap_err();
+    assert_eq!(e.agent_kind(), Some(ErrorKind::WrongState), "{e}");
+    assert!(e.to_string().contains("container c2 is stopped"), "{e}");
+    let e = c.pause_container("nope").await.unwrap_err();
+    assert_eq!(e.agent_kind(), Some(ErrorKind::UnknownContainer), "{e}");
+    c.resume_container("c1").await.unwrap();
+    c.update_container("c1", serde_json::json!({"pids": {"limit": 10}}))
+        .await
+        .unwrap();
+    c.kill_container("c1", 15, true).await.unwrap();
+    c.delete_container("c1", false).await.unwrap();
+    // A bad id fails here, with the agent's wording, without a round trip.
+    let e = c.start_container("../x").await.unwrap_err();
+    assert_eq!(e.agent_kind(), Some(ErrorKind::InvalidArgument), "{e}");
+    assert!(e.to_string().contains("invalid container id"), "{e}");
 }

@@ -9,6 +9,7 @@
 //!   api.sock vsock.sock   hull-vmm's API socket and hybrid vsock socket
 //!   shared/               shared with the guest (virtio-fs tag `hull-shared`), mounted by the
 //!                         agent at /run/hull/shared; containers' root file systems go below it
+//!   containers/<cid>.json the sandbox's containers (crate::container)
 //! ```
 //!
 //! Several processes use one sandbox over its life (each CLI command is a new process; a shim
@@ -86,6 +87,8 @@ pub enum SandboxError {
     NotRunning,
     #[error("the sandbox's guest agent cannot be reached: {0}")]
     AgentUnavailable(String),
+    #[error("cannot remove its containers: {0}")]
+    Containers(#[source] Box<crate::container::ContainerError>),
     #[error("cannot {what} (pid {pid}): {source}")]
     Signal {
         what: &'static str,
@@ -405,6 +408,19 @@ impl Sandbox {
         cleanup_dir(&self.dir)
     }
 
+    /// A sandbox handle over an existing directory (with `state`), without a VM: for tests of
+    /// what is built on sandboxes, with a fake agent or none.
+    #[cfg(test)]
+    pub(crate) fn fake(dir: &Path, state: SandboxState, agent: Option<AgentClient>) -> Sandbox {
+        Sandbox {
+            dir: dir.to_path_buf(),
+            state,
+            agent,
+            agent_error: None,
+            _lock: StateLock::acquire(dir).expect("lock a test sandbox"),
+        }
+    }
+
     async fn wait_vmm_gone(&self, limit: Duration) -> bool {
         let deadline = Instant::now() + limit;
         loop {
@@ -470,6 +486,9 @@ fn cleanup_dir(dir: &Path) -> Result<(), SandboxError> {
         }
         reap(state.vmm_pid);
     }
+    // Each container's share first: its removal never deletes through a mount it could not
+    // undo (the bundle's rootfs and bind sources are the host's files).
+    crate::container::cleanup_all(dir).map_err(|e| SandboxError::Containers(Box::new(e)))?;
     crate::mount::unmount_below(dir).map_err(|source| SandboxError::Io {
         what: "cannot unmount what is mounted in the sandbox",
         path: dir.to_path_buf(),
