@@ -88,10 +88,11 @@ fn spec(id: &str, args: &[&str]) -> Value {
     })
 }
 
-/// Writes bundle `id` (a busybox rootfs and `spec`) into the sandbox's share; returns its
+/// Writes bundle `id` (a busybox rootfs and `spec`) into the sandbox's share, under
+/// `bundles/` (the runtime library owns `containers/`, where it bind-mounts); returns its
 /// host directory and guest path.
 fn bundle(sb: &Sandbox, id: &str, spec: &Value) -> (PathBuf, String) {
-    let host = sb.share_dir().join("containers").join(id);
+    let host = sb.share_dir().join("bundles").join(id);
     if !host.join("rootfs/bin/busybox").exists() {
         busybox_root(
             &host.join("rootfs"),
@@ -103,7 +104,7 @@ fn bundle(sb: &Sandbox, id: &str, spec: &Value) -> (PathBuf, String) {
         serde_json::to_vec_pretty(spec).unwrap(),
     )
     .unwrap();
-    (host, format!("{GUEST_SHARE_DIR}/containers/{id}"))
+    (host, format!("{GUEST_SHARE_DIR}/bundles/{id}"))
 }
 
 async fn call(c: &AgentClient, req: Request) -> Result<Response, hull_runtime::agent::Error> {
@@ -486,7 +487,7 @@ async fn run_container_keep(sb: &Sandbox, id: &str, spec: Value) -> (ExitStatus,
 /// busybox of the last bundle in the share).
 fn guest_sh(script: &str) -> hull_agent_protocol::SpawnRequest {
     let mut r = hull_agent_protocol::SpawnRequest::new([
-        format!("{GUEST_SHARE_DIR}/containers/life/rootfs/bin/busybox"),
+        format!("{GUEST_SHARE_DIR}/bundles/life/rootfs/bin/busybox"),
         "sh".into(),
         "-c".into(),
         script.into(),
@@ -595,7 +596,7 @@ fn terminal_user_seccomp_and_shared_namespaces() {
         done(c, Request::StartContainer { id: "pod".into() }).await;
         let pod_pid = info(c, "pod").await.pid;
         let (host_other, _) = bundle(&sb, "other", &spec("other", &["true"]));
-        std::fs::write(host_other.join("rootfs/mine"), "other").unwrap();
+        std::fs::write(host_other.join("rootfs/mine"), "other\n").unwrap();
         let (status, out, _) = run_container(
             &sb,
             "other",
