@@ -135,24 +135,353 @@ fn check_reports_each_item_with_its_fix() {
     assert_eq!(out.status.code(), Some(1));
 }
 
-#[test]
-fn container_commands_check_runc_flags_then_say_they_are_not_implemented() {
-    let t = tmp("notyet");
-    for args in [
-        &["create", "--bundle", ".", "--pid-file", "p", "c1"][..],
-        &["--root", "/tmp/r", "--log-format", "json", "start", "c1"],
-        &["run", "-d", "c1"],
-        &["kill", "--all", "c1", "KILL"],
-        &["delete", "--force", "c1"],
-        &["state", "c1"],
-        &["exec", "--tty", "c1", "sh"],
-        &["list"],
-    ] {
-        let out = hull(args, t.path(), &[]);
-        assert_eq!(out.status.code(), Some(1), "{args:?}");
-        let e = text(&out.stderr);
-        assert!(e.contains("not implemented yet"), "{args:?}: {e}");
+/// The entries under a directory (a temp --root must stay empty after a failed command).
+fn entries(dir: &Path) -> Vec<String> {
+    match std::fs::read_dir(dir) {
+        Ok(d) => d
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect(),
+        Err(_) => Vec::new(),
     }
+}
+
+/// `hull --root ROOT args...` in `dir`.
+fn hull_root(root: &Path, args: &[&str], dir: &Path, env: &[(&str, &str)]) -> Output {
+    let mut a = vec!["--root", root.to_str().unwrap()];
+    a.extend(args);
+    hull(&a, dir, env)
+}
+
+/// A bundle with a config.json (`config`) and an empty rootfs.
+fn bundle(dir: &Path, config: &str) -> std::path::PathBuf {
+    let b = dir.join("bundle");
+    std::fs::create_dir_all(b.join("rootfs")).unwrap();
+    std::fs::write(b.join("config.json"), config).unwrap();
+    b
+}
+
+/// A runtime configuration whose guest kernel does not exist: `create` fails at the VM.
+fn no_kernel(dir: &Path) -> std::path::PathBuf {
+    let conf = dir.join("config.toml");
+    std::fs::write(
+        &conf,
+        format!("kernel = \"{}\"\n", dir.join("no-such-vmlinux").display()),
+    )
+    .unwrap();
+    conf
+}
+
+fn fails_with(out: &Output, what: &str, args: &[&str]) {
+    let e = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{args:?}: {e}");
+    assert!(e.starts_with("hull: "), "{args:?}: {e}");
+    assert!(e.contains(what), "{args:?}: wanted {what:?} in: {e}");
+}
+
+#[test]
+fn commands_on_a_container_that_does_not_exist_fail_and_leave_nothing() {
+    let t = tmp("nonexistent");
+    let root = t.path().join("root");
+    std::fs::create_dir(&root).unwrap();
+    for args in [
+        &["state", "nope"][..],
+        &["start", "nope"],
+        &["kill", "nope"],
+        &["kill", "--all", "nope", "KILL"],
+        &["delete", "nope"],
+        &["exec", "nope", "sh"],
+        &["exec", "--process", "/dev/null", "nope"],
+        &["pause", "nope"],
+        &["resume", "nope"],
+        &["ps", "nope"],
+        &["ps", "--format", "json", "nope"],
+        &["events", "--stats", "nope"],
+        &["events", "nope"],
+        &["update", "--memory", "1000000", "nope"],
+    ] {
+        if args[1] == "--process" {
+            // An empty process.json is bad input before the container is looked up.
+            let out = hull_root(&root, args, t.path(), &[]);
+            fails_with(&out, "/dev/null", args);
+            continue;
+        }
+        let out = hull_root(&root, args, t.path(), &[]);
+        fails_with(&out, "container \"nope\" does not exist", args);
+        assert!(text(&out.stdout).is_empty(), "{args:?}");
+    }
+    assert_eq!(entries(&root), Vec::<String>::new());
+    // delete --force of nothing is fine, as with runc; so is a root that does not exist.
+    for r in [&root, &t.path().join("missing-root")] {
+        let out = hull_root(r, &["delete", "--force", "nope"], t.path(), &[]);
+        assert!(out.status.success(), "{}", text(&out.stderr));
+    }
+    assert!(!t.path().join("missing-root").exists());
+    // Ids are checked before anything else.
+    let out = hull_root(&root, &["state", "../etc"], t.path(), &[]);
+    fails_with(&out, "invalid container id \"../etc\"", &["state"]);
+    assert_eq!(entries(&root), Vec::<String>::new());
+}
+
+#[test]
+fn create_rejects_bad_input_and_leaves_nothing_behind() {
+    let t = tmp("create");
+    let root = t.path().join("root");
+    let conf = no_kernel(t.path());
+    let env = [("HULL_CONFIG", conf.to_str().unwrap())];
+    // A bundle that does not exist.
+    let args = ["create", "--bundle", "missing", "--pid-file", "p", "c1"];
+    let out = hull_root(&root, &args, t.path(), &env);
+    fails_with(&out, "bundle", &args);
+    assert!(text(&out.stderr).contains("missing"));
+    // config.json is not valid: the error names the file and the field.
+    let b = bundle(
+        t.path(),
+        r#"{"ociVersion":"1.2.0","process":{"args":"sh","cwd":"/"},"root":{"path":"rootfs"}}"#,
+    );
+    let bs = b.to_str().unwrap();
+    let args = ["create", "--bundle", bs, "c1"];
+    let out = hull_root(&root, &args, t.path(), &env);
+    fails_with(&out, "process.args", &args);
+    assert!(text(&out.stderr).contains("config.json"));
+    std::fs::write(b.join("config.json"), "{not json").unwrap();
+    let out = hull_root(&root, &args, t.path(), &env);
+    fails_with(&out, "config.json", &args);
+    // A terminal needs a console socket (create detaches); a console socket needs a terminal.
+    let spec = |terminal: bool| {
+        format!(
+            r#"{{"ociVersion":"1.2.0","process":{{"terminal":{terminal},"args":["sh"],"cwd":"/","user":{{"uid":0,"gid":0}}}},"root":{{"path":"rootfs"}}}}"#
+        )
+    };
+    std::fs::write(b.join("config.json"), spec(true)).unwrap();
+    let out = hull_root(&root, &args, t.path(), &env);
+    fails_with(&out, "cannot allocate tty", &args);
+    std::fs::write(b.join("config.json"), spec(false)).unwrap();
+    let sock = t.path().join("console.sock");
+    let _l = std::os::unix::net::UnixListener::bind(&sock).unwrap();
+    let cargs = [
+        "create",
+        "--bundle",
+        bs,
+        "--console-socket",
+        sock.to_str().unwrap(),
+        "c1",
+    ];
+    let out = hull_root(&root, &cargs, t.path(), &env);
+    fails_with(&out, "cannot use console socket", &cargs);
+    assert_eq!(entries(&root), Vec::<String>::new());
+    // A good bundle, but the VM cannot start: its sandbox is removed again.
+    let out = hull_root(&root, &args, t.path(), &env);
+    fails_with(&out, "no-such-vmlinux", &args);
+    assert_eq!(entries(&root), Vec::<String>::new());
+    assert!(!t.path().join("p").exists());
+    // `run` checks as create does.
+    let rargs = ["run", "--bundle", bs, "c1"];
+    let out = hull_root(&root, &rargs, t.path(), &env);
+    fails_with(&out, "no-such-vmlinux", &rargs);
+    assert_eq!(entries(&root), Vec::<String>::new());
+    // An id in use: its directory is left as it was.
+    std::fs::create_dir_all(root.join("c1")).unwrap();
+    std::fs::write(root.join("c1/marker"), b"x").unwrap();
+    let out = hull_root(&root, &args, t.path(), &env);
+    fails_with(&out, "container with id \"c1\" already exists", &args);
+    assert_eq!(entries(&root), vec!["c1".to_string()]);
+    assert_eq!(entries(&root.join("c1")), vec!["marker".to_string()]);
+    // ...and delete --force removes such a leftover.
+    let out = hull_root(&root, &["delete", "--force", "c1"], t.path(), &[]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(entries(&root), Vec::<String>::new());
+}
+
+#[test]
+fn flags_are_checked_before_the_container_is_looked_up() {
+    let t = tmp("flags");
+    let root = t.path().join("root");
+    let r = |args: &[&str]| hull_root(&root, args, t.path(), &[]);
+    fails_with(
+        &r(&["kill", "c1", "FOO"]),
+        "unknown signal \"FOO\"",
+        &["kill"],
+    );
+    fails_with(&r(&["kill", "c1", "SIGFOO"]), "unknown signal", &["kill"]);
+    fails_with(
+        &r(&["kill", "c1", "99"]),
+        "invalid signal number 99",
+        &["kill"],
+    );
+    fails_with(&r(&["exec", "c1"]), "exec args cannot be empty", &["exec"]);
+    fails_with(
+        &r(&["exec", "--tty", "--detach", "c1", "sh"]),
+        "cannot allocate tty",
+        &["exec"],
+    );
+    let p = t.path().join("process.json");
+    std::fs::write(
+        &p,
+        r#"{"args":["sh"],"cwd":"/","user":{"uid":"root","gid":0}}"#,
+    )
+    .unwrap();
+    fails_with(
+        &r(&["exec", "--process", p.to_str().unwrap(), "c1"]),
+        "user.uid",
+        &["exec"],
+    );
+    fails_with(&r(&["update", "c1"]), "nothing to update", &["update"]);
+    let res = t.path().join("r.json");
+    std::fs::write(&res, r#"{"memory":{"limit":"lots"}}"#).unwrap();
+    fails_with(
+        &r(&["update", "-r", res.to_str().unwrap(), "c1"]),
+        "memory.limit",
+        &["update"],
+    );
+    fails_with(&r(&["ps", "--format", "yaml", "c1"]), "yaml", &["ps"]);
+    fails_with(&r(&["list", "--format", "yaml"]), "yaml", &["list"]);
+    fails_with(
+        &r(&["events", "--interval", "0", "c1"]),
+        "interval",
+        &["events"],
+    );
+    fails_with(
+        &r(&["--log-format", "xml", "state", "c1"]),
+        "invalid log format",
+        &["--log-format"],
+    );
+    assert!(!root.exists());
+    // The monitor is hull's own: started by hand it says so.
+    let out = r(&[
+        "__monitor",
+        "--sandbox",
+        "c1",
+        "--container",
+        "c1",
+        "--process",
+        "1",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(!text(&hull(&["--help"], t.path(), &[]).stdout).contains("__monitor"));
+}
+
+#[test]
+fn list_features_and_help() {
+    let t = tmp("list");
+    let root = t.path().join("root");
+    std::fs::create_dir(&root).unwrap();
+    let out = hull_root(&root, &["list"], t.path(), &[]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let o = text(&out.stdout);
+    assert_eq!(
+        o.split_whitespace().collect::<Vec<_>>(),
+        ["ID", "PID", "STATUS", "BUNDLE", "CREATED", "OWNER"],
+        "{o}"
+    );
+    let out = hull_root(&root, &["list", "--format", "json"], t.path(), &[]);
+    assert_eq!(text(&out.stdout).trim(), "[]");
+    let out = hull_root(&root, &["list", "-q"], t.path(), &[]);
+    assert!(out.status.success() && out.stdout.is_empty());
+    // A directory that is not a sandbox is not listed.
+    std::fs::create_dir(root.join("junk")).unwrap();
+    let out = hull_root(&root, &["list", "-q"], t.path(), &[]);
+    assert!(out.stdout.is_empty());
+
+    let out = hull(&["features"], t.path(), &[]);
+    assert!(out.status.success());
+    let f: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(f["ociVersionMin"], "1.0.0");
+    assert!(f["ociVersionMax"].as_str().unwrap().starts_with("1."));
+    assert!(f["hooks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|h| h == "poststart"));
+    assert!(f["mountOptions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|h| h == "rbind"));
+    assert!(f["linux"]["namespaces"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|n| n == "pid"));
+    assert!(f["linux"]["capabilities"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|c| c == "CAP_SYS_ADMIN"));
+    assert_eq!(f["linux"]["cgroup"]["v2"], true);
+    assert_eq!(f["linux"]["seccomp"]["enabled"], true);
+
+    // One line per command.
+    let help = text(&hull(&["--help"], t.path(), &[]).stdout);
+    for c in [
+        "create",
+        "start",
+        "state",
+        "kill",
+        "delete",
+        "run",
+        "exec",
+        "ps",
+        "list",
+        "pause",
+        "resume",
+        "update",
+        "events",
+        "features",
+        "spec",
+        "check",
+        "checkpoint",
+        "restore",
+    ] {
+        assert!(
+            help.lines()
+                .any(|l| l.trim_start().starts_with(&format!("{c} "))),
+            "{c}: {help}"
+        );
+    }
+}
+
+#[test]
+fn errors_go_to_the_log_file_as_runc_json_lines() {
+    let t = tmp("log");
+    let log = t.path().join("log.json");
+    let out = hull(
+        &[
+            "--root",
+            t.path().join("root").to_str().unwrap(),
+            "--log",
+            log.to_str().unwrap(),
+            "--log-format",
+            "json",
+            "state",
+            "nope",
+        ],
+        t.path(),
+        &[],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stderr).contains("container \"nope\" does not exist"));
+    let data = std::fs::read_to_string(&log).unwrap();
+    let last = data.lines().last().expect("a log line");
+    let v: serde_json::Value = serde_json::from_str(last).unwrap();
+    assert_eq!(v["level"], "error");
+    assert_eq!(v["msg"], "container \"nope\" does not exist");
+    assert!(v["time"].as_str().unwrap().ends_with('Z'));
+    // Text format: the message is in the file too.
+    let log2 = t.path().join("log.txt");
+    let out = hull(
+        &["--log", log2.to_str().unwrap(), "kill", "nope", "BAD"],
+        t.path(),
+        &[],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert!(std::fs::read_to_string(&log2)
+        .unwrap()
+        .contains("unknown signal"));
+}
+
+#[test]
+fn unsupported_commands_and_usage_errors() {
+    let t = tmp("usage");
     for args in [
         &["checkpoint", "c1"][..],
         &["restore", "--image-path", "x", "c1"],

@@ -1,4 +1,4 @@
-//! Commands hull does not run yet: each says so plainly and exits 1.
+//! Commands hull does not support (checkpoint, restore): each says so plainly and exits 1.
 
 use std::process::ExitCode;
 
@@ -7,15 +7,6 @@ use std::process::ExitCode;
 pub struct Anything {
     #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
     pub args: Vec<String>,
-}
-
-/// A container command whose flags were checked but whose work needs the guest agent's
-/// container support, which is not built yet.
-pub fn not_yet(command: &str) -> anyhow::Result<ExitCode> {
-    anyhow::bail!(
-        "'{command}': running OCI containers is not implemented yet (hull boots sandbox VMs, \
-         but the guest agent cannot create containers yet)"
-    )
 }
 
 /// checkpoint and restore.

@@ -1,0 +1,44 @@
+//! `hull kill [--all] ID [SIGNAL]`: a signal (a name with or without `SIG`, or a number;
+//! default SIGTERM) to the container's init, or with `--all` to all its processes.
+
+use std::process::ExitCode;
+
+use anyhow::{anyhow, bail, Context};
+use hull_runtime::agent::protocol::ContainerStatus;
+
+use super::{block_on, check_id, open, Ctx};
+use crate::signal::parse_signal;
+
+/// runc's `kill` flags (liboci-cli's makes the signal mandatory; runc's does not).
+#[derive(clap::Args, Debug)]
+pub struct Kill {
+    /// Container identifier
+    #[arg(value_parser = clap::builder::NonEmptyStringValueParser::new(), required = true)]
+    pub container_id: String,
+    /// Signal to send (e.g. KILL, SIGTERM, 9)
+    #[arg(default_value = "SIGTERM")]
+    pub signal: String,
+    /// Send the signal to all processes inside the container
+    #[arg(short, long)]
+    pub all: bool,
+}
+
+pub fn run(ctx: &Ctx, k: &Kill) -> anyhow::Result<ExitCode> {
+    let id = k.container_id.as_str();
+    check_id(id)?;
+    let signal = parse_signal(&k.signal).map_err(|e| anyhow!("{e}"))?;
+    block_on(async {
+        let (sb, c) = open(ctx, id).await?;
+        let info = c
+            .info(&sb)
+            .await
+            .with_context(|| format!("container \"{id}\""))?;
+        if info.status == ContainerStatus::Stopped {
+            bail!("container not running");
+        }
+        c.kill(&sb, signal, k.all)
+            .await
+            .with_context(|| format!("cannot signal container \"{id}\""))
+    })??;
+    Ok(ExitCode::SUCCESS)
+}
