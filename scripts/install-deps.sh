@@ -14,6 +14,9 @@ PKGS=(
   libseccomp-dev pkg-config
   # the peer runtime the CLI tests and benches compare hull against
   runc
+  # the front ends hull plugs into (tests start them with their own state dirs and sockets),
+  # and a real CNI for pod networking
+  containerd docker.io containernetworking-plugins
 )
 
 missing=()

@@ -37,6 +37,7 @@ mod service;
 mod stats;
 mod transport;
 
+pub use container::helper::{main as container_helper, HELPER_ARG as CONTAINER_HELPER_ARG};
 pub use init::power_off;
 pub use transport::Address;
 

@@ -53,6 +53,12 @@ fn parse_args(pid1: bool) -> anyhow::Result<(Address, AgentMode)> {
 }
 
 fn main() {
+    // The container helper: a fresh single-threaded process for libcontainer (see
+    // hull_agent::container_helper).
+    let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some(hull_agent::CONTAINER_HELPER_ARG) {
+        std::process::exit(hull_agent::container_helper(&args[2..]));
+    }
     let pid1 = std::process::id() == 1;
     hull_agent::setup(pid1);
     let served = parse_args(pid1)

@@ -9,12 +9,13 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use hull_agent_protocol::{
-    AgentError, AgentMode, ErrorKind, ExitStatus, GuestStats, HealthInfo, MountRequest, ProcessId,
+    AgentError, AgentMode, CreateContainerRequest, ErrorKind, ExecRequest, ExitStatus, GuestStats, HealthInfo, MountRequest, ProcessId,
     ProcessInfo, Request, Response, SpawnRequest, StdStream, VersionInfo, PROTOCOL_VERSION,
 };
 use nix::sys::signal::Signal;
 use tokio::sync::oneshot;
 
+use crate::container::Containers;
 use crate::process::streams::Claim;
 use crate::process::Processes;
 
@@ -26,6 +27,7 @@ pub const MAX_GRACE_MS: u32 = 60_000;
 /// Shared state of the serving agent.
 pub struct Agent {
     procs: Arc<Processes>,
+    containers: Containers,
     mode: AgentMode,
     started: Instant,
     /// Set once by a shutdown request: the grace period.
@@ -62,6 +64,7 @@ impl Agent {
         (
             Arc::new(Agent {
                 procs: Arc::new(Processes::new()),
+                containers: Containers::new(),
                 mode,
                 started: Instant::now(),
                 shutdown: Mutex::new(Some(tx)),
@@ -100,6 +103,31 @@ impl Agent {
             Request::Mount(req) => done(self.mount(req).await),
             Request::Unmount { target, lazy } => done(self.unmount(target, lazy).await),
             Request::Shutdown { grace_ms } => return self.shutdown(grace_ms),
+            Request::CreateContainer(req) => self.create_container(req).await,
+            Request::StartContainer { id } => done(self.containers.start(&id).await),
+            Request::Exec(req) => self.exec(req).await,
+            Request::KillContainer { id, signal, all } => {
+                done(self.containers.kill(&self.procs, &id, signal, all))
+            }
+            Request::ContainerState { id } => self.containers.state(&id).map(Response::Container),
+            Request::ContainerPids { id } => self
+                .containers
+                .pids(&id)
+                .await
+                .map(|pids| Response::Pids { pids }),
+            Request::PauseContainer { id } => done(self.containers.pause(&id, true).await),
+            Request::ResumeContainer { id } => done(self.containers.pause(&id, false).await),
+            Request::UpdateContainer { id, resources } => {
+                done(self.containers.update(&id, resources).await)
+            }
+            Request::ContainerStats { id } => self
+                .containers
+                .stats(&id)
+                .await
+                .map(Response::ContainerStats),
+            Request::DeleteContainer { id, force } => {
+                done(self.containers.delete(&self.procs, &id, force).await)
+            }
             other => Err(AgentError::new(
                 ErrorKind::UnknownRequest,
                 format!(
@@ -109,6 +137,32 @@ impl Agent {
             )),
         }
         .into()
+    }
+
+    /// Containers need the guest's cgroup v2 and PID 1 duties: not in host mode.
+    fn guest_only(&self, call: &str) -> Result<(), AgentError> {
+        if self.mode == AgentMode::Host {
+            return Err(AgentError::new(
+                ErrorKind::Unsupported,
+                format!("{call} is refused in host mode: containers run only in the guest"),
+            ));
+        }
+        Ok(())
+    }
+
+    pub async fn create_container(
+        &self,
+        req: CreateContainerRequest,
+    ) -> Result<Response, AgentError> {
+        self.guest_only("create_container")?;
+        let (p, pid) = self.containers.create(&self.procs, req).await?;
+        Ok(Response::Spawned { process: p.id, pid })
+    }
+
+    pub async fn exec(&self, req: ExecRequest) -> Result<Response, AgentError> {
+        self.guest_only("exec")?;
+        let (p, pid) = self.containers.exec(&self.procs, req).await?;
+        Ok(Response::Spawned { process: p.id, pid })
     }
 
     pub fn version(&self) -> VersionInfo {

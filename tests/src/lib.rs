@@ -32,6 +32,7 @@ pub fn build_dir() -> PathBuf {
         .unwrap_or_else(|| workspace_root().join("build"))
 }
 
+pub mod daemons;
 pub mod vm;
 
 /// Path of a file the build must have produced; panics naming the make target otherwise.

@@ -39,6 +39,10 @@ pub enum ErrorKind {
     WrongState,
     /// libcontainer refused or failed to create, start or exec (the message says why).
     ContainerFailed,
+    /// The container's program does not exist (a shell would exit 127).
+    ExecutableNotFound,
+    /// The container's program exists but cannot be executed (a shell would exit 126).
+    NotExecutable,
     /// An error kind this side does not know.
     #[serde(other)]
     Other,

@@ -13,14 +13,15 @@
 pub mod spawn;
 pub mod streams;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::os::fd::OwnedFd;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 use hull_agent_protocol::{
     AgentError, ErrorKind, ExitStatus, ProcessId, ProcessInfo, ProcessState, SpawnRequest,
-    StdStream, StdioSpec,
+    StdStream,
 };
 use nix::errno::Errno;
 use nix::sys::signal::Signal;
@@ -29,7 +30,7 @@ use nix::unistd::Pid;
 use tokio::io::unix::AsyncFd;
 use tokio::sync::Notify;
 
-use spawn::ParentEnds;
+pub use spawn::ParentEnds;
 
 /// A non-blocking descriptor registered with the runtime (pipe end or terminal master).
 pub type Fd = Arc<AsyncFd<OwnedFd>>;
@@ -158,6 +159,81 @@ struct Table {
     by_id: BTreeMap<ProcessId, Arc<Process>>,
     /// Running processes by pid, for the reaper.
     by_pid: HashMap<i32, Arc<Process>>,
+    /// Statuses of children nobody had registered when they were reaped, newest last: a
+    /// container's init or exec is forked by libcontainer and [`Processes::adopt`]ed once its
+    /// pid is known, which may be after it exited. Bounded in size and age.
+    unclaimed: VecDeque<(i32, ExitStatus, Instant)>,
+}
+
+/// Most unclaimed statuses kept.
+const MAX_UNCLAIMED: usize = 1024;
+/// How long an unclaimed status is kept (pids are not reused that fast).
+const UNCLAIMED_FOR: Duration = Duration::from_secs(60);
+
+impl Table {
+    fn keep_unclaimed(&mut self, pid: i32, status: ExitStatus) {
+        let now = Instant::now();
+        while let Some((_, _, at)) = self.unclaimed.front() {
+            if self.unclaimed.len() < MAX_UNCLAIMED && now.duration_since(*at) < UNCLAIMED_FOR {
+                break;
+            }
+            self.unclaimed.pop_front();
+        }
+        self.unclaimed.push_back((pid, status, now));
+    }
+
+    fn take_unclaimed(&mut self, pid: i32) -> Option<ExitStatus> {
+        let i = self.unclaimed.iter().rposition(|(p, _, _)| *p == pid)?;
+        let (_, status, at) = self.unclaimed.remove(i)?;
+        (at.elapsed() < UNCLAIMED_FOR).then_some(status)
+    }
+}
+
+/// A process's stream slots, built from the agent's ends of its stdio.
+struct Slots {
+    stdin: StdinSlot,
+    stdout: Output,
+    stderr: Output,
+    master: Option<Fd>,
+}
+
+impl Slots {
+    fn new(ends: ParentEnds) -> Result<Slots, AgentError> {
+        Ok(match ends {
+            ParentEnds::Pipes {
+                stdin,
+                stdout,
+                stderr,
+            } => {
+                let out = |fd: Option<OwnedFd>, what| -> Result<Output, AgentError> {
+                    Ok(match fd {
+                        Some(fd) => Output::Held(register(fd)?),
+                        None => Output::NotPiped(what),
+                    })
+                };
+                Slots {
+                    stdin: match stdin {
+                        Some(fd) => StdinSlot::Idle(register(fd)?),
+                        None => StdinSlot::NotPiped("stdin was redirected from /dev/null"),
+                    },
+                    stdout: out(stdout, "stdout was redirected to /dev/null")?,
+                    stderr: out(stderr, "stderr was redirected to /dev/null")?,
+                    master: None,
+                }
+            }
+            ParentEnds::Terminal { master } => {
+                let master = register(master)?;
+                Slots {
+                    stdin: StdinSlot::Idle(master.clone()),
+                    stdout: Output::Held(master.clone()),
+                    stderr: Output::NotPiped(
+                        "the process has a terminal: its stderr is part of stdout",
+                    ),
+                    master: Some(master),
+                }
+            }
+        })
+    }
 }
 
 #[derive(Default)]
@@ -196,73 +272,100 @@ impl Processes {
 
     /// Starts a process (see the protocol docs for what is checked first).
     pub fn spawn(&self, req: &SpawnRequest) -> Result<Arc<Process>, AgentError> {
-        let prepared = spawn::prepare(req)?;
         let (child_ends, parent_ends) = spawn::open_stdio(&req.stdio)?;
-        // Register before forking, so a failure here leaves no process behind.
-        let terminal = matches!(req.stdio, StdioSpec::Terminal { .. });
-        let mut master_fd = None;
-        let (stdin, stdout, stderr) = match parent_ends {
-            ParentEnds::Pipes {
-                stdin,
-                stdout,
-                stderr,
-            } => {
-                let out = |fd: Option<OwnedFd>, what| -> Result<Output, AgentError> {
-                    Ok(match fd {
-                        Some(fd) => Output::Held(register(fd)?),
-                        None => Output::NotPiped(what),
-                    })
-                };
-                (
-                    match stdin {
-                        Some(fd) => StdinSlot::Idle(register(fd)?),
-                        None => StdinSlot::NotPiped("stdin was redirected from /dev/null"),
-                    },
-                    out(stdout, "stdout was redirected to /dev/null")?,
-                    out(stderr, "stderr was redirected to /dev/null")?,
-                )
-            }
-            ParentEnds::Terminal { master } => {
-                let master = register(master)?;
-                master_fd = Some(master.clone());
-                (
-                    StdinSlot::Idle(master.clone()),
-                    Output::Held(master),
-                    Output::NotPiped("the process has a terminal: its stderr is part of stdout"),
-                )
-            }
-        };
+        self.spawn_with(req, child_ends, parent_ends)
+    }
+
+    /// Starts a process on stdio the caller opened: `child_ends` become its fds 0-2,
+    /// `parent_ends` are what the agent keeps (streams). The container helper gets the
+    /// container's ends this way and keeps none.
+    pub fn spawn_with(
+        &self,
+        req: &SpawnRequest,
+        child_ends: spawn::ChildEnds,
+        parent_ends: ParentEnds,
+    ) -> Result<Arc<Process>, AgentError> {
+        let prepared = spawn::prepare(req)?;
+        // Register the descriptors before forking, so a failure here leaves no process behind.
+        let slots = Slots::new(parent_ends)?;
         let mut table = lock(&self.table);
         let pid = spawn::fork_exec(&prepared, &child_ends)?;
         drop(child_ends);
+        let proc = self.insert(&mut table, pid, req.argv.clone(), slots);
+        drop(table);
+        tracing::info!(
+            "spawned {} (pid {pid}{}): {:?}",
+            proc.id,
+            if proc.terminal { ", terminal" } else { "" },
+            req.argv
+        );
+        Ok(proc)
+    }
+
+    /// Takes on a child of the agent that someone else forked (a container's init or exec,
+    /// which libcontainer creates as the agent's children): from here on it is an agent
+    /// process with these streams. If it already exited, the reaper kept its status.
+    pub fn adopt(
+        &self,
+        pid: i32,
+        argv: Vec<String>,
+        parent_ends: ParentEnds,
+    ) -> Result<Arc<Process>, AgentError> {
+        let slots = Slots::new(parent_ends)?;
+        let mut table = lock(&self.table);
+        let early = table.take_unclaimed(pid);
+        let proc = self.insert(&mut table, pid, argv, slots);
+        if let Some(status) = early {
+            table.by_pid.remove(&pid);
+            proc.state().exit = Some(status);
+        }
+        drop(table);
+        tracing::info!("adopted {} (pid {pid}): {:?}", proc.id, proc.argv);
+        proc.notify();
+        Ok(proc)
+    }
+
+    fn insert(&self, table: &mut Table, pid: i32, argv: Vec<String>, s: Slots) -> Arc<Process> {
         let id = ProcessId(self.next_id.fetch_add(1, Ordering::Relaxed) + 1);
         let proc = Arc::new(Process {
             id,
             pid,
-            argv: req.argv.clone(),
-            terminal,
-            master: master_fd,
+            argv,
+            terminal: s.master.is_some(),
+            master: s.master,
             state: Mutex::new(State {
                 exit: None,
                 waited: false,
                 released: false,
-                stdin,
+                stdin: s.stdin,
                 stdin_written: 0,
                 close_stdin: CloseAt::Never,
-                stdout,
-                stderr,
+                stdout: s.stdout,
+                stderr: s.stderr,
             }),
             changed: Notify::new(),
         });
         table.by_id.insert(id, proc.clone());
         table.by_pid.insert(pid, proc.clone());
-        drop(table);
-        tracing::info!(
-            "spawned {id} (pid {pid}{}): {:?}",
-            if terminal { ", terminal" } else { "" },
-            req.argv
-        );
-        Ok(proc)
+        proc
+    }
+
+    /// Signals a process the caller holds (a container's init after its entry may have been
+    /// released), unless it has exited; the table lock keeps the reaper out meanwhile.
+    pub fn signal_process(&self, proc: &Process, sig: Signal) -> Result<(), AgentError> {
+        let _table = lock(&self.table);
+        if let Some(status) = proc.state().exit {
+            return Err(AgentError::new(
+                ErrorKind::ProcessExited,
+                format!("{} has already exited ({status:?})", proc.id),
+            ));
+        }
+        nix::sys::signal::kill(Pid::from_raw(proc.pid), sig).map_err(|e| {
+            AgentError::new(
+                ErrorKind::Io,
+                format!("kill {sig} to {} (pid {}): {e}", proc.id, proc.pid),
+            )
+        })
     }
 
     /// Collects every exited child (called on SIGCHLD).
@@ -292,7 +395,10 @@ impl Processes {
                     proc.state().exit = Some(status);
                     proc.notify();
                 }
-                None => tracing::debug!("reaped pid {pid} (not spawned by the agent): {status:?}"),
+                None => {
+                    tracing::debug!("reaped pid {pid} (not registered): {status:?}");
+                    table.keep_unclaimed(pid.as_raw(), status);
+                }
             }
         }
     }

@@ -6,7 +6,9 @@
 //!   state.json            SandboxState: the VMM's pid and start time, size, creation time
 //!   lock                  flock held by the command acting on the sandbox
 //!   vm.json console.log vmm.log   hull-vmm's config, guest console and log (crate::vmm)
-//!   api.sock vsock.sock   hull-vmm's API socket and hybrid vsock socket
+//!   api.sock vsock.sock   hull-vmm's API socket and hybrid vsock socket (in [`SOCKET_ROOT`]
+//!                         `/<hash of the directory>/` instead when the directory's path is too
+//!                         long for a Unix socket, as docker's and containerd's roots are)
 //!   shared/               shared with the guest (virtio-fs tag `hull-shared`), mounted by the
 //!                         agent at /run/hull/shared; containers' root file systems go below it
 //!   containers/<cid>.json the sandbox's containers (crate::container)
@@ -48,6 +50,25 @@ pub const MAX_ID_LEN: usize = 128;
 pub const DEFAULT_BOOT_TIMEOUT: Duration = Duration::from_secs(300);
 /// Most bytes of a Unix socket path.
 const MAX_SOCKET_PATH: usize = 107;
+/// Where a sandbox's sockets go when its directory is too deep for them.
+pub const SOCKET_ROOT: &str = "/run/hull-sockets";
+
+/// The directory of a sandbox's sockets: the sandbox directory itself when the longest socket
+/// path (`vsock.sock_<port>`) fits in a Unix socket address, else a short directory under
+/// [`SOCKET_ROOT`] named by a hash of the sandbox directory's path (the same in every process,
+/// so a later command finds it again).
+pub fn socket_dir(dir: &Path) -> PathBuf {
+    if dir.join("vsock.sock_4294967295").as_os_str().len() <= MAX_SOCKET_PATH {
+        return dir.to_path_buf();
+    }
+    // FNV-1a, 64 bits: stable across builds and releases (std's hasher is not).
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in dir.as_os_str().as_encoded_bytes() {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    Path::new(SOCKET_ROOT).join(format!("{h:016x}"))
+}
 
 /// What went wrong with a sandbox.
 #[derive(Debug, thiserror::Error)]
@@ -183,8 +204,8 @@ impl Sandbox {
             check_file(what, p)?;
         }
         let dir = root.join(id);
-        let longest = dir.join("vsock.sock_4294967295");
-        let len = longest.as_os_str().len();
+        let sockets = socket_dir(&dir);
+        let len = sockets.join("vsock.sock_4294967295").as_os_str().len();
         if len > MAX_SOCKET_PATH {
             return Err(SandboxError::PathTooLong { path: dir, len });
         }
@@ -244,7 +265,15 @@ impl Sandbox {
         })?;
         let vcpus = opts.vcpus.unwrap_or(config.vcpus);
         let memory_mib = opts.memory_mib.unwrap_or(config.memory_mib);
-        let uds = dir.join("vsock.sock");
+        let sockets = socket_dir(dir);
+        if sockets != dir {
+            std::fs::create_dir_all(&sockets).map_err(|source| SandboxError::Io {
+                what: "cannot create the sandbox's socket directory",
+                path: sockets.clone(),
+                source,
+            })?;
+        }
+        let uds = sockets.join("vsock.sock");
         let mut vm = VmConfig::new(config.kernel.clone());
         vm.initrd = Some(config.initrd.clone());
         vm.vcpus = vcpus;
@@ -254,7 +283,7 @@ impl Sandbox {
             uds_path: uds.clone(),
             guest_cid: GUEST_CID,
         });
-        vm.api_socket = Some(dir.join("api.sock"));
+        vm.api_socket = Some(sockets.join("api.sock"));
         // A file hull-vmm caps (serial_max_bytes), so a guest printing forever cannot fill the
         // host's disk.
         vm.serial = SerialConfig::File(dir.join(crate::vmm::CONSOLE_FILE));
@@ -322,7 +351,7 @@ impl Sandbox {
             _lock: lock,
         };
         if sb.vmm_running() {
-            let endpoint = Endpoint::vm(sb.dir.join("vsock.sock"));
+            let endpoint = Endpoint::vm(socket_dir(&sb.dir).join("vsock.sock"));
             match AgentClient::connect(endpoint, Duration::from_secs(30)).await {
                 Ok(a) => sb.agent = Some(a),
                 Err(e) => {
@@ -384,7 +413,7 @@ impl Sandbox {
         if self.wait_vmm_gone(grace).await {
             return Ok(());
         }
-        let api = self.dir.join("api.sock");
+        let api = socket_dir(&self.dir).join("api.sock");
         if api.exists() {
             let line = serde_json::to_string(&hull_vmm_api::ApiRequest::Shutdown {
                 timeout_ms: Some(0),
@@ -494,6 +523,14 @@ fn cleanup_dir(dir: &Path) -> Result<(), SandboxError> {
         path: dir.to_path_buf(),
         source,
     })?;
+    let sockets = socket_dir(dir);
+    if sockets != dir {
+        if let Err(e) = std::fs::remove_dir_all(&sockets) {
+            if e.kind() != std::io::ErrorKind::NotFound {
+                tracing::warn!("cannot remove {}: {e}", sockets.display());
+            }
+        }
+    }
     match std::fs::remove_dir_all(dir) {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
@@ -517,6 +554,17 @@ mod tests {
         for bad in ["", ".", "..", "a/b", "../x", "a b", "é", &"x".repeat(129)] {
             assert!(validate_id(bad).is_err(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn socket_dirs_are_short_and_stable() {
+        let shallow = Path::new("/run/hull/abc");
+        assert_eq!(socket_dir(shallow), shallow);
+        let deep = PathBuf::from(format!("/var/run/docker/runtime-hull/moby/{}", "f".repeat(64)));
+        let s = socket_dir(&deep);
+        assert_eq!(s, socket_dir(&deep), "the same in every process");
+        assert_ne!(s, socket_dir(&deep.with_file_name("other")));
+        assert!(s.join("vsock.sock_4294967295").as_os_str().len() <= MAX_SOCKET_PATH);
     }
 
     #[tokio::test]
@@ -543,12 +591,17 @@ mod tests {
         cfg.kernel = k.clone();
         cfg.initrd = k.clone();
         cfg.vmm = k;
+        // A directory too deep for sockets gets a short socket directory; a create that
+        // fails (the "hull-vmm" here cannot run) removes that too.
+        let sockets = socket_dir(&deep.join("x"));
+        assert!(sockets.starts_with(SOCKET_ROOT), "{}", sockets.display());
         let e = Sandbox::create(&cfg, &deep, "x", &SandboxOptions::default())
             .await
             .err()
-            .expect("too deep");
-        assert!(matches!(e, SandboxError::PathTooLong { .. }), "{e}");
-        assert!(!deep.exists());
+            .expect("the fake hull-vmm cannot start");
+        assert!(!matches!(e, SandboxError::PathTooLong { .. }), "{e}");
+        assert!(!deep.join("x").exists());
+        assert!(!sockets.exists(), "{} is left", sockets.display());
         std::fs::remove_dir_all(&root).unwrap();
     }
 }

@@ -1,0 +1,441 @@
+//! The `hull` CLI (runc's command line) with real microVMs: OCI bundles built by the test from
+//! Debian's busybox-static, run as runc runs them. The test process is a child subreaper, as
+//! containerd-shim-runc-v2 is, so it reaps the `--pid-file` process and sees the container's
+//! exit status through it.
+
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::net::UnixListener;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
+
+use hull_tests::vm::{agent_initrd, busybox_root, nonce};
+use hull_tests::{bin, kernel, require_kvm, TempDir};
+use serde_json::{json, Value};
+
+/// A scratch root and config for one test.
+struct Env {
+    dir: TempDir,
+    root: PathBuf,
+    config: PathBuf,
+}
+
+impl Env {
+    fn new(name: &str) -> Env {
+        require_kvm();
+        // Orphaned pid-file processes come to us, as they come to containerd's shim.
+        // SAFETY: prctl with PR_SET_CHILD_SUBREAPER takes an integer and changes only a flag.
+        unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
+        let dir = TempDir::new(&format!("hull-cli-{name}"));
+        let root = dir.path().join("root");
+        let config = dir.path().join("config.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "kernel = {:?}\ninitrd = {:?}\nvmm = {:?}\n",
+                kernel(),
+                agent_initrd(),
+                bin("hull-vmm")
+            ),
+        )
+        .unwrap();
+        Env { dir, root, config }
+    }
+
+    fn cmd(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(bin("hull"));
+        c.arg("--root")
+            .arg(&self.root)
+            .args(args)
+            .env("HULL_CONFIG", &self.config)
+            .stdin(Stdio::null());
+        c
+    }
+
+    fn hull(&self, args: &[&str]) -> Output {
+        self.cmd(args).output().unwrap()
+    }
+
+    /// A busybox bundle with `args` (runc's default spec from `hull spec`, edited).
+    fn bundle(&self, name: &str, args: &[&str], edit: impl FnOnce(&mut Value)) -> PathBuf {
+        let b = self.dir.path().join(name);
+        std::fs::create_dir_all(&b).unwrap();
+        let out = Command::new(bin("hull"))
+            .args(["spec", "--bundle"])
+            .arg(&b)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "hull spec: {}", text(&out.stderr));
+        busybox_root(&b.join("rootfs"), &["proc", "sys", "dev", "tmp", "etc", "root"]);
+        let path = b.join("config.json");
+        let mut spec: Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+        spec["process"]["terminal"] = json!(false);
+        spec["process"]["args"] = json!(args);
+        spec["root"]["readonly"] = json!(false);
+        edit(&mut spec);
+        std::fs::write(&path, serde_json::to_vec_pretty(&spec).unwrap()).unwrap();
+        b
+    }
+
+    /// Nothing of container `id` is left: no state dir, no mount below the root, no hull-vmm.
+    fn assert_gone(&self, id: &str) {
+        assert!(
+            !self.root.join(id).exists(),
+            "the state dir of {id} is left"
+        );
+        let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+        let root = self.root.to_string_lossy().into_owned();
+        assert!(
+            !mounts.lines().any(|l| l.contains(&root)),
+            "mounts left below {root}:\n{mounts}"
+        );
+        let ps = Command::new("ps").args(["-eo", "args"]).output().unwrap();
+        let ps = text(&ps.stdout);
+        assert!(
+            !ps.lines().any(|l| l.contains("hull-vmm") && l.contains(&root)),
+            "a hull-vmm of {id} still runs:\n{ps}"
+        );
+    }
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+fn state(env: &Env, id: &str) -> Value {
+    let out = env.hull(&["state", id]);
+    assert!(out.status.success(), "state {id}: {}", text(&out.stderr));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// Reaps our child (or adopted orphan) `pid`: its exit code, or 128+signal.
+fn reap(pid: i32) -> i32 {
+    let mut status = 0;
+    // SAFETY: waitpid writes the status into the int we pass.
+    let r = unsafe { libc::waitpid(pid, &mut status, 0) };
+    assert_eq!(r, pid, "waitpid({pid}): {}", std::io::Error::last_os_error());
+    if libc::WIFEXITED(status) {
+        libc::WEXITSTATUS(status)
+    } else {
+        128 + libc::WTERMSIG(status)
+    }
+}
+
+fn read_pid(path: &Path) -> i32 {
+    std::fs::read_to_string(path)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+fn host_release() -> String {
+    text(&Command::new("uname").arg("-r").output().unwrap().stdout)
+        .trim()
+        .to_string()
+}
+
+#[test]
+fn run_prints_the_guest_kernel_and_returns_exit_codes() {
+    let env = Env::new("run");
+    let b = env.bundle("b", &["uname", "-r"], |_| {});
+    let out = env.hull(&["run", "--bundle", b.to_str().unwrap(), "r1"]);
+    assert_eq!(out.status.code(), Some(0), "stderr: {}", text(&out.stderr));
+    let release = text(&out.stdout).trim().to_string();
+    assert!(!release.is_empty());
+    assert_ne!(release, host_release(), "ran on the host's kernel");
+    env.assert_gone("r1");
+
+    for (args, code) in [
+        (vec!["sh", "-c", "exit 3"], 3),
+        (vec!["sh", "-c", "nosuchcmd"], 127),
+        (vec!["sh", "-c", "kill -9 $$"], 137),
+    ] {
+        let b = env.bundle("codes", &args, |_| {});
+        let out = env.hull(&["run", "--bundle", b.to_str().unwrap(), "codes"]);
+        assert_eq!(out.status.code(), Some(code), "{args:?}: {}", text(&out.stderr));
+        env.assert_gone("codes");
+    }
+
+    // No program / not executable: runc's message, 127 / 126, nothing left.
+    let b = env.bundle("nobin", &["nosuchprogram"], |_| {});
+    let out = env.hull(&["run", "--bundle", b.to_str().unwrap(), "nobin"]);
+    assert_eq!(out.status.code(), Some(127), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains(r#"exec: "nosuchprogram": executable file not found in $PATH"#),
+        "{}",
+        text(&out.stderr)
+    );
+    env.assert_gone("nobin");
+    let b = env.bundle("noexec", &["/etc"], |_| {});
+    let out = env.hull(&["run", "--bundle", b.to_str().unwrap(), "noexec"]);
+    assert_eq!(out.status.code(), Some(126), "{}", text(&out.stderr));
+    assert!(text(&out.stderr).contains("permission denied"), "{}", text(&out.stderr));
+    env.assert_gone("noexec");
+
+    // Bad input: a bundle that does not exist, a missing rootfs, an invalid config.json.
+    let out = env.hull(&["run", "--bundle", "/nonexistent/bundle", "bad"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stderr).contains("/nonexistent/bundle"), "{}", text(&out.stderr));
+    let b = env.bundle("norootfs", &["true"], |s| s["root"]["path"] = json!("missing-rootfs"));
+    let out = env.hull(&["run", "--bundle", b.to_str().unwrap(), "bad"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stderr).contains("missing-rootfs"), "{}", text(&out.stderr));
+    let b = env.bundle("badspec", &["true"], |s| s["process"]["args"] = json!("not a list"));
+    let out = env.hull(&["run", "--bundle", b.to_str().unwrap(), "bad"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stderr).contains("process.args"), "{}", text(&out.stderr));
+    env.assert_gone("bad");
+}
+
+#[test]
+fn create_start_kill_delete_with_the_pid_file_process() {
+    let env = Env::new("life");
+    let marker = nonce();
+    let b = env.bundle(
+        "b",
+        &["sh", "-c", &format!("echo {marker} > /ran; echo out; sleep 1000")],
+        |_| {},
+    );
+    let pid_file = env.dir.path().join("pid");
+    let mut create = env
+        .cmd(&[
+            "create",
+            "--bundle",
+            b.to_str().unwrap(),
+            "--pid-file",
+            pid_file.to_str().unwrap(),
+            "c1",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The container's stdout is the pipe `hull create` was given (the pid-file process
+    // carries it); take it before waiting so create's own exit does not close our end.
+    let mut stdout = create.stdout.take().unwrap();
+    let status = create.wait().unwrap();
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut create.stderr.take().unwrap(), &mut err).unwrap();
+    assert!(status.success(), "create: {err}");
+    let pid = read_pid(&pid_file);
+    let st = state(&env, "c1");
+    assert_eq!(st["status"], "created", "{st}");
+    assert_eq!(st["id"], "c1");
+    assert_eq!(st["pid"], pid, "state's pid is the pid-file process");
+    assert_eq!(Path::new(st["bundle"].as_str().unwrap()), b.as_path());
+    assert!(!b.join("rootfs/ran").exists(), "the user program ran before start");
+
+    let out = env.hull(&["start", "c1"]);
+    assert!(out.status.success(), "start: {}", text(&out.stderr));
+    let mut first = [0u8; 4];
+    std::io::Read::read_exact(&mut stdout, &mut first).unwrap();
+    assert_eq!(&first, b"out\n");
+    assert_eq!(state(&env, "c1")["status"], "running");
+    assert_eq!(
+        std::fs::read_to_string(b.join("rootfs/ran")).unwrap().trim(),
+        marker
+    );
+
+    // ps, pause/resume, update, events --stats, list.
+    let out = env.hull(&["ps", "--format", "json", "c1"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let pids: Vec<i32> = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(pids.len(), 2, "sh and sleep: {pids:?}");
+    assert!(env.hull(&["pause", "c1"]).status.success());
+    assert_eq!(state(&env, "c1")["status"], "paused");
+    assert!(env.hull(&["resume", "c1"]).status.success());
+    assert_eq!(state(&env, "c1")["status"], "running");
+    let out = env.hull(&["update", "--pids-limit", "9", "--memory", "67108864", "c1"]);
+    assert!(out.status.success(), "update: {}", text(&out.stderr));
+    let out = env.hull(&["events", "--stats", "c1"]);
+    assert!(out.status.success(), "events: {}", text(&out.stderr));
+    let ev: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(ev["type"], "stats", "{ev}");
+    assert_eq!(ev["data"]["pids"]["current"], 2, "{ev}");
+    assert_eq!(ev["data"]["pids"]["limit"], 9, "{ev}");
+    assert_eq!(ev["data"]["memory"]["usage"]["limit"], 67108864u64, "{ev}");
+    let out = env.hull(&["list", "--format", "json"]);
+    let list: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(list[0]["id"], "c1", "{list}");
+    assert_eq!(list[0]["status"], "running", "{list}");
+
+    // delete refuses a running container; kill → the pid-file process exits 137.
+    let out = env.hull(&["delete", "c1"]);
+    assert_eq!(out.status.code(), Some(1), "delete of a running container");
+    let out = env.hull(&["kill", "c1", "KILL"]);
+    assert!(out.status.success(), "kill: {}", text(&out.stderr));
+    assert_eq!(reap(pid), 137);
+    assert_eq!(state(&env, "c1")["status"], "stopped");
+    let out = env.hull(&["kill", "c1", "TERM"]);
+    assert_eq!(out.status.code(), Some(1), "kill of a stopped container");
+    let out = env.hull(&["delete", "c1"]);
+    assert!(out.status.success(), "delete: {}", text(&out.stderr));
+    env.assert_gone("c1");
+    let out = env.hull(&["state", "c1"]);
+    assert_eq!(out.status.code(), Some(1));
+
+    // SIGTERM to an init that is not its pid namespace's init: 143 through the pid file.
+    let b = env.bundle("noname", &["sleep", "1000"], |s| {
+        let ns = s["linux"]["namespaces"].as_array_mut().unwrap();
+        ns.retain(|n| n["type"] != "pid");
+    });
+    let out = env.hull(&[
+        "run",
+        "--detach",
+        "--bundle",
+        b.to_str().unwrap(),
+        "--pid-file",
+        pid_file.to_str().unwrap(),
+        "c2",
+    ]);
+    assert!(out.status.success(), "run -d: {}", text(&out.stderr));
+    let pid = read_pid(&pid_file);
+    assert_eq!(state(&env, "c2")["status"], "running");
+    // A signal sent to the pid-file process reaches the container.
+    // SAFETY: kill with a pid and a signal number.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+    assert_eq!(reap(pid), 143);
+    let out = env.hull(&["delete", "c2"]);
+    assert!(out.status.success(), "delete: {}", text(&out.stderr));
+    env.assert_gone("c2");
+
+    // delete --force of a running container, and of one that does not exist.
+    let b = env.bundle("f", &["sleep", "1000"], |_| {});
+    let out = env.hull(&["run", "-d", "--bundle", b.to_str().unwrap(), "c3"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(env.hull(&["delete", "--force", "c3"]).status.success());
+    env.assert_gone("c3");
+    assert!(env.hull(&["delete", "--force", "c3"]).status.success());
+}
+
+/// Receives one descriptor over a Unix socket (runc's console-socket protocol).
+fn receive_fd(listener: &UnixListener) -> OwnedFd {
+    let (conn, _) = listener.accept().unwrap();
+    let mut buf = [0u8; 4096];
+    let mut iov = [std::io::IoSliceMut::new(&mut buf)];
+    let mut cmsg = nix::cmsg_space!([std::os::fd::RawFd; 1]);
+    let msg = nix::sys::socket::recvmsg::<()>(
+        conn.as_raw_fd(),
+        &mut iov,
+        Some(&mut cmsg),
+        nix::sys::socket::MsgFlags::empty(),
+    )
+    .unwrap();
+    for c in msg.cmsgs().unwrap() {
+        if let nix::sys::socket::ControlMessageOwned::ScmRights(fds) = c {
+            // SAFETY: SCM_RIGHTS installed this descriptor for us alone.
+            return unsafe { OwnedFd::from_raw_fd(fds[0]) };
+        }
+    }
+    panic!("no descriptor on the console socket");
+}
+
+/// Reads the terminal master until `needle` shows up.
+fn read_until(master: &std::fs::File, needle: &str) -> String {
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 512];
+    let deadline = std::time::Instant::now() + Duration::from_secs(300);
+    while !String::from_utf8_lossy(&seen).contains(needle) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no {needle:?} on the terminal: {}",
+            String::from_utf8_lossy(&seen)
+        );
+        let n = std::io::Read::read(&mut &*master, &mut buf).unwrap();
+        assert!(n > 0, "terminal closed: {}", String::from_utf8_lossy(&seen));
+        seen.extend_from_slice(&buf[..n]);
+    }
+    String::from_utf8_lossy(&seen).replace('\r', "")
+}
+
+fn set_size(master: &std::fs::File, rows: u16, cols: u16) {
+    let ws = libc::winsize {
+        ws_row: rows,
+        ws_col: cols,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    // SAFETY: TIOCSWINSZ reads a winsize from the pointer, which points at `ws`.
+    assert_eq!(unsafe { libc::ioctl(master.as_raw_fd(), libc::TIOCSWINSZ, &ws) }, 0);
+}
+
+#[test]
+fn exec_console_socket_and_bind_mounts() {
+    let env = Env::new("exec");
+    // Host files and directories bind-mounted into the container, one read-only.
+    let data = env.dir.path().join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    std::fs::write(data.join("f"), "from the host dir\n").unwrap();
+    let file = env.dir.path().join("hostfile");
+    std::fs::write(&file, "from the host file\n").unwrap();
+    let b = env.bundle("b", &["sleep", "1000"], |s| {
+        let m = s["mounts"].as_array_mut().unwrap();
+        m.push(json!({"destination": "/data", "type": "bind", "source": data, "options": ["rbind", "ro"]}));
+        m.push(json!({"destination": "/etc/hostfile", "type": "bind", "source": file, "options": ["bind", "rw"]}));
+    });
+    let out = env.hull(&["run", "-d", "--bundle", b.to_str().unwrap(), "e1"]);
+    assert!(out.status.success(), "run -d: {}", text(&out.stderr));
+
+    // exec with pipes: output, stdin, exit status.
+    let mut child = env
+        .cmd(&["exec", "e1", "sh", "-c", "cat /data/f /etc/hostfile; read x; echo got $x; touch /data/new 2>&1; echo more >> /etc/hostfile; exit 5"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(&mut child.stdin.take().unwrap(), b"hello\n").unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(5), "{}", text(&out.stderr));
+    let o = text(&out.stdout);
+    assert!(o.starts_with("from the host dir\nfrom the host file\ngot hello\n"), "{o}");
+    assert!(o.contains("Read-only file system"), "the ro bind is read-only: {o}");
+    assert_eq!(
+        std::fs::read_to_string(&file).unwrap(),
+        "from the host file\nmore\n",
+        "the rw file bind writes through to the host"
+    );
+
+    // exec --tty --console-socket: the test gets the master over SCM_RIGHTS, and resizes
+    // reach the guest.
+    let sock = env.dir.path().join("console.sock");
+    let listener = UnixListener::bind(&sock).unwrap();
+    let pid_file = env.dir.path().join("exec.pid");
+    let out = env.hull(&[
+        "exec",
+        "--tty",
+        "--detach",
+        "--console-socket",
+        sock.to_str().unwrap(),
+        "--pid-file",
+        pid_file.to_str().unwrap(),
+        "e1",
+        "sh",
+        "-c",
+        "tty; while read x; do stty size; done; exit 4",
+    ]);
+    assert!(out.status.success(), "exec -t: {}", text(&out.stderr));
+    let master = std::fs::File::from(receive_fd(&listener));
+    let pid = read_pid(&pid_file);
+    let seen = read_until(&master, "\n");
+    assert!(seen.starts_with("/dev/pts/"), "{seen}");
+    // Each line typed makes the guest print its terminal size: type until the new size shows
+    // (the resize travels host pty → pid-file process → agent asynchronously).
+    set_size(&master, 44, 55);
+    let mut seen = String::new();
+    for _ in 0..100 {
+        std::io::Write::write_all(&mut &master, b"\n").unwrap();
+        seen = read_until(&master, "\n");
+        if seen.contains("44 55") {
+            break;
+        }
+    }
+    assert!(seen.contains("44 55"), "resize reached the guest: {seen}");
+    // End of input (^D): the loop ends, the shell exits 4.
+    std::io::Write::write_all(&mut &master, b"\x04").unwrap();
+    assert_eq!(reap(pid), 4);
+
+    assert!(env.hull(&["delete", "--force", "e1"]).status.success());
+    env.assert_gone("e1");
+}
