@@ -523,7 +523,10 @@ async fn monitor(
     let process = ProcessId(args.process);
     let endpoint = match &args.agent_socket {
         Some(p) => Endpoint::unix(p),
-        None => Endpoint::vm(root.join(&args.sandbox).join("vsock.sock")),
+        // Where the sandbox put its sockets (a short directory when its own is too deep).
+        None => Endpoint::vm(
+            hull_runtime::sandbox::socket_dir(&root.join(&args.sandbox)).join("vsock.sock"),
+        ),
     };
     let agent = AgentClient::connect(endpoint, Duration::from_secs(30))
         .await
