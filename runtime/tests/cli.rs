@@ -269,6 +269,12 @@ fn create_rejects_bad_input_and_leaves_nothing_behind() {
     let out = hull_root(&root, &cargs, t.path(), &env);
     fails_with(&out, "cannot use console socket", &cargs);
     assert_eq!(entries(&root), Vec::<String>::new());
+    // A root file system that is not there.
+    std::fs::rename(b.join("rootfs"), b.join("elsewhere")).unwrap();
+    let out = hull_root(&root, &args, t.path(), &env);
+    fails_with(&out, "root.path", &args);
+    assert!(text(&out.stderr).contains("rootfs"));
+    std::fs::rename(b.join("elsewhere"), b.join("rootfs")).unwrap();
     // A good bundle, but the VM cannot start: its sandbox is removed again.
     let out = hull_root(&root, &args, t.path(), &env);
     fails_with(&out, "no-such-vmlinux", &args);

@@ -13,7 +13,8 @@
 //!   terminal and `--console-socket PATH`, it opens a host pty, sends the master to PATH (runc's
 //!   protocol: one message whose payload is the pty's name and whose SCM_RIGHTS data is the
 //!   master), makes the slave its controlling terminal and bridges the slave with the guest
-//!   terminal, forwarding resizes. With a terminal and no console socket (foreground `run` and
+//!   terminal, forwarding resizes; its own fds 0/1/2 then point at /dev/null, so that a caller
+//!   capturing `hull create`/`hull exec`'s output is not held up. With a terminal and no console socket (foreground `run` and
 //!   `exec -t`), it bridges its own fds 0/1 (in raw mode if fd 0 is a terminal).
 //!
 //! # How it is started, and readiness
@@ -498,6 +499,26 @@ pub fn copy_in<R: Read, W: Write>(
     Ok(total)
 }
 
+/// Points fds 0, 1 and 2 at /dev/null.
+fn release_stdio() -> anyhow::Result<()> {
+    let null = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/null")
+        .context("cannot open /dev/null")?;
+    for fd in 0..=2 {
+        // SAFETY: dup2 onto a standard fd; the descriptor it closes is not owned by any Rust
+        // object in this process (std's handles for 0/1/2 only borrow them).
+        if unsafe { libc::dup2(null.as_raw_fd(), fd) } < 0 {
+            bail!(
+                "cannot redirect fd {fd}: {}",
+                std::io::Error::last_os_error()
+            );
+        }
+    }
+    Ok(())
+}
+
 /// A std stream from an attached tokio stream (blocking, for a copy thread).
 fn blocking(s: tokio::net::UnixStream) -> anyhow::Result<UnixStream> {
     let s = s
@@ -564,6 +585,10 @@ async fn monitor(
                 make_raw(slave.as_fd()).context("cannot set up the pty")?;
                 send_console(path, master.as_fd(), &name.display().to_string())?;
                 drop(master);
+                // The pty carries the stdio: let go of the caller's fds 0/1/2, which a caller
+                // that captures `hull create`'s or `hull exec`'s output (go-runc does, with a
+                // console socket) reads until every copy is closed.
+                release_stdio()?;
                 let t_in = dup_std(slave.as_fd())?;
                 let t_out = dup_std(slave.as_fd())?;
                 terminal = Some(HostTerminal {

@@ -50,6 +50,17 @@ pub fn check(ctx: &Ctx, a: &CreateArgs<'_>) -> anyhow::Result<(PathBuf, bool)> {
             bundle.display()
         )
     })?;
+    // The root file system, before a VM is booted for nothing.
+    if let Some(root) = spec.root() {
+        let rootfs = bundle.join(root.path());
+        if !rootfs.is_dir() {
+            bail!(
+                "invalid {}/config.json: root.path: rootfs {} does not exist or is not a directory",
+                bundle.display(),
+                rootfs.display()
+            );
+        }
+    }
     let terminal = process.terminal().unwrap_or(false);
     match (terminal, a.console_socket) {
         (true, None) if !a.foreground => {
