@@ -9,8 +9,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use hull_agent_protocol::{
-    AgentError, AgentMode, CreateContainerRequest, ErrorKind, ExecRequest, ExitStatus, GuestStats, HealthInfo, MountRequest, ProcessId,
-    ProcessInfo, Request, Response, SpawnRequest, StdStream, VersionInfo, PROTOCOL_VERSION,
+    AgentError, AgentMode, CreateContainerRequest, ErrorKind, ExecRequest, ExitStatus, GuestStats,
+    HealthInfo, MountRequest, ProcessId, ProcessInfo, Request, Response, SpawnRequest, StdStream,
+    VersionInfo, PROTOCOL_VERSION,
 };
 use nix::sys::signal::Signal;
 use tokio::sync::oneshot;

@@ -56,6 +56,24 @@ impl Env {
         self.cmd(args).output().unwrap()
     }
 
+    /// For commands that leave a container running (`run -d`, `create`): its pid-file process
+    /// inherits stdout and stderr, as runc's container process does, so they go to files here
+    /// (a pipe would stay open as long as the container runs). Returns the exit code and stderr.
+    fn hull_detached(&self, args: &[&str]) -> (Option<i32>, String) {
+        let out = self.dir.path().join("detached.out");
+        let err = self.dir.path().join("detached.err");
+        let status = self
+            .cmd(args)
+            .stdout(std::fs::File::create(&out).unwrap())
+            .stderr(std::fs::File::create(&err).unwrap())
+            .status()
+            .unwrap();
+        (
+            status.code(),
+            std::fs::read_to_string(&err).unwrap_or_default(),
+        )
+    }
+
     /// A busybox bundle with `args` (runc's default spec from `hull spec`, edited).
     fn bundle(&self, name: &str, args: &[&str], edit: impl FnOnce(&mut Value)) -> PathBuf {
         let b = self.dir.path().join(name);
@@ -66,7 +84,10 @@ impl Env {
             .output()
             .unwrap();
         assert!(out.status.success(), "hull spec: {}", text(&out.stderr));
-        busybox_root(&b.join("rootfs"), &["proc", "sys", "dev", "tmp", "etc", "root"]);
+        busybox_root(
+            &b.join("rootfs"),
+            &["proc", "sys", "dev", "tmp", "etc", "root"],
+        );
         let path = b.join("config.json");
         let mut spec: Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
         spec["process"]["terminal"] = json!(false);
@@ -92,7 +113,8 @@ impl Env {
         let ps = Command::new("ps").args(["-eo", "args"]).output().unwrap();
         let ps = text(&ps.stdout);
         assert!(
-            !ps.lines().any(|l| l.contains("hull-vmm") && l.contains(&root)),
+            !ps.lines()
+                .any(|l| l.contains("hull-vmm") && l.contains(&root)),
             "a hull-vmm of {id} still runs:\n{ps}"
         );
     }
@@ -113,7 +135,12 @@ fn reap(pid: i32) -> i32 {
     let mut status = 0;
     // SAFETY: waitpid writes the status into the int we pass.
     let r = unsafe { libc::waitpid(pid, &mut status, 0) };
-    assert_eq!(r, pid, "waitpid({pid}): {}", std::io::Error::last_os_error());
+    assert_eq!(
+        r,
+        pid,
+        "waitpid({pid}): {}",
+        std::io::Error::last_os_error()
+    );
     if libc::WIFEXITED(status) {
         libc::WEXITSTATUS(status)
     } else {
@@ -153,7 +180,12 @@ fn run_prints_the_guest_kernel_and_returns_exit_codes() {
     ] {
         let b = env.bundle("codes", &args, |_| {});
         let out = env.hull(&["run", "--bundle", b.to_str().unwrap(), "codes"]);
-        assert_eq!(out.status.code(), Some(code), "{args:?}: {}", text(&out.stderr));
+        assert_eq!(
+            out.status.code(),
+            Some(code),
+            "{args:?}: {}",
+            text(&out.stderr)
+        );
         env.assert_gone("codes");
     }
 
@@ -170,21 +202,41 @@ fn run_prints_the_guest_kernel_and_returns_exit_codes() {
     let b = env.bundle("noexec", &["/etc"], |_| {});
     let out = env.hull(&["run", "--bundle", b.to_str().unwrap(), "noexec"]);
     assert_eq!(out.status.code(), Some(126), "{}", text(&out.stderr));
-    assert!(text(&out.stderr).contains("permission denied"), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("permission denied"),
+        "{}",
+        text(&out.stderr)
+    );
     env.assert_gone("noexec");
 
     // Bad input: a bundle that does not exist, a missing rootfs, an invalid config.json.
     let out = env.hull(&["run", "--bundle", "/nonexistent/bundle", "bad"]);
     assert_eq!(out.status.code(), Some(1));
-    assert!(text(&out.stderr).contains("/nonexistent/bundle"), "{}", text(&out.stderr));
-    let b = env.bundle("norootfs", &["true"], |s| s["root"]["path"] = json!("missing-rootfs"));
+    assert!(
+        text(&out.stderr).contains("/nonexistent/bundle"),
+        "{}",
+        text(&out.stderr)
+    );
+    let b = env.bundle("norootfs", &["true"], |s| {
+        s["root"]["path"] = json!("missing-rootfs")
+    });
     let out = env.hull(&["run", "--bundle", b.to_str().unwrap(), "bad"]);
     assert_eq!(out.status.code(), Some(1));
-    assert!(text(&out.stderr).contains("missing-rootfs"), "{}", text(&out.stderr));
-    let b = env.bundle("badspec", &["true"], |s| s["process"]["args"] = json!("not a list"));
+    assert!(
+        text(&out.stderr).contains("missing-rootfs"),
+        "{}",
+        text(&out.stderr)
+    );
+    let b = env.bundle("badspec", &["true"], |s| {
+        s["process"]["args"] = json!("not a list")
+    });
     let out = env.hull(&["run", "--bundle", b.to_str().unwrap(), "bad"]);
     assert_eq!(out.status.code(), Some(1));
-    assert!(text(&out.stderr).contains("process.args"), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("process.args"),
+        "{}",
+        text(&out.stderr)
+    );
     env.assert_gone("bad");
 }
 
@@ -194,7 +246,11 @@ fn create_start_kill_delete_with_the_pid_file_process() {
     let marker = nonce();
     let b = env.bundle(
         "b",
-        &["sh", "-c", &format!("echo {marker} > /ran; echo out; sleep 1000")],
+        &[
+            "sh",
+            "-c",
+            &format!("echo {marker} > /ran; echo out; sleep 1000"),
+        ],
         |_| {},
     );
     let pid_file = env.dir.path().join("pid");
@@ -224,7 +280,10 @@ fn create_start_kill_delete_with_the_pid_file_process() {
     assert_eq!(st["id"], "c1");
     assert_eq!(st["pid"], pid, "state's pid is the pid-file process");
     assert_eq!(Path::new(st["bundle"].as_str().unwrap()), b.as_path());
-    assert!(!b.join("rootfs/ran").exists(), "the user program ran before start");
+    assert!(
+        !b.join("rootfs/ran").exists(),
+        "the user program ran before start"
+    );
 
     let out = env.hull(&["start", "c1"]);
     assert!(out.status.success(), "start: {}", text(&out.stderr));
@@ -233,7 +292,9 @@ fn create_start_kill_delete_with_the_pid_file_process() {
     assert_eq!(&first, b"out\n");
     assert_eq!(state(&env, "c1")["status"], "running");
     assert_eq!(
-        std::fs::read_to_string(b.join("rootfs/ran")).unwrap().trim(),
+        std::fs::read_to_string(b.join("rootfs/ran"))
+            .unwrap()
+            .trim(),
         marker
     );
 
@@ -280,7 +341,7 @@ fn create_start_kill_delete_with_the_pid_file_process() {
         let ns = s["linux"]["namespaces"].as_array_mut().unwrap();
         ns.retain(|n| n["type"] != "pid");
     });
-    let out = env.hull(&[
+    let (code, err) = env.hull_detached(&[
         "run",
         "--detach",
         "--bundle",
@@ -289,7 +350,7 @@ fn create_start_kill_delete_with_the_pid_file_process() {
         pid_file.to_str().unwrap(),
         "c2",
     ]);
-    assert!(out.status.success(), "run -d: {}", text(&out.stderr));
+    assert_eq!(code, Some(0), "run -d: {err}");
     let pid = read_pid(&pid_file);
     assert_eq!(state(&env, "c2")["status"], "running");
     // A signal sent to the pid-file process reaches the container.
@@ -302,8 +363,8 @@ fn create_start_kill_delete_with_the_pid_file_process() {
 
     // delete --force of a running container, and of one that does not exist.
     let b = env.bundle("f", &["sleep", "1000"], |_| {});
-    let out = env.hull(&["run", "-d", "--bundle", b.to_str().unwrap(), "c3"]);
-    assert!(out.status.success(), "{}", text(&out.stderr));
+    let (code, err) = env.hull_detached(&["run", "-d", "--bundle", b.to_str().unwrap(), "c3"]);
+    assert_eq!(code, Some(0), "run -d: {err}");
     assert!(env.hull(&["delete", "--force", "c3"]).status.success());
     env.assert_gone("c3");
     assert!(env.hull(&["delete", "--force", "c3"]).status.success());
@@ -357,7 +418,10 @@ fn set_size(master: &std::fs::File, rows: u16, cols: u16) {
         ws_ypixel: 0,
     };
     // SAFETY: TIOCSWINSZ reads a winsize from the pointer, which points at `ws`.
-    assert_eq!(unsafe { libc::ioctl(master.as_raw_fd(), libc::TIOCSWINSZ, &ws) }, 0);
+    assert_eq!(
+        unsafe { libc::ioctl(master.as_raw_fd(), libc::TIOCSWINSZ, &ws) },
+        0
+    );
 }
 
 #[test]
@@ -374,8 +438,8 @@ fn exec_console_socket_and_bind_mounts() {
         m.push(json!({"destination": "/data", "type": "bind", "source": data, "options": ["rbind", "ro"]}));
         m.push(json!({"destination": "/etc/hostfile", "type": "bind", "source": file, "options": ["bind", "rw"]}));
     });
-    let out = env.hull(&["run", "-d", "--bundle", b.to_str().unwrap(), "e1"]);
-    assert!(out.status.success(), "run -d: {}", text(&out.stderr));
+    let (code, err) = env.hull_detached(&["run", "-d", "--bundle", b.to_str().unwrap(), "e1"]);
+    assert_eq!(code, Some(0), "run -d: {err}");
 
     // exec with pipes: output, stdin, exit status.
     let mut child = env
@@ -389,8 +453,14 @@ fn exec_console_socket_and_bind_mounts() {
     let out = child.wait_with_output().unwrap();
     assert_eq!(out.status.code(), Some(5), "{}", text(&out.stderr));
     let o = text(&out.stdout);
-    assert!(o.starts_with("from the host dir\nfrom the host file\ngot hello\n"), "{o}");
-    assert!(o.contains("Read-only file system"), "the ro bind is read-only: {o}");
+    assert!(
+        o.starts_with("from the host dir\nfrom the host file\ngot hello\n"),
+        "{o}"
+    );
+    assert!(
+        o.contains("Read-only file system"),
+        "the ro bind is read-only: {o}"
+    );
     assert_eq!(
         std::fs::read_to_string(&file).unwrap(),
         "from the host file\nmore\n",

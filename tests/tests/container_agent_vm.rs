@@ -9,8 +9,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use hull_agent_protocol::{
-    ContainerInfo, ContainerStats, ContainerStatus, CreateContainerRequest, ErrorKind,
-    ExecRequest, ExitStatus, ProcessId, Request, Response, StdStream, StdioSpec,
+    ContainerInfo, ContainerStats, ContainerStatus, CreateContainerRequest, ErrorKind, ExecRequest,
+    ExitStatus, ProcessId, Request, Response, StdStream, StdioSpec,
 };
 use hull_runtime::agent::AgentClient;
 use hull_runtime::config::RuntimeConfig;
@@ -518,7 +518,10 @@ fn terminal_user_seccomp_and_shared_namespaces() {
             Request::CreateContainer(CreateContainerRequest {
                 id: "tty".into(),
                 bundle: g,
-                stdio: StdioSpec::Terminal { rows: 33, cols: 101 },
+                stdio: StdioSpec::Terminal {
+                    rows: 33,
+                    cols: 101,
+                },
             }),
         )
         .await
@@ -535,7 +538,11 @@ fn terminal_user_seccomp_and_shared_namespaces() {
                 .await
                 .expect("terminal output")
                 .unwrap();
-            assert!(n > 0, "terminal closed early: {}", String::from_utf8_lossy(&seen));
+            assert!(
+                n > 0,
+                "terminal closed early: {}",
+                String::from_utf8_lossy(&seen)
+            );
             seen.extend_from_slice(&buf[..n]);
         }
         done(
@@ -571,13 +578,17 @@ fn terminal_user_seccomp_and_shared_namespaces() {
 
         // The user, its groups and the umask.
         let mut s = spec("user", &["sh", "-c", "id; umask"]);
-        s["process"]["user"] = json!({"uid": 1000, "gid": 1001, "additionalGids": [27, 44], "umask": 63});
+        s["process"]["user"] =
+            json!({"uid": 1000, "gid": 1001, "additionalGids": [27, 44], "umask": 63});
         let (status, out, err) = run_container(&sb, "user", s).await;
         assert_eq!(status, ExitStatus::Exited { code: 0 }, "{err}");
         assert_eq!(out, "uid=1000 gid=1001 groups=27,44\n0077\n", "{err}");
 
         // A seccomp profile that denies mkdir with EPERM (and allows the rest).
-        let mut s = spec("sec", &["sh", "-c", "mkdir /tmp/d 2>&1; echo rc=$?; ls -d /tmp"]);
+        let mut s = spec(
+            "sec",
+            &["sh", "-c", "mkdir /tmp/d 2>&1; echo rc=$?; ls -d /tmp"],
+        );
         s["linux"]["seccomp"] = json!({
             "defaultAction": "SCMP_ACT_ALLOW",
             "architectures": ["SCMP_ARCH_X86_64"],
@@ -600,18 +611,32 @@ fn terminal_user_seccomp_and_shared_namespaces() {
         let (status, out, _) = run_container(
             &sb,
             "other",
-            spec("other", &["sh", "-c", "ps -o pid,comm | grep -c sleep; cat /mine"]),
+            spec(
+                "other",
+                &["sh", "-c", "ps -o pid,comm | grep -c sleep; cat /mine"],
+            ),
         )
         .await;
         assert_eq!(status, ExitStatus::Exited { code: 0 });
         assert_eq!(out, "0\nother\n", "own pid namespace and rootfs");
-        let mut s = spec("joined", &["sh", "-c", "ps -o pid,comm | grep sleep; test -e /mine; echo $?"]);
-        s["linux"]["namespaces"][0] = json!({"type": "pid", "path": format!("/proc/{pod_pid}/ns/pid")});
+        let mut s = spec(
+            "joined",
+            &[
+                "sh",
+                "-c",
+                "ps -o pid,comm | grep sleep; test -e /mine; echo $?",
+            ],
+        );
+        s["linux"]["namespaces"][0] =
+            json!({"type": "pid", "path": format!("/proc/{pod_pid}/ns/pid")});
         let (status, out, err) = run_container(&sb, "joined", s).await;
         assert_eq!(status, ExitStatus::Exited { code: 0 }, "{err}");
         let lines: Vec<&str> = out.lines().collect();
         assert_eq!(lines.len(), 2, "{out}");
-        assert!(lines[0].trim().starts_with("1 sleep"), "sees pod's init as pid 1: {out}");
+        assert!(
+            lines[0].trim().starts_with("1 sleep"),
+            "sees pod's init as pid 1: {out}"
+        );
         assert_eq!(lines[1], "1", "but its own rootfs: {out}");
         done(
             c,

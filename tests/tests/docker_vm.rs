@@ -35,7 +35,13 @@ fn host_release() -> String {
 
 /// No hull-vmm runs any more (every container's VM is gone).
 fn no_vmm_left() {
-    let ps = text(&Command::new("ps").args(["-eo", "args"]).output().unwrap().stdout);
+    let ps = text(
+        &Command::new("ps")
+            .args(["-eo", "args"])
+            .output()
+            .unwrap()
+            .stdout,
+    );
     assert!(
         !ps.lines().any(|l| l.contains("hull-vmm")),
         "a hull-vmm still runs:\n{ps}"
@@ -94,7 +100,12 @@ fn docker_runs_containers_in_microvms() {
         let mut a = vec!["--rm", "hull-test/busybox"];
         a.extend(args.iter().copied());
         let out = drun(&a);
-        assert_eq!(out.status.code(), Some(code), "{args:?}: {}", text(&out.stderr));
+        assert_eq!(
+            out.status.code(),
+            Some(code),
+            "{args:?}: {}",
+            text(&out.stderr)
+        );
     }
     let out = drun(&["--rm", "hull-test/busybox", "nosuchprogram"]);
     assert!(
@@ -106,10 +117,21 @@ fn docker_runs_containers_in_microvms() {
     // -t: a terminal through --console-socket.
     let out = drun(&["--rm", "-t", "hull-test/busybox", "tty"]);
     assert!(out.status.success(), "{}", text(&out.stderr));
-    assert!(text(&out.stdout).starts_with("/dev/pts/"), "{}", text(&out.stdout));
+    assert!(
+        text(&out.stdout).starts_with("/dev/pts/"),
+        "{}",
+        text(&out.stdout)
+    );
 
     // -m 64m: the limit the workload meets inside the guest.
-    let out = drun(&["--rm", "-m", "64m", "hull-test/busybox", "cat", "/sys/fs/cgroup/memory.max"]);
+    let out = drun(&[
+        "--rm",
+        "-m",
+        "64m",
+        "hull-test/busybox",
+        "cat",
+        "/sys/fs/cgroup/memory.max",
+    ]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert_eq!(text(&out.stdout).trim(), "67108864");
 
@@ -125,7 +147,11 @@ fn docker_runs_containers_in_microvms() {
     assert_eq!(out.status.code(), Some(4), "{}", text(&out.stderr));
     assert_eq!(text(&out.stdout), "hi\n");
     let out = exec(&["s1", "sh", "-c", "ps -o pid,comm | grep -c sleep"]);
-    assert_eq!(text(&out.stdout).trim(), "1", "exec sees the container's processes");
+    assert_eq!(
+        text(&out.stdout).trim(),
+        "1",
+        "exec sees the container's processes"
+    );
     for verb in ["pause", "unpause"] {
         let mut c = docker();
         c.args([verb, "s1"]);
@@ -139,7 +165,11 @@ fn docker_runs_containers_in_microvms() {
     ok(c, "docker stop");
     let mut c = docker();
     c.args(["inspect", "-f", "{{.State.ExitCode}}", "s1"]);
-    assert_eq!(ok(c, "inspect").trim(), "137", "sleep as pid 1 ignores SIGTERM: killed");
+    assert_eq!(
+        ok(c, "inspect").trim(),
+        "137",
+        "sleep as pid 1 ignores SIGTERM: killed"
+    );
     let mut c = docker();
     c.args(["rm", "s1"]);
     ok(c, "docker rm");

@@ -276,8 +276,8 @@ async fn async_reader_matches_the_blocking_one() {
 
 #[test]
 fn unknown_request_type_keeps_its_id() {
-    let err =
-        decode_request(br#"{"id":42,"call":{"type":"checkpoint_container","spec":{}}}"#).unwrap_err();
+    let err = decode_request(br#"{"id":42,"call":{"type":"checkpoint_container","spec":{}}}"#)
+        .unwrap_err();
     assert_eq!(err.id, Some(42));
     assert_eq!(err.error.kind, ErrorKind::UnknownRequest);
     assert!(err.error.message.contains("\"checkpoint_container\""));

@@ -90,7 +90,10 @@ impl Cgroup {
             .map_err(|e| {
                 AgentError::new(
                     ErrorKind::InvalidArgument,
-                    format!("cannot apply the resources to cgroup {}: {e}", self.dir().display()),
+                    format!(
+                        "cannot apply the resources to cgroup {}: {e}",
+                        self.dir().display()
+                    ),
                 )
             })
     }

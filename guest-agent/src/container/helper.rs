@@ -249,8 +249,7 @@ enum Lookup {
 /// Looks `program` up as execvp will (in the container's root, which is `/` by now).
 fn find_program(program: &str, path_var: &str) -> Lookup {
     use std::os::unix::fs::PermissionsExt;
-    let executable =
-        |m: &std::fs::Metadata| m.is_file() && m.permissions().mode() & 0o111 != 0;
+    let executable = |m: &std::fs::Metadata| m.is_file() && m.permissions().mode() & 0o111 != 0;
     if program.contains('/') {
         return match std::fs::metadata(program) {
             Ok(m) if executable(&m) => Lookup::Found,
@@ -295,9 +294,15 @@ mod tests {
         let path = format!("/nonexistent:{}", dir.join("bin").display());
 
         assert!(matches!(find_program("prog", &path), Lookup::Found));
-        assert!(matches!(find_program(exe.to_str().unwrap(), ""), Lookup::Found));
+        assert!(matches!(
+            find_program(exe.to_str().unwrap(), ""),
+            Lookup::Found
+        ));
         assert!(matches!(find_program("nothere", &path), Lookup::NotFound));
-        assert!(matches!(find_program("/no/such/file", &path), Lookup::NotFound));
+        assert!(matches!(
+            find_program("/no/such/file", &path),
+            Lookup::NotFound
+        ));
         assert!(matches!(find_program("data", &path), Lookup::NotExecutable));
         assert!(matches!(
             find_program(plain.to_str().unwrap(), &path),

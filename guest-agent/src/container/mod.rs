@@ -233,8 +233,7 @@ impl Containers {
                 ));
             }
         }
-        std::fs::create_dir_all(STATE_ROOT)
-            .map_err(|e| io(format!("create {STATE_ROOT}"), e))?;
+        std::fs::create_dir_all(STATE_ROOT).map_err(|e| io(format!("create {STATE_ROOT}"), e))?;
         let work = self.work_dir()?;
         let console = terminal.then(|| work.0.join("console.sock"));
         let helper_req = HelperRequest::Create {
@@ -408,13 +407,15 @@ impl Containers {
         if all {
             return c.cgroup.signal_all(sig);
         }
-        procs.signal_process(&c.init, sig).map_err(|e| match e.kind {
-            ErrorKind::ProcessExited => err(
-                ErrorKind::WrongState,
-                format!("container {id} is not running"),
-            ),
-            _ => e,
-        })
+        procs
+            .signal_process(&c.init, sig)
+            .map_err(|e| match e.kind {
+                ErrorKind::ProcessExited => err(
+                    ErrorKind::WrongState,
+                    format!("container {id} is not running"),
+                ),
+                _ => e,
+            })
     }
 
     pub fn state(&self, id: &str) -> Result<ContainerInfo, AgentError> {
@@ -456,7 +457,12 @@ impl Containers {
     }
 
     /// `delete_container`.
-    pub async fn delete(&self, procs: &Arc<Processes>, id: &str, force: bool) -> Result<(), AgentError> {
+    pub async fn delete(
+        &self,
+        procs: &Arc<Processes>,
+        id: &str,
+        force: bool,
+    ) -> Result<(), AgentError> {
         let c = self.get(id)?;
         let status = c.status();
         if status != ContainerStatus::Stopped && status != ContainerStatus::Created && !force {
@@ -535,9 +541,13 @@ fn set_nonblocking(fd: &OwnedFd) -> Result<(), AgentError> {
     // SAFETY: fcntl on a descriptor we own, reading then setting its status flags.
     let flags = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GETFL) };
     // SAFETY: as above.
-    if flags < 0 || unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETFL, flags | libc::O_NONBLOCK) } < 0
+    if flags < 0
+        || unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETFL, flags | libc::O_NONBLOCK) } < 0
     {
-        return Err(io("set the terminal non-blocking", std::io::Error::last_os_error()));
+        return Err(io(
+            "set the terminal non-blocking",
+            std::io::Error::last_os_error(),
+        ));
     }
     Ok(())
 }
@@ -565,13 +575,20 @@ fn receive_master(listener: &std::os::unix::net::UnixListener) -> Result<OwnedFd
                 "libcontainer did not send the container's terminal",
             ));
         }
-        listener.accept().map_err(|e| io("accept on the console socket", e))?
+        listener
+            .accept()
+            .map_err(|e| io("accept on the console socket", e))?
     };
     let mut buf = [0u8; 4096];
     let mut iov = [std::io::IoSliceMut::new(&mut buf)];
     let mut cmsg = nix::cmsg_space!([std::os::fd::RawFd; 1]);
-    let msg = recvmsg::<()>(stream.as_raw_fd(), &mut iov, Some(&mut cmsg), MsgFlags::MSG_CMSG_CLOEXEC)
-        .map_err(|e| io("receive the terminal", e))?;
+    let msg = recvmsg::<()>(
+        stream.as_raw_fd(),
+        &mut iov,
+        Some(&mut cmsg),
+        MsgFlags::MSG_CMSG_CLOEXEC,
+    )
+    .map_err(|e| io("receive the terminal", e))?;
     let mut fds = Vec::new();
     for c in msg.cmsgs().map_err(|e| io("receive the terminal", e))? {
         if let ControlMessageOwned::ScmRights(v) = c {
@@ -586,7 +603,10 @@ fn receive_master(listener: &std::os::unix::net::UnixListener) -> Result<OwnedFd
     if owned.len() != 1 {
         return Err(err(
             ErrorKind::ContainerFailed,
-            format!("expected one terminal descriptor on the console socket, got {}", owned.len()),
+            format!(
+                "expected one terminal descriptor on the console socket, got {}",
+                owned.len()
+            ),
         ));
     }
     Ok(owned.remove(0))

@@ -560,7 +560,10 @@ mod tests {
     fn socket_dirs_are_short_and_stable() {
         let shallow = Path::new("/run/hull/abc");
         assert_eq!(socket_dir(shallow), shallow);
-        let deep = PathBuf::from(format!("/var/run/docker/runtime-hull/moby/{}", "f".repeat(64)));
+        let deep = PathBuf::from(format!(
+            "/var/run/docker/runtime-hull/moby/{}",
+            "f".repeat(64)
+        ));
         let s = socket_dir(&deep);
         assert_eq!(s, socket_dir(&deep), "the same in every process");
         assert_ne!(s, socket_dir(&deep.with_file_name("other")));
