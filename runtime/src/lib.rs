@@ -11,6 +11,7 @@
 pub mod agent;
 pub mod config;
 pub mod container;
+pub mod host_cgroup;
 pub mod mount;
 pub mod sandbox;
 pub mod vmm;

@@ -120,7 +120,7 @@ fn main() -> ExitCode {
                 tracing::error!("{msg}");
             }
             eprintln!("hull: {msg}");
-            ExitCode::FAILURE
+            exit_code_for(&e)
         }
     }
 }
@@ -132,4 +132,27 @@ pub const DEFAULT_ROOT: &str = "/run/hull";
 pub fn root_of(g: &GlobalOpts) -> PathBuf {
     let r = g.root.clone().unwrap_or_else(|| DEFAULT_ROOT.into());
     std::path::absolute(&r).unwrap_or(r)
+}
+
+/// A program that could not be run is reported as a shell reports it: 127 when it does not
+/// exist, 126 when it cannot be executed (what docker shows for runc's same errors); any
+/// other failure is 1.
+fn exit_code_for(e: &anyhow::Error) -> ExitCode {
+    use hull_runtime::agent::protocol::ErrorKind;
+    for cause in e.chain() {
+        let kind = if let Some(c) = cause.downcast_ref::<hull_runtime::container::ContainerError>()
+        {
+            c.agent_kind()
+        } else if let Some(a) = cause.downcast_ref::<hull_runtime::agent::Error>() {
+            a.agent_kind()
+        } else {
+            None
+        };
+        match kind {
+            Some(ErrorKind::ExecutableNotFound) => return ExitCode::from(127),
+            Some(ErrorKind::NotExecutable) => return ExitCode::from(126),
+            _ => {}
+        }
+    }
+    ExitCode::FAILURE
 }

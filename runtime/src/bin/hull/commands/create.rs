@@ -16,7 +16,8 @@ use anyhow::{anyhow, bail, Context};
 use hull_runtime::agent::protocol::{Redirect, StdioSpec};
 use hull_runtime::config::RuntimeConfig;
 use hull_runtime::container::CreateOptions;
-use hull_runtime::sandbox::{Sandbox, SandboxOptions};
+use hull_runtime::host_cgroup;
+use hull_runtime::sandbox::Sandbox;
 
 use super::{block_on, check_id, load_spec, write_pid_file, Ctx};
 use crate::monitor::{self, MonitorArgs, Started};
@@ -83,11 +84,23 @@ pub fn check(ctx: &Ctx, a: &CreateArgs<'_>) -> anyhow::Result<(PathBuf, bool)> {
 pub fn create(ctx: &Ctx, a: &CreateArgs<'_>) -> anyhow::Result<Started> {
     let (bundle, terminal) = check(ctx, a)?;
     let config = RuntimeConfig::load().context("hull's configuration")?;
+    let spec = load_spec(&bundle)?;
+    // The VM is sized from the container's limits; its host processes go into the cgroup the
+    // caller asked for (hull_runtime::host_cgroup).
+    let size = host_cgroup::vm_size(&spec);
+    let cgroup = spec.linux().as_ref().and_then(|l| l.cgroups_path().clone());
     block_on(async {
-        let sb = Sandbox::create(&config, &ctx.root, a.id, &SandboxOptions::default())
+        let sb = Sandbox::create(&config, &ctx.root, a.id, &size)
             .await
             .with_context(|| format!("cannot create the VM of container \"{}\"", a.id))?;
-        match create_in(ctx, a, &sb, &bundle, terminal).await {
+        if let Some(cg) = &cgroup {
+            host_cgroup::join(cg, &[sb.state().vmm_pid]);
+        }
+        let r = create_in(ctx, a, &sb, &bundle, terminal).await;
+        if let (Ok(m), Some(cg)) = (&r, &cgroup) {
+            host_cgroup::join(cg, &[m.pid]);
+        }
+        match r {
             Ok(m) => Ok(m),
             Err(e) => {
                 if let Err(c) = sb.destroy(CLEANUP_GRACE).await {
