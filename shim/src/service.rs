@@ -1132,12 +1132,12 @@ mod tests {
     fn console_sizes() {
         assert_eq!(console_size(None), DEFAULT_TERMINAL);
         let p: oci_spec::runtime::Process = serde_json::from_str(
-            r#"{"args":["sh"],"cwd":"/","consoleSize":{"height":40,"width":120}}"#,
+            r#"{"args":["sh"],"cwd":"/","user":{"uid":0,"gid":0},"consoleSize":{"height":40,"width":120}}"#,
         )
         .unwrap();
         assert_eq!(console_size(Some(&p)), (40, 120));
         let p: oci_spec::runtime::Process = serde_json::from_str(
-            r#"{"args":["sh"],"cwd":"/","consoleSize":{"height":0,"width":0}}"#,
+            r#"{"args":["sh"],"cwd":"/","user":{"uid":0,"gid":0},"consoleSize":{"height":0,"width":0}}"#,
         )
         .unwrap();
         assert_eq!(console_size(Some(&p)), DEFAULT_TERMINAL);

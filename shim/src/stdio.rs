@@ -210,23 +210,23 @@ mod tests {
     }
 
     /// Output: opening a FIFO nobody reads yet does not block; what the agent sends arrives
-    /// whole at a reader that opens later.
+    /// whole at containerd's reader.
     #[tokio::test]
     async fn output_to_fifo() {
         let dir = tempfile::tempdir().unwrap();
         let path = fifo(dir.path(), "out");
         let out = open_output(path.to_str().unwrap()).await.unwrap();
+        let mut reader = tokio::net::unix::pipe::OpenOptions::new()
+            .open_receiver(&path)
+            .unwrap();
         let (mut agent, shim_side) = tokio::net::UnixStream::pair().unwrap();
         let copier = tokio::spawn(copy_out(shim_side, out));
         agent.write_all(b"hello from the guest\n").await.unwrap();
         drop(agent);
         assert_eq!(copier.await.unwrap().unwrap(), 21);
-        let mut reader = tokio::net::unix::pipe::OpenOptions::new()
-            .open_receiver(&path)
-            .unwrap();
-        let mut buf = vec![0u8; 21];
-        reader.read_exact(&mut buf).await.unwrap();
-        assert_eq!(buf, b"hello from the guest\n");
+        let mut got = Vec::new();
+        reader.read_to_end(&mut got).await.unwrap();
+        assert_eq!(got, b"hello from the guest\n");
     }
 
     #[tokio::test]
