@@ -1,0 +1,450 @@
+//! containerd with hull's shim (`io.containerd.hull.v2`), end to end: a containerd 1.6 of the
+//! test's own (root on a tmpfs, its own sockets, the CRI plugin off) runs a busybox image
+//! through `ctr`, and every task runs in a hull VM: the guest's kernel, exit codes, exec,
+//! kill, pause/resume, metrics, removal leaving no VM and no mount, and a shim killed with
+//! SIGKILL cleaned up by `containerd-shim-hull-v2 delete`.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use hull_tests::vm::agent_initrd;
+use hull_tests::{bin, kernel, require_kvm, workspace_root, TempDir};
+
+const NS: &str = "hull";
+const RUNTIME: &str = "io.containerd.hull.v2";
+/// Longest any one ctr command may take (a VM boots under emulation in the test host).
+const CTR_LIMIT_SECS: u32 = 600;
+/// Longest the test waits for containerd, or for a state it polls for.
+const WAIT_LIMIT: Duration = Duration::from_secs(300);
+
+struct Containerd {
+    child: Child,
+    dir: TempDir,
+    sock: PathBuf,
+    /// `HULL_SHIM_ROOT`: the shim's sandboxes live below it.
+    shim_root: PathBuf,
+    tmpfs: PathBuf,
+}
+
+impl Containerd {
+    fn start() -> Containerd {
+        let dir = TempDir::new("hull-shim-vm");
+        let d = dir.path();
+        // overlayfs snapshots cannot sit on the overlay the test host's /tmp may be.
+        let tmpfs = d.join("root");
+        std::fs::create_dir(&tmpfs).unwrap();
+        nix::mount::mount(
+            Some("tmpfs"),
+            &tmpfs,
+            Some("tmpfs"),
+            nix::mount::MsFlags::empty(),
+            Some("mode=0700"),
+        )
+        .expect("mount a tmpfs for containerd's root");
+        let sock = d.join("c.sock");
+        let shim_root = d.join("shim");
+        let hull_config = d.join("hull.toml");
+        std::fs::write(
+            &hull_config,
+            format!(
+                "kernel = {:?}\ninitrd = {:?}\nvmm = {:?}\n",
+                kernel(),
+                agent_initrd(),
+                bin("hull-vmm")
+            ),
+        )
+        .unwrap();
+        let config = d.join("containerd.toml");
+        std::fs::write(
+            &config,
+            format!(
+                r#"version = 2
+root = {root:?}
+state = {state:?}
+disabled_plugins = ["io.containerd.grpc.v1.cri"]
+
+[grpc]
+  address = {sock:?}
+
+[ttrpc]
+  address = {ttrpc:?}
+
+[debug]
+  level = "debug"
+"#,
+                root = tmpfs.join("containerd"),
+                state = d.join("state"),
+                sock = sock,
+                ttrpc = d.join("c.sock.ttrpc"),
+            ),
+        )
+        .unwrap();
+        let shim = bin("containerd-shim-hull-v2");
+        let path = format!(
+            "{}:{}",
+            shim.parent().unwrap().display(),
+            std::env::var("PATH").unwrap_or_else(|_| "/usr/sbin:/usr/bin:/sbin:/bin".into())
+        );
+        let log = std::fs::File::create(d.join("containerd.log")).unwrap();
+        let child = Command::new("/usr/bin/containerd")
+            .arg("--config")
+            .arg(&config)
+            .env("PATH", path)
+            .env("HULL_CONFIG", &hull_config)
+            .env("HULL_SHIM_ROOT", &shim_root)
+            .env("HULL_SHIM_LOG", "debug")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("start /usr/bin/containerd");
+        let c = Containerd {
+            child,
+            dir,
+            sock,
+            shim_root,
+            tmpfs,
+        };
+        let start = Instant::now();
+        loop {
+            let out = c.ctr_output(&["version"]);
+            if out.status.success() {
+                break;
+            }
+            assert!(
+                start.elapsed() < WAIT_LIMIT,
+                "containerd did not come up; its log:\n{}",
+                c.log()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        c
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("containerd.log")).unwrap_or_default()
+    }
+
+    /// `ctr -a SOCK -n hull ARGS...` (under `timeout`), its output.
+    fn ctr_output(&self, args: &[&str]) -> Output {
+        Command::new("timeout")
+            .arg(CTR_LIMIT_SECS.to_string())
+            .arg("ctr")
+            .arg("-a")
+            .arg(&self.sock)
+            .arg("-n")
+            .arg(NS)
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .expect("run ctr")
+    }
+
+    /// Runs ctr; returns (exit code, stdout, stderr).
+    fn ctr(&self, args: &[&str]) -> (i32, String, String) {
+        let out = self.ctr_output(args);
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
+    /// Runs ctr and expects success; returns stdout.
+    fn ctr_ok(&self, args: &[&str]) -> String {
+        let (code, out, err) = self.ctr(args);
+        assert_eq!(
+            code,
+            0,
+            "ctr {args:?} failed\nstdout: {out}\nstderr: {err}\ncontainerd's log (tail):\n{}",
+            tail(&self.log(), 80)
+        );
+        out
+    }
+
+    /// The task's status column in `ctr task ls` (None: not listed).
+    fn task_status(&self, id: &str) -> Option<String> {
+        self.ctr_ok(&["task", "ls"])
+            .lines()
+            .skip(1)
+            .map(|l| l.split_whitespace().collect::<Vec<_>>())
+            .find(|f| f.first() == Some(&id))
+            .and_then(|f| f.last().map(|s| s.to_string()))
+    }
+
+    fn wait_until(&self, what: &str, cond: impl Fn() -> bool) {
+        let start = Instant::now();
+        while !cond() {
+            assert!(
+                start.elapsed() < WAIT_LIMIT,
+                "{what} did not happen; containerd's log (tail):\n{}",
+                tail(&self.log(), 120)
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// Imports the test image; returns its name as containerd lists it.
+    fn import_busybox(&self) -> String {
+        let tar = self.dir.path().join("busybox.tar");
+        let script = workspace_root().join("tests/images/build.sh");
+        let st = Command::new(&script)
+            .arg(&tar)
+            .status()
+            .unwrap_or_else(|e| panic!("run {}: {e}", script.display()));
+        assert!(st.success(), "{} failed", script.display());
+        self.ctr_ok(&["images", "import", tar.to_str().unwrap()]);
+        let names = self.ctr_ok(&["images", "ls", "-q"]);
+        names
+            .lines()
+            .find(|n| n.contains("hull-test/busybox"))
+            .unwrap_or_else(|| panic!("no hull-test/busybox image after the import: {names}"))
+            .trim()
+            .to_string()
+    }
+}
+
+impl Drop for Containerd {
+    fn drop(&mut self) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.child.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+        let _ = self.child.wait();
+        for p in vmm_pids(&self.shim_root) {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(p),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+        for m in mounts_below(self.dir.path()).into_iter().rev() {
+            let _ = nix::mount::umount2(Path::new(&m), nix::mount::MntFlags::MNT_DETACH);
+        }
+        let _ = nix::mount::umount2(&self.tmpfs, nix::mount::MntFlags::MNT_DETACH);
+    }
+}
+
+fn tail(s: &str, n: usize) -> String {
+    let lines: Vec<_> = s.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+fn mounts_below(dir: &Path) -> Vec<String> {
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap()
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .filter(|m| Path::new(m).starts_with(dir))
+        .map(str::to_string)
+        .collect()
+}
+
+/// Live (not zombie) hull-vmm processes whose VM lives below `dir`.
+fn vmm_pids(dir: &Path) -> Vec<i32> {
+    let mut pids = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let cmdline = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
+        let args: Vec<String> = cmdline
+            .split(|b| *b == 0)
+            .map(|a| String::from_utf8_lossy(a).into_owned())
+            .collect();
+        let is_vmm = args
+            .first()
+            .is_some_and(|a| Path::new(a).file_name().is_some_and(|n| n == "hull-vmm"));
+        let ours = args.iter().any(|a| Path::new(a).starts_with(dir));
+        let stat = std::fs::read_to_string(e.path().join("stat")).unwrap_or_default();
+        let zombie = stat
+            .rsplit_once(") ")
+            .is_some_and(|(_, rest)| rest.starts_with('Z'));
+        if is_vmm && ours && !zombie {
+            pids.push(pid);
+        }
+    }
+    pids
+}
+
+/// Pids of the shim servers serving task `id` (`-id ID` on their command line).
+fn shim_pids(id: &str) -> Vec<i32> {
+    let mut pids = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let cmdline = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
+        let args: Vec<String> = cmdline
+            .split(|b| *b == 0)
+            .map(|a| String::from_utf8_lossy(a).into_owned())
+            .collect();
+        let is_shim = args
+            .first()
+            .is_some_and(|a| a.ends_with("containerd-shim-hull-v2"));
+        let serves = args.windows(2).any(|w| w[0] == "-id" && w[1] == id)
+            && args.iter().any(|a| a == "-socket");
+        if is_shim && serves {
+            pids.push(pid);
+        }
+    }
+    pids
+}
+
+fn host_kernel_release() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .unwrap()
+        .trim()
+        .to_string()
+}
+
+#[test]
+fn ctr_runs_tasks_in_hull_vms() {
+    require_kvm();
+    let c = Containerd::start();
+    let image = c.import_busybox();
+    let img = image.as_str();
+
+    // The task runs in a VM: another kernel. `--rm` removes it again.
+    let out = c.ctr_ok(&[
+        "run",
+        "--rm",
+        "--runtime",
+        RUNTIME,
+        img,
+        "t1",
+        "uname",
+        "-r",
+    ]);
+    let release = out.trim();
+    assert!(!release.is_empty(), "uname -r printed nothing");
+    assert_ne!(
+        release,
+        host_kernel_release(),
+        "the task ran on the host's kernel"
+    );
+
+    // Exit codes come through.
+    let (code, out, err) = c.ctr(&[
+        "run",
+        "--rm",
+        "--runtime",
+        RUNTIME,
+        img,
+        "t1b",
+        "sh",
+        "-c",
+        "exit 3",
+    ]);
+    assert_eq!(code, 3, "stdout: {out}\nstderr: {err}");
+
+    // A detached task, an exec in it.
+    c.ctr_ok(&[
+        "run",
+        "-d",
+        "--runtime",
+        RUNTIME,
+        img,
+        "t2",
+        "sleep",
+        "1000",
+    ]);
+    assert_eq!(c.task_status("t2").as_deref(), Some("RUNNING"));
+    let out = c.ctr_ok(&[
+        "task",
+        "exec",
+        "--exec-id",
+        "e1",
+        "t2",
+        "sh",
+        "-c",
+        "echo hi",
+    ]);
+    assert_eq!(out.trim(), "hi");
+    let (code, _, _) = c.ctr(&[
+        "task",
+        "exec",
+        "--exec-id",
+        "e2",
+        "t2",
+        "sh",
+        "-c",
+        "exit 7",
+    ]);
+    assert_eq!(code, 7);
+
+    // Pause and resume.
+    c.ctr_ok(&["task", "pause", "t2"]);
+    assert_eq!(c.task_status("t2").as_deref(), Some("PAUSED"));
+    c.ctr_ok(&["task", "resume", "t2"]);
+    assert_eq!(c.task_status("t2").as_deref(), Some("RUNNING"));
+
+    // Metrics: the guest cgroup's memory figures.
+    let metrics = c.ctr_ok(&["task", "metrics", "t2"]);
+    let usage = metrics
+        .lines()
+        .map(|l| l.split_whitespace().collect::<Vec<_>>())
+        .find(|f| f.first() == Some(&"memory.usage"))
+        .and_then(|f| f.get(1).and_then(|v| v.parse::<u64>().ok()))
+        .unwrap_or_else(|| panic!("no memory.usage in `ctr task metrics`:\n{metrics}"));
+    assert!(usage > 0, "memory.usage is 0:\n{metrics}");
+
+    // The task's processes, as guest pids.
+    let ps = c.ctr_ok(&["task", "ps", "t2"]);
+    assert!(
+        ps.lines().count() >= 2,
+        "ctr task ps t2 lists nothing:\n{ps}"
+    );
+
+    // Kill: STOPPED; removal leaves no VM and no mount.
+    c.ctr_ok(&["task", "kill", "-s", "KILL", "t2"]);
+    c.wait_until("t2 STOPPED", || {
+        c.task_status("t2").as_deref() == Some("STOPPED")
+    });
+    c.ctr_ok(&["task", "rm", "t2"]);
+    c.ctr_ok(&["c", "rm", "t2"]);
+    c.wait_until("no hull-vmm left", || vmm_pids(&c.shim_root).is_empty());
+    assert_eq!(mounts_below(&c.shim_root), Vec::<String>::new());
+    c.wait_until("t2's shim gone", || shim_pids("t2").is_empty());
+    assert!(
+        !c.shim_root.join(NS).join("t2").exists(),
+        "t2's sandbox directory is left"
+    );
+
+    // A shim killed with SIGKILL: containerd runs `containerd-shim-hull-v2 delete`, which
+    // stops the VM and removes its mounts and directory.
+    c.ctr_ok(&[
+        "run",
+        "-d",
+        "--runtime",
+        RUNTIME,
+        img,
+        "t3",
+        "sleep",
+        "1000",
+    ]);
+    assert_eq!(vmm_pids(&c.shim_root).len(), 1, "t3 runs in one VM");
+    let shims = shim_pids("t3");
+    assert_eq!(shims.len(), 1, "one shim serves t3: {shims:?}");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(shims[0]),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    c.wait_until("t3's VM stopped by the shim's delete", || {
+        vmm_pids(&c.shim_root).is_empty()
+    });
+    c.wait_until("t3's sandbox removed", || {
+        !c.shim_root.join(NS).join("t3").exists()
+    });
+    assert_eq!(mounts_below(&c.shim_root), Vec::<String>::new());
+    c.wait_until("t3's task gone or stopped", || {
+        c.task_status("t3").is_none_or(|s| s == "STOPPED")
+    });
+    let _ = c.ctr(&["task", "rm", "t3"]);
+    c.ctr_ok(&["c", "rm", "t3"]);
+    assert!(
+        c.ctr_ok(&["c", "ls", "-q"]).trim().is_empty(),
+        "containers are left"
+    );
+}
