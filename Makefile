@@ -18,7 +18,7 @@ CARGO_FLAGS := --release --locked --target $(TRIPLE)
 OUT := $(CARGO_TARGET_DIR)/$(TRIPLE)/release
 BINS := hull hull-vmm hull-agent containerd-shim-hull-v2
 
-.PHONY: install deps build kernel initrd lint fuzz unit-test testhost-selftest vm-test test demo bench clean
+.PHONY: install install-docker deps build kernel initrd lint fuzz unit-test testhost-selftest vm-test test demo bench clean
 
 deps:
 	@scripts/install-deps.sh
@@ -43,11 +43,17 @@ FUZZ_SECONDS ?= 600
 # Puts the binaries, the guest kernel and the initramfs where hull's defaults look for them
 # (runtime/src/config.rs): $(PREFIX)/bin and $(PREFIX)/share/hull.
 PREFIX ?= /usr/local
+DOCKER_DAEMON_JSON ?= /etc/docker/daemon.json
 install: build kernel initrd
 	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/share/hull
 	install -m 0755 $(BUILD)/bin/hull $(BUILD)/bin/hull-vmm $(BUILD)/bin/containerd-shim-hull-v2 $(DESTDIR)$(PREFIX)/bin/
 	install -m 0644 $(BUILD)/vmlinux $(BUILD)/hull-initrd.img $(DESTDIR)$(PREFIX)/share/hull/
 	@echo "installed into $(DESTDIR)$(PREFIX); check the host with: hull check"
+
+# Registers the installed hull in docker's daemon.json ("runtimes"), keeping the file's other
+# settings; then `docker run --runtime hull ...` after dockerd reloads.
+install-docker: install
+	scripts/install-docker.sh $(DESTDIR)$(PREFIX)/bin/hull $(DOCKER_DAEMON_JSON)
 
 lint:
 	cargo fmt --all -- --check
