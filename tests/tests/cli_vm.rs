@@ -254,6 +254,9 @@ fn create_start_kill_delete_with_the_pid_file_process() {
         |_| {},
     );
     let pid_file = env.dir.path().join("pid");
+    // The container's stdout is this pipe (the pid-file process carries it, as runc's
+    // container does); stderr goes to a file, since the pid-file process keeps it open too.
+    let err_file = env.dir.path().join("create.err");
     let mut create = env
         .cmd(&[
             "create",
@@ -264,16 +267,16 @@ fn create_start_kill_delete_with_the_pid_file_process() {
             "c1",
         ])
         .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
+        .stderr(std::fs::File::create(&err_file).unwrap())
         .spawn()
         .unwrap();
-    // The container's stdout is the pipe `hull create` was given (the pid-file process
-    // carries it); take it before waiting so create's own exit does not close our end.
     let mut stdout = create.stdout.take().unwrap();
     let status = create.wait().unwrap();
-    let mut err = String::new();
-    std::io::Read::read_to_string(&mut create.stderr.take().unwrap(), &mut err).unwrap();
-    assert!(status.success(), "create: {err}");
+    assert!(
+        status.success(),
+        "create: {}",
+        std::fs::read_to_string(&err_file).unwrap_or_default()
+    );
     let pid = read_pid(&pid_file);
     let st = state(&env, "c1");
     assert_eq!(st["status"], "created", "{st}");

@@ -444,7 +444,7 @@ fn lifecycle_exit_codes_exec_and_resources() {
                 "sh",
                 "-c",
                 "ulimit -n; touch /x 2>&1; cat /proc/version 2>/dev/null | wc -c; \
-                 cat /proc/sys/kernel/msgmax; \
+                 cat /proc/sys/kernel/msgmax; cat /proc/sys/net/ipv4/ip_unprivileged_port_start; \
                  for i in 1 2 3 4 5 6; do sleep 5 & done; sleep 5 & echo forked=$?; wait",
             ],
         );
@@ -454,13 +454,16 @@ fn lifecycle_exit_codes_exec_and_resources() {
         s["linux"]["maskedPaths"] = json!(["/proc/version"]);
         // An IPC-namespaced sysctl (net.* ones need a network namespace of the container's
         // own, which libcontainer requires and hull does not give: the network is the VM's).
-        s["linux"]["sysctl"] = json!({"kernel.msgmax": "12345"});
+        // net.* ones (docker sets ip_unprivileged_port_start) apply to the VM's network, which
+        // is the container's: the agent sets them in the guest.
+        s["linux"]["sysctl"] = json!({"kernel.msgmax": "12345", "net.ipv4.ip_unprivileged_port_start": "77"});
         let (status, out, err) = run_container(&sb, "lim", s).await;
         let lines: Vec<&str> = out.lines().collect();
         assert_eq!(lines[0], "123", "soft RLIMIT_NOFILE: {out} {err}");
         assert!(lines[1].contains("Read-only file system"), "{out}");
         assert_eq!(lines[2], "0", "/proc/version is masked: {out}");
         assert_eq!(lines[3], "12345", "sysctl applied: {out}");
+        assert_eq!(lines[4], "77", "net sysctl applied to the VM's network: {out}");
         assert!(
             err.contains("can't fork") || err.contains("Resource temporarily unavailable"),
             "the pids limit stops fork: {err}"

@@ -203,17 +203,9 @@ impl Containers {
         req: CreateContainerRequest,
     ) -> Result<Arc<Container>, AgentError> {
         let bundle = PathBuf::from(&req.bundle);
-        let spec = {
-            let path = bundle.join("config.json");
-            blocking(move || {
-                Spec::load(&path).map_err(|e| {
-                    err(
-                        ErrorKind::InvalidArgument,
-                        format!("{}: {e}", path.display()),
-                    )
-                })
-            })
-            .await?
+        let (spec, bundle) = {
+            let id = req.id.clone();
+            blocking(move || local_bundle(&id, &bundle)).await?
         };
         let process = spec.process().as_ref().ok_or_else(|| {
             err(
@@ -506,8 +498,75 @@ impl Containers {
     }
 }
 
+/// Where the agent keeps its own copy of each container's spec.
+const BUNDLE_ROOT: &str = "/run/hull-agent/bundles";
+
+/// Reads the host's bundle and writes the agent's own bundle for libcontainer
+/// (`BUNDLE_ROOT/<id>/config.json`, its root an absolute path into the host's bundle), with
+/// the `net.*` sysctls taken out and applied to the guest itself: the container has no network
+/// namespace of its own (the network is the VM's, which belongs to this pod alone), and
+/// libcontainer refuses net.* sysctls without one. docker sets
+/// `net.ipv4.ip_unprivileged_port_start` on every container.
+fn local_bundle(id: &str, host_bundle: &Path) -> Result<(Spec, PathBuf), AgentError> {
+    let path = host_bundle.join("config.json");
+    let mut spec = Spec::load(&path).map_err(|e| {
+        err(
+            ErrorKind::InvalidArgument,
+            format!("{}: {e}", path.display()),
+        )
+    })?;
+    if let Some(root) = spec.root().clone() {
+        let mut root = root;
+        if root.path().is_relative() {
+            root.set_path(host_bundle.join(root.path()));
+        }
+        spec.set_root(Some(root));
+    }
+    if let Some(mut linux) = spec.linux().clone() {
+        if let Some(sysctl) = linux.sysctl().clone() {
+            let (net, rest): (Vec<_>, Vec<_>) =
+                sysctl.into_iter().partition(|(k, _)| k.starts_with("net."));
+            for (key, value) in net {
+                apply_sysctl(&key, &value)?;
+            }
+            linux.set_sysctl(Some(rest.into_iter().collect()));
+        }
+        spec.set_linux(Some(linux));
+    }
+    let dir = Path::new(BUNDLE_ROOT).join(id);
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).map_err(|e| io(format!("create {}", dir.display()), e))?;
+    spec.save(dir.join("config.json"))
+        .map_err(|e| io(format!("write {}/config.json", dir.display()), e))?;
+    Ok((spec, dir))
+}
+
+/// Writes one sysctl of the guest (`net.ipv4.ping_group_range` → /proc/sys/net/ipv4/...).
+fn apply_sysctl(key: &str, value: &str) -> Result<(), AgentError> {
+    let ok = !key.is_empty()
+        && key.split('.').all(|c| {
+            !c.is_empty()
+                && c.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+        });
+    if !ok {
+        return Err(err(
+            ErrorKind::InvalidArgument,
+            format!("linux.sysctl: invalid key {key:?}"),
+        ));
+    }
+    let path = Path::new("/proc/sys").join(key.replace('.', "/"));
+    std::fs::write(&path, value).map_err(|e| {
+        err(
+            ErrorKind::InvalidArgument,
+            format!("linux.sysctl: cannot set {key} = {value:?}: {e}"),
+        )
+    })
+}
+
 /// Removes libcontainer's state and the cgroup of container `id`, whatever state it is in.
 fn discard(id: &str) {
+    let _ = std::fs::remove_dir_all(Path::new(BUNDLE_ROOT).join(id));
     let dir = Path::new(STATE_ROOT).join(id);
     if dir.exists() {
         match libcontainer::container::Container::load(dir.clone()) {
