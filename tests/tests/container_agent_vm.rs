@@ -452,10 +452,8 @@ fn lifecycle_exit_codes_exec_and_resources() {
         s["process"]["rlimits"] = json!([{"type": "RLIMIT_NOFILE", "hard": 321, "soft": 123}]);
         s["linux"]["resources"]["pids"] = json!({"limit": 6});
         s["linux"]["maskedPaths"] = json!(["/proc/version"]);
-        // An IPC-namespaced sysctl (net.* ones need a network namespace of the container's
-        // own, which libcontainer requires and hull does not give: the network is the VM's).
-        // net.* ones (docker sets ip_unprivileged_port_start) apply to the VM's network, which
-        // is the container's: the agent sets them in the guest.
+        // An IPC-namespaced sysctl, and a net.* one (docker sets ip_unprivileged_port_start):
+        // the VM's network is the container's, so the agent sets net.* ones in the guest.
         s["linux"]["sysctl"] = json!({"kernel.msgmax": "12345", "net.ipv4.ip_unprivileged_port_start": "77"});
         let (status, out, err) = run_container(&sb, "lim", s).await;
         let lines: Vec<&str> = out.lines().collect();
