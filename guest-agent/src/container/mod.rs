@@ -599,10 +599,11 @@ fn check_stdio(terminal: bool, stdio: &StdioSpec) -> Result<(), AgentError> {
 fn set_nonblocking(fd: &OwnedFd) -> Result<(), AgentError> {
     // SAFETY: fcntl on a descriptor we own, reading then setting its status flags.
     let flags = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GETFL) };
-    // SAFETY: as above.
-    if flags < 0
-        || unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETFL, flags | libc::O_NONBLOCK) } < 0
-    {
+    let set = || {
+        // SAFETY: as above, setting the flags just read plus O_NONBLOCK.
+        unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETFL, flags | libc::O_NONBLOCK) }
+    };
+    if flags < 0 || set() < 0 {
         return Err(io(
             "set the terminal non-blocking",
             std::io::Error::last_os_error(),
