@@ -77,6 +77,7 @@ impl Env {
     /// A busybox bundle with `args` (runc's default spec from `hull spec`, edited).
     fn bundle(&self, name: &str, args: &[&str], edit: impl FnOnce(&mut Value)) -> PathBuf {
         let b = self.dir.path().join(name);
+        let _ = std::fs::remove_dir_all(&b);
         std::fs::create_dir_all(&b).unwrap();
         let out = Command::new(bin("hull"))
             .args(["spec", "--bundle"])
@@ -249,7 +250,7 @@ fn create_start_kill_delete_with_the_pid_file_process() {
         &[
             "sh",
             "-c",
-            &format!("echo {marker} > /ran; echo out; sleep 1000"),
+            &format!("echo {marker} > /ran; echo out; sleep 1000 & wait"),
         ],
         |_| {},
     );
