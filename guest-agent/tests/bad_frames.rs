@@ -141,13 +141,13 @@ fn bad_requests_on_a_control_connection() {
     // Unknown request type: error with its id; the connection goes on.
     send_raw(
         &mut s,
-        br#"{"id":7,"call":{"type":"create_container","spec":{}}}"#,
+        br#"{"id":7,"call":{"type":"checkpoint_container","spec":{}}}"#,
     );
     let r = response(&mut s);
     assert_eq!(r.id, 7);
     let e = r.result.unwrap_err();
     assert_eq!(e.kind, ErrorKind::UnknownRequest);
-    assert!(e.message.contains("create_container"));
+    assert!(e.message.contains("checkpoint_container"));
     health(&mut s, 8);
 
     // Bad JSON, no id, id 0: error with id 0.

@@ -131,3 +131,40 @@ pub fn sha256(path: &Path) -> String {
         .unwrap()
         .to_string()
 }
+
+/// hull's runtime configuration for VM tests: the built guest kernel, agent initramfs and
+/// hull-vmm, every other key at its default.
+pub fn runtime_config() -> hull_runtime::config::RuntimeConfig {
+    hull_runtime::config::RuntimeConfig {
+        kernel: kernel(),
+        initrd: agent_initrd(),
+        vmm: bin("hull-vmm"),
+        ..Default::default()
+    }
+}
+
+/// Writes [`runtime_config`]'s keys as a config.toml at `path`, for `HULL_CONFIG` (the `hull`
+/// CLI, and the shims containerd starts, read it).
+pub fn write_runtime_config(path: &Path) {
+    std::fs::write(
+        path,
+        format!(
+            "kernel = {:?}\ninitrd = {:?}\nvmm = {:?}\n",
+            kernel(),
+            agent_initrd(),
+            bin("hull-vmm")
+        ),
+    )
+    .unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
+}
+
+/// Mount points at or below `dir` (this process's mount namespace).
+pub fn mounts_below(dir: &Path) -> Vec<String> {
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap()
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .filter(|m| Path::new(m).starts_with(dir))
+        .map(str::to_string)
+        .collect()
+}

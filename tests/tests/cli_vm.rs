@@ -9,8 +9,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
-use hull_tests::vm::{agent_initrd, busybox_root, nonce};
-use hull_tests::{bin, kernel, require_kvm, TempDir};
+use hull_tests::vm::{busybox_root, nonce};
+use hull_tests::{bin, require_kvm, TempDir};
 use serde_json::{json, Value};
 
 /// A scratch root and config for one test.
@@ -29,16 +29,7 @@ impl Env {
         let dir = TempDir::new(&format!("hull-cli-{name}"));
         let root = dir.path().join("root");
         let config = dir.path().join("config.toml");
-        std::fs::write(
-            &config,
-            format!(
-                "kernel = {:?}\ninitrd = {:?}\nvmm = {:?}\n",
-                kernel(),
-                agent_initrd(),
-                bin("hull-vmm")
-            ),
-        )
-        .unwrap();
+        hull_tests::vm::write_runtime_config(&config);
         Env { dir, root, config }
     }
 

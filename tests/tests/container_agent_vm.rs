@@ -15,20 +15,15 @@ use hull_agent_protocol::{
 use hull_runtime::agent::AgentClient;
 use hull_runtime::config::RuntimeConfig;
 use hull_runtime::sandbox::{Sandbox, SandboxOptions, GUEST_SHARE_DIR};
-use hull_tests::vm::{agent_initrd, busybox_root, nonce};
-use hull_tests::{bin, kernel, require_kvm, TempDir};
+use hull_tests::vm::{busybox_root, nonce};
+use hull_tests::{require_kvm, TempDir};
 use serde_json::{json, Value};
 use tokio::io::AsyncReadExt;
 
 use common::CALL_LIMIT;
 
 fn config() -> RuntimeConfig {
-    RuntimeConfig {
-        kernel: kernel(),
-        initrd: agent_initrd(),
-        vmm: bin("hull-vmm"),
-        ..RuntimeConfig::default()
-    }
+    hull_tests::vm::runtime_config()
 }
 
 fn runtime() -> tokio::runtime::Runtime {

@@ -5,8 +5,7 @@
 use std::process::{Command, Output};
 
 use hull_tests::daemons::{image, Containerd, Dockerd};
-use hull_tests::vm::agent_initrd;
-use hull_tests::{bin, kernel, require_kvm, TempDir};
+use hull_tests::{bin, require_kvm, TempDir};
 
 fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
@@ -53,16 +52,7 @@ fn docker_runs_containers_in_microvms() {
     require_kvm();
     let dir = TempDir::new("hull-docker");
     let config = dir.path().join("hull.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "kernel = {:?}\ninitrd = {:?}\nvmm = {:?}\n",
-            kernel(),
-            agent_initrd(),
-            bin("hull-vmm")
-        ),
-    )
-    .unwrap();
+    hull_tests::vm::write_runtime_config(&config);
     let containerd = Containerd::start(
         &dir.path().join("ctd"),
         &[("HULL_CONFIG", config.as_os_str())],

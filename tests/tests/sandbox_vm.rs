@@ -5,7 +5,6 @@
 
 mod common;
 
-use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
@@ -15,16 +14,11 @@ use hull_runtime::config::RuntimeConfig;
 use hull_runtime::sandbox::{
     cleanup, process_start_time, Sandbox, SandboxError, SandboxOptions, GUEST_SHARE_DIR,
 };
-use hull_tests::vm::{agent_initrd, busybox_root, nonce};
-use hull_tests::{bin, kernel, require_kvm, TempDir};
+use hull_tests::vm::{busybox_root, mounts_below, nonce};
+use hull_tests::{require_kvm, TempDir};
 
 fn config() -> RuntimeConfig {
-    RuntimeConfig {
-        kernel: kernel(),
-        initrd: agent_initrd(),
-        vmm: bin("hull-vmm"),
-        ..RuntimeConfig::default()
-    }
+    hull_tests::vm::runtime_config()
 }
 
 /// `sh -c SCRIPT` chrooted into the busybox root the host put in the share.
@@ -33,16 +27,6 @@ fn sh_in_share(script: &str) -> SpawnRequest {
     r.env = vec!["PATH=/bin".into()];
     r.root = Some(format!("{GUEST_SHARE_DIR}/rootfs"));
     r
-}
-
-fn mounts_below(dir: &Path) -> Vec<String> {
-    std::fs::read_to_string("/proc/self/mountinfo")
-        .unwrap()
-        .lines()
-        .filter_map(|l| l.split(' ').nth(4))
-        .filter(|m| Path::new(m).starts_with(dir))
-        .map(str::to_string)
-        .collect()
 }
 
 fn runtime() -> tokio::runtime::Runtime {

@@ -8,8 +8,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use hull_tests::vm::agent_initrd;
-use hull_tests::{bin, kernel, require_kvm, workspace_root, TempDir};
+use hull_tests::vm::mounts_below;
+use hull_tests::{bin, require_kvm, workspace_root, TempDir};
 
 const NS: &str = "hull";
 const RUNTIME: &str = "io.containerd.hull.v2";
@@ -45,16 +45,7 @@ impl Containerd {
         let sock = d.join("c.sock");
         let shim_root = d.join("shim");
         let hull_config = d.join("hull.toml");
-        std::fs::write(
-            &hull_config,
-            format!(
-                "kernel = {:?}\ninitrd = {:?}\nvmm = {:?}\n",
-                kernel(),
-                agent_initrd(),
-                bin("hull-vmm")
-            ),
-        )
-        .unwrap();
+        hull_tests::vm::write_runtime_config(&hull_config);
         let config = d.join("containerd.toml");
         std::fs::write(
             &config,
@@ -228,16 +219,6 @@ impl Drop for Containerd {
 fn tail(s: &str, n: usize) -> String {
     let lines: Vec<_> = s.lines().collect();
     lines[lines.len().saturating_sub(n)..].join("\n")
-}
-
-fn mounts_below(dir: &Path) -> Vec<String> {
-    std::fs::read_to_string("/proc/self/mountinfo")
-        .unwrap()
-        .lines()
-        .filter_map(|l| l.split(' ').nth(4))
-        .filter(|m| Path::new(m).starts_with(dir))
-        .map(str::to_string)
-        .collect()
 }
 
 /// Live (not zombie) hull-vmm processes whose VM lives below `dir`.
