@@ -507,10 +507,9 @@ fn unsupported_commands_and_usage_errors() {
 
 /// The monitor (`hull __monitor`) against a host-mode agent (`hull-agent --listen unix:PATH`,
 /// the binary named by HULL_AGENT): it carries stdio, exits with the process's code, forwards
-/// signals and reports 128 + N. No VM needed, but a built hull-agent is:
-/// `HULL_AGENT=.../hull-agent cargo test --test cli -- --ignored`.
+/// signals and reports 128 + N. No VM needed, but a built hull-agent is: the one next to the
+/// `hull` under test (`make unit-test` builds the whole workspace), or `HULL_AGENT`.
 #[test]
-#[ignore = "needs a built hull-agent: set HULL_AGENT and run with --ignored"]
 fn monitor_carries_stdio_and_status_of_a_host_mode_agent_process() {
     use hull_runtime::agent::protocol::SpawnRequest;
     use hull_runtime::agent::{AgentClient, Endpoint};
@@ -519,7 +518,14 @@ fn monitor_carries_stdio_and_status_of_a_host_mode_agent_process() {
     use std::os::unix::process::CommandExt;
     use std::process::Stdio;
 
-    let agent_bin = std::env::var("HULL_AGENT").expect("HULL_AGENT: the hull-agent binary");
+    let agent_bin = std::env::var_os("HULL_AGENT")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| Path::new(HULL).with_file_name("hull-agent"));
+    assert!(
+        agent_bin.exists(),
+        "{} is missing: build the workspace (`make unit-test` does), or set HULL_AGENT",
+        agent_bin.display()
+    );
     let t = tmp("monitor");
     let sock = t.path().join("agent.sock");
     let mut agent = Command::new(agent_bin)
