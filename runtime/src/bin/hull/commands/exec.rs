@@ -14,7 +14,7 @@ use hull_runtime::agent::protocol::{ContainerStatus, Redirect, StdioSpec};
 use oci_spec::runtime::Process;
 use serde_json::{Map, Value};
 
-use super::{block_on, check_id, load_spec, open, write_pid_file, Ctx};
+use super::{block_on, check_id, load_spec, open_with_status, write_pid_file, Ctx};
 use crate::monitor::{self, MonitorArgs};
 
 /// Reads a process.json; errors name the field.
@@ -142,12 +142,8 @@ pub fn run(ctx: &Ctx, e: &liboci_cli::Exec) -> anyhow::Result<ExitCode> {
         }
     }
     let m = block_on(async {
-        let (sb, c) = open(ctx, id).await?;
-        let info = c
-            .info(&sb)
-            .await
-            .with_context(|| format!("container \"{id}\""))?;
-        match info.status {
+        let (sb, c, status) = open_with_status(ctx, id).await?;
+        match status {
             ContainerStatus::Stopped => bail!("cannot exec in a stopped container"),
             ContainerStatus::Paused if !e.ignore_paused => {
                 bail!("cannot exec in a paused container (use --ignore-paused to override)")

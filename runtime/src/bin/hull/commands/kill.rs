@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use anyhow::{anyhow, bail, Context};
 use hull_runtime::agent::protocol::ContainerStatus;
 
-use super::{block_on, check_id, open, Ctx};
+use super::{block_on, check_id, open_with_status, Ctx};
 use crate::signal::parse_signal;
 
 /// runc's `kill` flags (liboci-cli's makes the signal mandatory; runc's does not).
@@ -28,12 +28,8 @@ pub fn run(ctx: &Ctx, k: &Kill) -> anyhow::Result<ExitCode> {
     check_id(id)?;
     let signal = parse_signal(&k.signal).map_err(|e| anyhow!("{e}"))?;
     block_on(async {
-        let (sb, c) = open(ctx, id).await?;
-        let info = c
-            .info(&sb)
-            .await
-            .with_context(|| format!("container \"{id}\""))?;
-        if info.status == ContainerStatus::Stopped {
+        let (sb, c, status) = open_with_status(ctx, id).await?;
+        if status == ContainerStatus::Stopped {
             bail!("container not running");
         }
         c.kill(&sb, signal, k.all)

@@ -23,6 +23,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, bail, Context};
+use hull_runtime::agent::protocol::ContainerStatus;
 use hull_runtime::container::Container;
 use hull_runtime::sandbox::{validate_id, Sandbox, SandboxError, STATE_FILE};
 use liboci_cli::GlobalOpts;
@@ -96,6 +97,20 @@ pub async fn open(ctx: &Ctx, id: &str) -> anyhow::Result<(Sandbox, Container)> {
         .load_container(id)
         .with_context(|| format!("container \"{id}\""))?;
     Ok((sb, c))
+}
+
+/// [`open`], and the container's status as its VM reports it (the check every command that
+/// acts on a running, paused or created container makes first).
+pub async fn open_with_status(
+    ctx: &Ctx,
+    id: &str,
+) -> anyhow::Result<(Sandbox, Container, ContainerStatus)> {
+    let (sb, c) = open(ctx, id).await?;
+    let info = c
+        .info(&sb)
+        .await
+        .with_context(|| format!("container \"{id}\""))?;
+    Ok((sb, c, info.status))
 }
 
 /// Writes `pid` to `path` as runc does: into a temporary file beside it, renamed into place.

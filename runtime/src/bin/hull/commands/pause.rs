@@ -5,16 +5,12 @@ use std::process::ExitCode;
 use anyhow::{bail, Context};
 use hull_runtime::agent::protocol::ContainerStatus;
 
-use super::{block_on, open, Ctx};
+use super::{block_on, open_with_status, Ctx};
 
 pub fn pause(ctx: &Ctx, id: &str) -> anyhow::Result<ExitCode> {
     block_on(async {
-        let (sb, c) = open(ctx, id).await?;
-        let info = c
-            .info(&sb)
-            .await
-            .with_context(|| format!("container \"{id}\""))?;
-        if info.status != ContainerStatus::Running {
+        let (sb, c, status) = open_with_status(ctx, id).await?;
+        if status != ContainerStatus::Running {
             bail!("container not running");
         }
         c.pause(&sb)
@@ -26,12 +22,8 @@ pub fn pause(ctx: &Ctx, id: &str) -> anyhow::Result<ExitCode> {
 
 pub fn resume(ctx: &Ctx, id: &str) -> anyhow::Result<ExitCode> {
     block_on(async {
-        let (sb, c) = open(ctx, id).await?;
-        let info = c
-            .info(&sb)
-            .await
-            .with_context(|| format!("container \"{id}\""))?;
-        if info.status != ContainerStatus::Paused {
+        let (sb, c, status) = open_with_status(ctx, id).await?;
+        if status != ContainerStatus::Paused {
             bail!("container not paused");
         }
         c.resume(&sb)

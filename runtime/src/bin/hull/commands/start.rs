@@ -5,16 +5,12 @@ use std::process::ExitCode;
 use anyhow::{bail, Context};
 use hull_runtime::agent::protocol::ContainerStatus;
 
-use super::{block_on, open, Ctx};
+use super::{block_on, open_with_status, Ctx};
 
 pub fn start(ctx: &Ctx, id: &str) -> anyhow::Result<()> {
     block_on(async {
-        let (sb, c) = open(ctx, id).await?;
-        let info = c
-            .info(&sb)
-            .await
-            .with_context(|| format!("container \"{id}\""))?;
-        match info.status {
+        let (sb, c, status) = open_with_status(ctx, id).await?;
+        match status {
             ContainerStatus::Created => {}
             ContainerStatus::Stopped => bail!("cannot start a container that has stopped"),
             other => bail!("cannot start an already {} container", other.as_str()),
