@@ -79,6 +79,20 @@ fn shim_alive(address: &str) -> bool {
     std::os::unix::net::UnixStream::connect(path).is_ok()
 }
 
+/// Removes the socket file of a shim that died (it could not remove it itself), as runc-v2's
+/// cleanup does; a socket a live shim serves is left alone.
+fn remove_dead_socket(address: &str) {
+    let path = Path::new(address.strip_prefix("unix://").unwrap_or(address));
+    let is_socket = std::fs::symlink_metadata(path)
+        .is_ok_and(|m| std::os::unix::fs::FileTypeExt::is_socket(&m.file_type()));
+    if is_socket && !shim_alive(address) {
+        match std::fs::remove_file(path) {
+            Ok(()) => tracing::info!("removed the dead shim's socket {}", path.display()),
+            Err(e) => tracing::warn!("removing the dead shim's socket {}: {e}", path.display()),
+        }
+    }
+}
+
 fn write_address(bundle: &Path, address: &str) -> Result<(), Error> {
     std::fs::write(bundle.join("address"), address).map_err(|e| Error::IoError {
         context: format!("writing {}/address", bundle.display()),
@@ -146,6 +160,7 @@ impl Shim for HullShim {
                 tracing::error!("delete {}: cleaning up sandbox {name}: {e}", self.id);
                 return Err(Error::Other(format!("cleaning up sandbox {name}: {e}")));
             }
+            remove_dead_socket(&address);
         }
         let rootfs = self.bundle.join("rootfs");
         if let Err(e) = rootfs::unmount_all(&rootfs) {
