@@ -21,8 +21,9 @@ use super::error::Error;
 
 /// Default limit for one call (not `wait`).
 pub const DEFAULT_CALL_TIMEOUT: Duration = Duration::from_secs(30);
-/// Default limit for `create_container` and `delete_container` (libcontainer sets up a whole
-/// container: mounts, cgroup, namespaces; slow in a nested guest).
+/// Default limit for `create_container`, `exec` and `delete_container` (libcontainer sets up a
+/// whole container, or enters one: mounts, cgroup, namespaces; slow in a nested guest, and
+/// slower still with several vCPUs under shadow paging).
 pub const DEFAULT_CONTAINER_CALL_TIMEOUT: Duration = Duration::from_secs(120);
 /// Default limit for connecting + handshake + hello (one try).
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -439,7 +440,8 @@ impl AgentClient {
             process,
             stdio,
         });
-        match self.call_timed(req).await? {
+        let limit = self.call_timeout.max(DEFAULT_CONTAINER_CALL_TIMEOUT);
+        match self.call(req, Some(limit)).await? {
             Response::Spawned { process, pid } => Ok(Spawned { process, pid }),
             other => Err(unexpected("exec", &other)),
         }
