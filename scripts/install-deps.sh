@@ -10,6 +10,8 @@ PKGS=(
   qemu-system-x86 busybox-static cpio kmod
   # test tooling
   python3 socat jq procps
+  # the CRI client of the CRI tests (scripts/install-cri-client.sh) and the docs' YAML they read
+  python3-venv python3-yaml
   # containers in the guest: libcontainer links libseccomp statically (libseccomp.a)
   libseccomp-dev pkg-config
   # the peer runtime the CLI tests and benches compare hull against
@@ -25,11 +27,13 @@ for p in "${PKGS[@]}"; do
 done
 if [ ${#missing[@]} -eq 0 ]; then
   echo "install-deps: all ${#PKGS[@]} packages present"
-  exit 0
+else
+  echo "install-deps: installing ${missing[*]}"
+  if [ "$(id -u)" -ne 0 ]; then SUDO=sudo; else SUDO=; fi
+  export DEBIAN_FRONTEND=noninteractive
+  $SUDO apt-get update -qq
+  $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  echo "install-deps: done"
 fi
-echo "install-deps: installing ${missing[*]}"
-if [ "$(id -u)" -ne 0 ]; then SUDO=sudo; else SUDO=; fi
-export DEBIAN_FRONTEND=noninteractive
-$SUDO apt-get update -qq
-$SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-echo "install-deps: done"
+# Python packages from PyPI, in a virtualenv of their own (prints its python).
+"$(dirname "$0")/install-cri-client.sh" >/dev/null

@@ -2,22 +2,26 @@
 # Builds a container image without a registry: a docker-archive tar (what `docker load` and
 # `ctr images import` take) of a one-layer image whose root holds Debian's busybox-static.
 #
-#   tests/images/build.sh OUT.tar [busybox|server]
+#   tests/images/build.sh OUT.tar [busybox|server|pause]
 #
 #   busybox  hull-test/busybox:latest   /bin/busybox and its applets; CMD ["sh"]
 #   server   hull-test/server:latest    the same, plus /www/index.html; CMD runs busybox httpd
 #                                       in the foreground on port 80
+#   pause    hull-test/pause:latest     the same; CMD waits for SIGTERM/SIGINT and exits 0: a
+#                                       pod's sandbox ("pause") image for containerd's CRI
 #
 # Reproducible (fixed owners and mtimes), so the image id is the same on every machine.
 set -euo pipefail
-out=${1:?usage: build.sh OUT.tar [busybox|server]}
+out=${1:?usage: build.sh OUT.tar [busybox|server|pause]}
 kind=${2:-busybox}
 bb=/bin/busybox
 [ -x "$bb" ] || { echo "build.sh: $bb missing: install busybox-static (scripts/install-deps.sh)" >&2; exit 1; }
 case "$kind" in
   busybox) ref=hull-test/busybox:latest; cmd='["sh"]' ;;
   server) ref=hull-test/server:latest; cmd='["httpd","-f","-v","-p","80","-h","/www"]' ;;
-  *) echo "build.sh: unknown image $kind (busybox or server)" >&2; exit 1 ;;
+  pause) ref=hull-test/pause:latest
+    cmd='["sh","-c","trap \"exit 0\" TERM INT; while :; do sleep 3600 & wait; done"]' ;;
+  *) echo "build.sh: unknown image $kind (busybox, server or pause)" >&2; exit 1 ;;
 esac
 
 work=$(mktemp -d)

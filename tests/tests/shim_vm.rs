@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use hull_tests::procs::{shim_pids, vmm_pids};
 use hull_tests::vm::mounts_below;
 use hull_tests::{bin, require_kvm, workspace_root, TempDir};
 
@@ -219,57 +220,6 @@ impl Drop for Containerd {
 fn tail(s: &str, n: usize) -> String {
     let lines: Vec<_> = s.lines().collect();
     lines[lines.len().saturating_sub(n)..].join("\n")
-}
-
-/// Live (not zombie) hull-vmm processes whose VM lives below `dir`.
-fn vmm_pids(dir: &Path) -> Vec<i32> {
-    let mut pids = Vec::new();
-    for e in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
-            continue;
-        };
-        let cmdline = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
-        let args: Vec<String> = cmdline
-            .split(|b| *b == 0)
-            .map(|a| String::from_utf8_lossy(a).into_owned())
-            .collect();
-        let is_vmm = args
-            .first()
-            .is_some_and(|a| Path::new(a).file_name().is_some_and(|n| n == "hull-vmm"));
-        let ours = args.iter().any(|a| Path::new(a).starts_with(dir));
-        let stat = std::fs::read_to_string(e.path().join("stat")).unwrap_or_default();
-        let zombie = stat
-            .rsplit_once(") ")
-            .is_some_and(|(_, rest)| rest.starts_with('Z'));
-        if is_vmm && ours && !zombie {
-            pids.push(pid);
-        }
-    }
-    pids
-}
-
-/// Pids of the shim servers serving task `id` (`-id ID` on their command line).
-fn shim_pids(id: &str) -> Vec<i32> {
-    let mut pids = Vec::new();
-    for e in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
-            continue;
-        };
-        let cmdline = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
-        let args: Vec<String> = cmdline
-            .split(|b| *b == 0)
-            .map(|a| String::from_utf8_lossy(a).into_owned())
-            .collect();
-        let is_shim = args
-            .first()
-            .is_some_and(|a| a.ends_with("containerd-shim-hull-v2"));
-        let serves = args.windows(2).any(|w| w[0] == "-id" && w[1] == id)
-            && args.iter().any(|a| a == "-socket");
-        if is_shim && serves {
-            pids.push(pid);
-        }
-    }
-    pids
 }
 
 fn host_kernel_release() -> String {
