@@ -80,7 +80,7 @@ vm-test: build kernel initrd
 
 test: lint unit-test testhost-selftest vm-test
 
-demo: build kernel
+demo: build kernel initrd
 	scripts/demo.sh
 
 bench: build kernel initrd
