@@ -9,7 +9,7 @@ PKGS=(
   # emulated KVM host and reference VMM (tests/testhost, make bench)
   qemu-system-x86 busybox-static cpio kmod
   # test tooling
-  python3 socat jq procps
+  python3 socat jq procps tmux
   # the CRI client of the CRI tests (scripts/install-cri-client.sh) and the docs' YAML they read
   python3-venv python3-yaml
   # containers in the guest: libcontainer links libseccomp statically (libseccomp.a)

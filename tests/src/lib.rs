@@ -34,6 +34,7 @@ pub fn build_dir() -> PathBuf {
 
 pub mod daemons;
 pub mod procs;
+pub mod terminal;
 pub mod vm;
 
 /// Path of a file the build must have produced; panics naming the make target otherwise.

@@ -9,6 +9,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use hull_tests::procs::{shim_pids, vmm_pids};
+use hull_tests::terminal::Terminal;
 use hull_tests::vm::mounts_below;
 use hull_tests::{bin, require_kvm, workspace_root, TempDir};
 
@@ -222,6 +223,31 @@ fn tail(s: &str, n: usize) -> String {
     lines[lines.len().saturating_sub(n)..].join("\n")
 }
 
+/// Runs `argv` (a shell with a terminal) in tmux: `tty` is a pty, `stty size` is the terminal's
+/// and follows a resize, typing works, Ctrl-D ends it with status 0.
+fn interactive_shell(dir: &Path, argv: &[&str]) {
+    let limit = Duration::from_secs(CTR_LIMIT_SECS.into());
+    let term = Terminal::start(dir, argv, &[], 80, 24);
+    term.type_text("tty; stty size; echo sum-$((40+2))\n");
+    let screen = term.wait_for("sum-42", limit);
+    assert!(screen.contains("/dev/pts/"), "tty is not a pty:\n{screen}");
+    assert!(
+        screen.contains("\n24 80"),
+        "stty size is not 24x80:\n{screen}"
+    );
+    term.resize(100, 30);
+    term.type_text("stty size\n");
+    term.wait_for("\n30 100", limit);
+    term.keys(&["C-d"]);
+    let code = term.wait_exit(limit);
+    assert_eq!(
+        code,
+        0,
+        "Ctrl-D ends the shell; the terminal shows:\n{}",
+        term.screen()
+    );
+}
+
 fn host_kernel_release() -> String {
     std::fs::read_to_string("/proc/sys/kernel/osrelease")
         .unwrap()
@@ -327,6 +353,19 @@ fn ctr_runs_tasks_in_hull_vms() {
         "ctr task ps t2 lists nothing:\n{ps}"
     );
 
+    // `ctr task exec -t`: a shell on a real terminal (tmux) in the running task.
+    let sock = c.sock.to_str().unwrap().to_string();
+    let ctr = |args: &[&str]| -> Vec<String> {
+        ["ctr", "-a", &sock, "-n", NS]
+            .iter()
+            .chain(args)
+            .map(|s| s.to_string())
+            .collect()
+    };
+    let argv = ctr(&["task", "exec", "-t", "--exec-id", "e3", "t2", "sh"]);
+    let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
+    interactive_shell(c.dir.path(), &argv);
+
     // Kill: STOPPED; removal leaves no VM and no mount.
     c.ctr_ok(&["task", "kill", "-s", "KILL", "t2"]);
     c.wait_until("t2 STOPPED", || {
@@ -341,6 +380,70 @@ fn ctr_runs_tasks_in_hull_vms() {
         !c.shim_root.join(NS).join("t2").exists(),
         "t2's sandbox directory is left"
     );
+
+    // `ctr run -t`: a shell on a real terminal, in a VM of its own that goes with it.
+    let argv = ctr(&["run", "-t", "--rm", "--runtime", RUNTIME, img, "t5", "sh"]);
+    let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
+    interactive_shell(c.dir.path(), &argv);
+    c.wait_until("t5's VM gone", || vmm_pids(&c.shim_root).is_empty());
+    assert!(
+        !c.shim_root.join(NS).join("t5").exists(),
+        "t5's sandbox is left"
+    );
+
+    // Bad input: a rootfs that does not exist, and a spec hull cannot read. containerd shows
+    // hull's error, and no VM, shim, mount or sandbox is left.
+    let (code, _, err) = c.ctr(&[
+        "run",
+        "--rm",
+        "--runtime",
+        RUNTIME,
+        "--rootfs",
+        "/nonexistent-hull-rootfs",
+        "t6",
+        "sh",
+    ]);
+    assert_ne!(code, 0, "a missing rootfs ran");
+    assert!(
+        err.contains("/nonexistent-hull-rootfs"),
+        "the error names the missing rootfs: {err}"
+    );
+    let rootfs = c.dir.path().join("t7-rootfs");
+    hull_tests::vm::busybox_root(&rootfs, &["proc", "dev", "sys", "tmp"]);
+    let spec = c.ctr_ok(&["oci", "spec"]);
+    let mut spec: serde_json::Value = serde_json::from_str(&spec).unwrap();
+    spec["linux"]["namespaces"][0]["type"] = serde_json::json!("bogus-namespace");
+    spec["root"]["path"] = serde_json::json!(rootfs);
+    spec["process"]["args"] = serde_json::json!(["sh"]);
+    let spec_file = c.dir.path().join("t7.json");
+    std::fs::write(&spec_file, serde_json::to_vec(&spec).unwrap()).unwrap();
+    let (code, _, err) = c.ctr(&[
+        "run",
+        "--rm",
+        "--runtime",
+        RUNTIME,
+        "--config",
+        spec_file.to_str().unwrap(),
+        "t7",
+    ]);
+    assert_ne!(code, 0, "a broken spec ran");
+    assert!(
+        err.contains("linux.namespaces[0].type") && err.contains("bogus-namespace"),
+        "the error names the bad field: {err}"
+    );
+    for id in ["t6", "t7"] {
+        let _ = c.ctr(&["c", "rm", id]);
+        c.wait_until(&format!("{id}'s shim gone"), || shim_pids(id).is_empty());
+        assert!(
+            !c.shim_root.join(NS).join(id).exists(),
+            "{id}'s sandbox is left"
+        );
+    }
+    assert!(
+        vmm_pids(&c.shim_root).is_empty(),
+        "a VM is left after bad input"
+    );
+    assert_eq!(mounts_below(&c.shim_root), Vec::<String>::new());
 
     // A shim killed with SIGKILL: containerd runs `containerd-shim-hull-v2 delete`, which
     // stops the VM and removes its mounts and directory.
