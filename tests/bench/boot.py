@@ -31,6 +31,9 @@ CMDLINE_RE = re.compile(rb"HULL-BENCH-CMDLINE ([^\r\n]*)\r?\n")
 GUEST_CMDLINE = "console=ttyS0 quiet"
 MMIO_PARAM = "virtio_mmio.device="
 AGENT_PORT = 1024
+# hull-agent-protocol's PROTOCOL_VERSION (guest-agent/protocol/src/lib.rs): the agent refuses a
+# hello of any other version, naming both.
+PROTOCOL_VERSION = 2
 CID = 42
 QEMU_MACHINE = "microvm,x-option-roms=off,rtc=off,pit=off,pic=off,isa-serial=on,acpi=off"
 
@@ -249,8 +252,8 @@ def read_frame(sock):
 
 
 def agent_health(sock):
-    """Hello (control connection) then one health call, as hull-agent-protocol v1 defines them."""
-    sock.sendall(frame({"version": 1, "connection": {"kind": "control"}}))
+    """Hello (control connection) then one health call, as hull-agent-protocol defines them."""
+    sock.sendall(frame({"version": PROTOCOL_VERSION, "connection": {"kind": "control"}}))
     reply = read_frame(sock)
     if "Ok" not in reply.get("result", {}):
         raise RuntimeError(f"agent refused the hello: {reply}")
