@@ -6,11 +6,9 @@ The bundle (oci.py: busybox root, runc's default spec) runs `sleep 1000`, starte
 container (stdout and stderr to files: the pid-file process holds them as long as the container
 runs). --settle seconds after `run -d` returned, read:
 - hull-vmm (its pid from the sandbox's state.json): PSS and RSS from /proc/PID/smaps_rollup;
-  the guest RAM mapping(s) from /proc/PID/smaps, and the VMM's PSS without them. Guest RAM is
-  found as hull-vmm allocates it (vmm/src/vstate/vm.rs `create_guest_memory`): one mapping per
-  range of `layout::ram_ranges(memory)`, exactly that size, anonymous (the default backing) or
-  on the memfd `hull-guest-ram`; the guest's size is state.json's memory_mib. The bench fails
-  unless exactly those mappings are found.
+  the guest RAM mapping(s) from /proc/PID/smaps, and the VMM's PSS without them (pss.py: guest
+  RAM is found as hull-vmm allocates it; the guest's size is state.json's memory_mib). The
+  bench fails unless exactly those mappings are found.
 - the `--pid-file` process (`hull __monitor`, runtime/src/bin/hull/monitor.rs), which lives as
   long as the container: PSS and RSS.
 Then `hull kill ID KILL`, the monitor's exit, `hull delete ID`, and nothing may be left (state
@@ -26,38 +24,8 @@ import argparse, json, os, shutil, signal, statistics, subprocess, sys, tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from oci import (BenchError, become_subreaper, busybox_bundle, check_tools, leftovers,  # noqa: E402
-                 pss_kib, reap_orphans, write_hull_config)
-
-# vmm/src/arch/x86_64/layout.rs
-MMIO_GAP_START = 0xC000_0000
-MMIO_GAP_END = 0x1_0000_0000
-MEMFD_NAME = "/memfd:hull-guest-ram"
-
-
-def ram_ranges(size):
-    """Sizes of guest RAM's mappings (`layout::ram_ranges`)."""
-    if size <= MMIO_GAP_START:
-        return [size]
-    return [MMIO_GAP_START, size - MMIO_GAP_START]
-
-
-def guest_ram(pid, memory_mib):
-    """(Size, Rss, Pss) KiB summed over the guest RAM mappings of hull-vmm `pid`."""
-    maps = []  # [path, size, rss, pss]
-    with open(f"/proc/{pid}/smaps") as f:
-        for line in f:
-            head = line.split()
-            if head and "-" in head[0] and not head[0].endswith(":"):
-                lo, hi = (int(x, 16) for x in head[0].split("-"))
-                maps.append([" ".join(head[5:]), (hi - lo) >> 10, 0, 0])
-            elif head and head[0] in ("Rss:", "Pss:") and maps:
-                maps[-1][2 if head[0] == "Rss:" else 3] = int(head[1])
-    want = sorted(s >> 10 for s in ram_ranges(memory_mib << 20))
-    found = [m for m in maps if m[1] in want and m[0] in ("", MEMFD_NAME, MEMFD_NAME + " (deleted)")]
-    if sorted(m[1] for m in found) != want:
-        raise BenchError(f"hull-vmm {pid}: guest RAM of {memory_mib} MiB should be mappings of {want} KiB, "
-                         f"anonymous or {MEMFD_NAME}; found {[(m[0], m[1]) for m in found]}")
-    return tuple(sum(m[i] for m in found) for i in (1, 2, 3))
+                 reap_orphans, write_hull_config)
+from pss import pss_kib, vmm_memory  # noqa: E402
 
 
 def run_detached(argv, env, work, what):
@@ -130,8 +98,7 @@ def hull_round(tools, env, root, bundle, work, cid, settle):
             state = json.load(f)
         vmm, mib = state["vmm_pid"], state["memory_mib"]
         time.sleep(settle)
-        vmm_rss, vmm_pss = pss_kib(vmm)
-        ram_size, ram_rss, ram_pss = guest_ram(vmm, mib)
+        vm = vmm_memory(vmm, mib)
         mon_rss, mon_pss = pss_kib(monitor)
         with open(f"/proc/{monitor}/cmdline", "rb") as f:
             mon_cmd = f.read().split(b"\0")
@@ -139,9 +106,7 @@ def hull_round(tools, env, root, bundle, work, cid, settle):
             raise BenchError(f"the pid-file process {monitor} is not `hull __monitor`: {mon_cmd}")
     finally:
         finish(tools["hull"], root, env, cid, monitor, "hull")
-    return {"mib": mib, "vmm_pss": vmm_pss, "vmm_rss": vmm_rss, "ram_pss": ram_pss, "ram_rss": ram_rss,
-            "own_pss": vmm_pss - ram_pss, "own_rss": vmm_rss - ram_rss, "mon_pss": mon_pss, "mon_rss": mon_rss,
-            "total_pss": vmm_pss + mon_pss}
+    return {"mib": mib, **vm, "mon_pss": mon_pss, "mon_rss": mon_rss, "total_pss": vm["vmm_pss"] + mon_pss}
 
 
 def runc_round(tools, root, bundle, work, cid, settle):

@@ -116,13 +116,3 @@ def leftovers(root, cid):
                 left.append(f"mount {mnt}")
     return left
 
-
-def pss_kib(pid):
-    """(Rss, Pss) in KiB of process `pid` (/proc/PID/smaps_rollup)."""
-    vals = {}
-    with open(f"/proc/{pid}/smaps_rollup") as f:
-        for line in f:
-            key, _, rest = line.partition(":")
-            if key in ("Rss", "Pss"):
-                vals[key] = int(rest.split()[0])
-    return vals["Rss"], vals["Pss"]
