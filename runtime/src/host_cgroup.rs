@@ -94,24 +94,35 @@ fn v2_host() -> bool {
     Path::new(CGROUP_ROOT).join("cgroup.controllers").exists()
 }
 
-/// Moves `pids` into the cgroup `cgroups_path` (created if missing). Best effort: a host where
-/// this cannot be done keeps the processes where they are, with a warning.
-pub fn join(cgroups_path: &Path, pids: &[u32]) {
+/// The cgroup v2 directory of `cgroups_path`, created if missing: where hull-vmm is started
+/// ([`crate::sandbox::SandboxOptions::host_cgroup`]) so that every page of the VM is charged
+/// there from the first one (memory charged before a move stays where it was). `None`, with a
+/// warning, where that cannot be done (a v1 or hybrid host, an unusable path).
+pub fn prepare(cgroups_path: &Path) -> Option<PathBuf> {
     if !v2_host() {
         tracing::warn!(
             "cgroup v1 host: hull-vmm stays in its parent's cgroups instead of {}",
             cgroups_path.display()
         );
-        return;
+        return None;
     }
     let Some(dir) = host_dir(cgroups_path) else {
         tracing::warn!("unusable cgroupsPath {}", cgroups_path.display());
-        return;
+        return None;
     };
     if let Err(e) = std::fs::create_dir_all(&dir) {
         tracing::warn!("cannot create cgroup {}: {e}", dir.display());
-        return;
+        return None;
     }
+    Some(dir)
+}
+
+/// Moves `pids` into the cgroup `cgroups_path` (created if missing). Best effort: a host where
+/// this cannot be done keeps the processes where they are, with a warning.
+pub fn join(cgroups_path: &Path, pids: &[u32]) {
+    let Some(dir) = prepare(cgroups_path) else {
+        return;
+    };
     for pid in pids {
         if let Err(e) = std::fs::write(dir.join("cgroup.procs"), pid.to_string()) {
             tracing::warn!("cannot move pid {pid} into cgroup {}: {e}", dir.display());

@@ -158,6 +158,8 @@ struct Pod {
     owner: String,
     /// Some(reason) once hull-vmm has exited.
     vm_dead: watch::Receiver<Option<String>>,
+    /// The pod's cgroupsPath hull-vmm was started in (removed with the VM).
+    cgroup: Option<PathBuf>,
 }
 
 #[derive(Default)]
@@ -476,7 +478,7 @@ impl Service {
         &self,
         id: &str,
         role: &Role,
-        annotations: &HashMap<String, String>,
+        spec: &oci_spec::runtime::Spec,
     ) -> TtrpcResult<(Arc<Sandbox>, Option<String>, bool)> {
         {
             let st = self.state();
@@ -498,7 +500,14 @@ impl Service {
                 (Role::Sandbox, None) => {}
             }
         }
-        let opts = pod::vm_options(annotations).map_err(|e| invalid(e.to_string()))?;
+        let annotations = spec.annotations().clone().unwrap_or_default();
+        let cgroup = spec.linux().as_ref().and_then(|l| l.cgroups_path().clone());
+        let mut opts = pod::vm_options(&annotations).map_err(|e| invalid(e.to_string()))?;
+        // hull-vmm starts in the pod's cgroup (the sandbox container's cgroupsPath): the whole
+        // VM is accounted to the pod.
+        opts.host_cgroup = cgroup
+            .as_deref()
+            .and_then(hull_runtime::host_cgroup::prepare);
         let config = RuntimeConfig::load().map_err(|e| internal(e.to_string()))?;
         let name = pod::sandbox_name(&self.inner.root, id);
         tracing::info!(
@@ -516,6 +525,7 @@ impl Service {
             sandbox: sandbox.clone(),
             owner: id.to_string(),
             vm_dead,
+            cgroup: opts.host_cgroup.is_some().then_some(cgroup).flatten(),
         });
         Ok((sandbox, None, true))
     }
@@ -547,6 +557,9 @@ impl Service {
                     match sb.destroy(STOP_GRACE).await {
                         Ok(()) => tracing::info!("sandbox {id}: destroyed"),
                         Err(e) => tracing::error!("sandbox {id}: destroying: {e}"),
+                    }
+                    if let Some(cg) = &pod.cgroup {
+                        hull_runtime::host_cgroup::remove(cg);
                     }
                     return;
                 }
@@ -612,7 +625,7 @@ impl Service {
         };
 
         let r = self
-            .create_in_pod(id, &bundle, &role, &annotations, &stdio, size)
+            .create_in_pod(id, &bundle, &role, &b.spec, &stdio, size)
             .await;
         let (sandbox, container, created_pod) = match r {
             Ok(v) => v,
@@ -696,14 +709,12 @@ impl Service {
         id: &str,
         bundle: &Path,
         role: &Role,
-        annotations: &HashMap<String, String>,
+        spec: &oci_spec::runtime::Spec,
         stdio: &StdioPaths,
         size: (u16, u16),
     ) -> Result<(Arc<Sandbox>, Container, bool), (ttrpc::Error, bool)> {
-        let (sandbox, join, created) = self
-            .pod_for(id, role, annotations)
-            .await
-            .map_err(|e| (e, false))?;
+        let (sandbox, join, created) =
+            self.pod_for(id, role, spec).await.map_err(|e| (e, false))?;
         let opts = CreateOptions {
             stdio: Some(stdio.spec(size)),
             join,

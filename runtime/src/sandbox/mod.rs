@@ -126,6 +126,9 @@ pub struct SandboxOptions {
     pub memory_mib: Option<u64>,
     /// How long the guest may take to reach its agent (default [`DEFAULT_BOOT_TIMEOUT`]).
     pub boot_timeout: Option<Duration>,
+    /// A cgroup v2 directory hull-vmm starts in (see [`crate::host_cgroup::prepare`]), so that
+    /// the whole VM is accounted to the container or pod that asked for it.
+    pub host_cgroup: Option<PathBuf>,
 }
 
 /// One sandbox, attached: its state, its lock (held for this handle's life) and its agent.
@@ -291,11 +294,12 @@ impl Sandbox {
         // The host changes the share (mounts, bundles) while the guest runs.
         fs.cache = CachePolicy::Never;
         vm.fs = vec![fs];
-        let mut vmm = VmmProcess::launch_with_env(
+        let mut vmm = VmmProcess::launch_with(
             &config.vmm,
             &vm,
             dir,
             &[("HULL_LOG", config.log_level.as_str())],
+            opts.host_cgroup.as_deref(),
         )?;
 
         // Wait for the agent, but not past the VMM's death.

@@ -1,5 +1,6 @@
 use std::fs::File;
 use std::io::{BufRead, BufReader, Write};
+use std::os::unix::ffi::OsStringExt;
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
@@ -122,6 +123,18 @@ impl VmmProcess {
         dir: &Path,
         env: &[(&str, &str)],
     ) -> Result<VmmProcess, VmmError> {
+        VmmProcess::launch_with(binary, config, dir, env, None)
+    }
+
+    /// [`VmmProcess::launch_with_env`], started in the cgroup v2 directory `cgroup` (best effort:
+    /// if the child cannot join it, it runs where its parent is and a later move still works).
+    pub fn launch_with(
+        binary: &Path,
+        config: &VmConfig,
+        dir: &Path,
+        env: &[(&str, &str)],
+        cgroup: Option<&Path>,
+    ) -> Result<VmmProcess, VmmError> {
         let dir_err = |source| VmmError::Dir {
             path: dir.to_path_buf(),
             source,
@@ -139,19 +152,37 @@ impl VmmProcess {
             SerialConfig::File(p) => (p.clone(), Stdio::null()),
             _ => (dir.join(CONSOLE_FILE), Stdio::from(open(CONSOLE_FILE)?)),
         };
-        let child = Command::new(binary)
-            .arg("--config")
+        let mut cmd = Command::new(binary);
+        cmd.arg("--config")
             .arg(&config_path)
             .stdin(Stdio::null())
             .stdout(stdout)
             .stderr(open(LOG_FILE)?)
             .envs(env.iter().copied())
-            .process_group(0)
-            .spawn()
-            .map_err(|source| VmmError::Spawn {
-                binary: binary.to_path_buf(),
-                source,
-            })?;
+            .process_group(0);
+        if let Some(procs) = cgroup.and_then(|c| {
+            std::ffi::CString::new(c.join("cgroup.procs").into_os_string().into_vec()).ok()
+        }) {
+            let join = move || -> std::io::Result<()> {
+                // SAFETY: open(2) (async-signal-safe) of a NUL-terminated path made before fork.
+                let fd = unsafe { libc::open(procs.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC) };
+                if fd >= 0 {
+                    // "0": the writing process itself. A failure leaves it where it is.
+                    // SAFETY: write(2) (async-signal-safe) of one static byte to the fd above.
+                    unsafe { libc::write(fd, b"0".as_ptr().cast(), 1) };
+                    // SAFETY: close(2) (async-signal-safe) of the fd this closure opened.
+                    unsafe { libc::close(fd) };
+                }
+                Ok(())
+            };
+            // SAFETY: the closure runs in the child between fork and exec; it only makes the
+            // async-signal-safe calls above, allocates nothing and takes no lock.
+            unsafe { cmd.pre_exec(join) };
+        }
+        let child = cmd.spawn().map_err(|source| VmmError::Spawn {
+            binary: binary.to_path_buf(),
+            source,
+        })?;
         tracing::debug!(pid = child.id(), dir = %dir.display(), "hull-vmm started");
         Ok(VmmProcess {
             child,

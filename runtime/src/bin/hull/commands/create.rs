@@ -87,15 +87,13 @@ pub fn create(ctx: &Ctx, a: &CreateArgs<'_>) -> anyhow::Result<Started> {
     let spec = load_spec(&bundle)?;
     // The VM is sized from the container's limits; its host processes go into the cgroup the
     // caller asked for (hull_runtime::host_cgroup).
-    let size = host_cgroup::vm_size(&spec);
+    let mut size = host_cgroup::vm_size(&spec);
     let cgroup = spec.linux().as_ref().and_then(|l| l.cgroups_path().clone());
+    size.host_cgroup = cgroup.as_deref().and_then(host_cgroup::prepare);
     block_on(async {
         let sb = Sandbox::create(&config, &ctx.root, a.id, &size)
             .await
             .with_context(|| format!("cannot create the VM of container \"{}\"", a.id))?;
-        if let Some(cg) = &cgroup {
-            host_cgroup::join(cg, &[sb.state().vmm_pid]);
-        }
         let r = create_in(ctx, a, &sb, &bundle, terminal).await;
         if let (Ok(m), Some(cg)) = (&r, &cgroup) {
             host_cgroup::join(cg, &[m.pid]);
