@@ -461,16 +461,20 @@ impl Container {
     }
 
     /// Applies new resource limits.
+    /// Zero and empty values mean "unchanged", as with runc (docker's `update` sends every
+    /// field, zeros for what it does not change): they are left out.
     pub async fn update(
         &self,
         sandbox: &Sandbox,
         resources: &LinuxResources,
     ) -> Result<(), ContainerError> {
-        let value = serde_json::to_value(resources).map_err(|e| ContainerError::InvalidSpec {
-            path: "resources".into(),
-            field: ".".into(),
-            reason: e.to_string(),
-        })?;
+        let mut value =
+            serde_json::to_value(resources).map_err(|e| ContainerError::InvalidSpec {
+                path: "resources".into(),
+                field: ".".into(),
+                reason: e.to_string(),
+            })?;
+        drop_unchanged(&mut value);
         Ok(sandbox.agent()?.update_container(self.id(), value).await?)
     }
 
@@ -518,6 +522,25 @@ pub(crate) fn cleanup_all(dir: &Path) -> Result<(), ContainerError> {
         ContainerRecord::remove(dir, &id)?;
     }
     Ok(())
+}
+
+/// Removes the "unchanged" values of an update: zero numbers and empty strings in the
+/// memory, cpu, pids and blockIO sections (runc's update treats them so), then empty sections.
+fn drop_unchanged(resources: &mut serde_json::Value) {
+    let Some(r) = resources.as_object_mut() else {
+        return;
+    };
+    for section in ["memory", "cpu", "pids", "blockIO"] {
+        if let Some(obj) = r.get_mut(section).and_then(|v| v.as_object_mut()) {
+            obj.retain(|_, v| match v {
+                serde_json::Value::Number(n) => n.as_f64() != Some(0.0),
+                serde_json::Value::String(s) => !s.is_empty(),
+                serde_json::Value::Null => false,
+                _ => true,
+            });
+        }
+    }
+    r.retain(|_, v| !v.as_object().is_some_and(|o| o.is_empty()) && !v.is_null());
 }
 
 #[cfg(test)]

@@ -465,3 +465,24 @@ fn sandbox_cleanup_unmounts_container_shares() {
     assert!(!root.join("sb").exists());
     assert!(src.join("etc/keep").exists());
 }
+
+#[test]
+fn update_leaves_out_what_docker_does_not_change() {
+    // What docker 20.10 sends for `docker update --memory 96m --memory-swap 96m`.
+    let mut v = json!({
+        "memory": {"limit": 100663296, "reservation": 0, "swap": 100663296, "kernel": 0},
+        "cpu": {"shares": 0, "quota": 0, "period": 0, "realtimeRuntime": 0, "cpus": "", "mems": ""},
+        "pids": {"limit": 0},
+        "blockIO": {"weight": 0},
+        "devices": []
+    });
+    drop_unchanged(&mut v);
+    assert_eq!(
+        v,
+        json!({"memory": {"limit": 100663296, "swap": 100663296}, "devices": []})
+    );
+    let mut v = json!({"cpu": {"quota": 50000, "period": 100000, "cpus": "0"}});
+    let before = v.clone();
+    drop_unchanged(&mut v);
+    assert_eq!(v, before, "set values stay");
+}
