@@ -29,9 +29,12 @@ pub fn delete(ctx: &Ctx, id: &str, force: bool) -> anyhow::Result<()> {
     }
     let r = block_on(async {
         let (sb, c) = open(ctx, id).await?;
-        // A VM that is gone or does not answer holds nothing that runs.
+        // A VM that is gone or does not answer holds nothing that runs. With --force, it is
+        // not asked anything more (a hung VM would make every call wait for its limit): the
+        // cleanup below kills hull-vmm and removes the rest.
         let status = match c.info(&sb).await {
             Ok(i) => i.status,
+            Err(e) if force => bail!("its VM does not answer ({e})"),
             Err(e) => {
                 tracing::debug!("container {id}: {e}; taking it for stopped");
                 ContainerStatus::Stopped
