@@ -126,7 +126,8 @@ impl Drop for Containerd {
 pub struct Dockerd {
     child: Child,
     data: PathBuf,
-    exec_root: PathBuf,
+    /// dockerd's `--exec-root`: runtime roots below it (`runtime-NAME/moby`).
+    pub exec_root: PathBuf,
     pub socket: PathBuf,
     pub log: PathBuf,
 }

@@ -152,6 +152,31 @@ impl Drop for Terminal {
     }
 }
 
+/// Runs `argv` (a shell with a terminal: `ctr run -t`, `docker run -it`, ...) in a terminal:
+/// `tty` is a pty, `stty size` is the terminal's and follows a resize, what is typed reaches
+/// the shell, Ctrl-D ends it with status 0. `limit` bounds each wait.
+pub fn interactive_shell(dir: &Path, argv: &[&str], limit: Duration) {
+    let term = Terminal::start(dir, argv, &[], 80, 24);
+    term.type_text("tty; stty size; echo sum-$((40+2))\n");
+    let screen = term.wait_for("sum-42", limit);
+    assert!(screen.contains("/dev/pts/"), "tty is not a pty:\n{screen}");
+    assert!(
+        screen.contains("\n24 80"),
+        "stty size is not 24x80:\n{screen}"
+    );
+    term.resize(100, 30);
+    term.type_text("stty size\n");
+    term.wait_for("\n30 100", limit);
+    term.keys(&["C-d"]);
+    let code = term.wait_exit(limit);
+    assert_eq!(
+        code,
+        0,
+        "Ctrl-D ends the shell; the terminal shows:\n{}",
+        term.screen()
+    );
+}
+
 fn shell_quote(s: &str) -> String {
     format!("'{}'", s.replace('\'', r"'\''"))
 }

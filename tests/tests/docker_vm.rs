@@ -2,10 +2,16 @@
 //! own, with hull registered as a runc-compatible runtime. docker drives `hull` through
 //! containerd-shim-runc-v2, exactly as it drives runc.
 
+use std::path::Path;
 use std::process::{Command, Output};
+use std::time::{Duration, Instant};
 
 use hull_tests::daemons::{image, Containerd, Dockerd};
+use hull_tests::procs::vmm_pids;
+use hull_tests::terminal::interactive_shell;
+use hull_tests::vm::mounts_below;
 use hull_tests::{bin, require_kvm, TempDir};
+use nix::sys::signal::Signal;
 
 fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
@@ -45,6 +51,104 @@ fn no_vmm_left() {
         !ps.lines().any(|l| l.contains("hull-vmm")),
         "a hull-vmm still runs:\n{ps}"
     );
+}
+
+/// docker's human-readable size (`764KiB`, `52.3MiB`, `1.2GiB`) in MiB.
+fn mib(s: &str) -> f64 {
+    let units = [
+        ("KiB", 1.0 / 1024.0),
+        ("MiB", 1.0),
+        ("GiB", 1024.0),
+        ("B", 1.0 / 1048576.0),
+    ];
+    for (u, f) in units {
+        if let Some(n) = s.strip_suffix(u) {
+            return n.parse::<f64>().unwrap_or_else(|_| panic!("a size: {s:?}")) * f;
+        }
+    }
+    panic!("a size: {s:?}")
+}
+
+/// Longest the test waits for a state (the emulated host is slow).
+const LIMIT: Duration = Duration::from_secs(300);
+
+fn wait_until(what: &str, cond: impl Fn() -> bool) {
+    let start = Instant::now();
+    while !cond() {
+        assert!(start.elapsed() < LIMIT, "timed out waiting for: {what}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn kill(pid: i32, sig: Signal) {
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), sig).unwrap();
+}
+
+/// hull's runtime root for docker (`<exec-root>/runtime-hull/moby`) holds no container any
+/// more, and no mount is left below the exec root.
+fn no_state_left(exec_root: &Path) {
+    let root = exec_root.join("runtime-hull/moby");
+    let left: Vec<_> = std::fs::read_dir(&root)
+        .map(|d| d.flatten().map(|e| e.file_name()).collect())
+        .unwrap_or_default();
+    assert!(
+        left.is_empty(),
+        "hull state left in {}: {left:?}",
+        root.display()
+    );
+    let mounts: Vec<_> = mounts_below(exec_root)
+        .into_iter()
+        .filter(|m| m.contains("runtime-hull"))
+        .collect();
+    assert!(mounts.is_empty(), "mounts left: {mounts:?}");
+}
+
+/// docker's container options, as with runc, in one container: volumes both ways and
+/// read-only, --read-only, --user, --cap-drop, -e, -w, --hostname.
+fn options(drun: &dyn Fn(&[&str]) -> Output, dir: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    let host = dir.join("vol");
+    std::fs::create_dir_all(&host).unwrap();
+    std::fs::set_permissions(&host, std::fs::Permissions::from_mode(0o777)).unwrap();
+    std::fs::write(host.join("from-host"), "host data\n").unwrap();
+    let vol = format!("{}:/data", host.display());
+    let vol_ro = format!("{}:/ro:ro", host.display());
+    let script = "cat /data/from-host; echo guest data > /data/from-guest; \
+                  touch /ro/x 2>&1 | grep -q 'Read-only file system' && echo ro-refused; \
+                  touch /x 2>&1 | grep -q 'Read-only file system' && echo root-ro; \
+                  id -u; id -g; grep CapEff /proc/self/status; echo $HULL_X; pwd; hostname";
+    let out = drun(&[
+        "--rm",
+        "-v",
+        &vol,
+        "-v",
+        &vol_ro,
+        "--read-only",
+        "--user",
+        "1000:1000",
+        "--cap-drop",
+        "ALL",
+        "-e",
+        "HULL_X=42",
+        "-w",
+        "/tmp",
+        "--hostname",
+        "hullbox",
+        "hull-test/busybox",
+        "sh",
+        "-c",
+        script,
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(
+        text(&out.stdout),
+        "host data\nro-refused\nroot-ro\n1000\n1000\nCapEff:\t0000000000000000\n42\n/tmp\nhullbox\n"
+    );
+    assert_eq!(
+        std::fs::read_to_string(host.join("from-guest")).unwrap(),
+        "guest data\n"
+    );
+    assert!(!host.join("x").exists(), "written through a :ro volume");
 }
 
 #[test]
@@ -97,35 +201,14 @@ fn docker_runs_containers_in_microvms() {
             "{args:?}: {}",
             text(&out.stderr)
         );
+        if code == 127 {
+            assert!(
+                text(&out.stderr).contains("executable file not found"),
+                "docker shows hull's error: {}",
+                text(&out.stderr)
+            );
+        }
     }
-    let out = drun(&["--rm", "hull-test/busybox", "nosuchprogram"]);
-    assert!(
-        text(&out.stderr).contains("executable file not found"),
-        "docker shows hull's error: {}",
-        text(&out.stderr)
-    );
-
-    // -t: a terminal through --console-socket.
-    let out = drun(&["--rm", "-t", "hull-test/busybox", "tty"]);
-    assert!(out.status.success(), "{}", text(&out.stderr));
-    assert!(
-        text(&out.stdout).starts_with("/dev/pts/"),
-        "{}",
-        text(&out.stdout)
-    );
-
-    // -m 64m: the limit the workload meets inside the guest.
-    let out = drun(&[
-        "--rm",
-        "-m",
-        "64m",
-        "hull-test/busybox",
-        "cat",
-        "/sys/fs/cgroup/memory.max",
-    ]);
-    assert!(out.status.success(), "{}", text(&out.stderr));
-    assert_eq!(text(&out.stdout).trim(), "67108864");
-
     // A long-running container: exec, pause/unpause, stats, stop, rm.
     let out = drun(&["-d", "--name", "s1", "hull-test/busybox", "sleep", "1000"]);
     assert!(out.status.success(), "{}", text(&out.stderr));
@@ -165,6 +248,144 @@ fn docker_runs_containers_in_microvms() {
     c.args(["rm", "s1"]);
     ok(c, "docker rm");
 
+    // -m 64m: the limit the workload meets inside the guest: an allocation of 100 MiB is
+    // killed there; the host goes on.
+    let out = drun(&[
+        "--rm",
+        "-m",
+        "64m",
+        "hull-test/busybox",
+        "sh",
+        "-c",
+        "cat /sys/fs/cgroup/memory.max; echo start; x=$(head -c 104857600 /dev/zero | tr '\\0' a); echo survived",
+    ]);
+    assert!(
+        text(&out.stdout).starts_with("67108864\nstart\n")
+            && !text(&out.stdout).contains("survived"),
+        "the allocation was not stopped: {} {}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+
+    // Options: volumes both ways and read-only, --read-only, --user, --cap-drop, -e, -w,
+    // --hostname.
+    options(&drun, dir.path());
+
+    // A container that handles signals: logs, kill -s USR1, stats, update, exec -it, stop (143).
+    let script = "trap 'echo got-term; exit 143' TERM; trap 'echo got-usr1' USR1; echo started; \
+                  while :; do sleep 1 & wait $!; done";
+    let out = drun(&[
+        "-d",
+        "--name",
+        "s3",
+        "-m",
+        "64m",
+        "hull-test/busybox",
+        "sh",
+        "-c",
+        script,
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let logs = || {
+        let mut c = docker();
+        c.args(["logs", "s3"]);
+        ok(c, "docker logs")
+    };
+    wait_until("s3's log says started", || logs().contains("started"));
+    let mut c = docker();
+    c.args(["kill", "-s", "USR1", "s3"]);
+    ok(c, "docker kill -s USR1");
+    wait_until("s3 got SIGUSR1", || logs().contains("got-usr1"));
+    let mut c = docker();
+    c.args([
+        "stats",
+        "--no-stream",
+        "--format",
+        "{{.MemUsage}}|{{.PIDs}}",
+        "s3",
+    ]);
+    let stats = ok(c, "docker stats");
+    let (mem, pids) = stats.trim().split_once('|').expect("MemUsage|PIDs");
+    // The host's figures for the container are its whole VM's (hull-vmm starts in the cgroup
+    // docker asked for): at least the guest memory a booted guest has touched.
+    let usage = mem.split_once(" / ").expect("usage / limit").0;
+    assert!(
+        mib(usage) >= 16.0,
+        "docker stats shows {usage} for a whole VM: {stats}"
+    );
+    assert!(pids.parse::<u32>().is_ok_and(|n| n >= 2), "PIDs in {stats}");
+    let mut c = docker();
+    c.args(["update", "--memory", "96m", "--memory-swap", "96m", "s3"]);
+    ok(c, "docker update");
+    let out = exec(&["s3", "cat", "/sys/fs/cgroup/memory.max"]);
+    assert_eq!(
+        text(&out.stdout).trim(),
+        (96u64 << 20).to_string(),
+        "after docker update"
+    );
+    let sock = format!("unix://{}", dockerd.socket.display());
+    interactive_shell(
+        dir.path(),
+        &["docker", "-H", &sock, "exec", "-it", "s3", "sh"],
+        LIMIT,
+    );
+    let mut c = docker();
+    c.args(["stop", "-t", "30", "s3"]);
+    ok(c, "docker stop");
+    let mut c = docker();
+    c.args(["inspect", "-f", "{{.State.ExitCode}}", "s3"]);
+    assert_eq!(ok(c, "inspect").trim(), "143", "s3 handled SIGTERM");
+    assert!(logs().contains("got-term"));
+    let mut c = docker();
+    c.args(["rm", "s3"]);
+    ok(c, "docker rm");
+
+    // docker run -it: a shell on a real terminal.
+    interactive_shell(
+        dir.path(),
+        &[
+            "docker",
+            "-H",
+            &sock,
+            "run",
+            "-it",
+            "--rm",
+            "--runtime",
+            "hull",
+            "hull-test/busybox",
+            "sh",
+        ],
+        LIMIT,
+    );
+
+    // Faults: the VMM killed: docker sees the container exit 137, and rm cleans up.
+    let out = drun(&["-d", "--name", "f1", "hull-test/busybox", "sleep", "1000"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let vmm = vmm_pids(&dockerd.exec_root);
+    assert_eq!(vmm.len(), 1, "f1's VM");
+    kill(vmm[0], Signal::SIGKILL);
+    let mut c = docker();
+    c.args(["wait", "f1"]);
+    assert_eq!(
+        ok(c, "docker wait").trim(),
+        "137",
+        "f1 after its VMM was killed"
+    );
+    let mut c = docker();
+    c.args(["rm", "f1"]);
+    ok(c, "docker rm");
+    // A VM that hangs (its VMM stopped): rm -f still ends, and leaves no VM.
+    let out = drun(&["-d", "--name", "f2", "hull-test/busybox", "sleep", "1000"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let vmm = vmm_pids(&dockerd.exec_root);
+    assert_eq!(vmm.len(), 1, "f2's VM");
+    kill(vmm[0], Signal::SIGSTOP);
+    let mut c = docker();
+    c.args(["rm", "-f", "f2"]);
+    ok(c, "docker rm -f of a hung VM");
+    wait_until("f2's VM gone", || vmm_pids(&dockerd.exec_root).is_empty());
+    no_state_left(&dockerd.exec_root);
+
     // rm -f of a running container.
     let out = drun(&["-d", "--name", "s2", "hull-test/busybox", "sleep", "1000"]);
     assert!(out.status.success(), "{}", text(&out.stderr));
@@ -172,6 +393,7 @@ fn docker_runs_containers_in_microvms() {
     c.args(["rm", "-f", "s2"]);
     ok(c, "docker rm -f");
     no_vmm_left();
+    no_state_left(&dockerd.exec_root);
     drop(dockerd);
     drop(containerd);
 }

@@ -9,7 +9,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use hull_tests::procs::{shim_pids, vmm_pids};
-use hull_tests::terminal::Terminal;
+use hull_tests::terminal::interactive_shell;
 use hull_tests::vm::mounts_below;
 use hull_tests::{bin, require_kvm, workspace_root, TempDir};
 
@@ -223,31 +223,6 @@ fn tail(s: &str, n: usize) -> String {
     lines[lines.len().saturating_sub(n)..].join("\n")
 }
 
-/// Runs `argv` (a shell with a terminal) in tmux: `tty` is a pty, `stty size` is the terminal's
-/// and follows a resize, typing works, Ctrl-D ends it with status 0.
-fn interactive_shell(dir: &Path, argv: &[&str]) {
-    let limit = Duration::from_secs(CTR_LIMIT_SECS.into());
-    let term = Terminal::start(dir, argv, &[], 80, 24);
-    term.type_text("tty; stty size; echo sum-$((40+2))\n");
-    let screen = term.wait_for("sum-42", limit);
-    assert!(screen.contains("/dev/pts/"), "tty is not a pty:\n{screen}");
-    assert!(
-        screen.contains("\n24 80"),
-        "stty size is not 24x80:\n{screen}"
-    );
-    term.resize(100, 30);
-    term.type_text("stty size\n");
-    term.wait_for("\n30 100", limit);
-    term.keys(&["C-d"]);
-    let code = term.wait_exit(limit);
-    assert_eq!(
-        code,
-        0,
-        "Ctrl-D ends the shell; the terminal shows:\n{}",
-        term.screen()
-    );
-}
-
 fn host_kernel_release() -> String {
     std::fs::read_to_string("/proc/sys/kernel/osrelease")
         .unwrap()
@@ -364,7 +339,11 @@ fn ctr_runs_tasks_in_hull_vms() {
     };
     let argv = ctr(&["task", "exec", "-t", "--exec-id", "e3", "t2", "sh"]);
     let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
-    interactive_shell(c.dir.path(), &argv);
+    interactive_shell(
+        c.dir.path(),
+        &argv,
+        Duration::from_secs(CTR_LIMIT_SECS.into()),
+    );
 
     // Kill: STOPPED; removal leaves no VM and no mount.
     c.ctr_ok(&["task", "kill", "-s", "KILL", "t2"]);
@@ -384,7 +363,11 @@ fn ctr_runs_tasks_in_hull_vms() {
     // `ctr run -t`: a shell on a real terminal, in a VM of its own that goes with it.
     let argv = ctr(&["run", "-t", "--rm", "--runtime", RUNTIME, img, "t5", "sh"]);
     let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
-    interactive_shell(c.dir.path(), &argv);
+    interactive_shell(
+        c.dir.path(),
+        &argv,
+        Duration::from_secs(CTR_LIMIT_SECS.into()),
+    );
     c.wait_until("t5's VM gone", || vmm_pids(&c.shim_root).is_empty());
     assert!(
         !c.shim_root.join(NS).join("t5").exists(),
