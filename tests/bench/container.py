@@ -19,7 +19,7 @@ in even ones. Prints every round, per-runtime median/min/max and the ratios hull
 import argparse, os, select, shutil, signal, statistics, subprocess, sys, tempfile, time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from oci import (BenchError, become_subreaper, busybox_bundle, check_tools, leftovers,  # noqa: E402
+from oci import (BenchError, become_subreaper, run_main, busybox_bundle, check_tools, leftovers,  # noqa: E402
                  reap_orphans, write_hull_config)
 
 LINE = b"ready"
@@ -152,8 +152,4 @@ def main():
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except BenchError as e:
-        print(f"bench: {e}", file=sys.stderr)
-        sys.exit(1)
+    run_main(main)

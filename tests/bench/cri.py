@@ -43,7 +43,7 @@ here = os.path.dirname(os.path.abspath(__file__))
 top = os.path.dirname(os.path.dirname(here))
 sys.path.insert(0, here)
 sys.path.insert(0, os.path.join(top, "tests", "cri"))
-from oci import BenchError, check_tools, write_hull_config  # noqa: E402
+from oci import BenchError, check_tools, run_main, write_hull_config  # noqa: E402
 from pss import pss_kib, vmm_memory  # noqa: E402
 import hullcri  # noqa: E402  (exits naming scripts/install-cri-client.sh when grpc or the stubs are missing)
 
@@ -480,8 +480,4 @@ def main():
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except BenchError as e:
-        print(f"bench: {e}", file=sys.stderr)
-        sys.exit(1)
+    run_main(main)

@@ -23,7 +23,7 @@ shown; inside hull's guest that same sleep is part of guest RAM.
 import argparse, json, os, shutil, signal, statistics, subprocess, sys, tempfile, time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from oci import (BenchError, become_subreaper, busybox_bundle, check_tools, leftovers,  # noqa: E402
+from oci import (BenchError, become_subreaper, run_main, busybox_bundle, check_tools, leftovers,  # noqa: E402
                  reap_orphans, write_hull_config)
 from pss import pss_kib, vmm_memory  # noqa: E402
 
@@ -174,8 +174,4 @@ def main():
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except BenchError as e:
-        print(f"bench: {e}", file=sys.stderr)
-        sys.exit(1)
+    run_main(main)

@@ -11,6 +11,16 @@ PR_SET_CHILD_SUBREAPER = 36
 BUSYBOX = "/bin/busybox"
 
 
+def run_main(main):
+    """Runs a bench's main: a BenchError is printed as `bench: ...` and exits 1."""
+    import sys
+    try:
+        main()
+    except BenchError as e:
+        print(f"bench: {e}", file=sys.stderr)
+        sys.exit(1)
+
+
 class BenchError(RuntimeError):
     pass
 
