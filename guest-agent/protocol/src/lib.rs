@@ -109,6 +109,7 @@ pub mod error;
 pub mod frame;
 pub mod messages;
 pub mod mount;
+pub mod network;
 
 pub use container::{
     check_container_id, CgroupCpu, CgroupIoDevice, CgroupMemory, CgroupPids, ContainerInfo,
@@ -118,6 +119,7 @@ pub use error::{AgentError, ErrorKind, FrameError};
 pub use frame::{encode_frame, FrameDecoder};
 pub use messages::*;
 pub use mount::{check_path, FsType, MountOption, MountRequest};
+pub use network::{IpNet, NetInterface, NetRoute, NetworkConfig};
 
 /// Version of the agent protocol; both ends must agree exactly.
 pub const PROTOCOL_VERSION: u32 = 2;

@@ -218,6 +218,9 @@ pub enum Request {
         #[serde(default)]
         force: bool,
     },
+    /// Configure the guest's NICs (found by MAC: renamed, MTU, addresses, up), loopback and
+    /// routes, checked first with [`crate::NetworkConfig::check`]. Reply: [`Response::Done`].
+    ConfigureNetwork(crate::NetworkConfig),
 }
 
 impl Request {
@@ -248,6 +251,7 @@ impl Request {
         "update_container",
         "container_stats",
         "delete_container",
+        "configure_network",
     ];
 
     /// This request's `type` name.
@@ -278,6 +282,7 @@ impl Request {
             Request::UpdateContainer { .. } => "update_container",
             Request::ContainerStats { .. } => "container_stats",
             Request::DeleteContainer { .. } => "delete_container",
+            Request::ConfigureNetwork(_) => "configure_network",
         }
     }
 }
