@@ -85,6 +85,25 @@ fn all_requests() -> Vec<Request> {
             id: "c1".into(),
             force: true,
         },
+        Request::ConfigureNetwork(hull_agent_protocol::NetworkConfig {
+            interfaces: vec![hull_agent_protocol::NetInterface {
+                name: "eth0".into(),
+                mac: "02:42:ac:11:00:02".into(),
+                mtu: 1500,
+                addresses: vec![hull_agent_protocol::IpNet {
+                    addr: "172.17.0.2".parse().unwrap(),
+                    prefix_len: 16,
+                }],
+            }],
+            routes: vec![hull_agent_protocol::NetRoute {
+                destination: None,
+                gateway: Some("172.17.0.1".parse().unwrap()),
+                device: "eth0".into(),
+                source: None,
+                metric: Some(100),
+                scope_link: false,
+            }],
+        }),
     ]
 }
 
