@@ -15,7 +15,14 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 /// The workspace root (the clone).
+/// The clone's top directory. `HULL_SOURCE_DIR` overrides it; `tests/run-vm-tests` sets it to
+/// the clone it runs from: cargo reuses a test binary built in another clone with the same
+/// sources (the shared target dir is keyed by content), and that binary's `CARGO_MANIFEST_DIR`
+/// names the other clone, which may be gone.
 pub fn workspace_root() -> PathBuf {
+    if let Some(d) = std::env::var_os("HULL_SOURCE_DIR") {
+        return PathBuf::from(d);
+    }
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
         .expect("tests/ has a parent")

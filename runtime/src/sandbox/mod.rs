@@ -34,7 +34,9 @@ use nix::unistd::Pid;
 use crate::agent::{AgentClient, Endpoint};
 use crate::config::RuntimeConfig;
 use crate::vmm::VmmProcess;
-pub use state::{process_start_time, SandboxState, StateLock, LOCK_FILE, STATE_FILE};
+pub use state::{
+    process_start_time, process_stopped, SandboxState, StateLock, LOCK_FILE, STATE_FILE,
+};
 
 /// The virtio-fs tag of the sandbox's share.
 pub const SHARE_TAG: &str = "hull-shared";
@@ -48,6 +50,9 @@ const GUEST_CID: u64 = 3;
 pub const MAX_ID_LEN: usize = 128;
 /// How long a guest may take to boot to its agent (generous: nested emulation is slow).
 pub const DEFAULT_BOOT_TIMEOUT: Duration = Duration::from_secs(300);
+/// How long hull-vmm gets to answer its API (a stats request on load, a shutdown on stop)
+/// before it is taken for hung. Its API thread answers whatever the guest does.
+const VMM_PROBE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Most bytes of a Unix socket path.
 const MAX_SOCKET_PATH: usize = 107;
 /// Where a sandbox's sockets go when its directory is too deep for them.
@@ -138,6 +143,9 @@ pub struct Sandbox {
     agent: Option<AgentClient>,
     /// Why the agent could not be reached when the sandbox was loaded.
     agent_error: Option<String>,
+    /// hull-vmm runs but answers nothing (stopped, or its API silent): nothing is asked of it
+    /// any more, stopping it is a SIGKILL.
+    vmm_hung: bool,
     _lock: StateLock,
 }
 
@@ -243,6 +251,7 @@ impl Sandbox {
                 state,
                 agent: Some(agent),
                 agent_error: None,
+                vmm_hung: false,
                 _lock: lock,
             }),
             Err(e) => {
@@ -352,9 +361,16 @@ impl Sandbox {
             state,
             agent: None,
             agent_error: None,
+            vmm_hung: false,
             _lock: lock,
         };
         if sb.vmm_running() {
+            if let Some(why) = vmm_unresponsive(&sb.dir, sb.state.vmm_pid).await {
+                tracing::warn!("sandbox {id}: {why}");
+                sb.agent_error = Some(why);
+                sb.vmm_hung = true;
+                return Ok(sb);
+            }
             let endpoint = Endpoint::vm(socket_dir(&sb.dir).join("vsock.sock"));
             match AgentClient::connect(endpoint, Duration::from_secs(30)).await {
                 Ok(a) => sb.agent = Some(a),
@@ -405,10 +421,22 @@ impl Sandbox {
         }
     }
 
+    /// Kills hull-vmm with SIGKILL, and so the VM and everything in it: what a SIGKILL to a
+    /// container must still do when its VM does not answer (the directory stays for
+    /// [`Sandbox::destroy`] / [`cleanup`]).
+    pub async fn kill_vm(&self) -> Result<(), SandboxError> {
+        kill_vmm(&self.state)?;
+        self.wait_vmm_gone(Duration::from_secs(10)).await;
+        Ok(())
+    }
+
     /// Stops the VM: the agent shuts the guest down; if the VMM is still there after `grace`,
-    /// its API stops the VM at once; if even that fails, SIGKILL. Leaves the directory for
-    /// [`Sandbox::destroy`] / [`cleanup`].
+    /// its API stops the VM at once; if even that fails, SIGKILL (at once for a VMM found hung
+    /// on load). Leaves the directory for [`Sandbox::destroy`] / [`cleanup`].
     pub async fn stop(&mut self, grace: Duration) -> Result<(), SandboxError> {
+        if self.vmm_hung {
+            return self.kill_vm().await;
+        }
         if let Some(agent) = self.agent.take() {
             if let Err(e) = agent.shutdown(Some(grace)).await {
                 tracing::debug!("agent shutdown: {e}");
@@ -423,7 +451,7 @@ impl Sandbox {
                 timeout_ms: Some(0),
             })
             .unwrap_or_default();
-            if let Err(e) = crate::vmm::api_request(&api, &line) {
+            if let Err(e) = crate::vmm::api_request_within(&api, &line, VMM_PROBE_TIMEOUT) {
                 tracing::debug!("API shutdown: {e}");
             }
             if self.wait_vmm_gone(Duration::from_secs(5)).await {
@@ -450,6 +478,7 @@ impl Sandbox {
             state,
             agent,
             agent_error: None,
+            vmm_hung: false,
             _lock: StateLock::acquire(dir).expect("lock a test sandbox"),
         }
     }
@@ -476,6 +505,39 @@ fn reap(pid: u32) {
         Pid::from_raw(pid as i32),
         Some(nix::sys::wait::WaitPidFlag::WNOHANG),
     );
+}
+
+/// Why the hull-vmm with `pid` of the sandbox in `dir` is taken for hung, if it is: it is
+/// stopped (SIGSTOP), or its API does not answer a stats request within
+/// [`VMM_PROBE_TIMEOUT`]. A VMM answers its API whatever its guest does, so a silent API means
+/// the VMM itself is stuck; asking its agent anything would only wait for a time-out.
+async fn vmm_unresponsive(dir: &Path, pid: u32) -> Option<String> {
+    if process_stopped(pid) {
+        return Some(format!(
+            "hull-vmm (pid {pid}) is stopped and answers nothing"
+        ));
+    }
+    let api = socket_dir(dir).join("api.sock");
+    if !api.exists() {
+        return None;
+    }
+    let line = serde_json::to_string(&hull_vmm_api::ApiRequest::Stats {}).unwrap_or_default();
+    let probe = tokio::task::spawn_blocking(move || {
+        crate::vmm::api_request_within(&api, &line, VMM_PROBE_TIMEOUT)
+    });
+    match probe.await {
+        Ok(Ok(_)) => None,
+        Ok(Err(e)) if vmm_alive_pid(pid) => {
+            Some(format!("hull-vmm (pid {pid}) does not answer its API: {e}"))
+        }
+        // It exited meanwhile: not hung, gone (the caller sees that).
+        Ok(Err(_)) => None,
+        Err(e) => Some(format!("probing hull-vmm (pid {pid}): {e}")),
+    }
+}
+
+fn vmm_alive_pid(pid: u32) -> bool {
+    process_start_time(pid).is_some()
 }
 
 fn vmm_alive(state: &SandboxState) -> bool {

@@ -116,9 +116,40 @@ pub fn process_start_time(pid: u32) -> Option<u64> {
     fields.get(19)?.parse().ok()
 }
 
+/// Whether process `pid` is stopped (state `T`, by SIGSTOP or a job-control signal, or `t`,
+/// by a tracer): a stopped process answers nothing until it is continued.
+pub fn process_stopped(pid: u32) -> bool {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return false;
+    };
+    let state = stat
+        .rfind(')')
+        .and_then(|i| stat.get(i + 2..))
+        .and_then(|rest| rest.split_whitespace().next());
+    matches!(state, Some("T") | Some("t"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_stopped_process_is_seen_stopped() {
+        let mut child = std::process::Command::new("sleep")
+            .arg("100")
+            .spawn()
+            .unwrap();
+        let pid = child.id();
+        assert!(!process_stopped(pid));
+        let p = nix::unistd::Pid::from_raw(pid as i32);
+        nix::sys::signal::kill(p, nix::sys::signal::Signal::SIGSTOP).unwrap();
+        // waitpid with WUNTRACED returns once the stop has happened.
+        nix::sys::wait::waitpid(p, Some(nix::sys::wait::WaitPidFlag::WUNTRACED)).unwrap();
+        assert!(process_stopped(pid));
+        child.kill().unwrap();
+        child.wait().unwrap();
+        assert!(!process_stopped(pid), "a reaped process is not stopped");
+    }
 
     #[test]
     fn start_time_of_this_process_and_of_none() {

@@ -319,13 +319,18 @@ impl Drop for VmmProcess {
 /// Sends one request line to the hull-vmm API socket at `path` and returns the response line
 /// (without its newline). Works for any hull-vmm, also one this process did not start.
 pub fn api_request(path: &Path, line: &str) -> Result<String, VmmError> {
+    api_request_within(path, line, API_TIMEOUT)
+}
+
+/// [`api_request`], with `limit` for each write and read instead of the default.
+pub fn api_request_within(path: &Path, line: &str, limit: Duration) -> Result<String, VmmError> {
     let err = |source| VmmError::Api {
         path: path.to_path_buf(),
         source,
     };
     let mut s = UnixStream::connect(path).map_err(err)?;
-    s.set_read_timeout(Some(API_TIMEOUT)).map_err(err)?;
-    s.set_write_timeout(Some(API_TIMEOUT)).map_err(err)?;
+    s.set_read_timeout(Some(limit)).map_err(err)?;
+    s.set_write_timeout(Some(limit)).map_err(err)?;
     s.write_all(format!("{line}\n").as_bytes()).map_err(err)?;
     let mut out = String::new();
     BufReader::new(std::io::Read::take(s, MAX_RESPONSE))

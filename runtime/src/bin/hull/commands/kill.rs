@@ -5,8 +5,9 @@ use std::process::ExitCode;
 
 use anyhow::{anyhow, bail, Context};
 use hull_runtime::agent::protocol::ContainerStatus;
+use hull_runtime::sandbox::SandboxError;
 
-use super::{block_on, check_id, open_with_status, Ctx};
+use super::{block_on, check_id, open, Ctx};
 use crate::signal::parse_signal;
 
 /// runc's `kill` flags (liboci-cli's makes the signal mandatory; runc's does not).
@@ -28,7 +29,25 @@ pub fn run(ctx: &Ctx, k: &Kill) -> anyhow::Result<ExitCode> {
     check_id(id)?;
     let signal = parse_signal(&k.signal).map_err(|e| anyhow!("{e}"))?;
     block_on(async {
-        let (sb, c, status) = open_with_status(ctx, id).await?;
+        let (sb, c) = open(ctx, id).await?;
+        // A VM that runs but does not answer (hull-vmm stopped or stuck, or its agent
+        // unreachable) cannot deliver a signal. SIGKILL must still work: the VM is killed, and
+        // every process of the container with it (the pid-file process then exits 137).
+        if let Err(e @ SandboxError::AgentUnavailable(_)) = sb.agent() {
+            if signal != libc::SIGKILL {
+                bail!("cannot signal container \"{id}\": its VM does not answer ({e})");
+            }
+            tracing::warn!("container {id}: {e}; SIGKILL kills its VM");
+            return sb
+                .kill_vm()
+                .await
+                .with_context(|| format!("cannot kill the VM of container \"{id}\""));
+        }
+        let status = c
+            .info(&sb)
+            .await
+            .with_context(|| format!("container \"{id}\""))?
+            .status;
         if status == ContainerStatus::Stopped {
             bail!("container not running");
         }
