@@ -15,6 +15,7 @@
 //!   "vsock": { "uds_path": "/run/hull/x/vsock.sock", "guest_cid": 3 },
 //!   "fs": [ { "tag": "rootfs", "shared_dir": "/run/hull/x/rootfs", "read_only": false,
 //!             "cache": "auto", "xattr": false, "writeback": false } ],
+//!   "net": [ { "tap": "hull0", "mac": "02:00:00:00:00:01", "mtu": 1500 } ],
 //!   "api_socket": "/run/hull/x/api.sock"
 //! }
 //! ```
@@ -32,6 +33,7 @@ use std::str::FromStr;
 use serde::{Deserialize, Serialize};
 
 pub use crate::fs::{CachePolicy, FsConfig};
+pub use crate::net::{MacAddr, NetConfig};
 
 /// Most vCPUs a VM may have.
 pub const MAX_VCPUS: u32 = 32;
@@ -194,6 +196,9 @@ pub struct VmConfig {
     /// virtio-fs shares, one device each (the guest mounts them with `mount -t virtiofs TAG`).
     #[serde(default)]
     pub fs: Vec<FsConfig>,
+    /// virtio-net devices, one each, backed by existing host tap interfaces.
+    #[serde(default)]
+    pub net: Vec<NetConfig>,
     /// The control API's Unix socket.
     #[serde(default)]
     pub api_socket: Option<PathBuf>,
@@ -231,6 +236,7 @@ impl VmConfig {
             serial_max_bytes: DEFAULT_SERIAL_MAX_BYTES,
             vsock: None,
             fs: Vec::new(),
+            net: Vec::new(),
             api_socket: None,
         }
     }
@@ -259,7 +265,7 @@ impl VmConfig {
 
     /// Number of virtio-mmio devices this configuration creates.
     pub fn virtio_device_count(&self) -> usize {
-        usize::from(self.vsock.is_some()) + self.fs.len()
+        usize::from(self.vsock.is_some()) + self.fs.len() + self.net.len()
     }
 
     /// The kernel command line without the virtio-mmio device parameters (which the VMM adds
@@ -278,13 +284,18 @@ mod tests {
         let p = Path::new("vm.json");
         let c = VmConfig::from_json(
             r#"{"kernel":"/k","vcpus":2,"memory_mib":128,"serial":"/tmp/x.log",
-                "vsock":{"uds_path":"/tmp/v.sock"},"memory_backing":"memfd"}"#,
+                "vsock":{"uds_path":"/tmp/v.sock"},"memory_backing":"memfd",
+                "net":[{"tap":"tap0","mac":"02:00:00:00:00:01"},{"tap":"tap1","mtu":9000}]}"#,
             p,
         )
         .unwrap();
         assert_eq!(c.serial, SerialConfig::File("/tmp/x.log".into()));
         assert_eq!(c.vsock.as_ref().unwrap().guest_cid, 3);
         assert_eq!(c.memory_backing, MemoryBacking::Memfd);
+        assert_eq!(c.net.len(), 2);
+        assert_eq!(c.net[0].mac, Some(MacAddr([2, 0, 0, 0, 0, 1])));
+        assert_eq!(c.net[1].mtu, Some(9000));
+        assert_eq!(c.virtio_device_count(), 3);
         let back: VmConfig = serde_json::from_str(&serde_json::to_string(&c).unwrap()).unwrap();
         assert_eq!(back, c);
         let e = VmConfig::from_json(r#"{"kernel":"/k","vcpu":2}"#, p).unwrap_err();

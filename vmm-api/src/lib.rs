@@ -5,7 +5,7 @@
 //! - [`exit`]: why a VM stopped and the process exit status that tells it.
 //!
 //! **Owns**: the types, their JSON form, their defaults and the checks that need nothing but
-//! the data itself (a share's tag, a `--fs` flag's syntax).
+//! the data itself (a share's tag, a `--fs` or `--net` flag's syntax).
 //! **Must not**: touch the host (open files, bind sockets), know the VMM's internals or link
 //! KVM or virtio crates. `hull-vmm` parses and validates these types against the host before
 //! it builds a VM; the runtime (`hull-runtime`) builds them without linking the VMM. This is
@@ -16,6 +16,7 @@ pub mod api;
 pub mod config;
 pub mod exit;
 pub mod fs;
+pub mod net;
 
 pub use api::{ApiRequest, ApiResponse, ExitCounts, RunState, VmStats};
 pub use config::{
@@ -23,3 +24,4 @@ pub use config::{
 };
 pub use exit::ExitReason;
 pub use fs::{CachePolicy, FsConfig, FsSpecError};
+pub use net::{MacAddr, NetConfig, NetSpecError};

@@ -38,6 +38,7 @@ run)
         case "$t" in
             virtio_fs*) max_len=65536 ;;
             vsock_tx | vsock_rx) max_len=32768 ;;
+            virtio_net_tx) max_len=98304 ;;
             agent_*) max_len=65536 ;;
             *) max_len=4096 ;;
         esac

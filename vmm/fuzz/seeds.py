@@ -56,6 +56,30 @@ def vsock_tx():
         put(name, image(pkts))
 
 
+def virtio_net_tx():
+    # A frame split into its vnet header and two pieces, a frame in one descriptor, and a chain
+    # with a write-only descriptor; then a frame from the tap (bytes past 0x8000).
+    mem = bytearray(0x2000)
+    hdr = bytes(12)
+    eth = bytes.fromhex("020000000001020000000002") + b"\x08\x00" + bytes(range(46))
+    descs = [(0x1000, 12, 1, 1), (0x1100, 20, 1, 2), (0x1200, len(eth) - 20, 0, 0),
+             (0x1300, 12 + len(eth), 0, 0),
+             (0x1400, 12, 1, 5), (0x1500, 60, 2, 0)]
+    mem[0x1000:0x100c] = hdr
+    mem[0x1100:0x1100 + 20] = eth[:20]
+    mem[0x1200:0x1200 + len(eth) - 20] = eth[20:]
+    mem[0x1300:0x1300 + 12 + len(eth)] = hdr + eth
+    for i, (a, l, f, n) in enumerate(descs):
+        mem[16 * i:16 * i + 16] = struct.pack("<QIHH", a, l, f, n)
+    heads = [0, 3, 4]
+    mem[0x100:0x104] = struct.pack("<HH", 0, len(heads))
+    for i, h in enumerate(heads):
+        mem[0x104 + 2 * i:0x106 + 2 * i] = struct.pack("<H", h)
+    image = bytes(mem) + bytes(0x8000 - len(mem))
+    put("tx_only", bytes(mem))
+    put("tx_and_rx", image + hdr + eth * 40)
+
+
 def vsock_rx():
     # RX buffers: header + data descriptors (well formed, split oddly, too short, pointing
     # outside memory), avail ring at 0x100.
@@ -256,6 +280,6 @@ def agent_client():
 
 {
     "vsock_tx": vsock_tx, "vsock_rx": vsock_rx, "vsock_connect": vsock_connect,
-    "virtio_fs": fs_seeds, "virtio_fs_ro": fs_seeds, "mmio": mmio, "api_line": api_line,
+    "virtio_net_tx": virtio_net_tx, "virtio_fs": fs_seeds, "virtio_fs_ro": fs_seeds, "mmio": mmio, "api_line": api_line,
     "agent_requests": agent_requests, "agent_replies": agent_replies, "agent_client": agent_client,
 }[TARGET]()

@@ -1,6 +1,6 @@
 //! Building a VM from its configuration: guest memory and the KVM VM, the kernel and initramfs,
-//! the legacy devices (COM1, i8042), the virtio devices (through the MMIO device manager), the
-//! command line and boot information, the vCPUs, and the control plane. What comes out is a
+//! the legacy devices (COM1, i8042), the virtio devices (vsock, fs, net; through the MMIO device
+//! manager), the command line and boot information, the vCPUs, and the control plane. What comes out is a
 //! [`Vmm`] ready to run: no guest instruction has run yet.
 
 use std::fs::{File, OpenOptions};
@@ -24,6 +24,7 @@ use crate::devices::legacy::i8042::I8042;
 use crate::devices::legacy::serial::{CappedFile, SerialDevice, SerialOut, SerialSink};
 use crate::devices::legacy::EventFdTrigger;
 use crate::devices::virtio::fs::Fs;
+use crate::devices::virtio::net::Net;
 use crate::devices::virtio::vsock::Vsock;
 use crate::exit::ExitState;
 use crate::rpc_interface::{signal_fd, ControlSubscriber, VmmHandle};
@@ -147,6 +148,10 @@ pub(crate) fn build(config: &VmConfig) -> Result<Vmm, VmmError> {
     for share in &config.fs {
         // Fs::new checks the shared directory.
         devices.add(&vm, &mem, Fs::new(share.clone())?)?;
+    }
+    for net in &config.net {
+        // Net::new opens the tap; an error names it.
+        devices.add(&vm, &mem, Net::new(net)?)?;
     }
 
     // Command line and boot information.

@@ -72,6 +72,10 @@ pub enum ConfigError {
     Fs(#[from] FsError),
     #[error("virtio-fs: tag `{0}` is used by two shares")]
     DuplicateFsTag(String),
+    #[error("virtio-net: {0}")]
+    Net(#[from] hull_vmm_api::NetSpecError),
+    #[error("virtio-net: tap `{0}` is used by two devices")]
+    DuplicateTap(String),
     #[error("too many virtio devices: {0} (at most {VIRTIO_MMIO_MAX_DEVICES})")]
     TooManyDevices(usize),
 }
@@ -224,6 +228,13 @@ impl Validate for VmConfig {
             }
         }
 
+        for (i, net) in self.net.iter().enumerate() {
+            net.validate()?;
+            if self.net[..i].iter().any(|n| n.tap == net.tap) {
+                return Err(ConfigError::DuplicateTap(net.tap.clone()));
+            }
+        }
+
         if let Some(v) = &self.vsock {
             if !(3..=0xffff_fffe).contains(&v.guest_cid) {
                 return Err(ConfigError::Cid(v.guest_cid));
@@ -358,6 +369,27 @@ mod tests {
             .map(|i| FsConfig::new(format!("t{i}"), &share))
             .collect();
         assert!(d.validate().unwrap_err().to_string().contains("too many"));
+    }
+
+    #[test]
+    fn net_devices_are_checked() {
+        let t = Tmp::new("net");
+        let mut c = good(&t);
+        c.net = vec![NetConfig::new("tap0"), NetConfig::new("tap1")];
+        assert_eq!(c.virtio_device_count(), 2);
+        c.validate().unwrap();
+        c.net[1].tap = "tap0".into();
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("tap `tap0` is used by two devices"), "{e}");
+        c.net[1] = NetConfig {
+            mtu: Some(10),
+            ..NetConfig::new("tap1")
+        };
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("MTU 10"), "{e}");
+        c.net[1] = NetConfig::new("");
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("tap name"), "{e}");
     }
 
     #[test]

@@ -72,6 +72,8 @@ pub enum VmmError {
     Vsock(#[from] VsockError),
     #[error("virtio-fs: {0}")]
     Fs(#[from] FsError),
+    #[error("virtio-net: {0}")]
+    Net(#[from] crate::devices::virtio::net::NetError),
 }
 
 /// Removes the sockets the VMM created, however `run` ends.

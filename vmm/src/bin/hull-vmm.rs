@@ -4,7 +4,9 @@
 use std::path::PathBuf;
 
 use clap::Parser;
-use hull_vmm::config::{BootProtocolConfig, FsConfig, MemoryBacking, SerialConfig, VsockConfig};
+use hull_vmm::config::{
+    BootProtocolConfig, FsConfig, MemoryBacking, NetConfig, SerialConfig, VsockConfig,
+};
 use hull_vmm::VmConfig;
 
 /// Boot a hull microVM. Flags override the values of --config.
@@ -55,10 +57,18 @@ struct Args {
     /// `mount -t virtiofs TAG DIR`.
     #[arg(long = "fs", value_name = "TAG=HOSTDIR[,ro][,cache=never|metadata|auto|always][,xattr][,writeback]", value_parser = parse_fs)]
     fs: Vec<FsConfig>,
+    /// virtio-net device on an existing host tap interface, repeatable (added to the config's
+    /// devices, one device each).
+    #[arg(long = "net", value_name = "tap=NAME[,mac=aa:bb:cc:dd:ee:ff][,mtu=N]", value_parser = parse_net)]
+    net: Vec<NetConfig>,
 }
 
 fn parse_fs(s: &str) -> Result<FsConfig, String> {
     FsConfig::parse_cli(s).map_err(|e| e.to_string())
+}
+
+fn parse_net(s: &str) -> Result<NetConfig, String> {
+    NetConfig::parse_cli(s).map_err(|e| e.to_string())
 }
 
 fn config_from(args: Args) -> anyhow::Result<VmConfig> {
@@ -112,6 +122,7 @@ fn config_from(args: Args) -> anyhow::Result<VmConfig> {
         c.api_socket = Some(v);
     }
     c.fs.extend(args.fs);
+    c.net.extend(args.net);
     Ok(c)
 }
 
@@ -152,5 +163,39 @@ fn main() {
             eprintln!("hull-vmm: {e}");
             std::process::exit(1);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<VmConfig, String> {
+        let args = Args::try_parse_from(["hull-vmm", "--kernel", "/k"].iter().chain(args))
+            .map_err(|e| e.to_string())?;
+        config_from(args).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn net_flags_add_one_device_each() {
+        let c = parse(&[
+            "--net",
+            "tap=tap0",
+            "--net",
+            "tap=tap1,mac=02:00:00:00:00:01,mtu=1400",
+        ])
+        .unwrap();
+        assert_eq!(c.net.len(), 2);
+        assert_eq!(c.net[0], NetConfig::new("tap0"));
+        assert_eq!(c.net[1].tap, "tap1");
+        assert_eq!(c.net[1].mac.unwrap().to_string(), "02:00:00:00:00:01");
+        assert_eq!(c.net[1].mtu, Some(1400));
+        let e = parse(&["--net", "tap=t,speed=10"]).unwrap_err();
+        assert!(e.contains("unknown key `speed`"), "{e}");
+        let e = parse(&["--net", "tap=t,mtu=12"]).unwrap_err();
+        assert!(e.contains("MTU 12"), "{e}");
+        let e = parse(&["--net", "tap=t,mac=nope"]).unwrap_err();
+        assert!(e.contains("`nope`"), "{e}");
+        assert!(parse(&[]).unwrap().net.is_empty());
     }
 }

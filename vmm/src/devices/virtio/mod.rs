@@ -9,6 +9,7 @@
 
 pub mod fs;
 pub mod mmio;
+pub mod net;
 #[cfg(test)]
 pub(crate) mod test_utils;
 pub mod vsock;
@@ -91,7 +92,7 @@ pub fn check_activation(
 
 /// A virtio device behind a transport.
 pub trait VirtioDevice: Send {
-    /// Virtio device ID (e.g. 19 for vsock, 26 for fs).
+    /// Virtio device ID (e.g. 1 for net, 19 for vsock, 26 for fs).
     fn device_type(&self) -> u32;
     /// Maximum size of each of the device's queues; its length is the number of queues.
     fn queue_max_sizes(&self) -> &[u16];
