@@ -85,6 +85,25 @@ fn all_requests() -> Vec<Request> {
             id: "c1".into(),
             force: true,
         },
+        Request::ConfigureNetwork(NetworkConfig {
+            interfaces: vec![NetInterface {
+                name: "eth0".into(),
+                mac: "02:42:ac:11:00:02".into(),
+                mtu: 1500,
+                addresses: vec![IpNet {
+                    addr: "fd00::2".parse().unwrap(),
+                    prefix_len: 64,
+                }],
+            }],
+            routes: vec![NetRoute {
+                destination: None,
+                gateway: Some("fd00::1".parse().unwrap()),
+                device: "eth0".into(),
+                source: None,
+                metric: Some(100),
+                scope_link: false,
+            }],
+        }),
     ]
 }
 
