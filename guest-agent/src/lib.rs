@@ -9,7 +9,7 @@
 //! Layout: `server` handles connections (hello, framing, in-flight ids, replies, stream and log
 //! connections) and never looks inside a request; `service` maps each request to the agent's
 //! state and returns the reply, knowing nothing of sockets; below it `process` (spawn, reaper,
-//! streams), `mounts`, `stats`, `init` (PID 1) and, next, `container` (OCI containers).
+//! streams), `mounts`, `network` (`configure_network`, public for its tests), `stats`, `init` (PID 1) and, next, `container` (OCI containers).
 //! `transport` is vsock or a Unix socket, `log` the tracing backlog.
 //!
 //! What it must never do:
@@ -31,6 +31,7 @@ mod container;
 mod init;
 mod log;
 mod mounts;
+pub mod network;
 mod process;
 mod server;
 mod service;

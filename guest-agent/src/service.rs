@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 
 use hull_agent_protocol::{
     AgentError, AgentMode, CreateContainerRequest, ErrorKind, ExecRequest, ExitStatus, GuestStats,
-    HealthInfo, MountRequest, ProcessId, ProcessInfo, Request, Response, SpawnRequest, StdStream,
-    VersionInfo, PROTOCOL_VERSION,
+    HealthInfo, MountRequest, NetworkConfig, ProcessId, ProcessInfo, Request, Response,
+    SpawnRequest, StdStream, VersionInfo, PROTOCOL_VERSION,
 };
 use nix::sys::signal::Signal;
 use tokio::sync::oneshot;
@@ -33,6 +33,8 @@ pub struct Agent {
     started: Instant,
     /// Set once by a shutdown request: the grace period.
     shutdown: Mutex<Option<oneshot::Sender<u32>>>,
+    /// One `configure_network` at a time.
+    network: tokio::sync::Mutex<()>,
 }
 
 /// Something to do once a reply has been written (or could not be).
@@ -69,6 +71,7 @@ impl Agent {
                 mode,
                 started: Instant::now(),
                 shutdown: Mutex::new(Some(tx)),
+                network: tokio::sync::Mutex::new(()),
             }),
             rx,
         )
@@ -129,6 +132,7 @@ impl Agent {
             Request::DeleteContainer { id, force } => {
                 done(self.containers.delete(&self.procs, &id, force).await)
             }
+            Request::ConfigureNetwork(cfg) => done(self.configure_network(cfg).await),
             other => Err(AgentError::new(
                 ErrorKind::UnknownRequest,
                 format!(
@@ -251,6 +255,24 @@ impl Agent {
         tokio::task::spawn_blocking(move || crate::mounts::unmount_fs(&target, lazy))
             .await
             .map_err(|e| AgentError::new(ErrorKind::Io, format!("unmount task: {e}")))?
+    }
+
+    /// Checks the request first (an invalid one is refused in both modes); host mode then
+    /// refuses it: the agent does not change its host's network.
+    pub async fn configure_network(&self, cfg: NetworkConfig) -> Result<(), AgentError> {
+        cfg.check()?;
+        if self.mode == AgentMode::Host {
+            return Err(AgentError::new(
+                ErrorKind::Unsupported,
+                "configure_network is refused in host mode: the agent does not change its \
+                 host's network",
+            ));
+        }
+        let _one = self.network.lock().await;
+        crate::network::configure(&cfg).await.map_err(|e| {
+            tracing::warn!("configure_network: {e}");
+            AgentError::from(e)
+        })
     }
 
     /// Answers at once; the shutdown itself starts once the reply is written.

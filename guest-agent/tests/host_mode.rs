@@ -668,3 +668,34 @@ async fn connect_retry_waits_for_the_agent_and_gives_up_at_the_deadline() {
         .unwrap();
     c.health().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn configure_network_is_checked_then_refused_in_host_mode() {
+    use hull_agent_protocol::{IpNet, NetInterface, NetworkConfig, Request};
+    let (_agent, c) = TestAgent::with_client().await;
+    let mut cfg = NetworkConfig {
+        interfaces: vec![NetInterface {
+            name: "eth0".into(),
+            mac: "02:42:ac:11:00:zz".into(),
+            mtu: 1500,
+            addresses: vec![IpNet {
+                addr: "172.17.0.2".parse().unwrap(),
+                prefix_len: 16,
+            }],
+        }],
+        routes: vec![],
+    };
+    // A bad MAC: the request's own error, over the real protocol.
+    let e = c
+        .call(Request::ConfigureNetwork(cfg.clone()), None)
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("invalid MAC"), "{e}");
+    assert_eq!(kind(e), ErrorKind::InvalidArgument);
+    // A valid one never touches the host's network.
+    cfg.interfaces[0].mac = "02:42:ac:11:00:02".into();
+    assert_kind(
+        c.call(Request::ConfigureNetwork(cfg), None).await,
+        ErrorKind::Unsupported,
+    );
+}

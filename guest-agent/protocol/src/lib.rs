@@ -97,6 +97,15 @@
 //! `update_container`, `container_stats` and `delete_container`. A container's init and its
 //! execs are agent processes like spawned ones (streams, `wait`, resize, `close_stdin`).
 //!
+//! # Network
+//!
+//! `configure_network` ([`NetworkConfig`], reply `done`) gives the guest the sandbox namespace's
+//! network: each NIC is found by its MAC, renamed, given its MTU and addresses (old ones
+//! flushed) and brought up; `lo` is brought up; then the routes are added in order. It is
+//! checked first ([`NetworkConfig::check`]: an invalid request changes nothing, nor does one
+//! naming a MAC the guest lacks) and may be repeated with the same request. Host mode refuses
+//! it ([`ErrorKind::Unsupported`]) after the check.
+//!
 //! # Growing the protocol
 //!
 //! [`Request`] and [`Response`] are internally tagged (`"type"`) enums: new calls (containers:
