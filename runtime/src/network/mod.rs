@@ -26,6 +26,9 @@ mod netns;
 mod plumb;
 mod tap;
 
+#[cfg(test)]
+mod tests;
+
 use std::io;
 use std::path::{Path, PathBuf};
 
