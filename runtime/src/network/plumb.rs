@@ -177,10 +177,14 @@ pub(super) async fn teardown(h: &Handle) -> Result<(), NetworkError> {
                 ))
             }
         };
-        // Ours: a filter redirecting to a hull tap, or no filter at all (a crash between adding
-        // the qdisc and its filter); an ingress qdisc without filters does nothing anyway.
+        // Ours: a filter redirecting to a hull tap or to a link that is gone (a tap deleted by
+        // a teardown that crashed before it got here), or no filter at all (a crash between
+        // adding the qdisc and its filter); an ingress qdisc without filters does nothing anyway.
         let targets: Vec<u32> = filters.iter().flat_map(mirred_targets).collect();
-        let ours = filters.is_empty() || targets.iter().any(|t| taps.iter().any(|l| l.index == *t));
+        let ours = filters.is_empty()
+            || targets.iter().any(|t| {
+                taps.iter().any(|l| l.index == *t) || !links.iter().any(|l| l.index == *t)
+            });
         if !ours {
             tracing::debug!(interface = %link.name, "leaving an ingress qdisc that is not hull's");
             continue;
