@@ -13,5 +13,6 @@ pub mod config;
 pub mod container;
 pub mod host_cgroup;
 pub mod mount;
+pub mod network;
 pub mod sandbox;
 pub mod vmm;

@@ -1,0 +1,158 @@
+//! The host side of pod networking, as Kata's "tcfilter" mode does it.
+//!
+//! A pod (CRI) or docker container gets its network as interfaces (a veth from the CNI bridge
+//! plugin or docker) in a network namespace. hull mirrors each of them into the VM:
+//!
+//! 1. [`inspect`] reads the namespace (links, addresses, main-table routes) into the
+//!    [`NetworkConfig`] the guest agent applies (`configure_network`).
+//! 2. [`plumb`] creates, in that namespace, one persistent tap per interface (`tap0_hull`,
+//!    `tap1_hull`, ...) with the interface's MTU, and joins the two with tc: an ingress qdisc on
+//!    each and a u32 match-all filter with `mirred egress redirect` to the other device (as
+//!    `tc filter add dev eth0 parent ffff: protocol all u32 match u8 0 0 action mirred egress
+//!    redirect dev tap0_hull`). hull-vmm then opens the taps by name in the same namespace and
+//!    gives the guest NIC the interface's MAC ([`TapDevice`]).
+//! 3. [`teardown`] removes the taps (and with them their qdiscs and filters) and the ingress
+//!    qdisc on the original interfaces. It needs only the namespace path (it finds `*_hull` taps
+//!    and the qdiscs redirecting to them), so it also cleans up after a crash.
+//!
+//! A failed [`plumb`] undoes everything it did before returning the error.
+//!
+//! Every netlink conversation runs on a dedicated thread that `setns(CLONE_NEWNET)`s into the
+//! namespace, runs a current-thread tokio runtime with the `rtnetlink` connection, and exits:
+//! the thread is never reused, so no other work ever runs in the pod's namespace.
+
+mod inspect;
+mod netns;
+mod plumb;
+mod tap;
+
+#[cfg(test)]
+mod tests;
+
+use std::io;
+use std::path::{Path, PathBuf};
+
+pub use hull_agent_protocol::network::{IpNet, NetInterface, NetRoute, NetworkConfig};
+
+/// Suffix of the taps hull creates; [`teardown`] removes every tun/tap link named so.
+pub const TAP_SUFFIX: &str = "_hull";
+
+/// One tap made by [`plumb`], for the VMM's `--net tap=NAME,mac=MAC,mtu=MTU`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TapDevice {
+    /// The tap's name in the namespace (`tap0_hull`); hull-vmm opens it there with
+    /// `IFF_TAP | IFF_NO_PI | IFF_VNET_HDR`.
+    pub name: String,
+    /// `aa:bb:cc:dd:ee:ff`: the MAC of the mirrored interface, for the guest NIC.
+    pub mac: String,
+    /// The MTU of the mirrored interface (also the tap's).
+    pub mtu: u32,
+}
+
+/// What went wrong reading or changing a network namespace.
+#[derive(Debug, thiserror::Error)]
+pub enum NetworkError {
+    /// The namespace could not be opened or entered, or the path is not a network namespace.
+    #[error("network namespace {path}: {source}")]
+    Namespace { path: PathBuf, source: io::Error },
+    /// An interface hull cannot mirror into the VM.
+    #[error("interface {name}: {reason}")]
+    Unsupported { name: String, reason: String },
+    /// A route hull cannot give the guest (multipath).
+    #[error("route {destination}: {reason}")]
+    UnsupportedRoute { destination: String, reason: String },
+    /// An interface named in the config is not in the namespace.
+    #[error("interface {0}: not found in the network namespace")]
+    NotFound(String),
+    /// A link with the name of the tap hull wanted to create is already there.
+    #[error("tap {0}: a link with that name already exists in the network namespace")]
+    TapExists(String),
+    /// Creating or configuring a tap failed.
+    #[error("tap {name}: {source}")]
+    Tap { name: String, source: io::Error },
+    /// A netlink request failed.
+    #[error("{what}: {source}")]
+    Netlink {
+        what: String,
+        source: rtnetlink::Error,
+    },
+    /// The config has more interfaces than hull mirrors.
+    #[error("{0} interfaces: at most {max} can be mirrored", max = hull_agent_protocol::network::MAX_INTERFACES)]
+    TooMany(usize),
+    /// A setup failed and undoing it failed too: `undo` says what may be left behind.
+    #[error("{error} (and undoing the setup failed: {undo})")]
+    UndoFailed {
+        error: Box<NetworkError>,
+        undo: Box<NetworkError>,
+    },
+    /// The thread working in the namespace could not start, or panicked.
+    #[error("network namespace thread: {0}")]
+    Thread(String),
+}
+
+impl NetworkError {
+    fn netlink(what: impl Into<String>, source: rtnetlink::Error) -> Self {
+        NetworkError::Netlink {
+            what: what.into(),
+            source,
+        }
+    }
+}
+
+/// Reads the network namespace at `netns` (`/var/run/netns/X`, `/proc/PID/ns/net`) into the
+/// config the guest agent applies: every non-loopback link with its MAC, MTU and addresses
+/// (IPv6 link-local ones left out), and the main table's unicast routes through them (IPv6
+/// link-local and multicast ones left out).
+///
+/// `None`, or a namespace with only `lo`, gives an empty config (the guest has loopback only).
+/// A link hull cannot mirror (macvtap, ipvlan/ipvtap, tun/tap other than hull's own
+/// `*_hull` taps, a non-Ethernet link with addresses) or an Ethernet link without any address
+/// is an error naming it. The kernel's per-namespace fallback tunnel devices (`tunl0`, `sit0`,
+/// `gretap0`, ...) without addresses are left out.
+pub fn inspect(netns: Option<&Path>) -> Result<NetworkConfig, NetworkError> {
+    let Some(netns) = netns else {
+        return Ok(NetworkConfig::default());
+    };
+    let ns = netns::open(netns)?;
+    netns::run_in(ns, netns, |h| async move { inspect::read(&h).await })
+}
+
+/// Plumbs every interface of `cfg` (as [`inspect`] gave it) in the namespace at `netns`: a
+/// persistent tap `tap<N>_hull` per interface (N its position in `cfg.interfaces`) with the
+/// interface's MTU, up, and the two tc redirects between them. Returns the taps in the order of
+/// `cfg.interfaces`, for the VMM config.
+///
+/// On any error, everything done so far (for all interfaces) is undone before the error is
+/// returned.
+pub fn plumb(netns: &Path, cfg: &NetworkConfig) -> Result<Vec<TapDevice>, NetworkError> {
+    if cfg.interfaces.is_empty() {
+        return Ok(Vec::new());
+    }
+    if cfg.interfaces.len() > hull_agent_protocol::network::MAX_INTERFACES {
+        return Err(NetworkError::TooMany(cfg.interfaces.len()));
+    }
+    let ns = netns::open(netns)?;
+    let interfaces = cfg.interfaces.clone();
+    netns::run_in(
+        ns,
+        netns,
+        |h| async move { plumb::plumb(&h, &interfaces).await },
+    )
+}
+
+/// Removes what [`plumb`] made in the namespace at `netns`: every tun/tap link named
+/// `*_hull`, and the ingress qdisc of every link whose ingress filters redirect to one of them
+/// (or that has an ingress qdisc without any filter, as a crash between adding the qdisc and
+/// its filter leaves). Idempotent; a namespace that is gone (no such path, or no longer a
+/// namespace) is not an error.
+pub fn teardown(netns: &Path) -> Result<(), NetworkError> {
+    let ns = match netns::open(netns) {
+        Ok(ns) => ns,
+        Err(NetworkError::Namespace { source, .. }) if netns::is_gone(&source) => {
+            tracing::debug!(netns = %netns.display(), error = %source, "network namespace gone, nothing to tear down");
+            return Ok(());
+        }
+        Err(e) => return Err(e),
+    };
+    netns::run_in(ns, netns, |h| async move { plumb::teardown(&h).await })
+}
