@@ -508,6 +508,8 @@ impl Service {
         opts.host_cgroup = cgroup
             .as_deref()
             .and_then(hull_runtime::host_cgroup::prepare);
+        // The pod's network namespace (CNI put its interfaces there): the VM takes them over.
+        opts.netns = hull_runtime::network::spec_netns(spec);
         let config = RuntimeConfig::load().map_err(|e| internal(e.to_string()))?;
         let name = pod::sandbox_name(&self.inner.root, id);
         tracing::info!(

@@ -78,11 +78,33 @@ impl Cri {
         let shim_root = dir.join("shim");
         let cni = dir.join("cni");
         std::fs::create_dir_all(&cni).unwrap();
+        // A real CNI (Debian's containernetworking-plugins): a bridge with host-local IPAM,
+        // for the pods that ask for a pod network (the others use the node's network).
+        std::fs::write(
+            cni.join("10-hull-test.conflist"),
+            serde_json::to_vec_pretty(&serde_json::json!({
+                "cniVersion": "1.0.0",
+                "name": "hull-test",
+                "plugins": [{
+                    "type": "bridge",
+                    "bridge": CNI_BRIDGE,
+                    "isGateway": true,
+                    "ipMasq": false,
+                    "ipam": {
+                        "type": "host-local",
+                        "ranges": [[{"subnet": CNI_SUBNET, "gateway": CNI_GATEWAY}]],
+                        "routes": [{"dst": "0.0.0.0/0"}],
+                    },
+                }],
+            }))
+            .unwrap(),
+        )
+        .unwrap();
         let logs = dir.join("logs");
         std::fs::create_dir_all(&logs).unwrap();
         // The node configuration of docs/containerd.md, as written (but its `version` line, which
         // the test's config has already), plus what this test host needs: a local pause image,
-        // no CAP_SYS_RESOURCE, no CNI config (host-network pods), runc kept as a runtime.
+        // no CAP_SYS_RESOURCE, the test's CNI config, runc kept as a runtime.
         let snippet: String =
             doc_block("docs/containerd.md", "## containerd configuration", "toml")
                 .lines()
@@ -528,6 +550,9 @@ fn cri_pods_run_in_hull_vms() {
     // ---- The pod of docs/kubernetes.md, as written there (kubelet's part played by the test).
     phase("pod p1 removed");
     docs_pod(&c, &host);
+    phase("docs pod done");
+    pod_network(&c);
+    phase("pod network done");
     c.assert_nothing_left(&sockets_before);
     phase("docs pod done");
 
@@ -576,6 +601,124 @@ fn cri_pods_run_in_hull_vms() {
     c.ok(&["rmp", &pod.0]);
     c.assert_nothing_left(&sockets_before);
     phase("VMM kill done");
+}
+
+const CNI_BRIDGE: &str = "hullbr0";
+const CNI_SUBNET: &str = "10.99.0.0/24";
+const CNI_GATEWAY: &str = "10.99.0.1";
+
+/// Every network namespace and hull tap in the (emulated) host.
+fn netns_and_taps() -> (Vec<String>, Vec<String>) {
+    let ns: Vec<String> = std::fs::read_dir("/var/run/netns")
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    let mut taps = Vec::new();
+    for n in ns.iter().map(Some).chain([None]) {
+        let mut cmd = Command::new("ip");
+        if let Some(n) = n {
+            cmd.args(["-n", n]);
+        }
+        let out = cmd.args(["-o", "link", "show"]).output().unwrap();
+        taps.extend(
+            text(&out.stdout)
+                .lines()
+                .filter(|l| l.contains("_hull"))
+                .map(|l| format!("{}: {l}", n.map(String::as_str).unwrap_or("host"))),
+        );
+    }
+    (ns, taps)
+}
+
+/// A GET of `http://addr:port/` from the host, with a deadline; the body.
+fn http_get(addr: &str, port: u16) -> Result<String, String> {
+    use std::io::{Read, Write};
+    let sa: std::net::SocketAddr = format!("{addr}:{port}").parse().unwrap();
+    let mut s = std::net::TcpStream::connect_timeout(&sa, Duration::from_secs(30))
+        .map_err(|e| format!("connect {sa}: {e}"))?;
+    s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    write!(s, "GET / HTTP/1.0\r\nHost: {addr}\r\n\r\n").map_err(|e| e.to_string())?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).map_err(|e| e.to_string())?;
+    Ok(out)
+}
+
+/// Pods on a real CNI (bridge + host-local): the guest has the pod IP, the host reaches a
+/// server in the pod at the pod IP, the pod reaches the bridge, two pods reach each other, the
+/// pod's DNS config is the container's /etc/resolv.conf; removing the pods leaves no tap, no tc
+/// filter (they go with the taps and the namespace) and no namespace.
+fn pod_network(c: &Cri) {
+    let before = netns_and_taps();
+    let net = serde_json::json!({"linux": {"security_context": {"namespace_options": {"network": "POD"}}}});
+    let mut extra = net.clone();
+    merge(
+        &mut extra,
+        serde_json::json!({"dns_config": {"servers": ["10.99.0.53"], "searches": ["hull.test"], "options": ["ndots:2"]}}),
+    );
+    let web = "mkdir -p /www && echo pod-ok-$(hostname) > /www/index.html && exec httpd -f -p 8080 -h /www";
+    let pod1 = c.run_pod("n1", extra);
+    let w1 = c.run_container(&pod1, "web", web);
+    let ip1 = c.json(&["inspectp", &pod1.0])["status"]["network"]["ip"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        ip1.starts_with("10.99.0."),
+        "pod n1's IP from the CNI: {ip1:?}"
+    );
+    // The container sees the pod IP on its interface (the guest's NIC).
+    let addrs = c.exec_ok(&w1, &["ip", "-o", "-4", "addr", "show"]);
+    assert!(
+        addrs.contains(&format!("{ip1}/24")),
+        "the pod IP {ip1} in the container:\n{addrs}"
+    );
+    // The host reaches the server in the container at the pod IP.
+    let mut got = Err(String::new());
+    for _ in 0..30 {
+        got = http_get(&ip1, 8080);
+        if got.as_ref().is_ok_and(|b| b.contains("pod-ok")) {
+            break;
+        }
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    let body = got.unwrap_or_else(|e| panic!("the host reaches {ip1}:8080: {e}"));
+    assert!(body.contains("pod-ok"), "the server's page: {body}");
+    // The container reaches the host's bridge address.
+    c.exec_ok(&w1, &["ping", "-c", "1", "-W", "30", CNI_GATEWAY]);
+    // DNS from the pod config.
+    let resolv = c.exec_ok(&w1, &["cat", "/etc/resolv.conf"]);
+    assert!(
+        resolv.contains("nameserver 10.99.0.53") && resolv.contains("search hull.test"),
+        "the pod's DNS config in /etc/resolv.conf:\n{resolv}"
+    );
+
+    // A second pod reaches the first by pod IP.
+    let pod2 = c.run_pod("n2", net);
+    let w2 = c.run_container(&pod2, "client", "exec sleep 1000");
+    let page = c.exec_ok(
+        &w2,
+        &["wget", "-q", "-O", "-", &format!("http://{ip1}:8080/")],
+    );
+    assert!(page.contains("pod-ok"), "pod n2 reaches pod n1: {page}");
+
+    for (pod, ctr) in [(&pod1, &w1), (&pod2, &w2)] {
+        c.ok(&["stop", "--timeout", "5", ctr]);
+        c.ok(&["rm", ctr]);
+        c.ok(&["stopp", &pod.0]);
+        c.ok(&["rmp", &pod.0]);
+    }
+    // A few create/remove cycles of a pod on the network leave nothing either.
+    for n in 0..3 {
+        let pod = c.run_pod(&format!("cycle{n}"), serde_json::json!({"linux": {"security_context": {"namespace_options": {"network": "POD"}}}}));
+        c.ok(&["stopp", &pod.0]);
+        c.ok(&["rmp", &pod.0]);
+    }
+    wait_until("pod network namespaces and taps gone", || {
+        netns_and_taps() == before
+    });
 }
 
 /// docs/kubernetes.md's RuntimeClass and pod, translated as the kubelet does: the

@@ -343,6 +343,17 @@ impl AgentClient {
         self.done("mount", Request::Mount(req)).await
     }
 
+    /// Configures the guest's NICs, loopback and routes (checked here first, as the agent
+    /// checks it again).
+    pub async fn configure_network(
+        &self,
+        cfg: hull_agent_protocol::NetworkConfig,
+    ) -> Result<(), Error> {
+        cfg.check()?;
+        self.done("configure_network", Request::ConfigureNetwork(cfg))
+            .await
+    }
+
     /// Unmounts the file system at `target` (`lazy`: detach it even if busy).
     pub async fn unmount(&self, target: &str, lazy: bool) -> Result<(), Error> {
         hull_agent_protocol::check_path("unmount target", target)?;

@@ -99,6 +99,21 @@ impl NetworkError {
     }
 }
 
+/// The network namespace an OCI spec joins (its `network` namespace entry with a path: CRI's
+/// pod namespace, `ip netns`), which the sandbox's VM takes over. A new namespace (no path) or
+/// none gives None: the VM has loopback only.
+pub fn spec_netns(spec: &oci_spec::runtime::Spec) -> Option<PathBuf> {
+    spec.linux()
+        .as_ref()?
+        .namespaces()
+        .as_ref()?
+        .iter()
+        .find(|n| n.typ() == oci_spec::runtime::LinuxNamespaceType::Network)?
+        .path()
+        .clone()
+        .filter(|p| !p.as_os_str().is_empty())
+}
+
 /// Reads the network namespace at `netns` (`/var/run/netns/X`, `/proc/PID/ns/net`) into the
 /// config the guest agent applies: every non-loopback link with its MAC, MTU and addresses
 /// (IPv6 link-local ones left out), and the main table's unicast routes through them (IPv6

@@ -23,17 +23,19 @@
 
 mod state;
 
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime};
 
 use hull_agent_protocol::MountRequest;
-use hull_vmm_api::{CachePolicy, FsConfig, SerialConfig, VmConfig, VsockConfig};
+use hull_agent_protocol::NetworkConfig;
+use hull_vmm_api::{CachePolicy, FsConfig, NetConfig, SerialConfig, VmConfig, VsockConfig};
 use nix::sys::signal::Signal;
 use nix::unistd::Pid;
 
 use crate::agent::{AgentClient, Endpoint};
 use crate::config::RuntimeConfig;
-use crate::vmm::VmmProcess;
+use crate::vmm::{Launch, VmmProcess};
 pub use state::{
     process_start_time, process_stopped, SandboxState, StateLock, LOCK_FILE, STATE_FILE,
 };
@@ -50,6 +52,9 @@ const GUEST_CID: u64 = 3;
 pub const MAX_ID_LEN: usize = 128;
 /// How long a guest may take to boot to its agent (generous: nested emulation is slow).
 pub const DEFAULT_BOOT_TIMEOUT: Duration = Duration::from_secs(300);
+/// The sandbox directory's record of the network namespace it plumbed (its path), for the
+/// cleanup.
+const NETNS_FILE: &str = "netns";
 /// How long hull-vmm gets to answer its API (a stats request on load, a shutdown on stop)
 /// before it is taken for hung. Its API thread answers whatever the guest does.
 const VMM_PROBE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -103,6 +108,8 @@ pub enum SandboxError {
     PathTooLong { path: PathBuf, len: usize },
     #[error(transparent)]
     Vmm(#[from] crate::vmm::VmmError),
+    #[error("pod network: {0}")]
+    Network(#[from] crate::network::NetworkError),
     #[error("hull-vmm stopped while the guest was booting ({exit}); its log:\n{log}")]
     VmmDied { exit: String, log: String },
     #[error("the guest agent did not come up: {0}")]
@@ -134,6 +141,10 @@ pub struct SandboxOptions {
     /// A cgroup v2 directory hull-vmm starts in (see [`crate::host_cgroup::prepare`]), so that
     /// the whole VM is accounted to the container or pod that asked for it.
     pub host_cgroup: Option<PathBuf>,
+    /// The network namespace whose interfaces the VM takes over (CRI's pod namespace, the OCI
+    /// spec's network namespace path): each gets a tap mirrored to it with tc there, and a
+    /// guest NIC with its MAC, MTU, addresses and routes. None: the guest has loopback only.
+    pub netns: Option<PathBuf>,
 }
 
 /// One sandbox, attached: its state, its lock (held for this handle's life) and its agent.
@@ -303,12 +314,43 @@ impl Sandbox {
         // The host changes the share (mounts, bundles) while the guest runs.
         fs.cache = CachePolicy::Never;
         vm.fs = vec![fs];
+        let network = match &opts.netns {
+            Some(ns) => {
+                // Recorded first, so that a cleanup after a crash anywhere below removes the
+                // taps and filters too.
+                let record = dir.join(NETNS_FILE);
+                std::fs::write(&record, ns.as_os_str().as_bytes()).map_err(|source| {
+                    SandboxError::Io {
+                        what: "cannot record the network namespace",
+                        path: record.clone(),
+                        source,
+                    }
+                })?;
+                let cfg = crate::network::inspect(Some(ns))?;
+                for tap in crate::network::plumb(ns, &cfg)? {
+                    let mut net = NetConfig::new(tap.name.clone());
+                    net.mac = Some(tap.mac.parse().map_err(|e| {
+                        SandboxError::Network(crate::network::NetworkError::Unsupported {
+                            name: tap.name.clone(),
+                            reason: format!("MAC {}: {e}", tap.mac),
+                        })
+                    })?);
+                    net.mtu = u16::try_from(tap.mtu).ok();
+                    vm.net.push(net);
+                }
+                cfg
+            }
+            None => NetworkConfig::default(),
+        };
         let mut vmm = VmmProcess::launch_with(
             &config.vmm,
             &vm,
             dir,
-            &[("HULL_LOG", config.log_level.as_str())],
-            opts.host_cgroup.as_deref(),
+            &Launch {
+                env: &[("HULL_LOG", config.log_level.as_str())],
+                cgroup: opts.host_cgroup.as_deref(),
+                netns: opts.netns.as_deref(),
+            },
         )?;
 
         // Wait for the agent, but not past the VMM's death.
@@ -329,6 +371,8 @@ impl Sandbox {
         agent
             .mount(MountRequest::virtiofs(SHARE_TAG, GUEST_SHARE_DIR))
             .await?;
+        // Before any container: the guest's NICs as the namespace had them (or loopback only).
+        agent.configure_network(network).await?;
         let pid = vmm.pid();
         let state = SandboxState {
             id: id.to_string(),
@@ -580,6 +624,13 @@ fn cleanup_dir(dir: &Path) -> Result<(), SandboxError> {
             std::thread::sleep(Duration::from_millis(20));
         }
         reap(state.vmm_pid);
+    }
+    // The taps and tc filters in the network namespace (hull-vmm, which held the taps, is
+    // gone). A namespace that is gone already took them with it.
+    let record = dir.join(NETNS_FILE);
+    if let Ok(ns) = std::fs::read(&record) {
+        let ns = PathBuf::from(std::ffi::OsString::from_vec(ns));
+        crate::network::teardown(&ns)?;
     }
     // Each container's share first: its removal never deletes through a mount it could not
     // undo (the bundle's rootfs and bind sources are the host's files).

@@ -1,5 +1,6 @@
 use std::fs::File;
 use std::io::{BufRead, BufReader, Write};
+use std::os::fd::AsRawFd;
 use std::os::unix::ffi::OsStringExt;
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
@@ -26,6 +27,12 @@ const MAX_RESPONSE: u64 = 64 * 1024;
 /// What went wrong launching or driving hull-vmm.
 #[derive(Debug, thiserror::Error)]
 pub enum VmmError {
+    #[error("cannot open the network namespace {path}: {source}")]
+    Netns {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("VM directory {path}: {source}")]
     Dir {
         path: PathBuf,
@@ -107,6 +114,19 @@ fn write_file(path: &Path, data: &[u8]) -> Result<(), VmmError> {
     std::fs::rename(&tmp, path).map_err(err)
 }
 
+/// How hull-vmm is started, besides its configuration.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Launch<'a> {
+    /// Extra environment variables.
+    pub env: &'a [(&'a str, &'a str)],
+    /// A cgroup v2 directory it starts in (best effort: if the child cannot join it, it runs
+    /// where its parent is, and a later move still works).
+    pub cgroup: Option<&'a Path>,
+    /// A network namespace it runs in (where the taps of its `net` devices are). Not being able
+    /// to enter it fails the launch.
+    pub netns: Option<&'a Path>,
+}
+
 impl VmmProcess {
     /// Writes `config` to `dir/vm.json` (creating `dir`) and starts `binary --config` on it.
     /// Returns as soon as the process runs: the guest boots in the background. A configuration
@@ -123,18 +143,26 @@ impl VmmProcess {
         dir: &Path,
         env: &[(&str, &str)],
     ) -> Result<VmmProcess, VmmError> {
-        VmmProcess::launch_with(binary, config, dir, env, None)
+        VmmProcess::launch_with(
+            binary,
+            config,
+            dir,
+            &Launch {
+                env,
+                ..Launch::default()
+            },
+        )
     }
 
-    /// [`VmmProcess::launch_with_env`], started in the cgroup v2 directory `cgroup` (best effort:
-    /// if the child cannot join it, it runs where its parent is and a later move still works).
+    /// [`VmmProcess::launch`], with the environment, cgroup and network namespace of `how`.
     pub fn launch_with(
         binary: &Path,
         config: &VmConfig,
         dir: &Path,
-        env: &[(&str, &str)],
-        cgroup: Option<&Path>,
+        how: &Launch<'_>,
     ) -> Result<VmmProcess, VmmError> {
+        let env = how.env;
+        let cgroup = how.cgroup;
         let dir_err = |source| VmmError::Dir {
             path: dir.to_path_buf(),
             source,
@@ -178,6 +206,23 @@ impl VmmProcess {
             // SAFETY: the closure runs in the child between fork and exec; it only makes the
             // async-signal-safe calls above, allocates nothing and takes no lock.
             unsafe { cmd.pre_exec(join) };
+        }
+        if let Some(path) = how.netns {
+            let ns = File::open(path).map_err(|source| VmmError::Netns {
+                path: path.to_path_buf(),
+                source,
+            })?;
+            let enter = move || -> std::io::Result<()> {
+                // SAFETY: setns(2) (async-signal-safe) on a network namespace fd this closure
+                // owns (opened before fork); it changes only the child's own namespace.
+                if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            };
+            // SAFETY: the closure runs in the child between fork and exec and makes only the
+            // async-signal-safe call above; it allocates nothing and takes no lock.
+            unsafe { cmd.pre_exec(enter) };
         }
         let child = cmd.spawn().map_err(|source| VmmError::Spawn {
             binary: binary.to_path_buf(),

@@ -90,6 +90,8 @@ pub fn create(ctx: &Ctx, a: &CreateArgs<'_>) -> anyhow::Result<Started> {
     let mut size = host_cgroup::vm_size(&spec);
     let cgroup = spec.linux().as_ref().and_then(|l| l.cgroups_path().clone());
     size.host_cgroup = cgroup.as_deref().and_then(host_cgroup::prepare);
+    // A network namespace the spec joins: the VM takes over its interfaces.
+    size.netns = hull_runtime::network::spec_netns(&spec);
     block_on(async {
         let sb = Sandbox::create(&config, &ctx.root, a.id, &size)
             .await
