@@ -21,13 +21,7 @@ const FALLBACK_ETHER: &[&str] = &["gretap0", "erspan0", "ip6gretap0", "ip6erspan
 
 /// Dumps links, addresses and routes through `h` and builds the config.
 pub(super) async fn read(h: &Handle) -> Result<NetworkConfig, NetworkError> {
-    let links: Vec<LinkMessage> = h
-        .link()
-        .get()
-        .execute()
-        .try_collect()
-        .await
-        .map_err(|e| NetworkError::netlink("listing links", e))?;
+    let links: Vec<LinkMessage> = super::plumb::dump_links(h).await?;
     let addresses: Vec<AddressMessage> = h
         .address()
         .get()

@@ -247,15 +247,22 @@ fn errno(e: &rtnetlink::Error) -> Option<i32> {
     }
 }
 
-async fn list_links(h: &Handle) -> Result<Vec<Link>, NetworkError> {
-    let links: Vec<LinkMessage> = h
-        .link()
+/// Every link of the namespace, as netlink gives them.
+pub(super) async fn dump_links(h: &Handle) -> Result<Vec<LinkMessage>, NetworkError> {
+    h.link()
         .get()
         .execute()
         .try_collect()
         .await
-        .map_err(|e| NetworkError::netlink("listing links", e))?;
-    Ok(links.iter().map(Link::from_message).collect())
+        .map_err(|e| NetworkError::netlink("listing links", e))
+}
+
+async fn list_links(h: &Handle) -> Result<Vec<Link>, NetworkError> {
+    Ok(dump_links(h)
+        .await?
+        .iter()
+        .map(Link::from_message)
+        .collect())
 }
 
 async fn find_link(h: &Handle, name: &str) -> Result<Option<Link>, NetworkError> {
