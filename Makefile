@@ -55,7 +55,7 @@ install: build kernel initrd
 install-docker: install
 	scripts/install-docker.sh $(DESTDIR)$(PREFIX)/bin/hull $(DOCKER_DAEMON_JSON)
 
-lint:
+lint: deps
 	cargo fmt --all -- --check
 	cargo fmt --manifest-path vmm/fuzz/Cargo.toml -- --check
 	cargo clippy $(CARGO_FLAGS) --workspace --all-targets -- -D warnings
