@@ -192,11 +192,11 @@ async fn list_links(nl: &mut Netlink) -> Result<Vec<Link>, NetError> {
 
 /// The index of the non-loopback device with the interface's MAC.
 fn find_by_mac(links: &[Link], i: &NetInterface) -> Result<u32, NetError> {
-    let Some(mac) = parse_mac(&i.mac) else {
+    let Some(mac) = parse_mac(i.device_mac()) else {
         // check() refused it already; no panic either way.
         return Err(NetError::Invalid(AgentError::new(
             ErrorKind::InvalidArgument,
-            format!("interface {}: invalid MAC {:?}", i.name, i.mac),
+            format!("interface {}: invalid MAC {:?}", i.name, i.device_mac()),
         )));
     };
     let matching: Vec<&Link> = links
@@ -206,7 +206,7 @@ fn find_by_mac(links: &[Link], i: &NetInterface) -> Result<u32, NetError> {
     match matching.as_slice() {
         [] => Err(NetError::NoSuchMac {
             name: i.name.clone(),
-            mac: i.mac.clone(),
+            mac: i.device_mac().to_string(),
         }),
         [l] => Ok(l.index),
         more => more
@@ -215,7 +215,7 @@ fn find_by_mac(links: &[Link], i: &NetInterface) -> Result<u32, NetError> {
             .map(|l| l.index)
             .ok_or(NetError::AmbiguousMac {
                 name: i.name.clone(),
-                mac: i.mac.clone(),
+                mac: i.device_mac().to_string(),
                 count: more.len(),
             }),
     }
@@ -234,7 +234,8 @@ async fn configure_interface(
         .map(|l| l.name.clone())
         .unwrap_or_default();
     tracing::info!(
-        "interface {name}: MAC {} is device {index} ({old}); MTU {}, {} addresses",
+        "interface {name}: MAC {} is device {index} ({old}); MAC {}, MTU {}, {} addresses",
+        i.device_mac(),
         i.mac,
         i.mtu,
         i.addresses.len()
@@ -266,6 +267,22 @@ async fn configure_interface(
         if let Some(l) = links.iter_mut().find(|l| l.index == index) {
             l.name.clone_from(name);
         }
+    }
+    if i.device_mac() != i.mac {
+        // A NIC booted with a placeholder MAC takes the interface's (virtio-net without a
+        // control queue: the guest's own address, which the device does not filter on).
+        let mac = parse_mac(&i.mac).ok_or_else(|| {
+            NetError::Invalid(AgentError::new(
+                ErrorKind::InvalidArgument,
+                format!("interface {name}: invalid MAC {:?}", i.mac),
+            ))
+        })?;
+        let mut m = LinkMessage::default();
+        m.header.index = index;
+        m.attributes.push(LinkAttribute::Address(mac.to_vec()));
+        nl.request(RouteNetlinkMessage::SetLink(m), NLM_F_ACK)
+            .await
+            .map_err(step(format!("set the MAC of {name} to {}", i.mac)))?;
     }
     set_link(nl, index, None, None, Some(i.mtu))
         .await

@@ -677,6 +677,7 @@ async fn configure_network_is_checked_then_refused_in_host_mode() {
         interfaces: vec![NetInterface {
             name: "eth0".into(),
             mac: "02:42:ac:11:00:zz".into(),
+            device_mac: None,
             mtu: 1500,
             addresses: vec![IpNet {
                 addr: "172.17.0.2".parse().unwrap(),

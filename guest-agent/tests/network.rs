@@ -130,6 +130,7 @@ fn eth0() -> NetInterface {
     NetInterface {
         name: "eth0".into(),
         mac: NIC_MAC.into(),
+        device_mac: None,
         mtu: 1400,
         addresses: vec![net("10.88.0.5/16"), net("fd00:88::5/64")],
     }
@@ -380,6 +381,7 @@ fn two_nics_swap_names() {
         let nic = |name: &str, mac: &str, addr: &str| NetInterface {
             name: name.into(),
             mac: mac.into(),
+            device_mac: None,
             mtu: 1500,
             addresses: vec![net(addr)],
         };
@@ -397,5 +399,45 @@ fn two_nics_swap_names() {
             assert!(has_addr("eth0", "inet", "10.1.0.2", 24).is_some());
             assert!(has_addr("eth1", "inet", "10.2.0.2", 24).is_some());
         }
+    });
+}
+
+/// docker's bridge network: the NIC booted with a placeholder MAC (before the hook made the
+/// interface) is found by it and takes the interface's MAC and name; applying again (the NIC
+/// now has the interface's MAC) finds it by either.
+#[test]
+fn a_placeholder_nic_takes_the_interfaces_mac() {
+    in_netns(|| {
+        ip(&[
+            "link",
+            "add",
+            "ens3",
+            "address",
+            "02:68:75:00:00:07",
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "p0",
+        ]);
+        let mut cfg = NetworkConfig {
+            interfaces: vec![NetInterface {
+                name: "eth0".into(),
+                mac: "02:42:ac:11:00:02".into(),
+                device_mac: Some("02:68:75:00:00:07".into()),
+                mtu: 1500,
+                addresses: vec![net("172.17.0.2/16")],
+            }],
+            routes: vec![],
+        };
+        apply(&cfg).unwrap();
+        assert_eq!(link("eth0")["address"], "02:42:ac:11:00:02");
+        assert!(has_addr("eth0", "inet", "172.17.0.2", 16).is_some());
+        // The placeholder is gone: a second call by it fails naming it; by the MAC it works.
+        let e = apply(&cfg).unwrap_err().to_string();
+        assert!(e.contains("02:68:75:00:00:07"), "{e}");
+        cfg.interfaces[0].device_mac = None;
+        apply(&cfg).unwrap();
+        assert_eq!(link("eth0")["address"], "02:42:ac:11:00:02");
     });
 }

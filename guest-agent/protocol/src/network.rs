@@ -38,8 +38,8 @@ impl IpNet {
     }
 }
 
-/// One guest NIC: the virtio-net device whose MAC is `mac` gets this name, MTU and addresses,
-/// and is brought up.
+/// One guest NIC: the virtio-net device whose MAC is `mac` (or `device_mac`, when given) gets
+/// this name, MAC, MTU and addresses, and is brought up.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NetInterface {
@@ -48,9 +48,21 @@ pub struct NetInterface {
     /// `aa:bb:cc:dd:ee:ff`: the MAC of the interface in the namespace, which the host also gives
     /// the virtio-net device, so neighbours' ARP caches stay right.
     pub mac: String,
+    /// The MAC the guest NIC has now, when it is not `mac`: the device is found by it and
+    /// given `mac`. A sandbox that booted before its interface existed (docker's bridge
+    /// network, which a prestart hook sets up) has a NIC with a placeholder MAC.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device_mac: Option<String>,
     pub mtu: u32,
     #[serde(default)]
     pub addresses: Vec<IpNet>,
+}
+
+impl NetInterface {
+    /// The MAC the guest NIC is found by: `device_mac` if given, else `mac`.
+    pub fn device_mac(&self) -> &str {
+        self.device_mac.as_deref().unwrap_or(&self.mac)
+    }
 }
 
 /// One route. `device` names one of the request's interfaces; no `destination` is the default
@@ -119,12 +131,19 @@ impl NetworkConfig {
             {
                 return Err(bad(format!("invalid interface name {:?}", i.name)));
             }
-            let mac = parse_mac(&i.mac)
+            parse_mac(&i.mac)
                 .ok_or_else(|| bad(format!("interface {}: invalid MAC {:?}", i.name, i.mac)))?;
+            let found_by = i.device_mac();
+            let mac = parse_mac(found_by).ok_or_else(|| {
+                bad(format!(
+                    "interface {}: invalid device MAC {found_by:?}",
+                    i.name
+                ))
+            })?;
             if macs.contains(&mac) {
                 return Err(bad(format!(
-                    "interface {}: MAC {} given twice",
-                    i.name, i.mac
+                    "interface {}: MAC {found_by} given twice",
+                    i.name
                 )));
             }
             macs.push(mac);
@@ -176,6 +195,7 @@ mod tests {
         NetInterface {
             name: "eth0".into(),
             mac: "02:42:ac:11:00:02".into(),
+            device_mac: None,
             mtu: 1500,
             addresses: vec![IpNet {
                 addr: "172.17.0.2".parse().unwrap(),
@@ -223,6 +243,17 @@ mod tests {
         let mut c = ok.clone();
         c.interfaces[0].mac = "nope".into();
         assert!(c.check().unwrap_err().to_string().contains("invalid MAC"));
+        let mut c = ok.clone();
+        c.interfaces[0].device_mac = Some("02:68:75:00:00:zz".into());
+        assert!(c
+            .check()
+            .unwrap_err()
+            .to_string()
+            .contains("invalid device MAC"));
+        let mut c = ok.clone();
+        c.interfaces[0].device_mac = Some("02:68:75:00:00:01".into());
+        c.check().unwrap();
+        assert_eq!(c.interfaces[0].device_mac(), "02:68:75:00:00:01");
         let mut c = ok.clone();
         c.interfaces[0].addresses[0].prefix_len = 33;
         assert!(c

@@ -89,6 +89,7 @@ fn all_requests() -> Vec<Request> {
             interfaces: vec![hull_agent_protocol::NetInterface {
                 name: "eth0".into(),
                 mac: "02:42:ac:11:00:02".into(),
+                device_mac: Some("02:68:75:00:00:01".into()),
                 mtu: 1500,
                 addresses: vec![hull_agent_protocol::IpNet {
                     addr: "172.17.0.2".parse().unwrap(),
