@@ -195,6 +195,7 @@ pub(super) fn build(
         cfg.interfaces.push(NetInterface {
             name: link.name,
             mac: format_mac(&link.mac),
+            device_mac: None,
             mtu: link.mtu,
             addresses: addrs,
         });

@@ -17,6 +17,13 @@
 //!
 //! A failed [`plumb`] undoes everything it did before returning the error.
 //!
+//! docker's bridge network is made the other way round: the namespace is given to docker by a
+//! prestart hook (`libnetwork-setkey`, with hull-vmm's pid), so the VM boots before the
+//! interface exists. [`create_own`] makes the sandbox's namespace with a placeholder tap the
+//! VM boots with; after the hook, [`attach`] mirrors the interface docker put there to that tap
+//! and returns the config, in which the guest NIC is found by its placeholder MAC and takes
+//! the interface's.
+//!
 //! Every netlink conversation runs on a dedicated thread that `setns(CLONE_NEWNET)`s into the
 //! namespace, runs a current-thread tokio runtime with the `rtnetlink` connection, and exits:
 //! the thread is never reused, so no other work ever runs in the pod's namespace.
@@ -32,7 +39,13 @@ mod tests;
 use std::io;
 use std::path::{Path, PathBuf};
 
+use futures_util::TryStreamExt;
+
 pub use hull_agent_protocol::network::{IpNet, NetInterface, NetRoute, NetworkConfig};
+
+/// The MAC of the guest NIC a sandbox of its own namespace boots with ([`create_own`]),
+/// until [`attach`] gives it the interface's (locally administered: `02:68:75:6c:6c:00`).
+pub const PLACEHOLDER_MAC: &str = "02:68:75:6c:6c:00";
 
 /// Suffix of the taps hull creates; [`teardown`] removes every tun/tap link named so.
 pub const TAP_SUFFIX: &str = "_hull";
@@ -170,4 +183,69 @@ pub fn teardown(netns: &Path) -> Result<(), NetworkError> {
         Err(e) => return Err(e),
     };
     netns::run_in(ns, netns, |h| async move { plumb::teardown(&h).await })
+}
+
+/// Makes a network namespace of the sandbox's own, bind-mounted at `netns` (a new file), with
+/// `lo` up and the persistent tap `tap0_hull` (down) the VM boots with: its NIC gets
+/// [`PLACEHOLDER_MAC`]. On error nothing is left (no mount, no file).
+pub fn create_own(netns: &Path) -> Result<TapDevice, NetworkError> {
+    netns::create(netns)?;
+    let made = netns::open(netns).and_then(|ns| {
+        netns::run_in(ns, netns, |h| async move {
+            let lo = h
+                .link()
+                .get()
+                .match_name("lo")
+                .execute()
+                .try_next()
+                .await
+                .map_err(|e| NetworkError::netlink("looking up lo", e))?
+                .ok_or_else(|| NetworkError::NotFound("lo".into()))?;
+            h.link()
+                .set(
+                    rtnetlink::LinkUnspec::new_with_index(lo.header.index)
+                        .up()
+                        .build(),
+                )
+                .execute()
+                .await
+                .map_err(|e| NetworkError::netlink("bringing lo up", e))?;
+            plumb::create_tap(&h, &plumb::tap_name(0)).await
+        })
+    });
+    if let Err(e) = made {
+        if let Err(r) = netns::remove(netns) {
+            tracing::warn!(netns = %netns.display(), error = %r, "removing a half-made network namespace");
+        }
+        return Err(e);
+    }
+    Ok(TapDevice {
+        name: plumb::tap_name(0),
+        mac: PLACEHOLDER_MAC.to_string(),
+        mtu: 1500,
+    })
+}
+
+/// After the prestart hooks of a sandbox made by [`create_own`]: reads the namespace as
+/// [`inspect`] does and mirrors its interface (at most one: the VM has one NIC) to the tap
+/// `tap`. Returns the config for the agent, in which the interface is found in the guest by
+/// [`PLACEHOLDER_MAC`] (`device_mac`). No interface (docker's `--network none`): an empty
+/// config, the guest has loopback only. On error, the filters made so far are removed.
+pub fn attach(netns: &Path, tap: &str) -> Result<NetworkConfig, NetworkError> {
+    let ns = netns::open(netns)?;
+    let tap = tap.to_string();
+    netns::run_in(ns, netns, |h| async move {
+        let mut cfg = inspect::read(&h).await?;
+        plumb::attach(&h, &cfg, &tap).await?;
+        for i in &mut cfg.interfaces {
+            i.device_mac = Some(PLACEHOLDER_MAC.to_string());
+        }
+        Ok(cfg)
+    })
+}
+
+/// Removes the namespace [`create_own`] made (unmounts it and deletes the file); the taps in
+/// it go with it once hull-vmm has gone. Nothing there is not an error.
+pub fn remove_own(netns: &Path) -> Result<(), NetworkError> {
+    netns::remove(netns)
 }

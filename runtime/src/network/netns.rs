@@ -75,3 +75,60 @@ where
         .join()
         .map_err(|_| NetworkError::Thread("panicked".into()))?
 }
+
+/// Makes a new network namespace and bind-mounts it at `path` (a new file there; an existing
+/// one is an error). The namespace has only `lo` (down); it lives as long as the mount or a
+/// process in it.
+pub(super) fn create(path: &Path) -> Result<(), NetworkError> {
+    let err = |source: io::Error| NetworkError::Namespace {
+        path: path.to_owned(),
+        source,
+    };
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(path)
+        .map_err(err)?;
+    let target = path.to_owned();
+    let made = std::thread::Builder::new()
+        .name("hull-netns-new".into())
+        .spawn(move || -> io::Result<()> {
+            // This thread only: it exits right after, and the namespace stays through the
+            // mount.
+            nix::sched::unshare(CloneFlags::CLONE_NEWNET)?;
+            nix::mount::mount(
+                Some("/proc/thread-self/ns/net"),
+                &target,
+                None::<&str>,
+                nix::mount::MsFlags::MS_BIND,
+                None::<&str>,
+            )?;
+            Ok(())
+        })
+        .map_err(|e| NetworkError::Thread(format!("spawn: {e}")))?
+        .join()
+        .map_err(|_| NetworkError::Thread("panicked".into()))?;
+    if let Err(e) = made {
+        let _ = std::fs::remove_file(path);
+        return Err(err(e));
+    }
+    Ok(())
+}
+
+/// Unmounts the namespace [`create`] made at `path` and removes the file; the namespace goes
+/// when the last process in it (hull-vmm) has gone too. Nothing there is not an error.
+pub(super) fn remove(path: &Path) -> Result<(), NetworkError> {
+    let err = |source: io::Error| NetworkError::Namespace {
+        path: path.to_owned(),
+        source,
+    };
+    match nix::mount::umount2(path, nix::mount::MntFlags::MNT_DETACH) {
+        Ok(()) | Err(nix::errno::Errno::EINVAL) | Err(nix::errno::Errno::ENOENT) => {}
+        Err(e) => return Err(err(e.into())),
+    }
+    match std::fs::remove_file(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(err(e)),
+    }
+}

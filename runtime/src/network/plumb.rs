@@ -17,9 +17,9 @@ const INGRESS_HANDLE: u32 = 0xffff_0000;
 /// What a (partial) setup made, to undo it.
 #[derive(Default)]
 struct Done {
-    /// Taps created: (name, index once known).
+    /// Taps created.
     taps: Vec<String>,
-    /// Original interfaces given an ingress qdisc: (name, index).
+    /// Links (interfaces and taps) given an ingress qdisc: (name, index).
     ingress: Vec<(String, u32)>,
 }
 
@@ -59,26 +59,52 @@ async fn plumb_one(
     done: &mut Done,
 ) -> Result<TapDevice, NetworkError> {
     let name = tap_name(n);
-    let link = find_link(h, &iface.name)
-        .await?
-        .ok_or_else(|| NetworkError::NotFound(iface.name.clone()))?;
-    if find_link(h, &name).await?.is_some() {
-        return Err(NetworkError::TapExists(name));
+    if find_link(h, &iface.name).await?.is_none() {
+        return Err(NetworkError::NotFound(iface.name.clone()));
     }
-    tap::create_persistent(&name).map_err(|source| {
+    create_tap(h, &name).await?;
+    done.taps.push(name.clone());
+    mirror(h, iface, &name, done).await?;
+    Ok(TapDevice {
+        name,
+        mac: iface.mac.clone(),
+        mtu: iface.mtu,
+    })
+}
+
+/// Creates the persistent tap `name` (down); a link of that name already there is
+/// [`NetworkError::TapExists`].
+pub(super) async fn create_tap(h: &Handle, name: &str) -> Result<(), NetworkError> {
+    if find_link(h, name).await?.is_some() {
+        return Err(NetworkError::TapExists(name.to_string()));
+    }
+    tap::create_persistent(name).map_err(|source| {
         if source.raw_os_error() == Some(libc::EBUSY) {
-            NetworkError::TapExists(name.clone())
+            NetworkError::TapExists(name.to_string())
         } else {
             NetworkError::Tap {
-                name: name.clone(),
+                name: name.to_string(),
                 source,
             }
         }
-    })?;
-    done.taps.push(name.clone());
-    let tap = find_link(h, &name)
+    })
+}
+
+/// Joins `iface` and the existing tap `tap_name` both ways: the tap takes the interface's MTU
+/// and goes up, and each gets an ingress qdisc with a redirect to the other (recorded in
+/// `done.ingress` as they are made).
+async fn mirror(
+    h: &Handle,
+    iface: &NetInterface,
+    tap_name: &str,
+    done: &mut Done,
+) -> Result<(), NetworkError> {
+    let link = find_link(h, &iface.name)
         .await?
-        .ok_or_else(|| NetworkError::NotFound(name.clone()))?;
+        .ok_or_else(|| NetworkError::NotFound(iface.name.clone()))?;
+    let tap = find_link(h, tap_name)
+        .await?
+        .ok_or_else(|| NetworkError::NotFound(tap_name.to_string()))?;
     h.link()
         .set(
             LinkUnspec::new_with_index(tap.index)
@@ -90,22 +116,53 @@ async fn plumb_one(
         .await
         .map_err(|e| {
             NetworkError::netlink(
-                format!("setting MTU {} on {name} and bringing it up", iface.mtu),
+                format!("setting MTU {} on {tap_name} and bringing it up", iface.mtu),
                 e,
             )
         })?;
 
-    add_ingress(h, &name, tap.index).await?;
-    add_redirect(h, &name, tap.index, &iface.name, link.index).await?;
+    add_ingress(h, tap_name, tap.index).await?;
+    done.ingress.push((tap_name.to_string(), tap.index));
+    add_redirect(h, tap_name, tap.index, &iface.name, link.index).await?;
     add_ingress(h, &iface.name, link.index).await?;
     done.ingress.push((iface.name.clone(), link.index));
-    add_redirect(h, &iface.name, link.index, &name, tap.index).await?;
-    tracing::info!(interface = %iface.name, tap = %name, mtu = iface.mtu, "mirrored interface to tap");
-    Ok(TapDevice {
-        name,
-        mac: iface.mac.clone(),
-        mtu: iface.mtu,
-    })
+    add_redirect(h, &iface.name, link.index, tap_name, tap.index).await?;
+    tracing::info!(interface = %iface.name, tap = %tap_name, mtu = iface.mtu, "mirrored interface to tap");
+    Ok(())
+}
+
+/// Mirrors the namespace's only interface (as `cfg` read it) to the tap `tap_name` that is
+/// already there (the placeholder a sandbox of its own namespace booted with). No interface:
+/// nothing to do. On error, the qdiscs and filters made so far are removed (the tap stays).
+pub(super) async fn attach(
+    h: &Handle,
+    cfg: &super::NetworkConfig,
+    tap_name: &str,
+) -> Result<(), NetworkError> {
+    let iface = match cfg.interfaces.as_slice() {
+        [] => return Ok(()),
+        [iface] => iface,
+        [_, second, ..] => {
+            return Err(NetworkError::Unsupported {
+                name: second.name.clone(),
+                reason: "a second interface: the VM was booted with one NIC for this network \
+                         namespace"
+                    .into(),
+            })
+        }
+    };
+    let mut done = Done::default();
+    if let Err(error) = mirror(h, iface, tap_name, &mut done).await {
+        tracing::warn!(interface = %iface.name, %error, "network attach failed, undoing it");
+        return match undo(h, &done).await {
+            Ok(()) => Err(error),
+            Err(undo) => Err(NetworkError::UndoFailed {
+                error: Box::new(error),
+                undo: Box::new(undo),
+            }),
+        };
+    }
+    Ok(())
 }
 
 async fn undo(h: &Handle, done: &Done) -> Result<(), NetworkError> {

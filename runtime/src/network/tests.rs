@@ -231,6 +231,7 @@ fn inspect_reads_interfaces_addresses_and_routes_exactly() {
         vec![NetInterface {
             name: "eth0".into(),
             mac: "02:00:0a:63:01:02".into(),
+            device_mac: None,
             mtu: 1400,
             addresses: vec![net("10.99.1.2/24"), net("fd00:99::2/64")],
         }]
@@ -389,6 +390,7 @@ fn an_interface_without_an_address_is_an_error_naming_it() {
         interfaces: vec![NetInterface {
             name: "eth9".into(),
             mac: "02:00:0a:63:09:02".into(),
+            device_mac: None,
             mtu: 1500,
             addresses: vec![net("10.99.9.2/24")],
         }],
@@ -568,4 +570,131 @@ fn traffic_really_flows_between_the_interface_and_the_tap() {
     drop(tapf);
     teardown(&pod.path()).unwrap();
     assert_clean(&pod, &["eth0"]);
+}
+
+/// A sandbox's own namespace, made by `create_own` where `ip -n` finds it
+/// (`/var/run/netns/hulltest-<pid>-own<n>`); `ip netns del` on drop removes it if the test
+/// did not.
+fn own_ns(n: usize) -> (Ns, TapDevice) {
+    std::fs::create_dir_all("/var/run/netns").unwrap();
+    let ns = Ns {
+        name: format!("hulltest-{}-own{n}", std::process::id()),
+    };
+    let tap = create_own(&ns.path()).unwrap();
+    (ns, tap)
+}
+
+#[test]
+fn an_own_namespace_boots_with_a_placeholder_and_attaches_what_the_hook_put_there() {
+    require_root();
+    let (own, tap) = own_ns(0);
+    assert_eq!(
+        tap,
+        TapDevice {
+            name: "tap0_hull".into(),
+            mac: PLACEHOLDER_MAC.into(),
+            mtu: 1500,
+        }
+    );
+    let l = own.ip_json("-d link show dev tap0_hull").unwrap();
+    assert_eq!(l[0]["linkinfo"]["info_data"]["persist"], true, "{l}");
+    let lo = own.ip_json("link show dev lo").unwrap();
+    assert!(
+        lo[0]["flags"].as_array().unwrap().iter().any(|f| f == "UP"),
+        "{lo}"
+    );
+    // Making it again at the same path fails and leaves the first one alone.
+    assert!(matches!(
+        create_own(&own.path()),
+        Err(NetworkError::Namespace { .. })
+    ));
+    assert!(has_link(&own, "tap0_hull"));
+
+    // Before any hook (docker's --network none): nothing to attach, nothing changed.
+    assert_eq!(
+        attach(&own.path(), "tap0_hull").unwrap(),
+        NetworkConfig::default()
+    );
+    assert!(!has_ingress(&own, "tap0_hull"));
+
+    // The hook's part (docker's libnetwork): a veth with an address and a default route.
+    let outside = Ns::new();
+    veth(
+        &own,
+        "eth0",
+        "02:42:ac:11:00:02",
+        1400,
+        Some("172.17.0.2/16"),
+        &outside,
+        "peer0",
+        Some("172.17.0.1/16"),
+    );
+    own.ip("route add default via 172.17.0.1");
+    let cfg = attach(&own.path(), "tap0_hull").unwrap();
+    assert_eq!(
+        cfg.interfaces,
+        vec![NetInterface {
+            name: "eth0".into(),
+            mac: "02:42:ac:11:00:02".into(),
+            device_mac: Some(PLACEHOLDER_MAC.into()),
+            mtu: 1400,
+            addresses: vec![net("172.17.0.2/16")],
+        }]
+    );
+    assert!(
+        cfg.routes
+            .iter()
+            .any(|r| r.destination.is_none() && r.gateway == Some("172.17.0.1".parse().unwrap())),
+        "{:?}",
+        cfg.routes
+    );
+    cfg.check().unwrap();
+    let l = own.ip_json("link show dev tap0_hull").unwrap();
+    assert_eq!(l[0]["mtu"], 1400, "{l}");
+    assert!(redirects(&own, "eth0", "tap0_hull"));
+    assert!(redirects(&own, "tap0_hull", "eth0"));
+
+    // Removing it: the mount and the file go, and with them (no process holds it) the
+    // namespace, its tap and docker's veth, whose peer outside goes too.
+    remove_own(&own.path()).unwrap();
+    assert!(!own.path().exists());
+    // (The kernel frees a namespace from a work queue: wait for it, generously.)
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while has_link(&outside, "peer0") {
+        assert!(Instant::now() < deadline, "the namespace is still there");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    remove_own(&own.path()).unwrap();
+}
+
+#[test]
+fn an_own_namespace_with_two_interfaces_is_an_error_naming_the_second() {
+    require_root();
+    let (own, _tap) = own_ns(1);
+    let outside = Ns::new();
+    for (n, mac) in [(0, "02:42:ac:11:00:02"), (1, "02:42:ac:12:00:02")] {
+        veth(
+            &own,
+            &format!("eth{n}"),
+            mac,
+            1500,
+            Some(&format!("172.{}.0.2/16", 17 + n)),
+            &outside,
+            &format!("peer{n}"),
+            None,
+        );
+    }
+    let e = attach(&own.path(), "tap0_hull").unwrap_err();
+    assert!(
+        matches!(&e, NetworkError::Unsupported { name, .. } if name == "eth1"),
+        "{e}"
+    );
+    assert_clean_ingress(&own, &["eth0", "eth1", "tap0_hull"]);
+    remove_own(&own.path()).unwrap();
+}
+
+fn assert_clean_ingress(ns: &Ns, devs: &[&str]) {
+    for d in devs {
+        assert!(!has_ingress(ns, d), "an ingress qdisc is left on {d}");
+    }
 }
