@@ -509,7 +509,11 @@ impl Service {
             .as_deref()
             .and_then(hull_runtime::host_cgroup::prepare);
         // The pod's network namespace (CNI put its interfaces there): the VM takes them over.
-        opts.netns = hull_runtime::network::spec_netns(spec);
+        // Without one (a plain `ctr run`), nothing sets up a network: loopback only.
+        opts.network = match hull_runtime::network::spec_netns(spec) {
+            Some(ns) => hull_runtime::sandbox::SandboxNetwork::Join(ns),
+            None => hull_runtime::sandbox::SandboxNetwork::Loopback,
+        };
         let config = RuntimeConfig::load().map_err(|e| internal(e.to_string()))?;
         let name = pod::sandbox_name(&self.inner.root, id);
         tracing::info!(

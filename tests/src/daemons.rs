@@ -133,8 +133,9 @@ pub struct Dockerd {
 }
 
 impl Dockerd {
-    /// Starts dockerd under `dir` with the runtimes `(name, runc-compatible binary)`, no
-    /// bridge and no iptables (the test host has no firewall to manage).
+    /// Starts dockerd under `dir` with the runtimes `(name, runc-compatible binary)`, its
+    /// default bridge network (docker0) and no iptables (the test host has no firewall to
+    /// manage; docker-proxy publishes ports).
     pub fn start(dir: &Path, containerd: &Containerd, runtimes: &[(&str, &Path)]) -> Dockerd {
         let data = dir.join("data");
         mount_tmpfs(&data);
@@ -157,7 +158,6 @@ impl Dockerd {
             .args([
                 "--iptables=false",
                 "--ip6tables=false",
-                "--bridge=none",
                 "--ip-masq=false",
                 "--storage-driver=overlay2",
             ]);

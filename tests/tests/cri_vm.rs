@@ -15,6 +15,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use hull_tests::daemons::{image, Containerd};
+use hull_tests::net::{http_get, netns_and_taps};
 use hull_tests::procs::{shims, vmm_pids};
 use hull_tests::vm::mounts_below;
 use hull_tests::{bin, require_kvm, workspace_root, TempDir};
@@ -606,45 +607,6 @@ fn cri_pods_run_in_hull_vms() {
 const CNI_BRIDGE: &str = "hullbr0";
 const CNI_SUBNET: &str = "10.99.0.0/24";
 const CNI_GATEWAY: &str = "10.99.0.1";
-
-/// Every network namespace and hull tap in the (emulated) host.
-fn netns_and_taps() -> (Vec<String>, Vec<String>) {
-    let ns: Vec<String> = std::fs::read_dir("/var/run/netns")
-        .map(|d| {
-            d.flatten()
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .collect()
-        })
-        .unwrap_or_default();
-    let mut taps = Vec::new();
-    for n in ns.iter().map(Some).chain([None]) {
-        let mut cmd = Command::new("ip");
-        if let Some(n) = n {
-            cmd.args(["-n", n]);
-        }
-        let out = cmd.args(["-o", "link", "show"]).output().unwrap();
-        taps.extend(
-            text(&out.stdout)
-                .lines()
-                .filter(|l| l.contains("_hull"))
-                .map(|l| format!("{}: {l}", n.map(String::as_str).unwrap_or("host"))),
-        );
-    }
-    (ns, taps)
-}
-
-/// A GET of `http://addr:port/` from the host, with a deadline; the body.
-fn http_get(addr: &str, port: u16) -> Result<String, String> {
-    use std::io::{Read, Write};
-    let sa: std::net::SocketAddr = format!("{addr}:{port}").parse().unwrap();
-    let mut s = std::net::TcpStream::connect_timeout(&sa, Duration::from_secs(30))
-        .map_err(|e| format!("connect {sa}: {e}"))?;
-    s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
-    write!(s, "GET / HTTP/1.0\r\nHost: {addr}\r\n\r\n").map_err(|e| e.to_string())?;
-    let mut out = String::new();
-    s.read_to_string(&mut out).map_err(|e| e.to_string())?;
-    Ok(out)
-}
 
 /// Pods on a real CNI (bridge + host-local): the guest has the pod IP, the host reaches a
 /// server in the pod at the pod IP, the pod reaches the bridge, two pods reach each other, the

@@ -7,6 +7,7 @@ use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use hull_tests::daemons::{image, Containerd, Dockerd};
+use hull_tests::net::{host_links, http_get, nsfs_mounts};
 use hull_tests::procs::vmm_pids;
 use hull_tests::terminal::interactive_shell;
 use hull_tests::vm::mounts_below;
@@ -151,6 +152,110 @@ fn options(drun: &dyn Fn(&[&str]) -> Output, dir: &Path) {
     assert!(!host.join("x").exists(), "written through a :ro volume");
 }
 
+/// docker's bridge network, as with runc: the guest has the address, MAC, default route and
+/// DNS docker gave the container; `-p 18080:80` reaches a server in the guest from the host;
+/// the guest reaches the bridge and another container; removing the containers leaves no veth,
+/// no namespace mount and no VM.
+fn bridge_network(dockerd: &Dockerd, dir: &Path) {
+    let docker = || dockerd.docker();
+    let before = (host_links(), nsfs_mounts());
+    let server = image(dir, "server");
+    let mut c = docker();
+    c.arg("load").arg("-i").arg(&server);
+    ok(c, "docker load (server)");
+    let mut c = docker();
+    c.args([
+        "run",
+        "-d",
+        "--runtime",
+        "hull",
+        "--name",
+        "web",
+        "-p",
+        "18080:80",
+        "hull-test/server",
+    ]);
+    ok(c, "docker run -p 18080:80");
+    let mut c = docker();
+    c.args([
+        "inspect",
+        "-f",
+        "{{.NetworkSettings.IPAddress}} {{.NetworkSettings.IPPrefixLen}} \
+         {{.NetworkSettings.Gateway}} {{.NetworkSettings.MacAddress}}",
+        "web",
+    ]);
+    let settings = ok(c, "docker inspect web");
+    let f: Vec<&str> = settings.split_whitespace().collect();
+    let [ip, prefix, gateway, mac] = f[..] else {
+        panic!("docker's network settings of web: {settings:?}");
+    };
+    let exec = |args: &[&str]| {
+        let mut c = docker();
+        c.arg("exec").arg("web").args(args);
+        ok(c, &format!("docker exec web {args:?}"))
+    };
+    // The guest, not the host: its own kernel, and docker's address on its eth0.
+    assert_ne!(exec(&["uname", "-r"]).trim(), host_release());
+    let addr = exec(&["ip", "-o", "-4", "addr", "show", "dev", "eth0"]);
+    assert!(
+        addr.contains(&format!("inet {ip}/{prefix} ")),
+        "docker gave web {ip}/{prefix}; its eth0 has: {addr}"
+    );
+    assert_eq!(exec(&["cat", "/sys/class/net/eth0/address"]).trim(), mac);
+    let routes = exec(&["ip", "route"]);
+    assert!(
+        routes.contains(&format!("default via {gateway} dev eth0")),
+        "routes in the guest: {routes}"
+    );
+    // DNS: what runc's container on the same network gets.
+    let mut c = docker();
+    c.args([
+        "run",
+        "--rm",
+        "hull-test/busybox",
+        "cat",
+        "/etc/resolv.conf",
+    ]);
+    let runc_dns = ok(c, "docker run (runc) cat /etc/resolv.conf");
+    assert_eq!(exec(&["cat", "/etc/resolv.conf"]), runc_dns, "resolv.conf");
+    // -p: the host reaches httpd in the guest through docker-proxy.
+    let start = Instant::now();
+    let mut got = http_get("127.0.0.1", 18080);
+    while !got.as_ref().is_ok_and(|b| b.contains("hello from hull")) {
+        assert!(
+            start.elapsed() < LIMIT,
+            "the published port 18080 never answered: {got:?}"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+        got = http_get("127.0.0.1", 18080);
+    }
+    // The guest reaches the bridge, and another hull container reaches web at its address.
+    exec(&["ping", "-c", "1", "-W", "10", gateway]);
+    let mut c = docker();
+    c.args([
+        "run",
+        "--rm",
+        "--runtime",
+        "hull",
+        "hull-test/busybox",
+        "wget",
+        "-q",
+        "-O",
+        "-",
+        &format!("http://{ip}/"),
+    ]);
+    assert_eq!(
+        ok(c, "wget web from another container").trim(),
+        "hello from hull"
+    );
+    let mut c = docker();
+    c.args(["rm", "-f", "web"]);
+    ok(c, "docker rm -f web");
+    wait_until("web's veth and namespaces gone", || {
+        (host_links(), nsfs_mounts()) == before
+    });
+}
+
 #[test]
 fn docker_runs_containers_in_microvms() {
     require_kvm();
@@ -270,6 +375,9 @@ fn docker_runs_containers_in_microvms() {
     // Options: volumes both ways and read-only, --read-only, --user, --cap-drop, -e, -w,
     // --hostname.
     options(&drun, dir.path());
+
+    // docker's bridge network and -p.
+    bridge_network(&dockerd, dir.path());
 
     // A container that handles signals: logs, kill -s USR1, stats, update, exec -it, stop (143).
     let script = "trap 'echo got-term; exit 143' TERM; trap 'echo got-usr1' USR1; echo started; \

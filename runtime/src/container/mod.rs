@@ -16,7 +16,9 @@
 //! (failures are logged). createContainer and startContainer hooks would have to run in the
 //! container's namespaces, which are in the guest: they are skipped with a warning. The state a
 //! hook reads has the host bundle path and, as `pid`, hull-vmm's pid (the host process that
-//! holds the VM; the container's own pids are guest pids).
+//! holds the VM; the container's own pids are guest pids). A hook that sets up the network of
+//! `/proc/<pid>/ns/net` (docker's `libnetwork-setkey`) so sets up the sandbox's own namespace,
+//! which the first container's create then mirrors into the VM ([`Sandbox::attach_network`]).
 
 mod hooks;
 mod share;
@@ -226,6 +228,12 @@ impl Sandbox {
                 &st,
             )
             .await?;
+            // The first container of a sandbox with a network namespace of its own: what its
+            // hooks put there (docker's bridge network) goes into the VM before the program
+            // runs.
+            if self.container_ids()?.iter().all(|c| c == id) {
+                self.attach_network().await?;
+            }
             Ok(c)
         }
         .await;

@@ -29,6 +29,7 @@ fn state_of(pid: u32) -> SandboxState {
         vcpus: 1,
         memory_mib: 128,
         created: 0,
+        own_network: None,
     }
 }
 

@@ -12,6 +12,9 @@
 //!   shared/               shared with the guest (virtio-fs tag `hull-shared`), mounted by the
 //!                         agent at /run/hull/shared; containers' root file systems go below it
 //!   containers/<cid>.json the sandbox's containers (crate::container)
+//!   netns                 the path of the network namespace the VM's taps are in (cleanup)
+//!   net.ns                the sandbox's own network namespace, bind-mounted
+//!                         ([`SandboxNetwork::Own`])
 //! ```
 //!
 //! Several processes use one sandbox over its life (each CLI command is a new process; a shim
@@ -37,7 +40,7 @@ use crate::agent::{AgentClient, Endpoint};
 use crate::config::RuntimeConfig;
 use crate::vmm::{Launch, VmmProcess};
 pub use state::{
-    process_start_time, process_stopped, SandboxState, StateLock, LOCK_FILE, STATE_FILE,
+    process_start_time, process_stopped, OwnNetwork, SandboxState, StateLock, LOCK_FILE, STATE_FILE,
 };
 
 /// The virtio-fs tag of the sandbox's share.
@@ -55,6 +58,8 @@ pub const DEFAULT_BOOT_TIMEOUT: Duration = Duration::from_secs(300);
 /// The sandbox directory's record of the network namespace it plumbed (its path), for the
 /// cleanup.
 const NETNS_FILE: &str = "netns";
+/// Where a sandbox's own network namespace is bind-mounted ([`SandboxNetwork::Own`]).
+const OWN_NETNS: &str = "net.ns";
 /// How long hull-vmm gets to answer its API (a stats request on load, a shutdown on stop)
 /// before it is taken for hung. Its API thread answers whatever the guest does.
 const VMM_PROBE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -141,10 +146,49 @@ pub struct SandboxOptions {
     /// A cgroup v2 directory hull-vmm starts in (see [`crate::host_cgroup::prepare`]), so that
     /// the whole VM is accounted to the container or pod that asked for it.
     pub host_cgroup: Option<PathBuf>,
-    /// The network namespace whose interfaces the VM takes over (CRI's pod namespace, the OCI
-    /// spec's network namespace path): each gets a tap mirrored to it with tc there, and a
-    /// guest NIC with its MAC, MTU, addresses and routes. None: the guest has loopback only.
-    pub netns: Option<PathBuf>,
+    /// Where the VM's network comes from.
+    pub network: SandboxNetwork,
+}
+
+/// Where a sandbox's VM gets its network.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum SandboxNetwork {
+    /// None: the guest has loopback only.
+    #[default]
+    Loopback,
+    /// A network namespace that exists, whose interfaces the VM takes over (CRI's pod
+    /// namespace, the OCI spec's network namespace path): each gets a tap mirrored to it with
+    /// tc there, and a guest NIC with its MAC, MTU, addresses and routes.
+    Join(PathBuf),
+    /// A namespace of the sandbox's own (`<dir>/net.ns`), which hull-vmm runs in with one NIC
+    /// on a placeholder tap. A prestart hook given hull-vmm's pid (docker's
+    /// `libnetwork-setkey`) puts the container's interface there; the first container's create
+    /// then mirrors it into that NIC ([`crate::network::attach`]). No interface: loopback only.
+    Own,
+}
+
+impl SandboxNetwork {
+    /// What an OCI spec asks for: a network namespace with a path is joined, one without a
+    /// path (a new namespace, as docker's bridge and `none` networks give) is the sandbox's
+    /// own, and no network namespace (the host's network) gives loopback only.
+    pub fn from_spec(spec: &oci_spec::runtime::Spec) -> SandboxNetwork {
+        if let Some(p) = crate::network::spec_netns(spec) {
+            return SandboxNetwork::Join(p);
+        }
+        let new_netns = spec
+            .linux()
+            .as_ref()
+            .and_then(|l| l.namespaces().as_ref())
+            .is_some_and(|ns| {
+                ns.iter()
+                    .any(|n| n.typ() == oci_spec::runtime::LinuxNamespaceType::Network)
+            });
+        if new_netns {
+            SandboxNetwork::Own
+        } else {
+            SandboxNetwork::Loopback
+        }
+    }
 }
 
 /// One sandbox, attached: its state, its lock (held for this handle's life) and its agent.
@@ -198,6 +242,29 @@ fn check_file(what: &'static str, path: &Path) -> Result<(), SandboxError> {
             reason: format!("{e} (set it in /etc/hull/config.toml or run `make install`)"),
         }),
     }
+}
+
+/// Writes `<dir>/netns`: the namespace whose taps the cleanup removes.
+fn record_netns(dir: &Path, ns: &Path) -> Result<(), SandboxError> {
+    let record = dir.join(NETNS_FILE);
+    std::fs::write(&record, ns.as_os_str().as_bytes()).map_err(|source| SandboxError::Io {
+        what: "cannot record the network namespace",
+        path: record.clone(),
+        source,
+    })
+}
+
+/// The VMM's NIC on `tap`.
+fn net_config(tap: &crate::network::TapDevice) -> Result<NetConfig, SandboxError> {
+    let mut net = NetConfig::new(tap.name.clone());
+    net.mac = Some(tap.mac.parse().map_err(|e| {
+        SandboxError::Network(crate::network::NetworkError::Unsupported {
+            name: tap.name.clone(),
+            reason: format!("MAC {}: {e}", tap.mac),
+        })
+    })?);
+    net.mtu = u16::try_from(tap.mtu).ok();
+    Ok(net)
 }
 
 fn now_secs() -> u64 {
@@ -314,33 +381,33 @@ impl Sandbox {
         // The host changes the share (mounts, bundles) while the guest runs.
         fs.cache = CachePolicy::Never;
         vm.fs = vec![fs];
-        let network = match &opts.netns {
-            Some(ns) => {
+        let mut own_network = None;
+        let (network, netns) = match &opts.network {
+            SandboxNetwork::Join(ns) => {
                 // Recorded first, so that a cleanup after a crash anywhere below removes the
                 // taps and filters too.
-                let record = dir.join(NETNS_FILE);
-                std::fs::write(&record, ns.as_os_str().as_bytes()).map_err(|source| {
-                    SandboxError::Io {
-                        what: "cannot record the network namespace",
-                        path: record.clone(),
-                        source,
-                    }
-                })?;
+                record_netns(dir, ns)?;
                 let cfg = crate::network::inspect(Some(ns))?;
                 for tap in crate::network::plumb(ns, &cfg)? {
-                    let mut net = NetConfig::new(tap.name.clone());
-                    net.mac = Some(tap.mac.parse().map_err(|e| {
-                        SandboxError::Network(crate::network::NetworkError::Unsupported {
-                            name: tap.name.clone(),
-                            reason: format!("MAC {}: {e}", tap.mac),
-                        })
-                    })?);
-                    net.mtu = u16::try_from(tap.mtu).ok();
-                    vm.net.push(net);
+                    vm.net.push(net_config(&tap)?);
                 }
-                cfg
+                (cfg, Some(ns.clone()))
             }
-            None => NetworkConfig::default(),
+            SandboxNetwork::Own => {
+                let ns = dir.join(OWN_NETNS);
+                record_netns(dir, &ns)?;
+                let tap = crate::network::create_own(&ns)?;
+                let mut net = net_config(&tap)?;
+                // The interface's MTU is not known yet: the guest sets it.
+                net.mtu = None;
+                vm.net.push(net);
+                own_network = Some(OwnNetwork {
+                    netns: ns.clone(),
+                    tap: tap.name,
+                });
+                (NetworkConfig::default(), Some(ns))
+            }
+            SandboxNetwork::Loopback => (NetworkConfig::default(), None),
         };
         let mut vmm = VmmProcess::launch_with(
             &config.vmm,
@@ -349,7 +416,7 @@ impl Sandbox {
             &Launch {
                 env: &[("HULL_LOG", config.log_level.as_str())],
                 cgroup: opts.host_cgroup.as_deref(),
-                netns: opts.netns.as_deref(),
+                netns: netns.as_deref(),
             },
         )?;
 
@@ -381,6 +448,7 @@ impl Sandbox {
             vcpus,
             memory_mib,
             created: now_secs(),
+            own_network,
         };
         state.write(dir)?;
         // From here on the VMM runs on its own: the state file is how it is found again.
@@ -449,6 +517,29 @@ impl Sandbox {
         std::fs::read(self.dir.join(crate::vmm::CONSOLE_FILE))
             .map(|b| String::from_utf8_lossy(&b).replace("\r\n", "\n"))
             .unwrap_or_default()
+    }
+
+    /// For a sandbox with a network namespace of its own ([`SandboxNetwork::Own`]), after the
+    /// prestart hooks put the container's interface there: mirrors it into the VM's NIC and
+    /// has the agent configure the guest (the NIC takes the interface's MAC, name, MTU,
+    /// addresses and routes). Nothing to do for other sandboxes, or when the namespace has no
+    /// interface (loopback only).
+    pub async fn attach_network(&self) -> Result<(), SandboxError> {
+        let Some(own) = &self.state.own_network else {
+            return Ok(());
+        };
+        let cfg = crate::network::attach(&own.netns, &own.tap)?;
+        if cfg.interfaces.is_empty() {
+            return Ok(());
+        }
+        tracing::info!(
+            sandbox = %self.state.id,
+            interfaces = cfg.interfaces.len(),
+            routes = cfg.routes.len(),
+            "attaching the network the prestart hooks made"
+        );
+        self.agent()?.configure_network(cfg).await?;
+        Ok(())
     }
 
     /// Whether this sandbox's hull-vmm (the same process, not a recycled pid) still runs.
@@ -631,6 +722,9 @@ fn cleanup_dir(dir: &Path) -> Result<(), SandboxError> {
     if let Ok(ns) = std::fs::read(&record) {
         let ns = PathBuf::from(std::ffi::OsString::from_vec(ns));
         crate::network::teardown(&ns)?;
+        if ns == dir.join(OWN_NETNS) {
+            crate::network::remove_own(&ns)?;
+        }
     }
     // Each container's share first: its removal never deletes through a mount it could not
     // undo (the bundle's rootfs and bind sources are the host's files).

@@ -30,6 +30,17 @@ pub struct SandboxState {
     pub memory_mib: u64,
     /// When the sandbox was created, seconds since the epoch.
     pub created: u64,
+    /// The network namespace of the sandbox's own and the tap its NIC is on, until a container
+    /// attaches what its prestart hooks put there (`SandboxNetwork::Own`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub own_network: Option<OwnNetwork>,
+}
+
+/// A sandbox's own network namespace (`<dir>/net.ns`) and the placeholder tap in it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OwnNetwork {
+    pub netns: PathBuf,
+    pub tap: String,
 }
 
 impl SandboxState {
@@ -170,6 +181,7 @@ mod tests {
             vcpus: 1,
             memory_mib: 256,
             created: 3,
+            own_network: None,
         };
         s.write(&dir).unwrap();
         assert_eq!(SandboxState::read(&dir).unwrap(), s);

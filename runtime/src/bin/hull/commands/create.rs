@@ -17,7 +17,7 @@ use hull_runtime::agent::protocol::{Redirect, StdioSpec};
 use hull_runtime::config::RuntimeConfig;
 use hull_runtime::container::CreateOptions;
 use hull_runtime::host_cgroup;
-use hull_runtime::sandbox::Sandbox;
+use hull_runtime::sandbox::{Sandbox, SandboxNetwork};
 
 use super::{block_on, check_id, load_spec, write_pid_file, Ctx};
 use crate::monitor::{self, MonitorArgs, Started};
@@ -90,8 +90,9 @@ pub fn create(ctx: &Ctx, a: &CreateArgs<'_>) -> anyhow::Result<Started> {
     let mut size = host_cgroup::vm_size(&spec);
     let cgroup = spec.linux().as_ref().and_then(|l| l.cgroups_path().clone());
     size.host_cgroup = cgroup.as_deref().and_then(host_cgroup::prepare);
-    // A network namespace the spec joins: the VM takes over its interfaces.
-    size.netns = hull_runtime::network::spec_netns(&spec);
+    // A network namespace the spec joins: the VM takes over its interfaces. A new one (docker's
+    // bridge network): the sandbox makes it, and the prestart hooks set it up.
+    size.network = SandboxNetwork::from_spec(&spec);
     block_on(async {
         let sb = Sandbox::create(&config, &ctx.root, a.id, &size)
             .await
