@@ -14,8 +14,9 @@ PKGS=(
   python3-venv python3-yaml
   # containers in the guest: libcontainer links libseccomp statically (libseccomp.a)
   libseccomp-dev pkg-config
-  # the peer runtime the CLI tests and benches compare hull against
-  runc
+  # the peer runtime the CLI tests and benches compare hull against, and the network bench's
+  # throughput tool
+  runc iperf3
   # the front ends hull plugs into (tests start them with their own state dirs and sockets),
   # and a real CNI for pod networking
   containerd docker.io containernetworking-plugins

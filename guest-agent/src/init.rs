@@ -202,7 +202,7 @@ pub fn set_clock(seconds: i64, nanos: u32) -> Result<(), AgentError> {
 /// Ends the VM: stops every process, syncs, reboots (which hull-vmm turns into its exit).
 pub fn power_off(grace: Duration) -> ! {
     let all = nix::unistd::Pid::from_raw(-1);
-    tracing::info!("powering off: stopping all processes");
+    tracing::info!(target: crate::log::CONSOLE, "powering off: stopping all processes");
     let _ = nix::sys::signal::kill(all, nix::sys::signal::Signal::SIGTERM);
     let deadline = std::time::Instant::now() + grace;
     // The reaper is gone with the runtime: reap here until nothing is left or the grace ends.
@@ -217,7 +217,7 @@ pub fn power_off(grace: Duration) -> ! {
     }
     let _ = nix::sys::signal::kill(all, nix::sys::signal::Signal::SIGKILL);
     nix::unistd::sync();
-    tracing::info!("rebooting to end the VM");
+    tracing::info!(target: crate::log::CONSOLE, "rebooting to end the VM");
     let err = reboot(RebootMode::RB_AUTOBOOT);
     // Only reached if reboot failed: PID 1 exiting panics the kernel, and `panic=-1` on the
     // command line turns that into a reboot too.

@@ -1,5 +1,8 @@
-//! Logging: every line goes to stderr (the console in the guest) and into a bounded backlog that
-//! log connections (`ConnectionKind::Log`) receive, followed by live lines.
+//! Logging: every line goes into a bounded backlog that log connections
+//! (`ConnectionKind::Log`) receive, followed by live lines; warnings and errors also go to
+//! stderr (the console in the guest), as do the lines logged with the [`CONSOLE`] target. The
+//! console is an emulated UART, about a millisecond per
+//! byte in a nested VM, so routine lines on it would slow every boot and container start.
 //!
 //! Logging never blocks on a slow host: the backlog drops its oldest lines past
 //! [`BACKLOG_BYTES`], and a lagging log connection skips lines (it is told how many).
@@ -13,6 +16,10 @@ use tokio::sync::broadcast;
 use tracing_subscriber::fmt::MakeWriter;
 
 use crate::transport::BoxConn;
+
+/// The target of the few lines that go to the console whatever their level (the VM's end:
+/// `tracing::info!(target: log::CONSOLE, ...)`), so that a console log shows how a VM ended.
+pub const CONSOLE: &str = "console";
 
 /// Bytes of log lines kept for log connections that attach later.
 pub const BACKLOG_BYTES: usize = 256 * 1024;
@@ -80,6 +87,8 @@ pub struct HubWriter;
 
 pub struct EventWriter {
     buf: Vec<u8>,
+    /// Whether the line also goes to the console (warnings and errors).
+    console: bool,
 }
 
 impl Write for EventWriter {
@@ -97,7 +106,9 @@ impl Drop for EventWriter {
         if self.buf.is_empty() {
             return;
         }
-        let _ = std::io::stderr().write_all(&self.buf);
+        if self.console {
+            let _ = std::io::stderr().write_all(&self.buf);
+        }
         let line: Arc<str> = Arc::from(String::from_utf8_lossy(&self.buf).into_owned());
         hub().push(line);
     }
@@ -106,7 +117,17 @@ impl Drop for EventWriter {
 impl<'a> MakeWriter<'a> for HubWriter {
     type Writer = EventWriter;
     fn make_writer(&'a self) -> Self::Writer {
-        EventWriter { buf: Vec::new() }
+        EventWriter {
+            buf: Vec::new(),
+            console: true,
+        }
+    }
+
+    fn make_writer_for(&'a self, meta: &tracing::Metadata<'_>) -> Self::Writer {
+        EventWriter {
+            buf: Vec::new(),
+            console: *meta.level() <= tracing::Level::WARN || meta.target() == CONSOLE,
+        }
     }
 }
 

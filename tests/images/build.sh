@@ -2,17 +2,19 @@
 # Builds a container image without a registry: a docker-archive tar (what `docker load` and
 # `ctr images import` take) of a one-layer image whose root holds Debian's busybox-static.
 #
-#   tests/images/build.sh OUT.tar [busybox|server|pause]
+#   tests/images/build.sh OUT.tar [busybox|server|pause|iperf]
 #
 #   busybox  hull-test/busybox:latest   /bin/busybox and its applets; CMD ["sh"]
 #   server   hull-test/server:latest    the same, plus /www/index.html; CMD runs busybox httpd
 #                                       in the foreground on port 80
 #   pause    hull-test/pause:latest     the same; CMD waits for SIGTERM/SIGINT and exits 0: a
 #                                       pod's sandbox ("pause") image for containerd's CRI
+#   iperf    hull-test/iperf:latest     the same, plus Debian's iperf3 and the libraries it
+#                                       links; CMD ["iperf3","-s"] (the network bench)
 #
 # Reproducible (fixed owners and mtimes), so the image id is the same on every machine.
 set -euo pipefail
-out=${1:?usage: build.sh OUT.tar [busybox|server|pause]}
+out=${1:?usage: build.sh OUT.tar [busybox|server|pause|iperf]}
 kind=${2:-busybox}
 bb=/bin/busybox
 [ -x "$bb" ] || { echo "build.sh: $bb missing: install busybox-static (scripts/install-deps.sh)" >&2; exit 1; }
@@ -21,7 +23,9 @@ case "$kind" in
   server) ref=hull-test/server:latest; cmd='["httpd","-f","-v","-p","80","-h","/www"]' ;;
   pause) ref=hull-test/pause:latest
     cmd='["sh","-c","trap \"exit 0\" TERM INT; while :; do sleep 3600 & wait; done"]' ;;
-  *) echo "build.sh: unknown image $kind (busybox, server or pause)" >&2; exit 1 ;;
+  iperf) ref=hull-test/iperf:latest; cmd='["iperf3","-s"]'
+    command -v iperf3 > /dev/null || { echo "build.sh: iperf3 missing: install iperf3 (scripts/install-deps.sh)" >&2; exit 1; } ;;
+  *) echo "build.sh: unknown image $kind (busybox, server, pause or iperf)" >&2; exit 1 ;;
 esac
 
 work=$(mktemp -d)
@@ -36,6 +40,15 @@ done
 echo 'root:x:0:0:root:/root:/bin/sh' > "$root/etc/passwd"
 echo 'root:x:0:' > "$root/etc/group"
 [ "$kind" = server ] && echo "hello from hull" > "$root/www/index.html"
+if [ "$kind" = iperf ]; then
+  # The binary and every library ldd names (and the loader), at their own paths.
+  iperf=$(command -v iperf3)
+  mkdir -p "$root/usr/bin"
+  cp -L "$iperf" "$root/usr/bin/iperf3"
+  for lib in $(ldd "$iperf" | grep -oE '/[^ ]+'); do
+    cp -L --parents "$lib" "$root"
+  done
+fi
 find "$root" -exec touch -h -d @0 {} +
 
 mkdir "$work/img"

@@ -15,7 +15,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use hull_tests::daemons::{image, Containerd};
-use hull_tests::net::{http_get, netns_and_taps};
+use hull_tests::net::{http_get, netns_and_taps, nsfs_mounts};
 use hull_tests::procs::{shims, vmm_pids};
 use hull_tests::vm::mounts_below;
 use hull_tests::{bin, require_kvm, workspace_root, TempDir};
@@ -614,6 +614,8 @@ const CNI_GATEWAY: &str = "10.99.0.1";
 /// filter (they go with the taps and the namespace) and no namespace.
 fn pod_network(c: &Cri) {
     let before = netns_and_taps();
+    let before_mounts = nsfs_mounts();
+    let before_vms = vmm_pids(&c.dir).len();
     let net = serde_json::json!({"linux": {"security_context": {"namespace_options": {"network": "POD"}}}});
     let mut extra = net.clone();
     merge(
@@ -672,14 +674,21 @@ fn pod_network(c: &Cri) {
         c.ok(&["stopp", &pod.0]);
         c.ok(&["rmp", &pod.0]);
     }
-    // A few create/remove cycles of a pod on the network leave nothing either.
-    for n in 0..3 {
+    // 20 create/remove cycles of a pod on the network leave nothing either: no namespace, no
+    // tap (tc filters go with the taps and the namespace), no VM.
+    for n in 0..20 {
+        let start = Instant::now();
         let pod = c.run_pod(&format!("cycle{n}"), serde_json::json!({"linux": {"security_context": {"namespace_options": {"network": "POD"}}}}));
         c.ok(&["stopp", &pod.0]);
         c.ok(&["rmp", &pod.0]);
+        eprintln!("pod cycle #{n}: {:?}", start.elapsed());
     }
     wait_until("pod network namespaces and taps gone", || {
         netns_and_taps() == before
+    });
+    assert_eq!(nsfs_mounts(), before_mounts, "namespace mounts left");
+    wait_until("the pods' VMs gone", || {
+        vmm_pids(&c.dir).len() == before_vms
     });
 }
 

@@ -1,0 +1,76 @@
+# Sourced by the docker benches (docker.sh, net.sh): starts containerd and dockerd as the docker
+# test starts them (tests/src/daemons.rs): containerd with its own root, state and sockets, its
+# root on a tmpfs (overlay snapshots cannot sit on the emulated host's overlay root), and
+# HULL_CONFIG in its environment (containerd-shim-runc-v2 inherits it and runs `hull` with it);
+# dockerd on that containerd with --data-root on a tmpfs, a short --exec-root, its default bridge
+# network (docker0), no iptables (docker-proxy publishes ports) and
+# `--add-runtime hull=$build/bin/hull`. Defines `docker` (the client on that dockerd), `dir` (a
+# scratch directory) and an EXIT trap that stops both daemons and removes what they made.
+# Needs: top, build; `bench` (the name errors start with).
+# Short paths: the daemons' sockets live here, and docker's runtime roots below the exec root.
+dir=$(mktemp -d /run/hb.XXXXXX)
+exec_root=/run/hd$$
+ctd_pid='' dkd_pid=''
+stop_daemon() {
+  # $1 pid: SIGTERM, up to 30 s, then SIGKILL.
+  [ -n "$1" ] || return 0
+  kill -TERM "$1" 2> /dev/null || return 0
+  for _ in $(seq 300); do kill -0 "$1" 2> /dev/null || break; sleep 0.1; done
+  kill -KILL "$1" 2> /dev/null || true
+  wait "$1" 2> /dev/null || true
+}
+cleanup() {
+  # A bench that failed halfway: its containers (and their VMs) first.
+  if [ -S "$dir/d.sock" ]; then
+    local left
+    left=$(command docker -H "unix://$dir/d.sock" ps -aq 2> /dev/null) || true
+    [ -z "$left" ] || command docker -H "unix://$dir/d.sock" rm -f $left > /dev/null 2>&1 || true
+  fi
+  stop_daemon "$dkd_pid"
+  stop_daemon "$ctd_pid"
+  umount -R -l "$dir/data" "$dir/ctd/root" "$exec_root" 2> /dev/null || true
+  rm -rf "$dir" "$exec_root"
+}
+trap cleanup EXIT
+
+wait_socket() {
+  # $1 name, $2 socket, $3 pid, $4 log
+  for _ in $(seq 1200); do
+    [ -S "$2" ] && return 0
+    kill -0 "$3" 2> /dev/null || { echo "$bench: $1 exited before it listened on $2:" >&2; tail -20 "$4" >&2; exit 1; }
+    sleep 0.1
+  done
+  echo "$bench: $1 did not listen on $2 within 120 s:" >&2
+  tail -20 "$4" >&2
+  exit 1
+}
+
+cat > "$dir/hull.toml" << EOF
+kernel = "$build/vmlinux"
+initrd = "$build/hull-initrd.img"
+vmm = "$build/bin/hull-vmm"
+EOF
+
+mkdir -p "$dir/ctd/root" "$dir/data" "$exec_root"
+mount -t tmpfs tmpfs "$dir/ctd/root"
+mount -t tmpfs tmpfs "$dir/data"
+cat > "$dir/ctd/containerd.toml" << EOF
+version = 2
+root = "$dir/ctd/root/lib"
+state = "$dir/ctd/root/run"
+[grpc]
+  address = "$dir/ctd/c.sock"
+[ttrpc]
+  address = "$dir/ctd/c.sock.ttrpc"
+EOF
+HULL_CONFIG=$dir/hull.toml containerd --config "$dir/ctd/containerd.toml" < /dev/null > "$dir/containerd.log" 2>&1 &
+ctd_pid=$!
+wait_socket containerd "$dir/ctd/c.sock" "$ctd_pid" "$dir/containerd.log"
+dockerd --data-root "$dir/data" --exec-root "$exec_root" -H "unix://$dir/d.sock" --pidfile "$dir/dockerd.pid" \
+  --containerd "$dir/ctd/c.sock" --iptables=false --ip6tables=false --ip-masq=false \
+  --storage-driver=overlay2 --add-runtime "hull=$build/bin/hull" < /dev/null > "$dir/dockerd.log" 2>&1 &
+dkd_pid=$!
+wait_socket dockerd "$dir/d.sock" "$dkd_pid" "$dir/dockerd.log"
+docker() { command docker -H "unix://$dir/d.sock" "$@"; }
+
+vmms() { ps -eo stat=,pid=,args= | awk '$1 !~ /^Z/ && $3 ~ /(^|\/)hull-vmm$/'; }

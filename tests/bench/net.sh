@@ -1,0 +1,99 @@
+#!/usr/bin/env bash
+# Container networking: TCP throughput (iperf3) and round-trip latency (ping) between the host and
+# a container on docker's bridge network, `--runtime hull` against docker's default runtime
+# (runc), side by side on one dockerd (lib-docker.sh), reported as medians and ratios hull / runc.
+# The same bridge, veth and address plumbing serve both; with hull the container's veth is
+# mirrored into its VM by tc (runtime/src/network) and the packets cross virtio-net.
+# Per runtime and round: `docker run -d --runtime R hull-test/iperf` (tests/images/build.sh
+# iperf: Debian's iperf3 and its libraries; CMD iperf3 -s), then from the host to the
+# container's docker IP: `iperf3 -c IP -t T -J` (host -> container, the receiver's rate) and with
+# -R (container -> host), and `busybox ping -c N -i 0.2` (the average round trip); then
+# `docker rm -f`. One warm-up round (discarded), then HULL_BENCH_NET_ROUNDS rounds (default 3),
+# hull first in odd rounds, runc first in even ones. After each round no container and no
+# hull-vmm may be left. HULL_BENCH_NET_SECONDS (default 5): iperf3's -t; HULL_BENCH_NET_PINGS
+# (default 20).
+# Needs bin/hull, bin/hull-vmm, vmlinux and hull-initrd.img in HULL_BUILD_DIR (default build/;
+# make build kernel initrd). Runs inside the emulated KVM host (tests/testhost/run) unless
+# called with --inside.
+set -euo pipefail
+top=$(cd "$(dirname "$0")/../.." && pwd)
+build=${HULL_BUILD_DIR:-$top/build}
+ROUNDS=${HULL_BENCH_NET_ROUNDS:-3}
+SECONDS_T=${HULL_BENCH_NET_SECONDS:-5}
+PINGS=${HULL_BENCH_NET_PINGS:-20}
+IMAGE=hull-test/iperf
+
+if [ "${1:-}" != --inside ]; then
+  exec "$top/tests/testhost/run" --timeout "${HULL_BENCH_TIMEOUT:-5400}" --memory 8192 -- "$0" --inside
+fi
+
+for f in "$build/bin/hull" "$build/bin/hull-vmm" "$build/vmlinux" "$build/hull-initrd.img"; do
+  [ -e "$f" ] || { echo "net bench: $f missing (make build kernel initrd, or set HULL_BUILD_DIR)" >&2; exit 1; }
+done
+for c in containerd dockerd docker iperf3 busybox; do
+  command -v "$c" > /dev/null || { echo "net bench: $c not found (scripts/install-deps.sh)" >&2; exit 1; }
+done
+
+bench="net bench"
+. "$top/tests/bench/lib-docker.sh"
+
+"$top/tests/images/build.sh" "$dir/iperf.tar" iperf 2> /dev/null
+docker load -i "$dir/iperf.tar" > /dev/null
+
+results=$dir/results
+: > "$results"
+fail() {
+  echo "net bench: $*" >&2
+  exit 1
+}
+one_round() {
+  # $1 runtime (hull|runc), $2 round (0: warm-up). Appends "runtime round metric value".
+  local rt=$1 r=$2 ip j up down rtt
+  docker run -d --runtime "$rt" --name "net-$rt" "$IMAGE" > /dev/null || fail "docker run --runtime $rt failed"
+  ip=$(docker inspect -f '{{.NetworkSettings.IPAddress}}' "net-$rt")
+  [ -n "$ip" ] || fail "no docker IP for the $rt container"
+  # The server is up when a test connection gets through (iperf3 -c fails until then).
+  for _ in $(seq 600); do
+    if j=$(iperf3 -c "$ip" -t 1 -J 2> /dev/null); then break; fi
+    sleep 0.5
+  done
+  j=$(iperf3 -c "$ip" -t "$SECONDS_T" -J) || fail "iperf3 to the $rt container ($ip) failed: $j"
+  up=$(jq '.end.sum_received.bits_per_second' <<< "$j")
+  j=$(iperf3 -c "$ip" -t "$SECONDS_T" -R -J) || fail "iperf3 -R from the $rt container ($ip) failed: $j"
+  down=$(jq '.end.sum_received.bits_per_second' <<< "$j")
+  rtt=$(busybox ping -c "$PINGS" -i 0.2 "$ip" | sed -n 's|.*min/avg/max = [^/]*/\([^/]*\)/.*|\1|p')
+  [ -n "$rtt" ] || fail "ping of the $rt container ($ip) failed"
+  docker rm -f "net-$rt" > /dev/null
+  [ -z "$(docker ps -aq)" ] || fail "containers left after docker rm -f net-$rt: $(docker ps -a)"
+  for _ in $(seq 300); do [ -z "$(vmms)" ] && break; sleep 0.1; done
+  [ -z "$(vmms)" ] || fail "a hull-vmm still runs after docker rm -f net-$rt: $(vmms)"
+  printf '%s %d up %s\n%s %d down %s\n%s %d rtt %s\n' "$rt" "$r" "$up" "$rt" "$r" "$down" "$rt" "$r" "$rtt" >> "$results"
+  awk -v rt="$rt" -v r="$r" '$1 == rt && $2 == r { v[$3] = $4 } END {
+    printf "%-8s %-5s host->container %8.1f Mbit/s  container->host %8.1f Mbit/s  rtt %7.3f ms%s\n",
+      (r ? "round " r : "warm-up"), rt, v["up"] / 1e6, v["down"] / 1e6, v["rtt"], (r ? "" : "  (discarded)") }' "$results"
+}
+
+echo "docker $(docker version -f '{{.Server.Version}}'), $(iperf3 --version | head -1)"
+for r in $(seq 0 "$ROUNDS"); do
+  if [ "$r" -gt 0 ] && [ $((r % 2)) = 0 ]; then order="runc hull"; else order="hull runc"; fi
+  for rt in $order; do one_round "$rt" "$r"; done
+done
+
+echo
+echo "host <-> container on docker's bridge: iperf3 -t $SECONDS_T (TCP, receiver's rate), ping x$PINGS; $ROUNDS rounds after a discarded warm-up"
+python3 - "$results" << 'PY'
+import statistics, sys
+v = {}
+for line in open(sys.argv[1]):
+    rt, r, m, x = line.split()
+    if int(r) > 0:
+        v.setdefault((rt, m), []).append(float(x))
+med = lambda rt, m: statistics.median(v[(rt, m)])
+print(f"{'runtime':8s} {'host->ctr Mbit/s':>17s} {'ctr->host Mbit/s':>17s} {'rtt ms':>8s}")
+for rt in ("hull", "runc"):
+    print(f"{rt:8s} {med(rt, 'up') / 1e6:17.1f} {med(rt, 'down') / 1e6:17.1f} {med(rt, 'rtt'):8.3f}")
+print(f"ratio hull / runc (medians): host->container throughput {med('hull', 'up') / med('runc', 'up'):.2f}, "
+      f"container->host throughput {med('hull', 'down') / med('runc', 'down'):.2f}, "
+      f"round trip {med('hull', 'rtt') / med('runc', 'rtt'):.2f}")
+PY
+echo "nothing left after any round (containers, hull-vmm)"
