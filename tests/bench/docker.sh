@@ -23,19 +23,11 @@ if [ "${1:-}" != --inside ]; then
   exec "$top/tests/testhost/run" --timeout "${HULL_BENCH_TIMEOUT:-5400}" --memory 8192 -- "$0" --inside
 fi
 
-for f in "$build/bin/hull" "$build/bin/hull-vmm" "$build/vmlinux" "$build/hull-initrd.img"; do
-  [ -e "$f" ] || { echo "docker bench: $f missing (make build kernel initrd, or set HULL_BUILD_DIR)" >&2; exit 1; }
-done
-for c in containerd dockerd docker; do
-  command -v "$c" > /dev/null || { echo "docker bench: $c not found (packages containerd, docker.io; scripts/install-deps.sh)" >&2; exit 1; }
-done
-
 bench="docker bench"
 . "$top/tests/bench/lib-docker.sh"
 
 "$top/tests/images/build.sh" "$dir/busybox.tar" busybox 2> /dev/null
 docker load -i "$dir/busybox.tar" > /dev/null
-
 
 results=$dir/results
 : > "$results"

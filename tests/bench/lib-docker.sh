@@ -6,7 +6,14 @@
 # network (docker0), no iptables (docker-proxy publishes ports) and
 # `--add-runtime hull=$build/bin/hull`. Defines `docker` (the client on that dockerd), `dir` (a
 # scratch directory) and an EXIT trap that stops both daemons and removes what they made.
-# Needs: top, build; `bench` (the name errors start with).
+# Needs: top, build; `bench` (the name errors start with); `tools` (commands the bench needs
+# besides containerd, dockerd and docker).
+for f in "$build/bin/hull" "$build/bin/hull-vmm" "$build/vmlinux" "$build/hull-initrd.img"; do
+  [ -e "$f" ] || { echo "$bench: $f missing (make build kernel initrd, or set HULL_BUILD_DIR)" >&2; exit 1; }
+done
+for c in containerd dockerd docker ${tools:-}; do
+  command -v "$c" > /dev/null || { echo "$bench: $c not found (scripts/install-deps.sh)" >&2; exit 1; }
+done
 # Short paths: the daemons' sockets live here, and docker's runtime roots below the exec root.
 dir=$(mktemp -d /run/hb.XXXXXX)
 exec_root=/run/hd$$

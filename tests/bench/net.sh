@@ -27,14 +27,7 @@ if [ "${1:-}" != --inside ]; then
   exec "$top/tests/testhost/run" --timeout "${HULL_BENCH_TIMEOUT:-5400}" --memory 8192 -- "$0" --inside
 fi
 
-for f in "$build/bin/hull" "$build/bin/hull-vmm" "$build/vmlinux" "$build/hull-initrd.img"; do
-  [ -e "$f" ] || { echo "net bench: $f missing (make build kernel initrd, or set HULL_BUILD_DIR)" >&2; exit 1; }
-done
-for c in containerd dockerd docker iperf3 busybox; do
-  command -v "$c" > /dev/null || { echo "net bench: $c not found (scripts/install-deps.sh)" >&2; exit 1; }
-done
-
-bench="net bench"
+bench="net bench" tools="iperf3 busybox"
 . "$top/tests/bench/lib-docker.sh"
 
 "$top/tests/images/build.sh" "$dir/iperf.tar" iperf 2> /dev/null

@@ -39,8 +39,8 @@ fn host_release() -> String {
         .to_string()
 }
 
-/// No hull-vmm runs any more (every container's VM is gone).
-fn no_vmm_left() {
+/// No process whose command line contains `what` runs any more.
+fn none_running(what: &str) {
     let ps = text(
         &Command::new("ps")
             .args(["-eo", "args"])
@@ -49,9 +49,14 @@ fn no_vmm_left() {
             .stdout,
     );
     assert!(
-        !ps.lines().any(|l| l.contains("hull-vmm")),
-        "a hull-vmm still runs:\n{ps}"
+        !ps.lines().any(|l| l.contains(what)),
+        "a {what} still runs:\n{ps}"
     );
+}
+
+/// No hull-vmm runs any more (every container's VM is gone).
+fn no_vmm_left() {
+    none_running("hull-vmm");
 }
 
 /// docker's human-readable size (`764KiB`, `52.3MiB`, `1.2GiB`) in MiB.
@@ -514,17 +519,7 @@ fn docker_runs_containers_in_microvms() {
     }
     no_vmm_left();
     no_state_left(&dockerd.exec_root);
-    let ps = text(
-        &Command::new("ps")
-            .args(["-eo", "args"])
-            .output()
-            .unwrap()
-            .stdout,
-    );
-    assert!(
-        !ps.lines().any(|l| l.contains("__monitor")),
-        "a hull monitor still runs:\n{ps}"
-    );
+    none_running("hull __monitor");
     wait_until("the 20 containers' veths and namespaces gone", || {
         (host_links(), nsfs_mounts()) == before
     });
