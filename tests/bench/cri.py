@@ -230,11 +230,13 @@ class Bench:
         self.work = work
         self.ctd = self.channel = None
 
-    def start(self, tools, build, py_env):
+    def start(self, tools, build, py_env, images=("pause", "busybox")):
+        """containerd with the CRI plugin, its CNI conf dir `<work>/cni` (made here if not there
+        yet: a bench may have written its network config first), and `images` imported."""
         work = self.work
         self.shim_root = os.path.join(work, "shim")
         self.logs = os.path.join(work, "logs")
-        os.makedirs(os.path.join(work, "cni"))
+        os.makedirs(os.path.join(work, "cni"), exist_ok=True)
         os.makedirs(self.logs)
         hull_config = os.path.join(work, "hull.toml")
         write_hull_config(hull_config, tools)
@@ -254,7 +256,7 @@ class Bench:
         env = dict(py_env, PATH=f"{os.path.dirname(shim)}:{py_env.get('PATH', '/usr/sbin:/usr/bin:/sbin:/bin')}",
                    HULL_CONFIG=hull_config, HULL_SHIM_ROOT=self.shim_root)
         self.ctd = Containerd(os.path.join(work, "ctd"), env, extra)
-        for kind in ("pause", "busybox"):
+        for kind in images:
             tar = os.path.join(work, f"{kind}.tar")
             out = subprocess.run([os.path.join(top, "tests", "images", "build.sh"), tar, kind],
                                  capture_output=True, text=True)

@@ -503,3 +503,68 @@ fn exec_console_socket_and_bind_mounts() {
     assert!(env.hull(&["delete", "--force", "e1"]).status.success());
     env.assert_gone("e1");
 }
+
+/// A prestart hook that sets up the network of the pid it is given, as docker's
+/// `libnetwork-setkey` does: the VM boots in a namespace of the sandbox's own, the hook puts a
+/// veth with an address, a MAC and a default route there, and the container sees them on its
+/// eth0 in the guest and reaches the other end. Deleting the container takes the veth with it.
+#[test]
+fn a_prestart_hook_gives_the_vm_its_network() {
+    let env = Env::new("hooknet");
+    let hook = env.dir.path().join("setkey.sh");
+    std::fs::write(
+        &hook,
+        "#!/bin/sh\n\
+         set -e\n\
+         pid=$(jq -r .pid)\n\
+         ip link add hvnet-host type veth peer name hvnet-ctr\n\
+         ip link set hvnet-ctr netns \"$pid\"\n\
+         ip addr add 10.98.0.1/24 dev hvnet-host\n\
+         ip link set hvnet-host up\n\
+         nsenter --net=/proc/$pid/ns/net sh -ec 'ip link set hvnet-ctr name eth0 address 02:42:0a:62:00:02; \
+           ip addr add 10.98.0.2/24 dev eth0; ip link set eth0 up; ip route add default via 10.98.0.1'\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&hook, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let script = "ip -o -4 addr show dev eth0; cat /sys/class/net/eth0/address; ip route; \
+                  ping -c 1 -W 10 10.98.0.1 > /dev/null && echo PING-OK";
+    let b = env.bundle("b", &["sh", "-c", script], |s| {
+        s["hooks"] = json!({"prestart": [{"path": hook.to_str().unwrap()}]});
+        // ping needs CAP_NET_RAW, which runc's default spec does not give (docker's does).
+        for set in ["bounding", "effective", "permitted"] {
+            if let Some(caps) = s["process"]["capabilities"][set].as_array_mut() {
+                caps.push(json!("CAP_NET_RAW"));
+            }
+        }
+    });
+    let out = env.hull(&["run", "--bundle", b.to_str().unwrap(), "net1"]);
+    assert_eq!(out.status.code(), Some(0), "stderr: {}", text(&out.stderr));
+    let got = text(&out.stdout);
+    for want in [
+        "inet 10.98.0.2/24 ",
+        "02:42:0a:62:00:02",
+        "default via 10.98.0.1 dev eth0",
+        "PING-OK",
+    ] {
+        assert!(
+            got.contains(want),
+            "{want:?} not in the guest's view:\n{got}"
+        );
+    }
+    env.assert_gone("net1");
+    // The sandbox's namespace went with the VM, and the veth pair with it.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while Command::new("ip")
+        .args(["link", "show", "hvnet-host"])
+        .output()
+        .unwrap()
+        .status
+        .success()
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the hook's veth is left on the host"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
