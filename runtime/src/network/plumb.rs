@@ -39,13 +39,7 @@ pub(super) async fn plumb(
             Ok(t) => taps.push(t),
             Err(error) => {
                 tracing::warn!(interface = %iface.name, %error, "network setup failed, undoing it");
-                return match undo(h, &done).await {
-                    Ok(()) => Err(error),
-                    Err(undo) => Err(NetworkError::UndoFailed {
-                        error: Box::new(error),
-                        undo: Box::new(undo),
-                    }),
-                };
+                return Err(undone(h, &done, error).await);
             }
         }
     }
@@ -154,15 +148,20 @@ pub(super) async fn attach(
     let mut done = Done::default();
     if let Err(error) = mirror(h, iface, tap_name, &mut done).await {
         tracing::warn!(interface = %iface.name, %error, "network attach failed, undoing it");
-        return match undo(h, &done).await {
-            Ok(()) => Err(error),
-            Err(undo) => Err(NetworkError::UndoFailed {
-                error: Box::new(error),
-                undo: Box::new(undo),
-            }),
-        };
+        return Err(undone(h, &done, error).await);
     }
     Ok(())
+}
+
+/// Undoes `done` after `error`: the error to return (`error`, or `UndoFailed` with both).
+async fn undone(h: &Handle, done: &Done, error: NetworkError) -> NetworkError {
+    match undo(h, done).await {
+        Ok(()) => error,
+        Err(undo) => NetworkError::UndoFailed {
+            error: Box::new(error),
+            undo: Box::new(undo),
+        },
+    }
 }
 
 async fn undo(h: &Handle, done: &Done) -> Result<(), NetworkError> {
