@@ -274,21 +274,27 @@ class Bench:
         except grpc.RpcError as e:
             raise BenchError(f"{method}: {e.code().name}: {e.details()}\ncontainerd's log (end):\n{self.ctd.tail()}")
 
-    def pod(self, handler, name, settle, memory):
-        """Runs one pod: {'first', 'runp', 'create', 'start'} seconds (and memory if asked)."""
+    def configs(self, name, network, ctr_name, image, command):
+        """Pod `name`'s log directory (made here), its PodSandboxConfig (namespace mode `network`:
+        NODE or POD) and the ContainerConfig of its one container (log `<ctr_name>.log`)."""
         logdir = os.path.join(self.logs, name)
         os.makedirs(logdir)
         pod = json_format.ParseDict({
             "metadata": {"name": name, "namespace": "bench", "uid": f"{name}-uid"},
             "log_directory": logdir,
-            "linux": {"security_context": {"namespace_options": {"network": "NODE"}}},
+            "linux": {"security_context": {"namespace_options": {"network": network}}},
         }, cri.PodSandboxConfig())
         ctr = json_format.ParseDict({
-            "metadata": {"name": "c"},
-            "image": {"image": IMAGE},
-            "command": ["sh", "-c", f"echo {LINE}; exec sleep 1000"],
-            "log_path": "c.log",
+            "metadata": {"name": ctr_name},
+            "image": {"image": image},
+            "command": command,
+            "log_path": f"{ctr_name}.log",
         }, cri.ContainerConfig())
+        return logdir, pod, ctr
+
+    def pod(self, handler, name, settle, memory):
+        """Runs one pod: {'first', 'runp', 'create', 'start'} seconds (and memory if asked)."""
+        logdir, pod, ctr = self.configs(name, "NODE", "c", IMAGE, ["sh", "-c", f"echo {LINE}; exec sleep 1000"])
         watch = LogWatch(os.path.join(logdir, "c.log"))
         watch.start()
         pod_id = None

@@ -21,7 +21,7 @@ in even ones. Prints every round, per-handler medians and the ratios hull / runc
 """
 import argparse, json, os, re, shutil, statistics, subprocess, tempfile, time
 
-from cri import Bench, HANDLERS, cri, json_format  # noqa: E402  (cri.py sets up the CRI stubs)
+from cri import Bench, HANDLERS, cri  # noqa: E402  (cri.py sets up the CRI stubs)
 from oci import BenchError, check_tools, run_main  # noqa: E402
 
 IMAGE = "docker.io/hull-test/iperf:latest"
@@ -59,17 +59,7 @@ def rate(handler, ip, seconds, *extra):
 
 
 def one(bench, handler, name, seconds, pings):
-    logdir = os.path.join(bench.logs, name)
-    os.makedirs(logdir)
-    pod = json_format.ParseDict({
-        "metadata": {"name": name, "namespace": "bench", "uid": f"{name}-uid"},
-        "log_directory": logdir,
-        "linux": {"security_context": {"namespace_options": {"network": "POD"}}},
-    }, cri.PodSandboxConfig())
-    ctr = json_format.ParseDict({
-        "metadata": {"name": "iperf"}, "image": {"image": IMAGE},
-        "command": ["iperf3", "-s"], "log_path": "iperf.log",
-    }, cri.ContainerConfig())
+    _, pod, ctr = bench.configs(name, "POD", "iperf", IMAGE, ["iperf3", "-s"])
     pod_id = None
     try:
         pod_id = bench.call("RunPodSandbox", cri.RunPodSandboxRequest(config=pod, runtime_handler=handler)

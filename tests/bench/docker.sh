@@ -42,26 +42,14 @@ one_run() {
     exit 1
   fi
   end=$EPOCHREALTIME
-  if [ -n "$(docker ps -aq)" ]; then
-    echo "docker bench: containers left after docker run --rm --runtime $1:" >&2
-    docker ps -a >&2
-    exit 1
-  fi
-  if [ -n "$(vmms)" ]; then
-    echo "docker bench: a hull-vmm still runs after docker run --rm --runtime $1:" >&2
-    vmms >&2
-    exit 1
-  fi
+  nothing_left "docker run --rm --runtime $1"
   awk -v rt="$1" -v r="$2" -v s="$start" -v e="$end" 'BEGIN { printf "%s %d %.6f\n", rt, r, e - s }' >> "$results"
   awk -v rt="$1" -v r="$2" '$1 == rt && $2 == r {
     printf "%-8s %-5s %8.0f ms%s\n", (r ? "round " r : "warm-up"), rt, $3 * 1000, (r ? "" : "  (discarded)") }' "$results"
 }
 
 echo "docker $(docker version -f '{{.Server.Version}}'), runtimes: $(docker info -f '{{range $k, $v := .Runtimes}}{{$k}} {{end}}')(default $(docker info -f '{{.DefaultRuntime}}'))"
-for r in $(seq 0 "$ROUNDS"); do
-  if [ "$r" -gt 0 ] && [ $((r % 2)) = 0 ]; then order="runc hull"; else order="hull runc"; fi
-  for rt in $order; do one_run "$rt" "$r"; done
-done
+alternate one_run
 
 echo
 echo "docker run latency: \`docker run --rm --network none $IMAGE true\`, $ROUNDS rounds after a discarded warm-up"

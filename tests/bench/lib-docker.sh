@@ -81,3 +81,30 @@ wait_socket dockerd "$dir/d.sock" "$dkd_pid" "$dir/dockerd.log"
 docker() { command docker -H "unix://$dir/d.sock" "$@"; }
 
 vmms() { ps -eo stat=,pid=,args= | awk '$1 !~ /^Z/ && $3 ~ /(^|\/)hull-vmm$/'; }
+
+# Fails the bench (naming $1, what was just done) if a container is left, or if a hull-vmm still
+# runs after $2 tenths of a second (default 0: at once).
+nothing_left() {
+  if [ -n "$(docker ps -aq)" ]; then
+    echo "$bench: containers left after $1:" >&2
+    docker ps -a >&2
+    exit 1
+  fi
+  local i
+  for ((i = 0; i < ${2:-0}; i++)); do [ -z "$(vmms)" ] && break; sleep 0.1; done
+  if [ -n "$(vmms)" ]; then
+    echo "$bench: a hull-vmm still runs after $1:" >&2
+    vmms >&2
+    exit 1
+  fi
+}
+
+# Calls FN RUNTIME ROUND for a warm-up round (0) and rounds 1..$ROUNDS, hull first in odd
+# rounds and in the warm-up, runc first in even ones.
+alternate() {
+  local r rt order
+  for r in $(seq 0 "$ROUNDS"); do
+    if [ "$r" -gt 0 ] && [ $((r % 2)) = 0 ]; then order="runc hull"; else order="hull runc"; fi
+    for rt in $order; do "$1" "$rt" "$r"; done
+  done
+}

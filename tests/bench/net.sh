@@ -75,9 +75,7 @@ one_round() {
   rtt=$(busybox ping -c "$PINGS" -i 0.2 "$ip" | sed -n 's|.*min/avg/max = [^/]*/\([^/]*\)/.*|\1|p')
   [ -n "$rtt" ] || fail "ping of the $rt container ($ip) failed"
   docker rm -f "net-$rt" > /dev/null
-  [ -z "$(docker ps -aq)" ] || fail "containers left after docker rm -f net-$rt: $(docker ps -a)"
-  for _ in $(seq 300); do [ -z "$(vmms)" ] && break; sleep 0.1; done
-  [ -z "$(vmms)" ] || fail "a hull-vmm still runs after docker rm -f net-$rt: $(vmms)"
+  nothing_left "docker rm -f net-$rt" 300
   printf '%s %d up %s\n%s %d down %s\n%s %d rtt %s\n' "$rt" "$r" "$up" "$rt" "$r" "$down" "$rt" "$r" "$rtt" >> "$results"
   awk -v rt="$rt" -v r="$r" '$1 == rt && $2 == r { v[$3] = $4 } END {
     printf "%-8s %-5s host->container %8.1f Mbit/s  container->host %8.1f Mbit/s  rtt %7.3f ms%s\n",
@@ -85,10 +83,7 @@ one_round() {
 }
 
 echo "docker $(docker version -f '{{.Server.Version}}'), $(iperf3 --version | head -1)"
-for r in $(seq 0 "$ROUNDS"); do
-  if [ "$r" -gt 0 ] && [ $((r % 2)) = 0 ]; then order="runc hull"; else order="hull runc"; fi
-  for rt in $order; do one_round "$rt" "$r"; done
-done
+alternate one_round
 
 echo
 echo "host <-> container on docker's bridge: iperf3 -t $SECONDS_T (TCP, receiver's rate), ping x$PINGS; $ROUNDS rounds after a discarded warm-up"
