@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Builds hull's guest kernel (vmlinux, ELF with a PVH note) from Debian's linux-source-6.1:
-# `make tinyconfig` + hull-guest.config, then olddefconfig, then a check that every option the
-# fragment asks for survived. The result is cached outside the clone, keyed by a hash of the
+# Builds hull's guest kernel (vmlinux, ELF with a PVH note) from Debian's linux-source-6.1 with
+# hull's patches (patches/): `make tinyconfig` + hull-guest.config, then olddefconfig, then a
+# check that every option the fragment asks for survived and every one it switches off is off. The result is cached outside the clone, keyed by a hash of the
 # fragment, this script and the source package version, and copied to OUT (default build/vmlinux).
 #
 # Environment: HULL_CACHE_DIR (default /var/cache/hull), HULL_KERNEL_JOBS (default nproc).
@@ -20,7 +20,11 @@ die() { echo "[kernel] error: $*" >&2; exit 1; }
 
 [ -f "$src_tar" ] || die "$src_tar not found: install the linux-source-6.1 package (scripts/install-deps.sh)"
 src_ver=$(dpkg-query -W -f='${Version}' linux-source-6.1 2>/dev/null) || die "linux-source-6.1 is not installed"
-key=$( { echo "linux-source-6.1 $src_ver"; cat "$fragment" "$0"; } | sha256sum | cut -c1-16)
+# hull's own patches to the guest kernel (patches/*.patch, applied in name order with patch -p1):
+# each says what it is for in its header.
+patches=("$here"/patches/*.patch)
+[ -e "${patches[0]}" ] || patches=()
+key=$( { echo "linux-source-6.1 $src_ver"; cat "$fragment" "$0" ${patches[@]+"${patches[@]}"}; } | sha256sum | cut -c1-16)
 cached=$cache_root/$key/vmlinux
 
 install_out() {
@@ -49,6 +53,23 @@ if [ ! -f "$src/.unpacked" ]; then
   touch "$src.tmp/.unpacked" && mv "$src.tmp" "$src"
 fi
 
+# The patched tree: a hard-linked copy of the unpacked source (patch replaces the files it
+# changes, so the pristine tree is left alone), one per set of patches.
+if [ ${#patches[@]} -gt 0 ]; then
+  pkey=$(cat "${patches[@]}" | sha256sum | cut -c1-12)
+  psrc=$cache_root/src-$src_ver-p$pkey
+  if [ ! -f "$psrc/.patched" ]; then
+    rm -rf "$psrc" "$psrc.tmp"
+    cp -al "$src" "$psrc.tmp"
+    for p in "${patches[@]}"; do
+      log "applying $(basename "$p")"
+      patch -s -p1 -d "$psrc.tmp" < "$p" || die "$(basename "$p") does not apply to linux-source-6.1 $src_ver"
+    done
+    touch "$psrc.tmp/.patched" && mv "$psrc.tmp" "$psrc"
+  fi
+  src=$psrc
+fi
+
 obj=$cache_root/build-$key
 rm -rf "$obj" && mkdir -p "$obj"
 log "configuring (tinyconfig + $(basename "$fragment")) in $obj"
@@ -61,6 +82,8 @@ dropped=()
 while IFS= read -r line; do
   case "$line" in
     CONFIG_*=*) grep -qxF "$line" "$obj/.config" || dropped+=("$line (now: $(grep -E "^(# )?${line%%=*}[= ]" "$obj/.config" || echo 'absent'))") ;;
+    "# CONFIG_"*" is not set") opt=${line#\# }; opt=${opt%% *}
+      ! grep -q "^$opt=" "$obj/.config" || dropped+=("$line (now: $(grep "^$opt=" "$obj/.config"); something selects it)") ;;
   esac
 done < "$fragment"
 if [ ${#dropped[@]} -gt 0 ]; then

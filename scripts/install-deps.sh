@@ -5,7 +5,7 @@ set -euo pipefail
 
 PKGS=(
   # guest kernel build (kernel-config/build.sh)
-  linux-source-6.1 bc flex bison libelf-dev libssl-dev make gcc xz-utils
+  linux-source-6.1 patch bc flex bison libelf-dev libssl-dev make gcc xz-utils
   # emulated KVM host and reference VMM (tests/testhost, make bench)
   qemu-system-x86 busybox-static cpio kmod
   # test tooling

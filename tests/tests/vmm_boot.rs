@@ -151,7 +151,7 @@ fn guest_panic_exits_nonzero_with_the_reason() {
         &mut v,
         VM_LIMIT,
         2,
-        "guest kernel panic: Kernel panic - not syncing: Attempted to kill init!",
+        "guest kernel panic: reported by the guest kernel through pvpanic",
     );
     let log = v.log();
     assert_eq!(
@@ -160,6 +160,31 @@ fn guest_panic_exits_nonzero_with_the_reason() {
         "{log}"
     );
     assert!(stdout.contains("ABOUT-TO-EXIT"));
+    // The reason is in the console, where the kernel printed it before reporting the panic.
+    assert!(
+        stdout.contains("Kernel panic - not syncing: Attempted to kill init!"),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn console_text_cannot_forge_a_panic() {
+    // A guest process prints the kernel's panic line, then the guest reboots: that is a reboot
+    // (exit 0), because only the guest kernel's pvpanic report means a panic. The guest kernel
+    // found the pvpanic device (capability: PANICKED | CRASH_LOADED).
+    let dir = TempDir::new("hull-vmm-forged-panic");
+    let mut v = boot(
+        dir.path(),
+        r#"mount -t sysfs sysfs /sys
+echo "PVPANIC-CAPABILITY=$(cat /sys/bus/platform/devices/pvpanic-mmio/capability)"
+echo "Kernel panic - not syncing: Attempted to kill init! exitcode=0x00000000"
+reboot -f
+"#,
+        |_| {},
+    );
+    let stdout = expect_exit(&mut v, VM_LIMIT, 0, "guest rebooted");
+    assert!(stdout.contains("PVPANIC-CAPABILITY=3"), "{stdout}");
+    assert!(stdout.contains("Kernel panic - not syncing"), "{stdout}");
 }
 
 #[test]

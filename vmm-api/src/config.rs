@@ -42,10 +42,12 @@ pub const MIN_MEMORY_MIB: u64 = 64;
 /// Most guest memory (MiB).
 pub const MAX_MEMORY_MIB: u64 = 64 * 1024;
 /// Kernel parameters the VMM always puts first: `reboot=k` makes a guest reboot reach the
-/// i8042 reset (how the VMM sees it); `panic=-1` turns a panic into an immediate reset (the
-/// VMM tells it from a reboot by the console's panic line). The user's command line comes after
-/// these, so it can override them (at the cost of those exit semantics).
-pub const CMDLINE_PREFIX: &str = "reboot=k panic=-1";
+/// i8042 reset (how the VMM sees it); `pvpanic_mmio.ioport=0x505` tells the guest kernel where
+/// the pvpanic device is (hull's guest kernel patch: there is no ACPI to say so), and the kernel
+/// reports a panic there, which is how the VMM tells a panic from a reboot; `panic=-1` makes the
+/// panic's end an immediate reset rather than a hang. The user's command line comes after these,
+/// so it can override them (at the cost of those exit semantics).
+pub const CMDLINE_PREFIX: &str = "reboot=k panic=-1 pvpanic_mmio.ioport=0x505";
 /// What the i8042 emulation supports (no mouse port, no multiplexer, no keyboard commands).
 pub const CMDLINE_I8042: &str = "i8042.noaux i8042.nomux i8042.dumbkbd i8042.nopnp";
 

@@ -5,7 +5,7 @@
 //! | 0 | the guest rebooted or powered off (a guest `reboot`, or a guest-completed API shutdown) |
 //! | 0 | API shutdown whose grace period expired: the VMM stopped the guest (stderr says so) |
 //! | 1 | bad configuration or set-up failure (before or while creating the VM) |
-//! | 2 | guest kernel panic (the console printed "Kernel panic - not syncing") |
+//! | 2 | guest kernel panic (the guest kernel reported it through pvpanic) |
 //! | 3 | guest triple fault (KVM_EXIT_SHUTDOWN) |
 //! | 4 | VMM or KVM internal error |
 //! | 128+N | stopped by signal N (SIGTERM, SIGINT) |
@@ -32,7 +32,7 @@ pub enum ExitReason {
     GuestPowerOff,
     /// An API shutdown request; `forced` when the guest did not stop within the grace period.
     ApiShutdown { forced: bool },
-    /// The guest kernel panicked; the console's panic line.
+    /// The guest kernel panicked (pvpanic, or KVM_SYSTEM_EVENT_CRASH); what the VMM knows of it.
     GuestPanic(String),
     /// A vCPU triple-faulted.
     TripleFault { vcpu: u8 },

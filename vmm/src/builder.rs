@@ -21,6 +21,7 @@ use crate::config::{BootProtocolConfig, ConfigError, SerialConfig, Validate, VmC
 use crate::device_manager::mmio::{MmioDeviceManager, Subscriber};
 use crate::devices::bus::Bus;
 use crate::devices::legacy::i8042::I8042;
+use crate::devices::legacy::pvpanic::PvPanic;
 use crate::devices::legacy::serial::{CappedFile, SerialDevice, SerialOut, SerialSink};
 use crate::devices::legacy::EventFdTrigger;
 use crate::devices::virtio::fs::Fs;
@@ -120,10 +121,7 @@ pub(crate) fn build(config: &VmConfig) -> Result<Vmm, VmmError> {
     irqfd(&vm, &serial_irq, layout::COM1_IRQ)?;
     let serial = Arc::new(Mutex::new(SerialDevice::new(
         EventFdTrigger(serial_irq),
-        SerialOut::new(
-            serial_sink(&config.serial, config.serial_max_bytes)?,
-            exit.clone(),
-        ),
+        SerialOut::new(serial_sink(&config.serial, config.serial_max_bytes)?),
     )));
     pio_bus.insert(u64::from(layout::COM1_PORT), 8, serial.clone())?;
     let kbd_irq = new_evt()?;
@@ -136,6 +134,14 @@ pub(crate) fn build(config: &VmConfig) -> Result<Vmm, VmmError> {
         u64::from(layout::I8042_DATA_PORT),
         u64::from(layout::I8042_COMMAND_PORT - layout::I8042_DATA_PORT) + 1,
         i8042.clone(),
+    )?;
+
+    // pvpanic: how the guest kernel reports a panic (the guest finds it through the command
+    // line's pvpanic_mmio.ioport=, see CMDLINE_PREFIX).
+    pio_bus.insert(
+        u64::from(layout::PVPANIC_PORT),
+        1,
+        Arc::new(Mutex::new(PvPanic::new(exit.clone()))),
     )?;
 
     // Virtio devices.

@@ -6,7 +6,7 @@
 //! | 0 | the guest rebooted or powered off (a guest `reboot`, or a guest-completed API shutdown) |
 //! | 0 | API shutdown whose grace period expired: the VMM stopped the guest (stderr says so) |
 //! | 1 | bad configuration or set-up failure (before or while creating the VM) |
-//! | 2 | guest kernel panic (the console printed "Kernel panic - not syncing") |
+//! | 2 | guest kernel panic (reported by the guest kernel through pvpanic, or KVM_SYSTEM_EVENT_CRASH) |
 //! | 3 | guest triple fault (KVM_EXIT_SHUTDOWN) |
 //! | 4 | VMM or KVM internal error |
 //! | 128+N | stopped by signal N (SIGTERM, SIGINT) |
@@ -24,7 +24,6 @@ pub use hull_vmm_api::exit::*;
 pub struct ExitState {
     requested: AtomicBool,
     reason: Mutex<Option<ExitReason>>,
-    panic_line: Mutex<Option<String>>,
     api_shutdown: AtomicBool,
     evt: EventFd,
 }
@@ -34,7 +33,6 @@ impl ExitState {
         Ok(ExitState {
             requested: AtomicBool::new(false),
             reason: Mutex::new(None),
-            panic_line: Mutex::new(None),
             api_shutdown: AtomicBool::new(false),
             evt: EventFd::new(EFD_NONBLOCK)?,
         })
@@ -55,42 +53,24 @@ impl ExitState {
         }
     }
 
-    /// The console showed a kernel panic; the reset that follows is reported as the panic.
-    pub fn note_guest_panic(&self, line: String) {
-        let mut p = self.panic_line.locked();
-        if p.is_none() {
-            tracing::warn!("{line}");
-            *p = Some(line);
-        }
-    }
-
-    fn panic_line(&self) -> Option<String> {
-        self.panic_line.locked().clone()
-    }
-
     /// The API asked the guest to shut down: its reset is the answer.
     pub fn note_api_shutdown(&self) {
         self.api_shutdown.store(true, Ordering::SeqCst);
     }
 
-    /// The guest reset the machine: a reboot, the end of a panic, or the guest's answer to an
-    /// API shutdown.
+    /// The guest reset the machine: a reboot or the guest's answer to an API shutdown. (A
+    /// panic's reset comes after pvpanic has recorded the panic, which wins.)
     pub fn guest_reset(&self) {
-        match self.panic_line() {
-            Some(line) => self.request(ExitReason::GuestPanic(line)),
-            None if self.api_shutdown.load(Ordering::SeqCst) => {
-                self.request(ExitReason::ApiShutdown { forced: false })
-            }
-            None => self.request(ExitReason::GuestReboot),
+        if self.api_shutdown.load(Ordering::SeqCst) {
+            self.request(ExitReason::ApiShutdown { forced: false })
+        } else {
+            self.request(ExitReason::GuestReboot)
         }
     }
 
-    /// A vCPU triple-faulted (also how some panics end).
+    /// A vCPU triple-faulted.
     pub fn triple_fault(&self, vcpu: u8) {
-        match self.panic_line() {
-            Some(line) => self.request(ExitReason::GuestPanic(line)),
-            None => self.request(ExitReason::TripleFault { vcpu }),
-        }
+        self.request(ExitReason::TripleFault { vcpu })
     }
 
     pub fn is_requested(&self) -> bool {
@@ -122,9 +102,9 @@ mod tests {
     }
 
     #[test]
-    fn triple_fault_after_panic_is_a_panic() {
+    fn triple_fault_after_a_panic_is_a_panic() {
         let s = ExitState::new().unwrap();
-        s.note_guest_panic("Kernel panic - not syncing: x".into());
+        s.request(ExitReason::GuestPanic("pvpanic".into()));
         s.triple_fault(1);
         assert_eq!(s.reason().unwrap().exit_code(), 2);
     }

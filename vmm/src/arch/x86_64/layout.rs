@@ -78,6 +78,8 @@ pub const COM1_IRQ: u32 = 4;
 pub const I8042_DATA_PORT: u16 = 0x60;
 pub const I8042_COMMAND_PORT: u16 = 0x64;
 pub const I8042_IRQ: u32 = 1;
+/// pvpanic's I/O port (QEMU's default, and what `CMDLINE_PREFIX` names).
+pub const PVPANIC_PORT: u16 = 0x505;
 
 /// Guest RAM ranges for a guest with `mem_size` bytes: one range below the MMIO gap and, when
 /// the guest has more memory than fits there, one above 4 GiB.

@@ -1,6 +1,7 @@
-//! Legacy ISA devices: the 8250 serial console and the i8042 keyboard controller.
+//! Legacy ISA devices: the 8250 serial console, the i8042 keyboard controller and pvpanic.
 
 pub mod i8042;
+pub mod pvpanic;
 pub mod serial;
 
 use vm_superio::Trigger;

@@ -1,23 +1,15 @@
 //! COM1: vm-superio's 16550A emulation behind the port-I/O bus, writing what the guest prints to
-//! stdout, a size-capped file, or nowhere, and watching it for the kernel's panic line.
+//! stdout, a size-capped file, or nowhere. Nothing the guest prints decides anything: a guest
+//! kernel panic is known from pvpanic (`super::pvpanic`).
 
 use std::fs::File;
 use std::io::{self, LineWriter, Write};
 use std::os::unix::fs::FileExt;
-use std::sync::Arc;
-
 use vm_superio::serial::NoEvents;
 use vm_superio::Serial;
 
 use super::EventFdTrigger;
 use crate::devices::bus::BusDevice;
-use crate::exit::ExitState;
-
-/// What the kernel prints when it panics (`panic()` in kernel/panic.c); the text after it is the
-/// reason.
-pub const PANIC_MARKER: &[u8] = b"Kernel panic - not syncing";
-/// Longest console line the panic detector keeps (longer lines are cut, not lost).
-const MAX_LINE: usize = 512;
 
 /// A console file that never holds more than `max` bytes and always ends with the newest
 /// output: when a write would take it past `max`, the file is cut to its newest `max / 2` bytes
@@ -84,52 +76,23 @@ pub enum SerialSink {
     Off,
 }
 
-/// The serial device's output: the sink plus a line scanner that reports a guest kernel panic
-/// to the exit state (so a panic followed by the reboot that `panic=-1` causes is told apart
-/// from a clean reboot).
+/// The serial device's output.
 pub struct SerialOut {
     sink: SerialSink,
-    exit: Arc<ExitState>,
-    line: Vec<u8>,
     write_failed: bool,
 }
 
 impl SerialOut {
-    pub fn new(sink: SerialSink, exit: Arc<ExitState>) -> SerialOut {
+    pub fn new(sink: SerialSink) -> SerialOut {
         SerialOut {
             sink,
-            exit,
-            line: Vec::with_capacity(MAX_LINE),
             write_failed: false,
         }
-    }
-
-    fn scan(&mut self, buf: &[u8]) {
-        for &b in buf {
-            if b == b'\n' {
-                self.end_line();
-            } else if self.line.len() < MAX_LINE {
-                self.line.push(b);
-            }
-        }
-    }
-
-    fn end_line(&mut self) {
-        if let Some(pos) = self
-            .line
-            .windows(PANIC_MARKER.len())
-            .position(|w| w == PANIC_MARKER)
-        {
-            let text = String::from_utf8_lossy(&self.line[pos..]);
-            self.exit.note_guest_panic(text.trim_end().to_string());
-        }
-        self.line.clear();
     }
 }
 
 impl Write for SerialOut {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.scan(buf);
         let r = match &mut self.sink {
             SerialSink::Stdout => io::stdout().write_all(buf),
             SerialSink::File(f) => f.write_all(buf),
@@ -194,7 +157,6 @@ impl BusDevice for SerialDevice {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::exit::ExitReason;
     use std::fs::OpenOptions;
     use std::path::PathBuf;
     use vmm_sys_util::eventfd::EventFd;
@@ -263,35 +225,8 @@ mod tests {
     }
 
     #[test]
-    fn panic_line_is_reported() {
-        let exit = Arc::new(ExitState::new().unwrap());
-        let mut out = SerialOut::new(SerialSink::Off, exit.clone());
-        out.write_all(b"[    1.0] ok\n[    2.0] Kernel panic - not syncing: Attempted to kill init! exitcode=0x00000000\r\n").unwrap();
-        exit.guest_reset();
-        match exit.reason() {
-            Some(ExitReason::GuestPanic(m)) => {
-                assert_eq!(
-                    m,
-                    "Kernel panic - not syncing: Attempted to kill init! exitcode=0x00000000"
-                )
-            }
-            r => panic!("{r:?}"),
-        }
-    }
-
-    #[test]
-    fn clean_reset_is_a_reboot() {
-        let exit = Arc::new(ExitState::new().unwrap());
-        let mut out = SerialOut::new(SerialSink::Off, exit.clone());
-        out.write_all(b"reboot: Restarting system\n").unwrap();
-        exit.guest_reset();
-        assert!(matches!(exit.reason(), Some(ExitReason::GuestReboot)));
-    }
-
-    #[test]
     fn device_ignores_odd_accesses() {
-        let exit = Arc::new(ExitState::new().unwrap());
-        let out = SerialOut::new(SerialSink::Off, exit);
+        let out = SerialOut::new(SerialSink::Off);
         let mut dev = SerialDevice::new(EventFdTrigger(EventFd::new(0).unwrap()), out);
         let mut four = [0u8; 4];
         dev.read(0, &mut four);
