@@ -234,6 +234,7 @@ pub(crate) fn build(config: &VmConfig) -> Result<Vmm, VmmError> {
         exit: exit.clone(),
         control: control.clone(),
         counters,
+        started: start,
     };
     Ok(Vmm {
         start,

@@ -164,6 +164,8 @@ pub struct VcpuContext {
     pub exit: Arc<ExitState>,
     pub control: Arc<VcpuControl>,
     pub counters: Arc<ExitCounters>,
+    /// When hull-vmm began building the VM: the boot timeline's zero (debug log).
+    pub started: std::time::Instant,
 }
 
 thread_local! {
@@ -242,6 +244,11 @@ impl Vcpu {
     pub fn run(mut self, ctx: VcpuContext) {
         let run_ptr: *mut kvm_run = self.fd.get_kvm_run();
         KVM_RUN_PTR.with(|c| c.set(run_ptr));
+        tracing::debug!(
+            "vCPU {}: first guest entry at {:?}",
+            self.id,
+            ctx.started.elapsed()
+        );
         while ctx.control.vcpu_checkpoint() && !ctx.exit.is_requested() {
             match self.fd.run() {
                 Ok(exit) => {
