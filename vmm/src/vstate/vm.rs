@@ -2,14 +2,14 @@
 
 use std::ffi::CString;
 use std::fs::File;
-use std::os::fd::FromRawFd;
+use std::os::fd::{AsRawFd, FromRawFd};
 
 use kvm_bindings::{
     kvm_pit_config, kvm_userspace_memory_region, CpuId, KVM_MAX_CPUID_ENTRIES,
     KVM_PIT_SPEAKER_DUMMY,
 };
 use kvm_ioctls::{Cap, Kvm, VmFd};
-use vm_memory::mmap::MmapRegion;
+use vm_memory::mmap::{MmapRegion, MmapRegionBuilder};
 use vm_memory::{FileOffset, GuestAddress, GuestMemory as _, GuestMemoryRegion, GuestRegionMmap};
 
 use crate::arch::x86_64::cpuid::HostFeatures;
@@ -78,25 +78,20 @@ pub fn create_guest_memory(mem_size: u64, backing: MemoryBacking) -> Result<Gues
     for (start, size) in ranges {
         let size_usize = usize::try_from(size).map_err(|e| err(e.to_string()))?;
         let prot = libc::PROT_READ | libc::PROT_WRITE;
-        let mapping = match &memfd {
-            Some(f) => {
-                let fo =
-                    FileOffset::new(f.try_clone().map_err(|e| err(e.to_string()))?, file_offset);
-                MmapRegion::<()>::build(
-                    Some(fo),
-                    size_usize,
-                    prot,
-                    libc::MAP_SHARED | libc::MAP_NORESERVE,
-                )
-            }
-            None => MmapRegion::<()>::build(
-                None,
-                size_usize,
-                prot,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+        let (flags, fo) = match &memfd {
+            Some(f) => (
+                libc::MAP_SHARED | libc::MAP_NORESERVE,
+                Some(FileOffset::new(
+                    f.try_clone().map_err(|e| err(e.to_string()))?,
+                    file_offset,
+                )),
             ),
-        }
-        .map_err(|e| err(e.to_string()))?;
+            None => (
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+                None,
+            ),
+        };
+        let mapping = map_aligned(size_usize, prot, flags, fo).map_err(err)?;
         advise_hugepages(&mapping);
         file_offset += size;
         let region = GuestRegionMmap::new(mapping, GuestAddress(start))
@@ -104,6 +99,95 @@ pub fn create_guest_memory(mem_size: u64, backing: MemoryBacking) -> Result<Gues
         regions.push(region);
     }
     GuestMemory::from_regions(regions).map_err(|e| err(e.to_string()))
+}
+
+/// Alignment of guest RAM's host mappings.
+const HUGE_PAGE: usize = 2 << 20;
+
+/// Maps `size` bytes of guest RAM at a host address on a 2 MiB boundary, as guest-physical RAM
+/// starts on one: KVM maps guest memory to the guest in 2 MiB pages only where the host and
+/// guest addresses agree modulo 2 MiB (and the host page is a huge page). A host kernel before
+/// 6.7 places a large anonymous mapping on any 4 KiB boundary (measured in the emulated KVM host,
+/// Linux 6.1: guest RAM at ...0c1000), which left every guest page mapped 4 KiB at a time, one
+/// nested page fault each; QEMU aligns its RAM for the same reason.
+///
+/// The mapping is made inside a reservation 2 MiB larger, whose unused head and tail are
+/// returned. vm-memory does not unmap a mapping it did not make, so guest RAM stays mapped until
+/// the process exits: hull-vmm runs one VM per process, for the life of the process.
+fn map_aligned(
+    size: usize,
+    prot: i32,
+    flags: i32,
+    file: Option<FileOffset>,
+) -> Result<MmapRegion<()>, String> {
+    let reserve = size
+        .checked_add(HUGE_PAGE)
+        .ok_or_else(|| format!("{size} bytes is too large"))?;
+    // SAFETY: a new PROT_NONE reservation at an address of the kernel's choosing: it replaces
+    // nothing; the result is checked.
+    let r = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            reserve,
+            libc::PROT_NONE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+            -1,
+            0,
+        )
+    };
+    if r == libc::MAP_FAILED {
+        return Err(format!("mmap: {}", std::io::Error::last_os_error()));
+    }
+    let start = r as usize;
+    let aligned = (start + HUGE_PAGE - 1) & !(HUGE_PAGE - 1);
+    let (fd, offset) = match &file {
+        Some(f) => (
+            f.file().as_raw_fd(),
+            libc::off_t::try_from(f.start()).map_err(|e| e.to_string())?,
+        ),
+        None => (-1, 0),
+    };
+    // SAFETY: [aligned, aligned + size) lies inside the reservation just made (aligned - start
+    // < HUGE_PAGE), which nothing else uses, so MAP_FIXED replaces only reserved pages; the
+    // result is checked.
+    let p = unsafe {
+        libc::mmap(
+            aligned as *mut libc::c_void,
+            size,
+            prot,
+            flags | libc::MAP_FIXED,
+            fd,
+            offset,
+        )
+    };
+    let failed = (p == libc::MAP_FAILED).then(std::io::Error::last_os_error);
+    // The reservation's head and tail (all of it if the mapping failed).
+    let unused = match failed {
+        Some(_) => vec![(start, reserve)],
+        None => vec![
+            (start, aligned - start),
+            (aligned + size, start + reserve - (aligned + size)),
+        ],
+    };
+    for (at, len) in unused.into_iter().filter(|&(_, len)| len > 0) {
+        // SAFETY: [at, at + len) is part of the reservation made above and holds no guest RAM
+        // (or, after a failure, nothing at all).
+        unsafe { libc::munmap(at as *mut libc::c_void, len) };
+    }
+    if let Some(e) = failed {
+        return Err(format!("mmap: {e}"));
+    }
+    let mut b = MmapRegionBuilder::new(size)
+        .with_mmap_prot(prot)
+        .with_mmap_flags(flags);
+    if let Some(f) = file {
+        b = b.with_file_offset(f);
+    }
+    // SAFETY: [aligned, aligned + size) is the live mapping made above, never unmapped (see
+    // the function's docs).
+    unsafe { b.with_raw_mmap_pointer(aligned as *mut u8) }
+        .build()
+        .map_err(|e| e.to_string())
 }
 
 /// Asks for transparent huge pages on `mapping` (a hint: failure only costs speed).
@@ -227,6 +311,9 @@ mod tests {
             mem.write_obj(0x1234u32, GuestAddress(0x1000)).unwrap();
             assert_eq!(mem.read_obj::<u32>(GuestAddress(0x1000)).unwrap(), 0x1234);
             assert!(mem.write_obj(1u8, GuestAddress(64 << 20)).is_err());
+            // Guest RAM's host address is 2 MiB-aligned, like its guest address (0).
+            let host = mem.get_host_address(GuestAddress(0)).unwrap() as usize;
+            assert_eq!(host % HUGE_PAGE, 0, "{backing:?} at {host:#x}");
         }
     }
 }
