@@ -53,25 +53,10 @@ def smaps(pid):
 
 
 def guest_ram(maps, guest_mib):
-    """Indices of the mappings that are guest RAM: runs of adjacent mappings that start with an
-    anonymous one, hold only anonymous and file mappings (hull-vmm maps the kernel's segments and
-    the initramfs over its anonymous guest RAM, pss.py) and add up to the guest's size (QEMU may
-    add up to 2 MiB for its own alignment)."""
+    """Indices of the mappings that are guest RAM: one anonymous mapping of the guest's size
+    (QEMU may add up to 2 MiB for its own alignment)."""
     guest_kib = guest_mib * 1024
-    found = set()
-    for i, m in enumerate(maps):
-        if m["path"] or i in found:
-            continue
-        total, j = 0, i
-        while j < len(maps) and (j == i or maps[j]["lo"] == maps[j - 1]["hi"]) and not maps[j]["path"].startswith("["):
-            total += maps[j]["Size"]
-            j += 1
-            if guest_kib <= total <= guest_kib + 2048:
-                found.update(range(i, j))
-                break
-            if total > guest_kib + 2048:
-                break
-    return found
+    return {i for i, m in enumerate(maps) if not m["path"] and guest_kib <= m["Size"] <= guest_kib + 2048}
 
 
 def own_memory_kib(pid, guest_mib):
