@@ -93,21 +93,28 @@ pub(crate) fn build(config: &VmConfig) -> Result<Vmm, VmmError> {
             source,
         })
     };
+    // The initramfs is copied by a thread of its own while the kernel is loaded and the devices
+    // and vCPUs are set up; it is waited for before the vCPUs start.
+    let initrd_load = match &config.initrd {
+        Some(p) => Some(boot::InitrdLoad::start(&mem, mem_size, open("initrd", p)?)?),
+        None => None,
+    };
     let allow_pvh = config.boot_protocol == BootProtocolConfig::Auto;
     let entry = boot::load_kernel(&mem, &mut open("kernel", &config.kernel)?, allow_pvh)?;
     tracing::debug!("kernel entry: {:?} at {:#x}", entry.protocol, entry.entry);
     phase("kernel load");
-    let initrd = match &config.initrd {
-        Some(p) => Some(boot::load_initrd(
-            &mem,
-            mem_size,
-            &entry,
-            &mut open("initrd", p)?,
-        )?),
-        None => None,
+    let (initrd, initrd_load) = match initrd_load {
+        Some(Ok(load)) => {
+            let load = load.place(&mem, mem_size, &entry)?;
+            (Some(load.info()), Some(load))
+        }
+        // Too big for the top of low RAM: load_initrd names the error.
+        Some(Err(mut file)) => (
+            Some(boot::load_initrd(&mem, mem_size, &entry, &mut file)?),
+            None,
+        ),
+        None => (None, None),
     };
-
-    phase("initramfs load");
 
     // Legacy devices.
     let mut pio_bus = Bus::new();
@@ -188,6 +195,10 @@ pub(crate) fn build(config: &VmConfig) -> Result<Vmm, VmmError> {
     }
 
     phase("vCPU set-up");
+    if let Some(load) = initrd_load {
+        load.wait()?;
+        phase("initramfs load (from its own thread)");
+    }
 
     // Control plane.
     let control = Arc::new(VcpuControl::default());

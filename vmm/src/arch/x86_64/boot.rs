@@ -2,6 +2,8 @@
 //! reads: PVH `hvm_start_info` + memory map (preferred), or the Linux zero page with an e820 map.
 
 use std::fs::File;
+use std::io::{Seek, SeekFrom};
+use std::thread::JoinHandle;
 
 use linux_loader::configurator::linux::LinuxBootConfigurator;
 use linux_loader::configurator::pvh::PvhBootConfigurator;
@@ -127,6 +129,101 @@ pub fn initrd_placement(
     }
     let addr = limit.checked_sub(size)? & !(PAGE_SIZE - 1);
     (addr >= kernel_end).then_some(addr)
+}
+
+/// An initramfs being copied into guest memory by a thread of its own, while the kernel is
+/// loaded and the devices and vCPUs are set up (the copy is most of what hull-vmm does before
+/// the first guest entry: every page it writes is freshly faulted in).
+pub struct InitrdLoad {
+    info: InitrdInfo,
+    copy: Option<JoinHandle<(File, Result<(), BootError>)>>,
+}
+
+impl InitrdLoad {
+    /// Starts copying `initrd` to where it goes with an ELF (PVH) kernel: the top of low RAM.
+    /// Gives the file back when it does not fit there even with no kernel below it (the caller
+    /// then loads it after the kernel with [`load_initrd`], which names the error).
+    pub fn start(
+        mem: &GuestMemory,
+        mem_size: u64,
+        initrd: File,
+    ) -> Result<Result<InitrdLoad, File>, BootError> {
+        let size = initrd.metadata().map_err(BootError::InitrdRead)?.len();
+        let (Some(addr), Ok(len)) = (
+            initrd_placement(mem_size, 0, size, None),
+            usize::try_from(size),
+        ) else {
+            return Ok(Err(initrd));
+        };
+        let mem = mem.clone();
+        let mut file = initrd;
+        let copy = std::thread::Builder::new()
+            .name("initrd-load".into())
+            .spawn(move || {
+                let copied = mem
+                    .read_exact_volatile_from(GuestAddress(addr), &mut file, len)
+                    .map_err(|_| BootError::InitrdLoad);
+                (file, copied)
+            })
+            .map_err(BootError::InitrdRead)?;
+        Ok(Ok(InitrdLoad {
+            info: InitrdInfo { addr, size },
+            copy: Some(copy),
+        }))
+    }
+
+    /// Checks the placement against the kernel that was loaded meanwhile. If that kernel needs
+    /// the initramfs elsewhere (a bzImage with a lower `initrd_addr_max`), waits for the copy
+    /// and copies it again there.
+    pub fn place(
+        mut self,
+        mem: &GuestMemory,
+        mem_size: u64,
+        entry: &KernelEntry,
+    ) -> Result<InitrdLoad, BootError> {
+        let addr_max = entry.setup_header.map(|h| u64::from(h.initrd_addr_max));
+        let addr = initrd_placement(mem_size, entry.kernel_end, self.info.size, addr_max).ok_or(
+            BootError::InitrdTooBig {
+                size: self.info.size,
+                kernel_end: entry.kernel_end,
+                limit: layout::low_ram_end(mem_size),
+            },
+        );
+        if addr.as_ref().is_ok_and(|a| *a == self.info.addr) {
+            return Ok(self);
+        }
+        // Not where it was being copied: wait for that copy (it writes guest memory) first.
+        let mut file = self.join()?.ok_or(BootError::InitrdLoad)?;
+        let addr = addr?;
+        let len = usize::try_from(self.info.size).map_err(|_| BootError::InitrdLoad)?;
+        file.seek(SeekFrom::Start(0))
+            .map_err(BootError::InitrdRead)?;
+        mem.read_exact_volatile_from(GuestAddress(addr), &mut file, len)
+            .map_err(|_| BootError::InitrdLoad)?;
+        self.info.addr = addr;
+        Ok(self)
+    }
+
+    /// Where the initramfs is (once [`InitrdLoad::place`] has checked it).
+    pub fn info(&self) -> InitrdInfo {
+        self.info
+    }
+
+    /// Waits for the copy to finish.
+    pub fn wait(mut self) -> Result<(), BootError> {
+        self.join().map(|_| ())
+    }
+
+    /// Waits for the copy thread, if it still runs; gives the file back.
+    fn join(&mut self) -> Result<Option<File>, BootError> {
+        match self.copy.take() {
+            Some(h) => {
+                let (file, copied) = h.join().map_err(|_| BootError::InitrdLoad)?;
+                copied.map(|()| Some(file))
+            }
+            None => Ok(None),
+        }
+    }
 }
 
 /// Copies the initramfs into guest memory.
@@ -268,6 +365,88 @@ mod tests {
         // Honour initrd_addr_max.
         let a = initrd_placement(8 << 30, 0x200_0000, 4096, Some(0x37ff_ffff)).unwrap();
         assert_eq!(a, 0x3800_0000 - 4096);
+    }
+
+    /// A file of `len` bytes that differ from one offset to the next.
+    fn initrd_file(len: usize) -> (File, Vec<u8>) {
+        let bytes: Vec<u8> = (0..len).map(|i| (i * 7 + i / 4096) as u8).collect();
+        let mut f = vmm_sys_util::tempfile::TempFile::new().unwrap().into_file();
+        std::io::Write::write_all(&mut f, &bytes).unwrap();
+        f.seek(SeekFrom::Start(0)).unwrap();
+        (f, bytes)
+    }
+
+    fn read_back(mem: &GuestMemory, info: InitrdInfo) -> Vec<u8> {
+        let mut got = vec![0u8; info.size as usize];
+        mem.read_slice(&mut got, GuestAddress(info.addr)).unwrap();
+        got
+    }
+
+    fn entry_with(kernel_end: u64, initrd_addr_max: Option<u32>) -> KernelEntry {
+        KernelEntry {
+            protocol: BootProtocol::Linux64,
+            entry: 0x100_0000,
+            kernel_end,
+            setup_header: initrd_addr_max.map(|m| setup_header {
+                initrd_addr_max: m,
+                ..Default::default()
+            }),
+        }
+    }
+
+    #[test]
+    fn initrd_loaded_from_its_thread_is_where_the_boot_info_says() {
+        let size = 64u64 << 20;
+        let mem: GuestMemory =
+            GuestMemoryMmap::from_ranges(&[(GuestAddress(0), size as usize)]).unwrap();
+        let (f, bytes) = initrd_file(3 * 4096 + 123);
+        let load = InitrdLoad::start(&mem, size, f).unwrap().ok().unwrap();
+        let load = load
+            .place(&mem, size, &entry_with(0x200_0000, None))
+            .unwrap();
+        let info = load.info();
+        assert_eq!(
+            Some(info.addr),
+            initrd_placement(size, 0x200_0000, bytes.len() as u64, None)
+        );
+        load.wait().unwrap();
+        assert_eq!(read_back(&mem, info), bytes);
+    }
+
+    #[test]
+    fn initrd_is_copied_again_where_a_bzimage_needs_it() {
+        let size = 64u64 << 20;
+        let mem: GuestMemory =
+            GuestMemoryMmap::from_ranges(&[(GuestAddress(0), size as usize)]).unwrap();
+        let (f, bytes) = initrd_file(2 * 4096 + 5);
+        let load = InitrdLoad::start(&mem, size, f).unwrap().ok().unwrap();
+        let first = load.info().addr;
+        // initrd_addr_max 32 MiB: below where the thread put it.
+        let load = load
+            .place(&mem, size, &entry_with(0x100_0000, Some(0x1ff_ffff)))
+            .unwrap();
+        let info = load.info();
+        assert!(info.addr < first && info.addr + info.size <= 0x200_0000);
+        load.wait().unwrap();
+        assert_eq!(read_back(&mem, info), bytes);
+    }
+
+    #[test]
+    fn initrd_over_the_kernel_is_refused_after_its_copy_ended() {
+        let size = 64u64 << 20;
+        let mem: GuestMemory =
+            GuestMemoryMmap::from_ranges(&[(GuestAddress(0), size as usize)]).unwrap();
+        let (f, _) = initrd_file(1 << 20);
+        let load = InitrdLoad::start(&mem, size, f).unwrap().ok().unwrap();
+        // A kernel that ends inside the initramfs' place.
+        let err = load
+            .place(&mem, size, &entry_with(size - 4096, None))
+            .err()
+            .unwrap();
+        assert!(matches!(err, BootError::InitrdTooBig { .. }), "{err}");
+        // Bigger than the guest's RAM: the file comes back for load_initrd to name the error.
+        let (f, _) = initrd_file(4096);
+        assert!(InitrdLoad::start(&mem, 2048, f).unwrap().is_err());
     }
 
     #[test]
