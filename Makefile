@@ -16,7 +16,11 @@ TRIPLE := x86_64-unknown-linux-gnu
 export CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUSTFLAGS := -C target-feature=+crt-static
 CARGO_FLAGS := --release --locked --target $(TRIPLE)
 OUT := $(CARGO_TARGET_DIR)/$(TRIPLE)/release
-BINS := hull hull-vmm hull-agent containerd-shim-hull-v2
+BINS := hull hull-vmm containerd-shim-hull-v2
+# The agent that goes into the guest's initramfs is built with its own profile (`guest` in
+# Cargo.toml: size-optimised, whole-program LTO): every byte of it is copied into guest RAM and
+# unpacked by the guest kernel on every sandbox start (docs/performance.md).
+GUEST_OUT := $(CARGO_TARGET_DIR)/$(TRIPLE)/guest
 
 .PHONY: install install-docker deps build kernel initrd lint fuzz unit-test testhost-selftest vm-test test demo bench clean
 
@@ -25,9 +29,11 @@ deps:
 
 build: deps
 	cargo build $(CARGO_FLAGS) --workspace --bins
+	cargo build --profile guest --locked --target $(TRIPLE) -p hull-agent --bin hull-agent
 	@mkdir -p $(BUILD)/bin
 	@for b in $(BINS); do install -m 0755 $(OUT)/$$b $(BUILD)/bin/$$b; done
-	@echo "binaries in $(BUILD)/bin: $(BINS)"
+	@install -m 0755 $(GUEST_OUT)/hull-agent $(BUILD)/bin/hull-agent
+	@echo "binaries in $(BUILD)/bin: $(BINS) hull-agent"
 
 kernel: deps
 	kernel-config/build.sh $(BUILD)/vmlinux

@@ -7,7 +7,7 @@
 #
 #   guest-agent/build-initrd.sh [OUT]
 #
-# The agent is built (release, +crt-static, explicit target triple), unless HULL_AGENT_BIN names
+# The agent is built (profile guest, +crt-static, explicit target triple), unless HULL_AGENT_BIN names
 # an already built static agent (the Makefile passes build/bin/hull-agent).
 set -euo pipefail
 
@@ -30,11 +30,11 @@ if [ -n "${HULL_AGENT_BIN:-}" ]; then
 else
   # The explicit --target keeps +crt-static off proc-macros and build scripts.
   export CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUSTFLAGS="-C target-feature=+crt-static"
-  log "building the static hull-agent"
-  (cd "$top" && cargo build --release --target "$triple" -p hull-agent --bin hull-agent >&2)
+  log "building the static hull-agent (profile guest)"
+  (cd "$top" && cargo build --profile guest --target "$triple" -p hull-agent --bin hull-agent >&2)
   target_dir=${CARGO_TARGET_DIR:-$(cd "$top" && cargo metadata --format-version 1 --no-deps |
     sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p')}
-  agent=$target_dir/$triple/release/hull-agent
+  agent=$target_dir/$triple/guest/hull-agent
   [ -x "$agent" ] || die "built agent not found at $agent"
 fi
 if readelf -l "$agent" | grep -q INTERP; then
@@ -50,7 +50,8 @@ if [ ! -s "$cached" ]; then
   trap 'rm -rf "$stage"' EXIT
   mkdir "$stage/root"
   # Every byte here is copied into guest RAM by the VMM and unpacked by the guest kernel on each
-  # start: no debug info and no symbol table (--strip-all: 11 MiB instead of 14 with symbols).
+  # start: no debug info and no symbol table (--strip-all; with the size-optimised `guest` profile
+  # the image is 6.6 MiB, against 11 MiB for a stripped release build and 14 with symbols).
   # The panic hook's message names the file and line (compiled in, not from symbols);
   # build/bin/hull-agent keeps both for debugging.
   strip --strip-all -o "$stage/root/init" "$agent"
