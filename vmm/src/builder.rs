@@ -93,27 +93,14 @@ pub(crate) fn build(config: &VmConfig) -> Result<Vmm, VmmError> {
             source,
         })
     };
-    // The initramfs is copied by a thread of its own while the kernel is loaded and the devices
-    // and vCPUs are set up; it is waited for before the vCPUs start.
+    // The kernel and the initramfs are each copied by a thread of their own while the devices
+    // and vCPUs are set up (the copies are most of what hull-vmm does before the guest runs:
+    // every page they write is freshly faulted in); both are waited for before the vCPUs start.
+    let allow_pvh = config.boot_protocol == BootProtocolConfig::Auto;
+    let kernel_load = boot::KernelLoad::start(&mem, open("kernel", &config.kernel)?, allow_pvh)?;
     let initrd_load = match &config.initrd {
         Some(p) => Some(boot::InitrdLoad::start(&mem, mem_size, open("initrd", p)?)?),
         None => None,
-    };
-    let allow_pvh = config.boot_protocol == BootProtocolConfig::Auto;
-    let entry = boot::load_kernel(&mem, &mut open("kernel", &config.kernel)?, allow_pvh)?;
-    tracing::debug!("kernel entry: {:?} at {:#x}", entry.protocol, entry.entry);
-    phase("kernel load");
-    let (initrd, initrd_load) = match initrd_load {
-        Some(Ok(load)) => {
-            let load = load.place(&mem, mem_size, &entry)?;
-            (Some(load.info()), Some(load))
-        }
-        // Too big for the top of low RAM: load_initrd names the error.
-        Some(Err(mut file)) => (
-            Some(boot::load_initrd(&mem, mem_size, &entry, &mut file)?),
-            None,
-        ),
-        None => (None, None),
     };
 
     // Legacy devices.
@@ -178,9 +165,8 @@ pub(crate) fn build(config: &VmConfig) -> Result<Vmm, VmmError> {
     let cmdline_len = cmdline.as_cstring()?.as_bytes().len();
     tracing::debug!("kernel command line: {:?}", cmdline.as_cstring()?);
     boot::write_cmdline(&mem, &cmdline)?;
-    boot::write_boot_info(&mem, mem_size, &entry, cmdline_len, initrd)?;
     mptable::setup(&mem, vcpu_count)?;
-    phase("devices and boot information");
+    phase("devices and command line");
 
     // vCPUs.
     let base_cpuid = vm.supported_cpuid()?;
@@ -189,12 +175,31 @@ pub(crate) fn build(config: &VmConfig) -> Result<Vmm, VmmError> {
     let mut vcpu_list = Vec::with_capacity(vcpus as usize);
     for id in 0..vcpu_count {
         let v = Vcpu::new(&vm, id)?;
-        let boot_regs = (id == 0).then_some((entry.protocol, entry.entry));
-        v.configure(&base_cpuid, host, vcpu_count, &mem, boot_regs)?;
+        v.configure(&base_cpuid, host, vcpu_count)?;
         vcpu_list.push(v);
     }
-
     phase("vCPU set-up");
+
+    // The kernel, then where the initramfs goes above it, then the boot information.
+    let entry = kernel_load.wait()?;
+    tracing::debug!("kernel entry: {:?} at {:#x}", entry.protocol, entry.entry);
+    phase("kernel load (from its own thread)");
+    let (initrd, initrd_load) = match initrd_load {
+        Some(Ok(load)) => {
+            let load = load.place(&mem, mem_size, &entry)?;
+            (Some(load.info()), Some(load))
+        }
+        // Too big for the top of low RAM: load_initrd names the error.
+        Some(Err(mut file)) => (
+            Some(boot::load_initrd(&mem, mem_size, &entry, &mut file)?),
+            None,
+        ),
+        None => (None, None),
+    };
+    boot::write_boot_info(&mem, mem_size, &entry, cmdline_len, initrd)?;
+    if let Some(boot_vcpu) = vcpu_list.first() {
+        boot_vcpu.set_boot_entry(&mem, entry.protocol, entry.entry)?;
+    }
     if let Some(load) = initrd_load {
         load.wait()?;
         phase("initramfs load (from its own thread)");

@@ -215,15 +215,13 @@ impl Vcpu {
         self.id
     }
 
-    /// CPUID, MSRs, FPU and LAPIC for every vCPU; boot registers for the boot vCPU (`boot`
-    /// is Some), the others wait for INIT/SIPI from it.
+    /// CPUID, MSRs, FPU and LAPIC for every vCPU. The boot vCPU then gets its registers from
+    /// [`Vcpu::set_boot_entry`]; the others wait for INIT/SIPI from it.
     pub fn configure(
         &self,
         base_cpuid: &CpuId,
         host: cpuid::HostFeatures,
         cpu_count: u8,
-        mem: &GuestMemory,
-        boot: Option<(regs::BootProtocol, u64)>,
     ) -> Result<(), VcpuError> {
         let id = self.id;
         let kvm = |what: &'static str| move |source| VcpuError::Kvm { id, what, source };
@@ -233,11 +231,21 @@ impl Vcpu {
         msr::setup_msrs(&self.fd).map_err(|source| VcpuError::Msr { id, source })?;
         regs::setup_fpu(&self.fd).map_err(|source| VcpuError::Regs { id, source })?;
         interrupts::set_lint(&self.fd).map_err(kvm("KVM_SET_LAPIC"))?;
-        if let Some((protocol, entry)) = boot {
-            regs::setup_boot_vcpu(&self.fd, mem, protocol, entry)
-                .map_err(|source| VcpuError::Regs { id, source })?;
-        }
         Ok(())
+    }
+
+    /// The boot vCPU's registers: the kernel's entry point in the state its boot protocol
+    /// wants (and the GDT and, for the 64-bit protocol, page tables in guest memory).
+    pub fn set_boot_entry(
+        &self,
+        mem: &GuestMemory,
+        protocol: regs::BootProtocol,
+        entry: u64,
+    ) -> Result<(), VcpuError> {
+        regs::setup_boot_vcpu(&self.fd, mem, protocol, entry).map_err(|source| VcpuError::Regs {
+            id: self.id,
+            source,
+        })
     }
 
     /// The vCPU thread's body: runs the guest until the VM stops.

@@ -40,6 +40,8 @@ pub enum BootError {
     Elf(#[source] linux_loader::loader::Error),
     #[error("cannot load the kernel as bzImage: {0}")]
     BzImage(#[source] linux_loader::loader::Error),
+    #[error("cannot load the kernel from a thread of its own: {0}")]
+    KernelThread(#[source] std::io::Error),
     #[error("cannot read the initramfs: {0}")]
     InitrdRead(#[source] std::io::Error),
     #[error(
@@ -129,6 +131,36 @@ pub fn initrd_placement(
     }
     let addr = limit.checked_sub(size)? & !(PAGE_SIZE - 1);
     (addr >= kernel_end).then_some(addr)
+}
+
+/// A kernel being loaded into guest memory by a thread of its own while the devices and vCPUs
+/// are set up. Its segments lie at or above [`HIMEM_START`] (the loaders refuse others), apart
+/// from everything the main thread writes meanwhile (boot information, command line, MP table).
+pub struct KernelLoad {
+    copy: JoinHandle<Result<KernelEntry, BootError>>,
+}
+
+impl KernelLoad {
+    pub fn start(
+        mem: &GuestMemory,
+        kernel: File,
+        allow_pvh: bool,
+    ) -> Result<KernelLoad, BootError> {
+        let mem = mem.clone();
+        let mut kernel = kernel;
+        let copy = std::thread::Builder::new()
+            .name("kernel-load".into())
+            .spawn(move || load_kernel(&mem, &mut kernel, allow_pvh))
+            .map_err(BootError::KernelThread)?;
+        Ok(KernelLoad { copy })
+    }
+
+    /// Waits for the load; the kernel's entry point and protocol.
+    pub fn wait(self) -> Result<KernelEntry, BootError> {
+        self.copy.join().map_err(|_| {
+            BootError::KernelThread(std::io::Error::other("the loading thread panicked"))
+        })?
+    }
 }
 
 /// An initramfs being copied into guest memory by a thread of its own, while the kernel is
@@ -447,6 +479,20 @@ mod tests {
         // Bigger than the guest's RAM: the file comes back for load_initrd to name the error.
         let (f, _) = initrd_file(4096);
         assert!(InitrdLoad::start(&mem, 2048, f).unwrap().is_err());
+    }
+
+    #[test]
+    fn a_kernel_loaded_from_its_thread_reports_what_is_wrong_with_it() {
+        let mem: GuestMemory =
+            GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 64 << 20)]).unwrap();
+        // Neither ELF nor bzImage.
+        let (f, _) = initrd_file(8192);
+        let err = KernelLoad::start(&mem, f, true)
+            .unwrap()
+            .wait()
+            .err()
+            .unwrap();
+        assert!(matches!(err, BootError::BzImage(_)), "{err}");
     }
 
     #[test]
