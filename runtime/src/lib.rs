@@ -14,5 +14,6 @@ pub mod container;
 pub mod host_cgroup;
 pub mod mount;
 pub mod network;
+pub mod process;
 pub mod sandbox;
 pub mod vmm;

@@ -14,8 +14,7 @@ use oci_spec::runtime::{Hook, Linux, LinuxNamespace, LinuxNamespaceType, Spec};
 use super::hooks::HookKind;
 use super::ContainerError;
 
-/// Terminal size when the spec asks for a terminal and gives no `process.consoleSize`.
-pub const DEFAULT_TERMINAL: (u16, u16) = (24, 80);
+pub use crate::process::DEFAULT_TERMINAL;
 
 /// A bundle as read from disk and checked.
 #[derive(Debug, Clone)]
@@ -201,14 +200,7 @@ pub fn stdio_for(
     let terminal = process.and_then(|p| p.terminal()).unwrap_or(false);
     match requested {
         None if terminal => {
-            let (rows, cols) = process
-                .and_then(|p| p.console_size())
-                .map(|b| {
-                    let clamp = |v: u64| u16::try_from(v).unwrap_or(u16::MAX);
-                    (clamp(b.height()), clamp(b.width()))
-                })
-                .filter(|&(r, c)| r > 0 && c > 0)
-                .unwrap_or(DEFAULT_TERMINAL);
+            let (rows, cols) = crate::process::terminal_size(None, process);
             Ok(StdioSpec::Terminal { rows, cols })
         }
         None => Ok(StdioSpec::default()),
