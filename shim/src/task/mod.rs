@@ -18,6 +18,10 @@ mod events;
 mod proc;
 pub mod runtime;
 
+#[cfg(test)]
+mod fake;
+#[cfg(test)]
+mod tests;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
