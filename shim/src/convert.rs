@@ -1,8 +1,10 @@
-//! Conversions between hull's types and containerd's: exit codes and times, the guest's cgroup
-//! figures as cgroup v2 `Metrics`, OCI JSON in protobuf `Any`s, and errors as ttrpc statuses.
+//! Conversions between hull's types and containerd's: times, task states, rootfs mounts, the
+//! guest's cgroup figures as cgroup v2 `Metrics`, OCI JSON in protobuf `Any`s, and the task
+//! model's errors as ttrpc statuses.
 
 use std::time::SystemTime;
 
+use containerd_shim::protos::api;
 use containerd_shim::protos::cgroups_v2::metrics::{
     CPUStat, IOEntry, IOStat, MemoryEvents, MemoryStat, Metrics, PidsStat,
 };
@@ -10,28 +12,53 @@ use containerd_shim::protos::protobuf::well_known_types::any::Any;
 use containerd_shim::protos::protobuf::well_known_types::timestamp::Timestamp;
 use containerd_shim::protos::protobuf::{Message, MessageField};
 use containerd_shim::protos::ttrpc;
-use hull_agent_protocol::{ContainerStats, ExitStatus};
-use hull_runtime::container::ContainerError;
+use hull_agent_protocol::ContainerStats;
+
+use crate::rootfs::RootMount;
+use crate::task::{ErrorKind, Status, TaskError};
 
 /// The type URL containerd (typeurl) knows cgroup v2 metrics by.
 pub const METRICS_V2_TYPE_URL: &str = "io.containerd.cgroups.v2.Metrics";
-/// What a process gets when the VM or the agent is gone: SIGKILL's.
-pub const EXIT_KILLED: u32 = 128 + 9;
-
-/// The exit status containerd reports: the code, or 128 + the signal.
-pub fn exit_code(s: &ExitStatus) -> u32 {
-    match s {
-        ExitStatus::Exited { code } => *code as u32 & 0xff,
-        ExitStatus::Signaled { signal, .. } => 128 + (*signal as u32 & 0x7f),
-    }
-}
-
 pub fn timestamp(t: SystemTime) -> Timestamp {
     let d = t.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
     let mut ts = Timestamp::new();
     ts.seconds = d.as_secs() as i64;
     ts.nanos = d.subsec_nanos() as i32;
     ts
+}
+
+/// containerd's state of a process.
+pub fn task_status(s: Status) -> api::Status {
+    match s {
+        Status::Created => api::Status::CREATED,
+        Status::Running => api::Status::RUNNING,
+        Status::Paused => api::Status::PAUSED,
+        Status::Stopped => api::Status::STOPPED,
+    }
+}
+
+/// containerd's rootfs mounts (CreateTaskRequest) as the shim mounts them.
+pub fn rootfs_mounts(req: &[api::Mount]) -> Vec<RootMount> {
+    req.iter()
+        .map(|m| RootMount {
+            fstype: m.type_.clone(),
+            source: m.source.clone(),
+            options: m.options.clone(),
+        })
+        .collect()
+}
+
+/// The rootfs mounts back as containerd's (for TaskCreate).
+pub fn api_mounts(mounts: &[RootMount]) -> Vec<api::Mount> {
+    mounts
+        .iter()
+        .map(|m| api::Mount {
+            type_: m.fstype.clone(),
+            source: m.source.clone(),
+            options: m.options.clone(),
+            ..Default::default()
+        })
+        .collect()
 }
 
 /// The guest's cgroup v2 figures of a container as containerd's `Metrics`.
@@ -160,45 +187,31 @@ pub fn internal(msg: impl Into<String>) -> ttrpc::Error {
     status(ttrpc::Code::UNKNOWN, msg)
 }
 
-/// The ttrpc status for a runtime error (containerd turns the code back into its errdefs).
-pub fn container_error(e: &ContainerError) -> ttrpc::Error {
-    let code = match e {
-        ContainerError::NotFound(_) => ttrpc::Code::NOT_FOUND,
-        ContainerError::AlreadyExists(_) => ttrpc::Code::ALREADY_EXISTS,
-        ContainerError::WrongState { .. } => ttrpc::Code::FAILED_PRECONDITION,
-        ContainerError::InvalidId { .. }
-        | ContainerError::InvalidSpec { .. }
-        | ContainerError::Bundle { .. }
-        | ContainerError::MountSource { .. } => ttrpc::Code::INVALID_ARGUMENT,
-        _ => ttrpc::Code::UNKNOWN,
-    };
-    status(code, e.to_string())
+pub fn already_exists(msg: impl Into<String>) -> ttrpc::Error {
+    status(ttrpc::Code::ALREADY_EXISTS, msg)
+}
+
+pub fn unimplemented(msg: impl Into<String>) -> ttrpc::Error {
+    status(ttrpc::Code::UNIMPLEMENTED, msg)
+}
+
+/// The ttrpc status for a task model error (containerd turns the code back into its errdefs).
+pub fn task_error(e: &TaskError) -> ttrpc::Error {
+    let msg = e.message().to_string();
+    match e.kind() {
+        ErrorKind::NotFound => not_found(msg),
+        ErrorKind::AlreadyExists => already_exists(msg),
+        ErrorKind::FailedPrecondition => precondition(msg),
+        ErrorKind::InvalidArgument => invalid(msg),
+        ErrorKind::Unimplemented => unimplemented(msg),
+        ErrorKind::Internal => internal(msg),
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use hull_agent_protocol::{CgroupCpu, CgroupIoDevice, CgroupMemory, CgroupPids};
-
-    #[test]
-    fn exit_codes() {
-        assert_eq!(exit_code(&ExitStatus::Exited { code: 3 }), 3);
-        assert_eq!(exit_code(&ExitStatus::Exited { code: 0 }), 0);
-        assert_eq!(
-            exit_code(&ExitStatus::Signaled {
-                signal: 9,
-                core_dumped: false
-            }),
-            EXIT_KILLED
-        );
-        assert_eq!(
-            exit_code(&ExitStatus::Signaled {
-                signal: 15,
-                core_dumped: true
-            }),
-            143
-        );
-    }
 
     #[test]
     fn timestamps() {
@@ -287,13 +300,62 @@ mod tests {
 
     #[test]
     fn error_codes() {
-        let e = container_error(&ContainerError::NotFound("x".into()));
-        match e {
-            ttrpc::Error::RpcStatus(s) => {
-                assert_eq!(s.code(), ttrpc::Code::NOT_FOUND);
-                assert!(s.message().contains("\"x\""));
+        let cases = [
+            (TaskError::NotFound("x".into()), ttrpc::Code::NOT_FOUND),
+            (
+                TaskError::AlreadyExists("x".into()),
+                ttrpc::Code::ALREADY_EXISTS,
+            ),
+            (
+                TaskError::FailedPrecondition("x".into()),
+                ttrpc::Code::FAILED_PRECONDITION,
+            ),
+            (
+                TaskError::InvalidArgument("x".into()),
+                ttrpc::Code::INVALID_ARGUMENT,
+            ),
+            (
+                TaskError::Unimplemented("x".into()),
+                ttrpc::Code::UNIMPLEMENTED,
+            ),
+            (TaskError::Internal("x".into()), ttrpc::Code::UNKNOWN),
+        ];
+        for (e, code) in cases {
+            match task_error(&e) {
+                ttrpc::Error::RpcStatus(s) => {
+                    assert_eq!(s.code(), code, "{e:?}");
+                    assert_eq!(s.message(), "x");
+                }
+                other => panic!("{other:?}"),
             }
-            other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn rootfs_mounts_from_the_request_and_back() {
+        let m = api::Mount {
+            type_: "overlay".into(),
+            source: "overlay".into(),
+            options: vec![
+                "lowerdir=/a".into(),
+                "upperdir=/u".into(),
+                "workdir=/w".into(),
+            ],
+            ..Default::default()
+        };
+        let mounts = rootfs_mounts(std::slice::from_ref(&m));
+        assert_eq!(
+            mounts,
+            vec![RootMount {
+                fstype: "overlay".into(),
+                source: "overlay".into(),
+                options: vec![
+                    "lowerdir=/a".into(),
+                    "upperdir=/u".into(),
+                    "workdir=/w".into()
+                ],
+            }]
+        );
+        assert_eq!(api_mounts(&mounts), vec![m]);
     }
 }

@@ -1,7 +1,13 @@
 //! containerd-shim-hull-v2: containerd's runtime `io.containerd.hull.v2`.
 //!
-//! **Owns**: containerd's shim v2 task service (ttrpc), one shim and one sandbox VM per pod.
-//! **Must not**: start or drive VMs itself: it is a thin task service over `hull-runtime`.
+//! **Owns**: containerd's shim v2 task service, one shim and one sandbox VM per pod: the task
+//! model ([`task`]: tasks, processes and their states, waiters, the pod, events), the ttrpc
+//! adapter over it ([`service`]), containerd's stdio FIFOs ([`stdio`]) and rootfs mounts
+//! ([`rootfs`]), which pod a container belongs to ([`pod`]).
+//! **Must not**: start or drive VMs itself, nor speak to the guest agent: that is
+//! `hull-runtime`'s, reached only through the pod backend (`task/runtime.rs`, the one place
+//! of the task code that calls `hull_runtime::sandbox` and `hull_runtime::container`). Nor
+//! put task logic in the ttrpc adapter: it decodes, calls the model and encodes.
 //!
 //! containerd runs the binary three ways (the `containerd-shim` crate parses the flags):
 //! `start` (spawn the shim server for a pod, or find the running one, and print its address),
@@ -10,9 +16,11 @@
 
 mod convert;
 mod pod;
+mod publish;
 mod rootfs;
 mod service;
 mod stdio;
+mod task;
 
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
@@ -153,7 +161,7 @@ impl Shim for HullShim {
             let root = pod::state_root(&self.namespace);
             let name = pod::sandbox_name(&root, &group);
             let (r, n) = (root.clone(), name.clone());
-            let res = tokio::task::spawn_blocking(move || hull_runtime::sandbox::cleanup(&r, &n))
+            let res = tokio::task::spawn_blocking(move || task::runtime::cleanup(&r, &n))
                 .await
                 .map_err(|e| Error::Other(e.to_string()))?;
             if let Err(e) = res {
@@ -169,7 +177,7 @@ impl Shim for HullShim {
         }
         Ok(DeleteResponse {
             pid: 0,
-            exit_status: convert::EXIT_KILLED,
+            exit_status: hull_runtime::process::KILLED_EXIT,
             exited_at: MessageField::some(convert::timestamp(SystemTime::now())),
             ..Default::default()
         })

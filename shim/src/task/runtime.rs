@@ -1,0 +1,366 @@
+//! The real pod backend: hull-runtime's `Sandbox` is the pod's VM, its `Container`s the
+//! tasks' containers, and `hull_runtime::process::ContainerProcess` drives their processes.
+//!
+//! This is the only file of the shim's task code that calls `hull_runtime::sandbox` and
+//! `hull_runtime::container`: kept small and direct, so that a change of the runtime's
+//! Sandbox API changes this file only.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use hull_agent_protocol::{ContainerStats, ErrorKind as AgentKind, ProcessId, StdioSpec};
+use hull_runtime::agent::{AgentClient, Error as AgentError};
+use hull_runtime::config::RuntimeConfig;
+use hull_runtime::container::{Container, ContainerError, CreateOptions};
+use hull_runtime::process::{ContainerProcess, Exit, Streams, Target, Want};
+use hull_runtime::sandbox::{Sandbox, SandboxError, SandboxNetwork};
+use oci_spec::runtime::{LinuxResources, Process, Spec};
+use tokio::sync::watch;
+
+use super::{Backend, Result, TaskError, Vm, VmGone};
+use crate::pod;
+
+/// How long the agent may take to stop the guest when the pod's last task is gone.
+const STOP_GRACE: Duration = Duration::from_secs(5);
+
+/// Boots pods under the shim's state root of one containerd namespace.
+pub struct RuntimeBackend {
+    root: PathBuf,
+}
+
+impl RuntimeBackend {
+    pub fn new(namespace: &str) -> RuntimeBackend {
+        RuntimeBackend {
+            root: pod::state_root(namespace),
+        }
+    }
+}
+
+/// The pod's sandbox.
+pub struct RuntimeVm {
+    sandbox: Sandbox,
+    /// Some(reason) once hull-vmm has exited.
+    gone: watch::Receiver<Option<String>>,
+    /// The pod's cgroupsPath hull-vmm was started in (removed with the VM).
+    cgroup: Option<PathBuf>,
+}
+
+/// Removes what the sandbox `name` under `root` left (`containerd-shim-hull-v2 delete`, after
+/// the shim died).
+pub fn cleanup(root: &Path, name: &str) -> std::result::Result<(), SandboxError> {
+    hull_runtime::sandbox::cleanup(root, name)
+}
+
+/// The task error for a runtime error (containerd turns the kind back into its errdefs).
+pub fn container_error(e: ContainerError) -> TaskError {
+    let m = e.to_string();
+    match e {
+        ContainerError::NotFound(_) => TaskError::NotFound(m),
+        ContainerError::AlreadyExists(_) => TaskError::AlreadyExists(m),
+        ContainerError::WrongState { .. } => TaskError::FailedPrecondition(m),
+        ContainerError::InvalidId { .. }
+        | ContainerError::InvalidSpec { .. }
+        | ContainerError::Bundle { .. }
+        | ContainerError::MountSource { .. } => TaskError::InvalidArgument(m),
+        _ => TaskError::Internal(m),
+    }
+}
+
+fn agent_error(e: AgentError) -> TaskError {
+    match e.agent_kind() {
+        Some(AgentKind::InvalidArgument) => TaskError::InvalidArgument(e.to_string()),
+        _ => TaskError::Internal(e.to_string()),
+    }
+}
+
+/// Reaps hull-vmm (this process's child) on a thread of its own and reports why it stopped.
+fn watch_vmm(sandbox: &Sandbox) -> watch::Receiver<Option<String>> {
+    let (tx, rx) = watch::channel(None);
+    let pid = sandbox.state().vmm_pid;
+    let log = sandbox.dir().join("vmm.log");
+    let spawned = std::thread::Builder::new()
+        .name("vmm-reaper".into())
+        .spawn(move || {
+            let how = match nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(pid as i32), None) {
+                Ok(s) => format!("{s:?}"),
+                Err(e) => format!("cannot wait for it: {e}"),
+            };
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            let lines: Vec<&str> = text.lines().collect();
+            let tail = lines[lines.len().saturating_sub(5)..].join(" | ");
+            let reason = format!("hull-vmm (pid {pid}) stopped: {how}; its log ends: {tail}");
+            tracing::warn!("{reason}");
+            let _ = tx.send(Some(reason));
+        });
+    if let Err(e) = spawned {
+        tracing::error!("cannot start the VMM reaper thread: {e}");
+    }
+    rx
+}
+
+#[async_trait]
+impl Backend for RuntimeBackend {
+    type Vm = RuntimeVm;
+
+    fn load_spec(&self, bundle: &Path) -> Result<Spec> {
+        hull_runtime::container::load_bundle(bundle)
+            .map(|b| b.spec)
+            .map_err(container_error)
+    }
+
+    async fn boot(&self, id: &str, spec: &Spec) -> Result<RuntimeVm> {
+        let annotations = spec.annotations().clone().unwrap_or_default();
+        let mut opts =
+            pod::vm_options(&annotations).map_err(|e| TaskError::InvalidArgument(e.to_string()))?;
+        // hull-vmm starts in the pod's cgroup (the sandbox container's cgroupsPath): the whole
+        // VM is accounted to the pod.
+        let cgroup = spec.linux().as_ref().and_then(|l| l.cgroups_path().clone());
+        opts.host_cgroup = cgroup
+            .as_deref()
+            .and_then(hull_runtime::host_cgroup::prepare);
+        // The pod's network namespace (CNI put its interfaces there): the VM takes them over.
+        // Without one (a plain `ctr run`), nothing sets up a network: loopback only.
+        opts.network = match hull_runtime::network::spec_netns(spec) {
+            Some(ns) => SandboxNetwork::Join(ns),
+            None => SandboxNetwork::Loopback,
+        };
+        let config = RuntimeConfig::load().map_err(|e| TaskError::Internal(e.to_string()))?;
+        let name = pod::sandbox_name(&self.root, id);
+        tracing::info!(
+            "pod {id}: booting sandbox {name} under {} (vcpus {:?}, memory {:?} MiB)",
+            self.root.display(),
+            opts.vcpus,
+            opts.memory_mib
+        );
+        let sandbox = Sandbox::create(&config, &self.root, &name, &opts)
+            .await
+            .map_err(|e| TaskError::Internal(format!("creating the pod's VM: {e}")))?;
+        Ok(RuntimeVm {
+            gone: watch_vmm(&sandbox),
+            cgroup: opts.host_cgroup.is_some().then_some(cgroup).flatten(),
+            sandbox,
+        })
+    }
+
+    /// Waits (up to 5 s) for the calls in flight to drop their handles, then stops the VM and
+    /// removes its directory; if a handle is still held, kills hull-vmm (containerd's
+    /// `delete` of the shim removes the rest).
+    async fn destroy(&self, mut vm: Arc<RuntimeVm>) {
+        for _ in 0..100 {
+            match Arc::try_unwrap(vm) {
+                Ok(vm) => {
+                    let id = vm.sandbox.id().to_string();
+                    match vm.sandbox.destroy(STOP_GRACE).await {
+                        Ok(()) => tracing::info!("sandbox {id}: destroyed"),
+                        Err(e) => tracing::error!("sandbox {id}: destroying: {e}"),
+                    }
+                    if let Some(cg) = &vm.cgroup {
+                        hull_runtime::host_cgroup::remove(cg);
+                    }
+                    return;
+                }
+                Err(again) => {
+                    vm = again;
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        }
+        let pid = vm.sandbox.state().vmm_pid;
+        tracing::error!(
+            "sandbox {}: still in use; killing hull-vmm {pid}",
+            vm.sandbox.id()
+        );
+        if let Err(e) = vm.sandbox.kill_vm().await {
+            tracing::error!("sandbox {}: {e}", vm.sandbox.id());
+        }
+    }
+}
+
+impl RuntimeVm {
+    fn agent(&self) -> Result<&AgentClient> {
+        self.sandbox
+            .agent()
+            .map_err(|e| TaskError::Internal(e.to_string()))
+    }
+}
+
+#[async_trait]
+impl Vm for RuntimeVm {
+    type Container = Container;
+
+    fn pid(&self) -> u32 {
+        self.sandbox.state().vmm_pid
+    }
+
+    fn gone(&self) -> watch::Receiver<Option<String>> {
+        self.gone.clone()
+    }
+
+    async fn create(
+        &self,
+        id: &str,
+        bundle: &Path,
+        stdio: StdioSpec,
+        join: Option<&str>,
+    ) -> Result<(Container, ProcessId)> {
+        let opts = CreateOptions {
+            stdio: Some(stdio),
+            join: join.map(str::to_string),
+        };
+        let c = self
+            .sandbox
+            .create_container(id, bundle, &opts)
+            .await
+            .map_err(container_error)?;
+        let init = c.init_process();
+        Ok((c, init))
+    }
+
+    async fn start(&self, c: &Container) -> Result<()> {
+        c.start(&self.sandbox).await.map_err(container_error)
+    }
+
+    async fn exec(&self, c: &Container, process: &Process, stdio: StdioSpec) -> Result<ProcessId> {
+        let (handle, guest_pid) = c
+            .exec(&self.sandbox, process, stdio)
+            .await
+            .map_err(container_error)?;
+        tracing::info!("container {}: exec'd guest pid {guest_pid}", c.id());
+        Ok(handle)
+    }
+
+    async fn signal(&self, process: &ContainerProcess, signal: i32, all: bool) -> Result<()> {
+        let finished =
+            |why: String| TaskError::NotFound(format!("process already finished: {why}"));
+        let agent = self.sandbox.agent().map_err(|e| finished(e.to_string()))?;
+        let r = match (&process.target, all) {
+            (Target::Init { container }, true) => {
+                agent.kill_container(container, signal, true).await
+            }
+            _ => process.signal(agent, signal).await,
+        };
+        r.map_err(|e| match e.agent_kind() {
+            Some(
+                AgentKind::ProcessExited
+                | AgentKind::WrongState
+                | AgentKind::UnknownProcess
+                | AgentKind::UnknownContainer,
+            ) => finished(e.to_string()),
+            _ if matches!(e, AgentError::Closed) || !self.sandbox.vmm_running() => {
+                finished(e.to_string())
+            }
+            _ => agent_error(e),
+        })
+    }
+
+    async fn delete(&self, c: Container) -> Result<()> {
+        c.delete(&self.sandbox, true).await.map_err(container_error)
+    }
+
+    async fn pause(&self, c: &Container) -> Result<()> {
+        c.pause(&self.sandbox).await.map_err(container_error)
+    }
+
+    async fn resume(&self, c: &Container) -> Result<()> {
+        c.resume(&self.sandbox).await.map_err(container_error)
+    }
+
+    async fn update(&self, c: &Container, resources: &LinuxResources) -> Result<()> {
+        c.update(&self.sandbox, resources)
+            .await
+            .map_err(container_error)
+    }
+
+    async fn stats(&self, c: &Container) -> Result<ContainerStats> {
+        c.stats(&self.sandbox).await.map_err(container_error)
+    }
+
+    async fn pids(&self, c: &Container) -> Result<Vec<i32>> {
+        c.pids(&self.sandbox).await.map_err(container_error)
+    }
+
+    async fn oom_killed(&self, c: &Container) -> bool {
+        match c.info(&self.sandbox).await {
+            Ok(info) => info.oom_killed,
+            Err(e) => {
+                tracing::debug!("container {}: state after exit: {e}", c.id());
+                false
+            }
+        }
+    }
+
+    async fn attach(&self, process: &ContainerProcess, want: Want) -> Result<Streams> {
+        process
+            .attach(self.agent()?, want)
+            .await
+            .map_err(agent_error)
+    }
+
+    async fn wait(&self, process: &ContainerProcess, vm_gone: VmGone) -> Exit {
+        match self.sandbox.agent() {
+            Ok(agent) => process.wait(agent, vm_gone).await,
+            Err(e) => {
+                tracing::warn!("{}: taken as killed: {e}", process.name());
+                Exit::gone()
+            }
+        }
+    }
+
+    async fn input_ended(&self, process: &ContainerProcess, sent: Option<u64>) -> Result<()> {
+        process
+            .input_ended(self.agent()?, sent)
+            .await
+            .map_err(agent_error)
+    }
+
+    async fn resize(&self, process: &ContainerProcess, rows: u16, cols: u16) -> Result<()> {
+        process
+            .resize(self.agent()?, rows, cols)
+            .await
+            .map_err(agent_error)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::task::ErrorKind;
+
+    #[test]
+    fn runtime_errors_keep_their_kind() {
+        let cases = [
+            (ContainerError::NotFound("x".into()), ErrorKind::NotFound),
+            (
+                ContainerError::AlreadyExists("x".into()),
+                ErrorKind::AlreadyExists,
+            ),
+            (
+                ContainerError::WrongState {
+                    id: "x".into(),
+                    status: hull_agent_protocol::ContainerStatus::Stopped,
+                    wanted: "running",
+                },
+                ErrorKind::FailedPrecondition,
+            ),
+            (
+                ContainerError::InvalidId {
+                    id: "a/b".into(),
+                    reason: "slash".into(),
+                },
+                ErrorKind::InvalidArgument,
+            ),
+            (
+                ContainerError::Sandbox(SandboxError::NotRunning),
+                ErrorKind::Internal,
+            ),
+        ];
+        for (e, kind) in cases {
+            let text = e.to_string();
+            let t = container_error(e);
+            assert_eq!(t.kind(), kind, "{text}");
+            assert_eq!(t.message(), text);
+        }
+    }
+}
