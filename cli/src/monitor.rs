@@ -37,16 +37,13 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context};
-use hull_runtime::agent::protocol::{ExitStatus, ProcessId, StdStream};
+use hull_runtime::agent::protocol::ProcessId;
 use hull_runtime::agent::{AgentClient, Endpoint};
-
-use crate::signal::exit_code;
+use hull_runtime::process::{ContainerProcess, Want};
+use hull_runtime::sandbox::Sandbox;
 
 /// The fd the monitor reports readiness on.
 pub const READY_FD: RawFd = 3;
-/// The exit code when the process cannot be waited for any more (its VM or container is
-/// gone): as if SIGKILL had killed it, which is what `delete --force` does.
-pub const GONE_EXIT: u8 = 128 + libc::SIGKILL as u8;
 /// The hidden subcommand's name.
 pub const SUBCOMMAND: &str = "__monitor";
 
@@ -363,17 +360,8 @@ impl Signals {
     }
 }
 
-/// Where a forwarded signal goes.
-enum Target {
-    Init(String),
-    Exec(ProcessId),
-}
-
-async fn forward(agent: &AgentClient, target: &Target, signal: i32) {
-    let r = match target {
-        Target::Init(id) => agent.kill_container(id, signal, false).await,
-        Target::Exec(p) => agent.signal(*p, signal, false).await,
-    };
+async fn forward(agent: &AgentClient, process: &ContainerProcess, signal: i32) {
+    let r = process.signal(agent, signal).await;
     match r {
         Ok(()) => tracing::debug!("forwarded {}", crate::signal::signal_name(signal)),
         Err(e) => tracing::warn!(
@@ -474,14 +462,10 @@ pub fn copy_out(mut from: impl Read, mut to: impl Write) -> std::io::Result<u64>
     }
 }
 
-/// Copies `from` to `to` until `from` ends, then calls `at_end` (a stdin stream: shut down
-/// its write side, which closes the container's stdin). Returns the bytes copied; stops early
-/// if `to` fails (the process's stdin is gone).
-pub fn copy_in<R: Read, W: Write>(
-    mut from: R,
-    mut to: W,
-    at_end: impl FnOnce(&mut W),
-) -> std::io::Result<u64> {
+/// Copies `from` to `to` until `from` ends; returns the bytes copied, which the caller gives
+/// the agent with [`ContainerProcess::input_ended`]. Stops early if `to` fails (the process's
+/// stdin is gone).
+pub fn copy_in<R: Read, W: Write>(mut from: R, mut to: W) -> std::io::Result<u64> {
     let mut buf = vec![0u8; 64 * 1024];
     let mut total = 0u64;
     loop {
@@ -495,7 +479,6 @@ pub fn copy_in<R: Read, W: Write>(
         to.write_all(&buf[..n])?;
         total += n as u64;
     }
-    at_end(&mut to);
     Ok(total)
 }
 
@@ -541,31 +524,33 @@ async fn monitor(
     signals: Signals,
     ready: &mut Ready,
 ) -> anyhow::Result<u8> {
-    let process = ProcessId(args.process);
+    let id = ProcessId(args.process);
+    let process = if args.exec {
+        ContainerProcess::exec(&args.container, id, args.terminal)
+    } else {
+        ContainerProcess::init(&args.container, id, args.terminal)
+    };
+    // The agent's endpoint without the sandbox's lock: this process lives as long as the
+    // container process, and every other command on the sandbox takes the lock.
     let endpoint = match &args.agent_socket {
         Some(p) => Endpoint::unix(p),
-        // Where the sandbox put its sockets (a short directory when its own is too deep).
-        None => Endpoint::vm(
-            hull_runtime::sandbox::socket_dir(&root.join(&args.sandbox)).join("vsock.sock"),
-        ),
+        None => Sandbox::agent_endpoint(root, &args.sandbox)?,
     };
     let agent = AgentClient::connect(endpoint, Duration::from_secs(30))
         .await
         .with_context(|| format!("cannot reach the guest agent of sandbox {}", args.sandbox))?;
-    let target = if args.exec {
-        Target::Exec(process)
-    } else {
-        Target::Init(args.container.clone())
-    };
-    // Attach every stream before reporting readiness (and before `wait`).
+    // Every stream is attached before readiness is reported (and before `wait`).
+    let streams = process.attach(&agent, Want::ALL).await?;
+    let stdout = blocking(streams.stdout.context("no stdout stream")?)?;
+    let input = blocking(streams.stdin.context("no stdin stream")?)?;
     let mut outputs = Vec::new();
     // Kept open for the process's life: for a terminal, the end of its input is not a reason
     // to hang up the guest terminal.
     let mut keep = Vec::new();
     let mut terminal: Option<HostTerminal> = None;
+    // Where the stdin copy reports the bytes it copied, once its source ended.
+    let (sent_tx, sent_rx) = tokio::sync::oneshot::channel::<Option<u64>>();
     if args.terminal {
-        let out = blocking(agent.open_stream(process, StdStream::Stdout).await?)?;
-        let input = blocking(agent.open_stream(process, StdStream::Stdin).await?)?;
         keep.push(input.try_clone()?);
         let (term_in, term_out): (std::fs::File, std::fs::File) = match &args.console_socket {
             Some(path) => {
@@ -622,35 +607,34 @@ async fn monitor(
             }
         };
         if let Some((rows, cols)) = terminal.as_ref().and_then(|t| window_size(t.fd.as_fd())) {
-            if let Err(e) = agent.resize_terminal(process, rows, cols).await {
+            if let Err(e) = process.resize(&agent, rows, cols).await {
                 tracing::warn!("cannot set the terminal size: {e}");
             }
         }
-        outputs.push(std::thread::spawn(move || copy_out(out, term_out)));
-        std::thread::spawn(move || copy_in(term_in, input, |_| {}));
+        outputs.push(std::thread::spawn(move || copy_out(stdout, term_out)));
+        std::thread::spawn(move || {
+            let r = copy_in(term_in, input);
+            let _ = sent_tx.send(r.ok());
+        });
     } else {
-        let out = blocking(agent.open_stream(process, StdStream::Stdout).await?)?;
-        let err = blocking(agent.open_stream(process, StdStream::Stderr).await?)?;
-        let input = blocking(agent.open_stream(process, StdStream::Stdin).await?)?;
+        let stderr = blocking(streams.stderr.context("no stderr stream")?)?;
         let (fd1, fd2) = (
             dup_std(std::io::stdout().as_fd())?,
             dup_std(std::io::stderr().as_fd())?,
         );
         let fd0 = dup_std(std::io::stdin().as_fd())?;
-        outputs.push(std::thread::spawn(move || copy_out(out, fd1)));
-        outputs.push(std::thread::spawn(move || copy_out(err, fd2)));
+        outputs.push(std::thread::spawn(move || copy_out(stdout, fd1)));
+        outputs.push(std::thread::spawn(move || copy_out(stderr, fd2)));
         std::thread::spawn(move || {
-            copy_in(fd0, input, |s| {
-                let _ = s.shutdown(std::net::Shutdown::Write);
-            })
+            let r = copy_in(fd0, input);
+            if let Err(e) = &r {
+                tracing::debug!("copying stdin: {e}");
+            }
+            let _ = sent_tx.send(r.ok());
         });
     }
     ready.ok();
-    tracing::debug!(
-        "monitor of container {} process {} ready",
-        args.container,
-        args.process
-    );
+    tracing::debug!("monitor of {} ready", process.name());
 
     let owned = signals.fd().try_clone_to_owned()?;
     // SAFETY: `owned` is an OwnedFd moved into the AsyncFd: it stays open and is the same
@@ -659,11 +643,20 @@ async fn monitor(
         tokio::io::unix::AsyncFd::register_with_interest(owned, tokio::io::Interest::READABLE)
     }
     .map_err(|e| anyhow!("cannot watch the signalfd: {e}"))?;
-    let wait = agent.wait(process);
+    // The VM's end is known from the agent's connection (a wait that fails is the VM gone).
+    let wait = process.wait(&agent, std::future::pending());
     tokio::pin!(wait);
-    let status = loop {
+    let mut sent_rx = Some(sent_rx);
+    let exit = loop {
         tokio::select! {
-            r = &mut wait => break r,
+            exit = &mut wait => break exit,
+            sent = async { sent_rx.as_mut().expect("polled only while set").await }, if sent_rx.is_some() => {
+                sent_rx = None;
+                // The caller's input ended: the process reads what was copied, then its end.
+                if let Err(e) = process.input_ended(&agent, sent.ok().flatten()).await {
+                    tracing::debug!("closing stdin: {e}");
+                }
+            }
             g = sigfd.readable() => {
                 let mut g = g.context("signalfd")?;
                 while let Some(sig) = signals.next()? {
@@ -673,51 +666,32 @@ async fn monitor(
                             if let Some((rows, cols)) =
                                 terminal.as_ref().and_then(|t| window_size(t.fd.as_fd()))
                             {
-                                if let Err(e) = agent.resize_terminal(process, rows, cols).await {
+                                if let Err(e) = process.resize(&agent, rows, cols).await {
                                     tracing::debug!("resize: {e}");
                                 }
                             }
                         }
-                        s => forward(&agent, &target, s).await,
+                        s => forward(&agent, &process, s).await,
                     }
                 }
                 g.clear_ready();
             }
         }
     };
-    let code = match status {
-        Ok(s) => {
-            // All output is in the socket buffers, followed by end-of-file.
-            for o in outputs {
-                match o.join() {
-                    Ok(Ok(_)) => {}
-                    Ok(Err(e)) => tracing::warn!("copying the container's output: {e}"),
-                    Err(_) => tracing::warn!("an output copy thread panicked"),
-                }
+    if !exit.vm_gone {
+        // All output is in the socket buffers, followed by end-of-file.
+        for o in outputs {
+            match o.join() {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => tracing::warn!("copying the container's output: {e}"),
+                Err(_) => tracing::warn!("an output copy thread panicked"),
             }
-            log_status(args, &s);
-            exit_code(&s)
         }
-        Err(e) => {
-            tracing::warn!(
-                "container {} process {} can no longer be waited for ({e}): reporting it killed",
-                args.container,
-                args.process
-            );
-            GONE_EXIT
-        }
-    };
+    }
+    tracing::debug!("{} ended with {}", process.name(), exit.code);
     drop(terminal);
     drop(keep);
-    Ok(code)
-}
-
-fn log_status(args: &MonitorArgs, s: &ExitStatus) {
-    tracing::debug!(
-        "container {} process {} ended: {s:?}",
-        args.container,
-        args.process
-    );
+    Ok(exit.code_u8())
 }
 
 #[cfg(test)]
@@ -804,11 +778,8 @@ mod tests {
                 caller.write_all(&data).unwrap();
             })
         };
-        let copier = std::thread::spawn(move || {
-            copy_in(fd0, stream, |s| {
-                s.shutdown(std::net::Shutdown::Write).unwrap();
-            })
-        });
+        // The copy counts the bytes (for the agent's close_stdin) and lets go of the stream.
+        let copier = std::thread::spawn(move || copy_in(fd0, stream));
         let mut got = Vec::new();
         agent.read_to_end(&mut got).unwrap();
         writer.join().unwrap();
@@ -848,7 +819,7 @@ mod tests {
         m.write_all(b"ls\r").unwrap();
         let (stream, mut agent) = UnixStream::pair().unwrap();
         let s = std::fs::File::from(slave);
-        let copier = std::thread::spawn(move || copy_in(s, stream, |_| {}));
+        let copier = std::thread::spawn(move || copy_in(s, stream));
         let mut got = [0u8; 3];
         agent.read_exact(&mut got).unwrap();
         assert_eq!(&got, b"ls\r");

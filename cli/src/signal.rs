@@ -1,6 +1,4 @@
-//! Signal names and numbers as runc's `kill` takes them, and exit codes as shells report them.
-
-use hull_runtime::agent::protocol::ExitStatus;
+//! Signal names and numbers as runc's `kill` takes them.
 
 /// The standard Linux signals by name (without `SIG`), in number order.
 const NAMES: &[(&str, i32)] = &[
@@ -93,15 +91,6 @@ pub fn signal_name(n: i32) -> String {
     }
 }
 
-/// The exit code a shell reports for a process: its code, or 128 + the signal that killed it.
-/// Codes outside 0..=255 are cut to their low byte, as the kernel does.
-pub fn exit_code(status: &ExitStatus) -> u8 {
-    match status {
-        ExitStatus::Exited { code } => (*code & 0xff) as u8,
-        ExitStatus::Signaled { signal, .. } => (128 + (*signal & 0x7f)) as u8,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -136,21 +125,5 @@ mod tests {
         }
         assert_eq!(signal_name(15), "SIGTERM");
         assert_eq!(signal_name(40), "40");
-    }
-
-    #[test]
-    fn exit_codes_as_a_shell_reports_them() {
-        let exited = |code| ExitStatus::Exited { code };
-        let signaled = |signal| ExitStatus::Signaled {
-            signal,
-            core_dumped: false,
-        };
-        assert_eq!(exit_code(&exited(0)), 0);
-        assert_eq!(exit_code(&exited(3)), 3);
-        assert_eq!(exit_code(&exited(255)), 255);
-        assert_eq!(exit_code(&exited(256)), 0);
-        assert_eq!(exit_code(&signaled(9)), 137);
-        assert_eq!(exit_code(&signaled(15)), 143);
-        assert_eq!(exit_code(&signaled(2)), 130);
     }
 }

@@ -11,7 +11,12 @@ use std::path::{Component, Path, PathBuf};
 
 use oci_spec::runtime::Spec;
 
-use crate::sandbox::SandboxOptions;
+/// A VM's size from a container's limits; `None`: the configuration's default.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct VmSize {
+    pub vcpus: Option<u32>,
+    pub memory_mib: Option<u64>,
+}
 
 /// Guest memory added to a container's memory limit: the guest kernel, hull-agent and the page
 /// cache a small guest needs to run its workload at the limit (documented in runtime/README.md).
@@ -22,8 +27,8 @@ const CGROUP_ROOT: &str = "/sys/fs/cgroup";
 /// The VM's size for a container: memory = its memory limit + [`VM_MEMORY_OVERHEAD_MIB`],
 /// vCPUs = its CPU quota / period rounded up (else the number of CPUs in its cpuset), capped at
 /// the host's CPUs. Unset limits leave the configuration's defaults.
-pub fn vm_size(spec: &Spec) -> SandboxOptions {
-    let mut opts = SandboxOptions::default();
+pub fn vm_size(spec: &Spec) -> VmSize {
+    let mut opts = VmSize::default();
     let Some(res) = spec.linux().as_ref().and_then(|l| l.resources().as_ref()) else {
         return opts;
     };
@@ -117,28 +122,30 @@ pub fn prepare(cgroups_path: &Path) -> Option<PathBuf> {
     Some(dir)
 }
 
-/// Moves `pids` into the cgroup `cgroups_path` (created if missing). Best effort: a host where
-/// this cannot be done keeps the processes where they are, with a warning.
-pub fn join(cgroups_path: &Path, pids: &[u32]) {
-    let Some(dir) = prepare(cgroups_path) else {
-        return;
-    };
-    for pid in pids {
-        if let Err(e) = std::fs::write(dir.join("cgroup.procs"), pid.to_string()) {
-            tracing::warn!("cannot move pid {pid} into cgroup {}: {e}", dir.display());
-        }
+/// Moves `pid` into the cgroup directory `dir` that [`prepare`] made. Best effort, with a
+/// warning.
+pub fn join_dir(dir: &Path, pid: u32) {
+    if let Err(e) = std::fs::write(dir.join("cgroup.procs"), pid.to_string()) {
+        tracing::warn!("cannot move pid {pid} into cgroup {}: {e}", dir.display());
     }
 }
 
-/// Removes the cgroup again once it is empty (after the VM is gone).
-pub fn remove(cgroups_path: &Path) {
-    if !v2_host() {
-        return;
-    }
-    if let Some(dir) = host_dir(cgroups_path) {
-        if let Err(e) = std::fs::remove_dir(&dir) {
-            if e.kind() != std::io::ErrorKind::NotFound {
+/// Removes the cgroup directory `dir` that [`prepare`] made, once it is empty (after the VM
+/// and every process that stood for the container are gone). Only a sandbox's cleanup calls
+/// this ([`crate::sandbox`]): the sandbox owns the cgroup its VM was started in.
+pub(crate) fn remove_dir(dir: &Path) {
+    // A process that stood for the container may take a moment to exit after its VM (the
+    // CLI's pid-file process ends when it sees the VM gone): a few tries, then a warning.
+    for attempt in 0.. {
+        match std::fs::remove_dir(dir) {
+            Ok(()) => return,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return,
+            Err(e) if e.raw_os_error() == Some(libc::EBUSY) && attempt < 20 => {
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+            Err(e) => {
                 tracing::warn!("cannot remove cgroup {}: {e}", dir.display());
+                return;
             }
         }
     }

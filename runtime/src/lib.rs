@@ -16,4 +16,5 @@ pub mod mount;
 pub mod network;
 pub mod process;
 pub mod sandbox;
+pub mod share;
 pub mod vmm;

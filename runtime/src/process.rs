@@ -38,6 +38,21 @@ pub fn exit_code(status: &ExitStatus) -> u32 {
     }
 }
 
+/// The exit code a shell reports for a host process (a front end's own helper process, such as
+/// the CLI's pid-file process, whose status is the container process's): [`exit_code`] of the
+/// same status; 1 when the status says neither.
+pub fn host_exit_code(status: std::process::ExitStatus) -> u32 {
+    use std::os::unix::process::ExitStatusExt;
+    match (status.code(), status.signal()) {
+        (Some(code), _) => exit_code(&ExitStatus::Exited { code }),
+        (None, Some(signal)) => exit_code(&ExitStatus::Signaled {
+            signal,
+            core_dumped: false,
+        }),
+        (None, None) => 1,
+    }
+}
+
 /// How a container process ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Exit {

@@ -159,7 +159,7 @@ impl Shim for HullShim {
             );
         } else {
             let root = pod::state_root(&self.namespace);
-            let name = pod::sandbox_name(&root, &group);
+            let name = task::runtime::sandbox_name(&root, &group);
             let (r, n) = (root.clone(), name.clone());
             let res = tokio::task::spawn_blocking(move || task::runtime::cleanup(&r, &n))
                 .await

@@ -1,28 +1,19 @@
-//! Which pod a container belongs to, and where its sandbox lives: the CRI annotations of a
-//! bundle, the shim grouping (one shim and one VM per pod), the VM's size from the pod's
-//! annotations, and the sandbox's directory under the shim's state root.
+//! Which pod a container belongs to: the CRI annotations of a bundle, the shim grouping (one
+//! shim and one VM per pod), and the shim's state root. (The VM's size from the pod's
+//! annotations and the sandbox's name under the root are hull-runtime's:
+//! `SandboxOptions::from_spec`, `sandbox_name`.)
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-
-use hull_runtime::sandbox::SandboxOptions;
 
 /// CRI: `sandbox` for a pod's sandbox (pause) container, `container` for the others.
 pub const CRI_CONTAINER_TYPE: &str = "io.kubernetes.cri.container-type";
 /// CRI: the pod's sandbox id, on every container of the pod.
 pub const CRI_SANDBOX_ID: &str = "io.kubernetes.cri.sandbox-id";
-/// Pod annotation: the VM's vCPUs.
-pub const VM_VCPUS: &str = "io.hull.vm.vcpus";
-/// Pod annotation: the VM's memory in MiB.
-pub const VM_MEMORY_MIB: &str = "io.hull.vm.memory_mib";
 /// Environment variable overriding the shim's state root (tests).
 pub const ROOT_ENV: &str = "HULL_SHIM_ROOT";
 /// The shim's state root: one directory per containerd namespace, one sandbox per pod below.
 pub const DEFAULT_ROOT: &str = "/run/hull/shim";
-/// Most bytes of a Unix socket path (the runtime's sockets live in the sandbox directory).
-const MAX_SOCKET_PATH: usize = 107;
-/// The longest socket name the runtime puts in a sandbox directory.
-const LONGEST_SOCKET: &str = "vsock.sock_4294967295";
 
 /// What a container is to its pod.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -36,12 +27,6 @@ pub enum Role {
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum PodError {
-    #[error("annotation {key}={value:?}: {reason}")]
-    BadAnnotation {
-        key: &'static str,
-        value: String,
-        reason: String,
-    },
     #[error("annotation {CRI_CONTAINER_TYPE}=container needs {CRI_SANDBOX_ID}")]
     NoSandboxId,
 }
@@ -66,50 +51,6 @@ pub fn group(id: &str, annotations: &HashMap<String, String>) -> String {
     }
 }
 
-fn parse_annotation<T: std::str::FromStr>(
-    annotations: &HashMap<String, String>,
-    key: &'static str,
-) -> Result<Option<T>, PodError>
-where
-    T::Err: std::fmt::Display,
-{
-    let Some(value) = annotations.get(key) else {
-        return Ok(None);
-    };
-    let bad = |reason: String| PodError::BadAnnotation {
-        key,
-        value: value.clone(),
-        reason,
-    };
-    let v = value.trim().parse::<T>().map_err(|e| bad(e.to_string()))?;
-    Ok(Some(v))
-}
-
-/// The VM's size from the pod's annotations (unset: the runtime configuration's defaults).
-pub fn vm_options(annotations: &HashMap<String, String>) -> Result<SandboxOptions, PodError> {
-    let vcpus: Option<u32> = parse_annotation(annotations, VM_VCPUS)?;
-    let memory_mib: Option<u64> = parse_annotation(annotations, VM_MEMORY_MIB)?;
-    if vcpus == Some(0) {
-        return Err(PodError::BadAnnotation {
-            key: VM_VCPUS,
-            value: "0".into(),
-            reason: "must be at least 1".into(),
-        });
-    }
-    if memory_mib.is_some_and(|m| m < 64) {
-        return Err(PodError::BadAnnotation {
-            key: VM_MEMORY_MIB,
-            value: memory_mib.unwrap_or_default().to_string(),
-            reason: "must be at least 64".into(),
-        });
-    }
-    Ok(SandboxOptions {
-        vcpus,
-        memory_mib,
-        ..SandboxOptions::default()
-    })
-}
-
 /// The shim's state root for containerd namespace `namespace` (`$HULL_SHIM_ROOT` or
 /// [`DEFAULT_ROOT`], then the namespace).
 pub fn state_root(namespace: &str) -> PathBuf {
@@ -117,28 +58,6 @@ pub fn state_root(namespace: &str) -> PathBuf {
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from(DEFAULT_ROOT));
     base.join(namespace)
-}
-
-/// FNV-1a, 64 bits: a stable short name for ids too long for a socket path.
-fn fnv1a(s: &str) -> u64 {
-    s.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
-        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
-    })
-}
-
-/// The sandbox name (its directory under `root`) for the pod `group`: the group id itself when
-/// it is a valid sandbox id and its sockets fit in a Unix socket path, else `h` and a hash of it
-/// (CRI's 64-character ids under a deep root do not fit).
-pub fn sandbox_name(root: &Path, group: &str) -> String {
-    let fits = |name: &str| {
-        root.join(name).join(LONGEST_SOCKET).as_os_str().len() <= MAX_SOCKET_PATH
-            && hull_runtime::sandbox::validate_id(name).is_ok()
-    };
-    if fits(group) {
-        group.to_string()
-    } else {
-        format!("h{:016x}", fnv1a(group))
-    }
 }
 
 /// The annotations of the bundle's config.json (none when it has none).
@@ -204,37 +123,6 @@ mod tests {
         assert_eq!(a, b);
         assert_ne!(a, c);
         assert!(a.starts_with("unix:///run/containerd/s/"), "{a}");
-    }
-
-    #[test]
-    fn vm_size_from_annotations() {
-        let o = vm_options(&ann(&[])).unwrap();
-        assert_eq!((o.vcpus, o.memory_mib), (None, None));
-        let o = vm_options(&ann(&[(VM_VCPUS, "2"), (VM_MEMORY_MIB, " 512 ")])).unwrap();
-        assert_eq!((o.vcpus, o.memory_mib), (Some(2), Some(512)));
-        for (k, v, why) in [
-            (VM_VCPUS, "two", "invalid digit"),
-            (VM_VCPUS, "0", "at least 1"),
-            (VM_MEMORY_MIB, "-5", "invalid digit"),
-            (VM_MEMORY_MIB, "16", "at least 64"),
-        ] {
-            let e = vm_options(&ann(&[(k, v)])).unwrap_err().to_string();
-            assert!(e.contains(k) && e.contains(why), "{k}={v}: {e}");
-        }
-    }
-
-    #[test]
-    fn sandbox_names_fit_socket_paths() {
-        let root = Path::new("/run/hull/shim/k8s.io");
-        assert_eq!(sandbox_name(root, "t1"), "t1");
-        let cri = "f".repeat(64);
-        let name = sandbox_name(root, &cri);
-        assert_ne!(name, cri);
-        assert_eq!(name, sandbox_name(root, &cri), "stable");
-        assert_ne!(name, sandbox_name(root, &"e".repeat(64)));
-        assert!(root.join(&name).join(LONGEST_SOCKET).as_os_str().len() <= MAX_SOCKET_PATH);
-        // Not a valid sandbox id: hashed too.
-        assert!(sandbox_name(root, "a/b").starts_with('h'));
     }
 
     #[test]

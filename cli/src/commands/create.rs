@@ -8,18 +8,17 @@
 //! run: create, then start; without `--detach` it waits for the monitor (forwarding signals),
 //! deletes the container and exits with the container's status.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use anyhow::{anyhow, bail, Context};
+use anyhow::{bail, Context};
 use hull_runtime::agent::protocol::{Redirect, StdioSpec};
 use hull_runtime::config::RuntimeConfig;
-use hull_runtime::container::CreateOptions;
-use hull_runtime::host_cgroup;
-use hull_runtime::sandbox::{Sandbox, SandboxNetwork};
+use hull_runtime::container::{load_bundle, Bundle, Container, CreateOptions};
+use hull_runtime::sandbox::{Sandbox, SandboxOptions};
 
-use super::{block_on, check_id, load_spec, write_pid_file, Ctx};
+use super::{block_on, check_id, write_pid_file, Ctx};
 use crate::monitor::{self, MonitorArgs, Started};
 
 /// How long a failed create's VM gets to shut down before it is killed.
@@ -35,34 +34,23 @@ pub struct CreateArgs<'a> {
     pub foreground: bool,
 }
 
-/// The checks that need no VM, in runc's order: id, id in use, bundle, config.json, terminal
-/// and console socket. Returns the absolute bundle and whether the process has a terminal.
-pub fn check(ctx: &Ctx, a: &CreateArgs<'_>) -> anyhow::Result<(PathBuf, bool)> {
+/// The checks that need no VM, in runc's order: id, id in use, bundle and config.json (read
+/// and checked once, here: the process, the root file system, hooks, bind sources come later),
+/// terminal and console socket. Returns the bundle and whether the process has a terminal.
+pub fn check(ctx: &Ctx, a: &CreateArgs<'_>) -> anyhow::Result<(Bundle, bool)> {
     check_id(a.id)?;
     if ctx.dir(a.id).exists() {
         bail!("container with id \"{}\" already exists", a.id);
     }
-    let bundle =
+    let path =
         std::path::absolute(a.bundle).with_context(|| format!("bundle {}", a.bundle.display()))?;
-    let spec = load_spec(&bundle)?;
-    let process = spec.process().as_ref().ok_or_else(|| {
-        anyhow!(
-            "invalid {}/config.json: it has no process",
-            bundle.display()
-        )
-    })?;
-    // The root file system, before a VM is booted for nothing.
-    if let Some(root) = spec.root() {
-        let rootfs = bundle.join(root.path());
-        if !rootfs.is_dir() {
-            bail!(
-                "invalid {}/config.json: root.path: rootfs {} does not exist or is not a directory",
-                bundle.display(),
-                rootfs.display()
-            );
-        }
-    }
-    let terminal = process.terminal().unwrap_or(false);
+    let bundle = load_bundle(&path)?;
+    let terminal = bundle
+        .spec
+        .process()
+        .as_ref()
+        .and_then(|p| p.terminal())
+        .unwrap_or(false);
     match (terminal, a.console_socket) {
         (true, None) if !a.foreground => {
             bail!("cannot allocate tty if hull will detach without setting console socket")
@@ -84,22 +72,17 @@ pub fn check(ctx: &Ctx, a: &CreateArgs<'_>) -> anyhow::Result<(PathBuf, bool)> {
 pub fn create(ctx: &Ctx, a: &CreateArgs<'_>) -> anyhow::Result<Started> {
     let (bundle, terminal) = check(ctx, a)?;
     let config = RuntimeConfig::load().context("hull's configuration")?;
-    let spec = load_spec(&bundle)?;
-    // The VM is sized from the container's limits; its host processes go into the cgroup the
-    // caller asked for (hull_runtime::host_cgroup).
-    let mut size = host_cgroup::vm_size(&spec);
-    let cgroup = spec.linux().as_ref().and_then(|l| l.cgroups_path().clone());
-    size.host_cgroup = cgroup.as_deref().and_then(host_cgroup::prepare);
-    // A network namespace the spec joins: the VM takes over its interfaces. A new one (docker's
-    // bridge network): the sandbox makes it, and the prestart hooks set it up.
-    size.network = SandboxNetwork::from_spec(&spec);
+    // The VM's size, host cgroup and network, from the spec (hull_runtime::sandbox).
+    let opts = SandboxOptions::from_spec(&bundle.spec)?;
     block_on(async {
-        let sb = Sandbox::create(&config, &ctx.root, a.id, &size)
+        let sb = Sandbox::create(&config, &ctx.root, a.id, &opts)
             .await
             .with_context(|| format!("cannot create the VM of container \"{}\"", a.id))?;
         let r = create_in(ctx, a, &sb, &bundle, terminal).await;
-        if let (Ok(m), Some(cg)) = (&r, &cgroup) {
-            host_cgroup::join(cg, &[m.pid]);
+        if let Ok(m) = &r {
+            // The pid-file process stands for the container on the host: it is accounted
+            // with the VM.
+            sb.join_host_cgroup(m.pid);
         }
         match r {
             Ok(m) => Ok(m),
@@ -118,16 +101,18 @@ async fn create_in(
     ctx: &Ctx,
     a: &CreateArgs<'_>,
     sb: &Sandbox,
-    bundle: &Path,
+    bundle: &Bundle,
     terminal: bool,
 ) -> anyhow::Result<Started> {
     let stdio = if terminal {
-        let (rows, cols) = if a.console_socket.is_none() {
+        // The caller's own terminal in the foreground, else the spec's consoleSize.
+        let host = if a.console_socket.is_none() {
             crate::monitor::window_size(std::os::fd::AsFd::as_fd(&std::io::stdin()))
-                .unwrap_or((24, 80))
         } else {
-            (24, 80)
+            None
         };
+        let (rows, cols) =
+            hull_runtime::process::terminal_size(host, bundle.spec.process().as_ref());
         StdioSpec::Terminal { rows, cols }
     } else {
         StdioSpec::Pipes {
@@ -140,8 +125,7 @@ async fn create_in(
         stdio: Some(stdio),
         ..Default::default()
     };
-    let mut c = sb
-        .create_container(a.id, bundle, &opts)
+    let mut c = Container::create(sb, a.id, bundle, &opts)
         .await
         .with_context(|| format!("cannot create container \"{}\"", a.id))?;
     let m = monitor::spawn(

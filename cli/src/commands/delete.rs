@@ -48,18 +48,13 @@ pub fn delete(ctx: &Ctx, id: &str, force: bool) -> anyhow::Result<()> {
             ),
             _ => {}
         }
-        let cgroup = super::load_spec(c.bundle())
-            .ok()
-            .and_then(|s| s.linux().as_ref().and_then(|l| l.cgroups_path().clone()));
         if let Err(e) = c.delete(&sb, true).await {
             tracing::debug!("container {id}: delete in the guest: {e}");
         }
+        // The VM, its share, network and host cgroup: the sandbox removes what it made.
         sb.destroy(GRACE)
             .await
             .with_context(|| format!("cannot remove the VM of container \"{id}\""))?;
-        if let Some(cg) = cgroup {
-            hull_runtime::host_cgroup::remove(&cg);
-        }
         Ok(())
     })
     .and_then(|r| r);

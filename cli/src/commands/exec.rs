@@ -158,11 +158,13 @@ pub fn run(ctx: &Ctx, e: &liboci_cli::Exec) -> anyhow::Result<ExitCode> {
             }
         };
         let stdio = if tty {
-            let (rows, cols) = if e.console_socket.is_none() {
-                monitor::window_size(std::io::stdin().as_fd()).unwrap_or((24, 80))
+            // The caller's own terminal in the foreground, else the process's consoleSize.
+            let host = if e.console_socket.is_none() {
+                monitor::window_size(std::io::stdin().as_fd())
             } else {
-                (24, 80)
+                None
             };
+            let (rows, cols) = hull_runtime::process::terminal_size(host, Some(&process));
             StdioSpec::Terminal { rows, cols }
         } else {
             StdioSpec::Pipes {

@@ -11,7 +11,6 @@ use std::process::Child;
 use std::sync::atomic::{AtomicI32, Ordering};
 
 use anyhow::Context;
-use std::os::unix::process::ExitStatusExt;
 
 static PIPE_W: AtomicI32 = AtomicI32::new(-1);
 
@@ -25,15 +24,6 @@ extern "C" fn on_signal(sig: libc::c_int) {
     unsafe { libc::write(PIPE_W.load(Ordering::Relaxed), (&b as *const u8).cast(), 1) };
     // SAFETY: as above.
     unsafe { *errno_ptr = errno };
-}
-
-/// The exit code a shell would report for the monitor's status.
-fn code_of(status: std::process::ExitStatus) -> u8 {
-    match (status.code(), status.signal()) {
-        (Some(c), _) => (c & 0xff) as u8,
-        (None, Some(s)) => (128 + (s & 0x7f)) as u8,
-        (None, None) => 1,
-    }
 }
 
 /// Waits for `child` (a monitor), forwarding signals to it; returns its exit code.
@@ -56,7 +46,7 @@ pub fn wait(mut child: Child) -> anyhow::Result<u8> {
     let pid = nix::unistd::Pid::from_raw(child.id() as i32);
     let result = loop {
         if let Some(status) = child.try_wait().context("waiting for the monitor")? {
-            break Ok(code_of(status));
+            break Ok(hull_runtime::process::host_exit_code(status) as u8);
         }
         let mut fds = [nix::poll::PollFd::new(
             std::os::fd::AsFd::as_fd(&r),

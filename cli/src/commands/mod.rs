@@ -93,9 +93,7 @@ pub async fn open(ctx: &Ctx, id: &str) -> anyhow::Result<(Sandbox, Container)> {
     let sb = Sandbox::load(&ctx.root, id)
         .await
         .with_context(|| format!("container \"{id}\""))?;
-    let c = sb
-        .load_container(id)
-        .with_context(|| format!("container \"{id}\""))?;
+    let c = Container::load(&sb, id).with_context(|| format!("container \"{id}\""))?;
     Ok((sb, c))
 }
 

@@ -21,7 +21,6 @@
 //! which the first container's create then mirrors into the VM ([`Sandbox::attach_network`]).
 
 mod hooks;
-mod share;
 mod spec;
 mod state;
 
@@ -38,8 +37,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::agent::AgentClient;
 use crate::sandbox::{Sandbox, SandboxError};
+use crate::share;
+pub use crate::share::SHARE_CONTAINERS;
 pub use hooks::HookKind;
-pub use share::SHARE_CONTAINERS;
 pub use spec::{
     bind_mounts, guest_dir, guest_namespaces, load_bundle, parse_spec, translate, BindMount,
     Bundle, DEFAULT_TERMINAL,
@@ -96,6 +96,25 @@ pub enum ContainerError {
         #[source]
         source: std::io::Error,
     },
+}
+
+impl From<share::ShareError> for ContainerError {
+    fn from(e: share::ShareError) -> ContainerError {
+        match e {
+            share::ShareError::Io { what, path, source } => {
+                ContainerError::Io { what, path, source }
+            }
+            share::ShareError::MountSource {
+                destination,
+                host_path,
+                reason,
+            } => ContainerError::MountSource {
+                destination,
+                host_path,
+                reason,
+            },
+        }
+    }
 }
 
 impl ContainerError {
@@ -158,35 +177,35 @@ fn guest_gone(sandbox: &Sandbox, e: &crate::agent::Error) -> bool {
     matches!(e, crate::agent::Error::Closed) || !sandbox.vmm_running()
 }
 
-impl Sandbox {
-    /// Creates container `id` from `bundle` in this sandbox: reads and checks the bundle,
-    /// shares its rootfs and bind mounts with the guest, has the agent create it (init held
-    /// before the user program), records it, and runs the prestart and createRuntime hooks. On
-    /// any failure nothing is left behind (no mount, directory, record or guest container).
-    pub async fn create_container(
-        &self,
+impl Container {
+    /// Creates container `id` in `sandbox` from `b` (a bundle read and checked once by
+    /// [`load_bundle`]): shares its rootfs and bind mounts with the guest, has the agent create
+    /// it (init held before the user program), records it, and runs the prestart and
+    /// createRuntime hooks. On any failure nothing is left behind (no mount, directory, record
+    /// or guest container).
+    pub async fn create(
+        sandbox: &Sandbox,
         id: &str,
-        bundle: &Path,
+        b: &Bundle,
         opts: &CreateOptions,
     ) -> Result<Container, ContainerError> {
         check_id(id)?;
-        if record_path(self.dir(), id).exists() {
+        if record_path(sandbox.dir(), id).exists() {
             return Err(ContainerError::AlreadyExists(id.to_string()));
         }
-        let b = load_bundle(bundle)?;
         let join = match &opts.join {
-            Some(other) => Some((other.as_str(), self.load_container(other)?.guest_pid())),
+            Some(other) => Some((other.as_str(), Container::load(sandbox, other)?.guest_pid())),
             None => None,
         };
-        let stdio = spec::init_stdio(&b, opts.stdio)?;
-        let binds = bind_mounts(&b)?;
+        let stdio = spec::init_stdio(b, opts.stdio)?;
+        let binds = bind_mounts(b)?;
         let guest_spec = translate(&b.spec, id, join, &binds);
-        let agent = self.agent()?;
+        let agent = sandbox.agent()?;
         let hooks = b.spec.hooks().clone();
         hooks::skip(hooks.as_ref(), HookKind::CreateContainer, id);
         hooks::skip(hooks.as_ref(), HookKind::StartContainer, id);
 
-        let dir = share::prepare(&self.share_dir(), id, &b.rootfs, &binds, &guest_spec)?;
+        let dir = share::prepare(&sandbox.share_dir(), id, &b.rootfs, &binds, &guest_spec)?;
         let guest_bundle = guest_dir(id);
         let mut created = false;
         let result = async {
@@ -200,7 +219,7 @@ impl Sandbox {
             created = true;
             let rec = ContainerRecord {
                 id: id.to_string(),
-                sandbox: self.id().to_string(),
+                sandbox: sandbox.id().to_string(),
                 bundle: b.dir.clone(),
                 rootfs: b.rootfs.clone(),
                 created: rfc3339(SystemTime::now()),
@@ -219,9 +238,9 @@ impl Sandbox {
                 guest_bundle: guest_bundle.clone(),
                 hooks: hooks.clone(),
             };
-            rec.write(self.dir())?;
+            rec.write(sandbox.dir())?;
             let c = Container { rec };
-            let st = c.hook_state(self, OciStatus::Created);
+            let st = c.hook_state(sandbox, OciStatus::Created);
             hooks::run_all(
                 hooks.as_ref(),
                 &[HookKind::Prestart, HookKind::CreateRuntime],
@@ -231,8 +250,8 @@ impl Sandbox {
             // The first container of a sandbox with a network namespace of its own: what its
             // hooks put there (docker's bridge network) goes into the VM before the program
             // runs.
-            if self.container_ids()?.iter().all(|c| c == id) {
-                self.attach_network().await?;
+            if Container::ids(sandbox)?.iter().all(|c| c == id) {
+                sandbox.attach_network().await?;
             }
             Ok(c)
         }
@@ -245,7 +264,10 @@ impl Sandbox {
                         tracing::warn!("container {id}: undoing the create in the guest: {d}");
                     }
                 }
-                for undo in [ContainerRecord::remove(self.dir(), id), share::remove(&dir)] {
+                for undo in [
+                    ContainerRecord::remove(sandbox.dir(), id),
+                    share::remove(&dir).map_err(Into::into),
+                ] {
                     if let Err(u) = undo {
                         tracing::warn!("container {id}: undoing the create: {u}");
                     }
@@ -255,21 +277,19 @@ impl Sandbox {
         }
     }
 
-    /// The container `id` of this sandbox, from its record.
-    pub fn load_container(&self, id: &str) -> Result<Container, ContainerError> {
+    /// Container `id` of `sandbox`, from its record.
+    pub fn load(sandbox: &Sandbox, id: &str) -> Result<Container, ContainerError> {
         check_id(id)?;
         Ok(Container {
-            rec: ContainerRecord::read(self.dir(), id)?,
+            rec: ContainerRecord::read(sandbox.dir(), id)?,
         })
     }
 
-    /// The ids of this sandbox's containers, sorted.
-    pub fn container_ids(&self) -> Result<Vec<String>, ContainerError> {
-        ContainerRecord::list(self.dir())
+    /// The ids of the containers of `sandbox`, sorted.
+    pub fn ids(sandbox: &Sandbox) -> Result<Vec<String>, ContainerError> {
+        ContainerRecord::list(sandbox.dir())
     }
-}
 
-impl Container {
     pub fn id(&self) -> &str {
         &self.rec.id
     }
@@ -515,21 +535,6 @@ impl Container {
         share::remove(&share::host_dir(&sandbox.share_dir(), id))?;
         ContainerRecord::remove(sandbox.dir(), id)
     }
-}
-
-/// Removes the host side of every container of the sandbox directory `dir` (share mounts and
-/// directories, records), whatever state they are in. For [`crate::sandbox::cleanup`].
-pub(crate) fn cleanup_all(dir: &Path) -> Result<(), ContainerError> {
-    let share = dir.join(crate::sandbox::SHARE_DIR).join(SHARE_CONTAINERS);
-    if let Ok(entries) = std::fs::read_dir(&share) {
-        for e in entries.flatten() {
-            share::remove(&e.path())?;
-        }
-    }
-    for id in ContainerRecord::list(dir)? {
-        ContainerRecord::remove(dir, &id)?;
-    }
-    Ok(())
 }
 
 /// Removes the "unchanged" values of an update: zero numbers and empty strings in the

@@ -26,18 +26,7 @@ pub struct Bundle {
     pub rootfs: PathBuf,
 }
 
-/// One bind mount of the spec, to be bound into the share.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct BindMount {
-    /// Its index in the spec's `mounts` (it is bound at `mounts/<index>` in the share).
-    pub index: usize,
-    pub destination: PathBuf,
-    /// Absolute host source.
-    pub source: PathBuf,
-    pub is_dir: bool,
-    /// `rbind`: submounts too.
-    pub recursive: bool,
-}
+pub use crate::share::BindMount;
 
 fn invalid(config: &Path, field: impl Into<String>, reason: impl Into<String>) -> ContainerError {
     ContainerError::InvalidSpec {
@@ -85,10 +74,15 @@ pub fn load_bundle(dir: &Path) -> Result<Bundle, ContainerError> {
         Ok(_) => {
             return Err(bundle_err(
                 &rootfs,
-                "the root file system is not a directory",
+                "the root file system (root.path in config.json) is not a directory",
             ))
         }
-        Err(e) => return Err(bundle_err(&rootfs, format!("the root file system: {e}"))),
+        Err(e) => {
+            return Err(bundle_err(
+                &rootfs,
+                format!("the root file system (root.path in config.json): {e}"),
+            ))
+        }
     }
     Ok(Bundle { dir, spec, rootfs })
 }

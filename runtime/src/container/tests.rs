@@ -21,6 +21,17 @@ struct Guest {
     configs: Vec<Value>,
 }
 
+/// Reads the bundle at `bundle` and creates container `id` from it, as the front ends do.
+async fn create_at(
+    sb: &Sandbox,
+    id: &str,
+    bundle: &Path,
+    opts: &CreateOptions,
+) -> Result<Container, ContainerError> {
+    let b = load_bundle(bundle)?;
+    Container::create(sb, id, &b, opts).await
+}
+
 fn state_of(pid: u32) -> SandboxState {
     SandboxState {
         id: "sb".into(),
@@ -30,6 +41,7 @@ fn state_of(pid: u32) -> SandboxState {
         memory_mib: 128,
         created: 0,
         own_network: None,
+        host_cgroup: None,
     }
 }
 
@@ -205,8 +217,7 @@ async fn create_start_exec_delete() {
     let b = bundle(tmp.path(), hooks);
     let share = sb.share_dir().join("containers/c1");
     {
-        let mut c = sb
-            .create_container("c1", &b, &CreateOptions::default())
+        let mut c = create_at(&sb, "c1", &b, &CreateOptions::default())
             .await
             .unwrap();
         assert_eq!(c.id(), "c1");
@@ -234,15 +245,14 @@ async fn create_start_exec_delete() {
         assert_eq!(st["bundle"], json!(c.bundle()));
         assert_eq!(st["annotations"], json!({"io.example": "x"}));
 
-        assert_eq!(sb.container_ids().unwrap(), ["c1"]);
-        let e = sb
-            .create_container("c1", &b, &CreateOptions::default())
+        assert_eq!(Container::ids(&sb).unwrap(), ["c1"]);
+        let e = create_at(&sb, "c1", &b, &CreateOptions::default())
             .await
             .unwrap_err();
         assert!(matches!(e, ContainerError::AlreadyExists(_)), "{e}");
 
         c.set_host_pid(&sb, 4242).unwrap();
-        let c = sb.load_container("c1").unwrap();
+        let c = Container::load(&sb, "c1").unwrap();
         assert_eq!(c.host_pid(), Some(4242));
         let st = c.oci_state(&sb).await.unwrap();
         assert_eq!((st.status.as_str(), st.pid), ("created", 4242));
@@ -294,9 +304,9 @@ async fn create_start_exec_delete() {
     }
     assert!(!mounted_below(&sb.share_dir()), "mounts left behind");
     assert!(!share.exists());
-    assert_eq!(sb.container_ids().unwrap(), Vec::<String>::new());
+    assert_eq!(Container::ids(&sb).unwrap(), Vec::<String>::new());
     assert!(matches!(
-        sb.load_container("c1").unwrap_err(),
+        Container::load(&sb, "c1").unwrap_err(),
         ContainerError::NotFound(_)
     ));
     // The bundle is untouched.
@@ -308,7 +318,7 @@ async fn create_start_exec_delete() {
 /// Writes `spec` as the bundle's config.json and expects creating "c1" from it to fail.
 async fn create_with(sb: &Sandbox, b: &Path, spec: &Value) -> ContainerError {
     std::fs::write(b.join("config.json"), spec.to_string()).unwrap();
-    sb.create_container("c1", b, &CreateOptions::default())
+    create_at(sb, "c1", b, &CreateOptions::default())
         .await
         .expect_err("the create fails")
 }
@@ -320,13 +330,12 @@ async fn failures_leave_nothing_behind() {
     let nothing_left = |sb: &Sandbox| {
         assert!(!mounted_below(&sb.share_dir()));
         assert!(!sb.share_dir().join("containers/c1").exists());
-        assert_eq!(sb.container_ids().unwrap(), Vec::<String>::new());
+        assert_eq!(Container::ids(sb).unwrap(), Vec::<String>::new());
     };
     // A failing createRuntime hook: the create is undone, in the guest too.
     let hooks = json!({"createRuntime": [recorder(tmp.path(), &log, "cr", 3)]});
     let b = bundle(tmp.path(), hooks);
-    let e = sb
-        .create_container("c1", &b, &CreateOptions::default())
+    let e = create_at(&sb, "c1", &b, &CreateOptions::default())
         .await
         .unwrap_err();
     assert!(
@@ -362,18 +371,17 @@ async fn failures_leave_nothing_behind() {
             .contains("config.json: process.args: invalid type"),
         "{e}"
     );
-    let e = sb
-        .create_container("../c", &b, &CreateOptions::default())
+    spec["process"]["args"] = json!(["sh"]);
+    std::fs::write(b.join("config.json"), spec.to_string()).unwrap();
+    let e = create_at(&sb, "../c", &b, &CreateOptions::default())
         .await
         .unwrap_err();
     assert!(matches!(e, ContainerError::InvalidId { .. }), "{e}");
-    spec["process"]["args"] = json!(["sh"]);
-    std::fs::write(b.join("config.json"), spec.to_string()).unwrap();
     let opts = CreateOptions {
         join: Some("pause".into()),
         ..CreateOptions::default()
     };
-    let e = sb.create_container("c1", &b, &opts).await.unwrap_err();
+    let e = create_at(&sb, "c1", &b, &opts).await.unwrap_err();
     assert!(
         matches!(e, ContainerError::NotFound(ref id) if id == "pause"),
         "{e}"
@@ -389,30 +397,29 @@ async fn failures_leave_nothing_behind() {
 async fn join_rewrites_host_namespaces_to_the_other_container() {
     let (tmp, _mounts, _sock, sb, guest) = sandbox_with_guest("ctr-join").await;
     let b = bundle(tmp.path(), json!({}));
-    let pause = sb
-        .create_container("pause", &b, &CreateOptions::default())
+    let pause = create_at(&sb, "pause", &b, &CreateOptions::default())
         .await
         .unwrap();
     let opts = CreateOptions {
         join: Some("pause".into()),
         ..CreateOptions::default()
     };
-    let app = sb.create_container("app", &b, &opts).await.unwrap();
-    assert_eq!(sb.container_ids().unwrap(), ["app", "pause"]);
+    let app = create_at(&sb, "app", &b, &opts).await.unwrap();
+    assert_eq!(Container::ids(&sb).unwrap(), ["app", "pause"]);
     let cfg = guest.lock().unwrap().configs[1].clone();
     assert_eq!(
         cfg["linux"]["namespaces"],
         json!([{"type": "pid"}, {"type": "ipc", "path": format!("/proc/{}/ns/ipc", pause.guest_pid())}])
     );
-    // Destroying the sandbox's host side removes every container's mounts and records.
+    // Destroying the sandbox's host side removes every container's mounts and share
+    // directories (the records go with the sandbox's directory).
     drop((app, pause));
-    crate::container::cleanup_all(sb.dir()).unwrap();
+    crate::share::remove_all(&sb.share_dir()).unwrap();
     assert!(!mounted_below(&sb.share_dir()));
     assert!(std::fs::read_dir(sb.share_dir().join("containers"))
         .unwrap()
         .next()
         .is_none());
-    assert_eq!(sb.container_ids().unwrap(), Vec::<String>::new());
 }
 
 #[tokio::test]
@@ -423,8 +430,7 @@ async fn a_dead_guest_is_stopped_and_delete_cleans_the_host() {
         tmp.path(),
         json!({"poststop": [recorder(tmp.path(), &log, "poststop", 0)]}),
     );
-    let c = sb
-        .create_container("c1", &b, &CreateOptions::default())
+    let c = create_at(&sb, "c1", &b, &CreateOptions::default())
         .await
         .unwrap();
     // The VM died: a handle without agent, whose VMM is not running.
@@ -441,7 +447,7 @@ async fn a_dead_guest_is_stopped_and_delete_cleans_the_host() {
     c.delete(&gone, false).await.unwrap();
     assert!(!mounted_below(&gone.share_dir()));
     assert!(!gone.share_dir().join("containers/c1").exists());
-    assert_eq!(gone.container_ids().unwrap(), Vec::<String>::new());
+    assert_eq!(Container::ids(&gone).unwrap(), Vec::<String>::new());
     assert_eq!(log_lines(&log)[0].0, "poststop");
 }
 

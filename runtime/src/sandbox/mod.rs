@@ -1,21 +1,10 @@
 //! Sandboxes: one microVM each, with its `hull-vmm` process, one virtio-fs share, the agent
-//! connection and a state directory.
+//! connection, the host cgroup its VM was started in, and a state directory ([`Layout`] says
+//! where everything is).
 //!
-//! ```text
-//! <root>/<id>/            the sandbox's directory (root: /run/hull for the CLI)
-//!   state.json            SandboxState: the VMM's pid and start time, size, creation time
-//!   lock                  flock held by the command acting on the sandbox
-//!   vm.json console.log vmm.log   hull-vmm's config, guest console and log (crate::vmm)
-//!   api.sock vsock.sock   hull-vmm's API socket and hybrid vsock socket (in [`SOCKET_ROOT`]
-//!                         `/<hash of the directory>/` instead when the directory's path is too
-//!                         long for a Unix socket, as docker's and containerd's roots are)
-//!   shared/               shared with the guest (virtio-fs tag `hull-shared`), mounted by the
-//!                         agent at /run/hull/shared; containers' root file systems go below it
-//!   containers/<cid>.json the sandbox's containers (crate::container)
-//!   netns                 the path of the network namespace the VM's taps are in (cleanup)
-//!   net.ns                the sandbox's own network namespace, bind-mounted
-//!                         ([`SandboxNetwork::Own`])
-//! ```
+//! A sandbox owns what it makes: the VMM (its exit too: [`Sandbox::watch_vmm`]), the share and
+//! what is mounted in it, the network it plumbed, its sockets and its host cgroup. Every path
+//! out (a failed create, [`Sandbox::destroy`], [`cleanup`] after a crash) removes all of it.
 //!
 //! Several processes use one sandbox over its life (each CLI command is a new process; a shim
 //! can restart), so [`Sandbox::create`] leaves hull-vmm running on its own and everything needed
@@ -24,7 +13,10 @@
 //! directory, the directory) and works whatever died halfway. A create that fails leaves
 //! nothing behind.
 
+mod layout;
+mod options;
 mod state;
+mod watch;
 
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::{Path, PathBuf};
@@ -39,51 +31,26 @@ use nix::unistd::Pid;
 use crate::agent::{AgentClient, Endpoint};
 use crate::config::RuntimeConfig;
 use crate::vmm::{Launch, VmmProcess};
-pub use state::{
-    process_start_time, process_stopped, OwnNetwork, SandboxState, StateLock, LOCK_FILE, STATE_FILE,
+pub use layout::{
+    sandbox_name, Layout, LOCK_FILE, MAX_SOCKET_PATH, SHARE_DIR, SOCKET_ROOT, STATE_FILE,
 };
+pub use options::{SandboxNetwork, SandboxOptions, MIN_MEMORY_MIB, VM_MEMORY_MIB, VM_VCPUS};
+pub use state::{process_start_time, process_stopped, OwnNetwork, SandboxState, StateLock};
+pub use watch::VmmWatch;
 
 /// The virtio-fs tag of the sandbox's share.
 pub const SHARE_TAG: &str = "hull-shared";
 /// Where the agent mounts the share in the guest.
 pub const GUEST_SHARE_DIR: &str = "/run/hull/shared";
-/// The share's directory inside the sandbox's directory.
-pub const SHARE_DIR: &str = "shared";
 /// The guest's vsock context id.
 const GUEST_CID: u64 = 3;
 /// Longest a sandbox id may be.
 pub const MAX_ID_LEN: usize = 128;
 /// How long a guest may take to boot to its agent (generous: nested emulation is slow).
 pub const DEFAULT_BOOT_TIMEOUT: Duration = Duration::from_secs(300);
-/// The sandbox directory's record of the network namespace it plumbed (its path), for the
-/// cleanup.
-const NETNS_FILE: &str = "netns";
-/// Where a sandbox's own network namespace is bind-mounted ([`SandboxNetwork::Own`]).
-const OWN_NETNS: &str = "net.ns";
 /// How long hull-vmm gets to answer its API (a stats request on load, a shutdown on stop)
 /// before it is taken for hung. Its API thread answers whatever the guest does.
 const VMM_PROBE_TIMEOUT: Duration = Duration::from_secs(5);
-/// Most bytes of a Unix socket path.
-const MAX_SOCKET_PATH: usize = 107;
-/// Where a sandbox's sockets go when its directory is too deep for them.
-pub const SOCKET_ROOT: &str = "/run/hull-sockets";
-
-/// The directory of a sandbox's sockets: the sandbox directory itself when the longest socket
-/// path (`vsock.sock_<port>`) fits in a Unix socket address, else a short directory under
-/// [`SOCKET_ROOT`] named by a hash of the sandbox directory's path (the same in every process,
-/// so a later command finds it again).
-pub fn socket_dir(dir: &Path) -> PathBuf {
-    if dir.join("vsock.sock_4294967295").as_os_str().len() <= MAX_SOCKET_PATH {
-        return dir.to_path_buf();
-    }
-    // FNV-1a, 64 bits: stable across builds and releases (std's hasher is not).
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in dir.as_os_str().as_encoded_bytes() {
-        h ^= u64::from(*b);
-        h = h.wrapping_mul(0x0000_0100_0000_01b3);
-    }
-    Path::new(SOCKET_ROOT).join(format!("{h:016x}"))
-}
 
 /// What went wrong with a sandbox.
 #[derive(Debug, thiserror::Error)]
@@ -125,8 +92,14 @@ pub enum SandboxError {
     NotRunning,
     #[error("the sandbox's guest agent cannot be reached: {0}")]
     AgentUnavailable(String),
-    #[error("cannot remove its containers: {0}")]
-    Containers(#[source] Box<crate::container::ContainerError>),
+    #[error("cannot remove what is in its share: {0}")]
+    Share(#[from] crate::share::ShareError),
+    #[error("annotation {key}={value:?}: {reason}")]
+    BadAnnotation {
+        key: &'static str,
+        value: String,
+        reason: String,
+    },
     #[error("cannot {what} (pid {pid}): {source}")]
     Signal {
         what: &'static str,
@@ -136,64 +109,9 @@ pub enum SandboxError {
     },
 }
 
-/// What a new sandbox looks like; unset fields come from the runtime configuration.
-#[derive(Clone, Debug, Default)]
-pub struct SandboxOptions {
-    pub vcpus: Option<u32>,
-    pub memory_mib: Option<u64>,
-    /// How long the guest may take to reach its agent (default [`DEFAULT_BOOT_TIMEOUT`]).
-    pub boot_timeout: Option<Duration>,
-    /// A cgroup v2 directory hull-vmm starts in (see [`crate::host_cgroup::prepare`]), so that
-    /// the whole VM is accounted to the container or pod that asked for it.
-    pub host_cgroup: Option<PathBuf>,
-    /// Where the VM's network comes from.
-    pub network: SandboxNetwork,
-}
-
-/// Where a sandbox's VM gets its network.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub enum SandboxNetwork {
-    /// None: the guest has loopback only.
-    #[default]
-    Loopback,
-    /// A network namespace that exists, whose interfaces the VM takes over (CRI's pod
-    /// namespace, the OCI spec's network namespace path): each gets a tap mirrored to it with
-    /// tc there, and a guest NIC with its MAC, MTU, addresses and routes.
-    Join(PathBuf),
-    /// A namespace of the sandbox's own (`<dir>/net.ns`), which hull-vmm runs in with one NIC
-    /// on a placeholder tap. A prestart hook given hull-vmm's pid (docker's
-    /// `libnetwork-setkey`) puts the container's interface there; the first container's create
-    /// then mirrors it into that NIC ([`crate::network::attach`]). No interface: loopback only.
-    Own,
-}
-
-impl SandboxNetwork {
-    /// What an OCI spec asks for: a network namespace with a path is joined, one without a
-    /// path (a new namespace, as docker's bridge and `none` networks give) is the sandbox's
-    /// own, and no network namespace (the host's network) gives loopback only.
-    pub fn from_spec(spec: &oci_spec::runtime::Spec) -> SandboxNetwork {
-        if let Some(p) = crate::network::spec_netns(spec) {
-            return SandboxNetwork::Join(p);
-        }
-        let new_netns = spec
-            .linux()
-            .as_ref()
-            .and_then(|l| l.namespaces().as_ref())
-            .is_some_and(|ns| {
-                ns.iter()
-                    .any(|n| n.typ() == oci_spec::runtime::LinuxNamespaceType::Network)
-            });
-        if new_netns {
-            SandboxNetwork::Own
-        } else {
-            SandboxNetwork::Loopback
-        }
-    }
-}
-
 /// One sandbox, attached: its state, its lock (held for this handle's life) and its agent.
 pub struct Sandbox {
-    dir: PathBuf,
+    layout: Layout,
     state: SandboxState,
     agent: Option<AgentClient>,
     /// Why the agent could not be reached when the sandbox was loaded.
@@ -244,9 +162,9 @@ fn check_file(what: &'static str, path: &Path) -> Result<(), SandboxError> {
     }
 }
 
-/// Writes `<dir>/netns`: the namespace whose taps the cleanup removes.
-fn record_netns(dir: &Path, ns: &Path) -> Result<(), SandboxError> {
-    let record = dir.join(NETNS_FILE);
+/// Writes the record of the namespace whose taps the cleanup removes.
+fn record_netns(layout: &Layout, ns: &Path) -> Result<(), SandboxError> {
+    let record = layout.netns_record();
     std::fs::write(&record, ns.as_os_str().as_bytes()).map_err(|source| SandboxError::Io {
         what: "cannot record the network namespace",
         path: record.clone(),
@@ -292,18 +210,14 @@ impl Sandbox {
         ] {
             check_file(what, p)?;
         }
-        let dir = root.join(id);
-        let sockets = socket_dir(&dir);
-        let len = sockets.join("vsock.sock_4294967295").as_os_str().len();
-        if len > MAX_SOCKET_PATH {
-            return Err(SandboxError::PathTooLong { path: dir, len });
-        }
+        let layout = Layout::new(root, id);
+        layout.check_sockets()?;
         std::fs::create_dir_all(root).map_err(|source| SandboxError::Io {
             what: "cannot create the state root",
             path: root.to_path_buf(),
             source,
         })?;
-        match std::fs::create_dir(&dir) {
+        match std::fs::create_dir(layout.dir()) {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
                 return Err(SandboxError::IdInUse(id.to_string()))
@@ -311,21 +225,21 @@ impl Sandbox {
             Err(source) => {
                 return Err(SandboxError::Io {
                     what: "cannot create the sandbox directory",
-                    path: dir,
+                    path: layout.dir().to_path_buf(),
                     source,
                 })
             }
         }
-        let lock = match StateLock::acquire(&dir) {
+        let lock = match StateLock::acquire(layout.dir()) {
             Ok(l) => l,
             Err(e) => {
-                let _ = std::fs::remove_dir_all(&dir);
+                let _ = std::fs::remove_dir_all(layout.dir());
                 return Err(e);
             }
         };
-        match Sandbox::boot(config, &dir, id, opts).await {
+        match Sandbox::boot(config, &layout, id, opts).await {
             Ok((state, agent)) => Ok(Sandbox {
-                dir,
+                layout,
                 state,
                 agent: Some(agent),
                 agent_error: None,
@@ -333,8 +247,13 @@ impl Sandbox {
                 _lock: lock,
             }),
             Err(e) => {
-                if let Err(c) = cleanup_dir(&dir) {
+                if let Err(c) = cleanup_dir(&layout) {
                     tracing::warn!("cleaning up after a failed create: {c}");
+                }
+                // The cgroup is the sandbox's from the start (the state that records it may
+                // not have been written).
+                if let Some(cg) = &opts.host_cgroup {
+                    crate::host_cgroup::remove_dir(cg);
                 }
                 Err(e)
             }
@@ -343,11 +262,12 @@ impl Sandbox {
 
     async fn boot(
         config: &RuntimeConfig,
-        dir: &Path,
+        layout: &Layout,
         id: &str,
         opts: &SandboxOptions,
     ) -> Result<(SandboxState, AgentClient), SandboxError> {
-        let share = dir.join(SHARE_DIR);
+        let dir = layout.dir();
+        let share = layout.share();
         std::fs::create_dir(&share).map_err(|source| SandboxError::Io {
             what: "cannot create the share",
             path: share.clone(),
@@ -355,15 +275,15 @@ impl Sandbox {
         })?;
         let vcpus = opts.vcpus.unwrap_or(config.vcpus);
         let memory_mib = opts.memory_mib.unwrap_or(config.memory_mib);
-        let sockets = socket_dir(dir);
-        if sockets != dir {
-            std::fs::create_dir_all(&sockets).map_err(|source| SandboxError::Io {
+        if layout.separate_sockets() {
+            let sockets = layout.socket_dir();
+            std::fs::create_dir_all(sockets).map_err(|source| SandboxError::Io {
                 what: "cannot create the sandbox's socket directory",
-                path: sockets.clone(),
+                path: sockets.to_path_buf(),
                 source,
             })?;
         }
-        let uds = sockets.join("vsock.sock");
+        let uds = layout.vsock_socket();
         let mut vm = VmConfig::new(config.kernel.clone());
         vm.initrd = Some(config.initrd.clone());
         vm.vcpus = vcpus;
@@ -373,10 +293,10 @@ impl Sandbox {
             uds_path: uds.clone(),
             guest_cid: GUEST_CID,
         });
-        vm.api_socket = Some(sockets.join("api.sock"));
+        vm.api_socket = Some(layout.api_socket());
         // A file hull-vmm caps (serial_max_bytes), so a guest printing forever cannot fill the
         // host's disk.
-        vm.serial = SerialConfig::File(dir.join(crate::vmm::CONSOLE_FILE));
+        vm.serial = SerialConfig::File(layout.console_log());
         let mut fs = FsConfig::new(SHARE_TAG, &share);
         // The host changes the share (mounts, bundles) while the guest runs.
         fs.cache = CachePolicy::Never;
@@ -386,7 +306,7 @@ impl Sandbox {
             SandboxNetwork::Join(ns) => {
                 // Recorded first, so that a cleanup after a crash anywhere below removes the
                 // taps and filters too.
-                record_netns(dir, ns)?;
+                record_netns(layout, ns)?;
                 let cfg = crate::network::inspect(Some(ns))?;
                 for tap in crate::network::plumb(ns, &cfg)? {
                     vm.net.push(net_config(&tap)?);
@@ -394,8 +314,8 @@ impl Sandbox {
                 (cfg, Some(ns.clone()))
             }
             SandboxNetwork::Own => {
-                let ns = dir.join(OWN_NETNS);
-                record_netns(dir, &ns)?;
+                let ns = layout.own_netns();
+                record_netns(layout, &ns)?;
                 let tap = crate::network::create_own(&ns)?;
                 let mut net = net_config(&tap)?;
                 // The interface's MTU is not known yet: the guest sets it.
@@ -449,6 +369,7 @@ impl Sandbox {
             memory_mib,
             created: now_secs(),
             own_network,
+            host_cgroup: opts.host_cgroup.clone(),
         };
         state.write(dir)?;
         // From here on the VMM runs on its own: the state file is how it is found again.
@@ -462,14 +383,14 @@ impl Sandbox {
     /// ([`Sandbox::agent`] then says why there is no agent).
     pub async fn load(root: &Path, id: &str) -> Result<Sandbox, SandboxError> {
         validate_id(id)?;
-        let dir = root.join(id);
-        if !dir.join(STATE_FILE).exists() {
+        let layout = Layout::new(root, id);
+        if !layout.state_file().exists() {
             return Err(SandboxError::NotFound(id.to_string()));
         }
-        let lock = StateLock::acquire(&dir)?;
-        let state = SandboxState::read(&dir)?;
+        let lock = StateLock::acquire(layout.dir())?;
+        let state = SandboxState::read(layout.dir())?;
         let mut sb = Sandbox {
-            dir,
+            layout,
             state,
             agent: None,
             agent_error: None,
@@ -477,13 +398,13 @@ impl Sandbox {
             _lock: lock,
         };
         if sb.vmm_running() {
-            if let Some(why) = vmm_unresponsive(&sb.dir, sb.state.vmm_pid).await {
+            if let Some(why) = vmm_unresponsive(&sb.layout, sb.state.vmm_pid).await {
                 tracing::warn!("sandbox {id}: {why}");
                 sb.agent_error = Some(why);
                 sb.vmm_hung = true;
                 return Ok(sb);
             }
-            let endpoint = Endpoint::vm(socket_dir(&sb.dir).join("vsock.sock"));
+            let endpoint = Endpoint::vm(sb.layout.vsock_socket());
             match AgentClient::connect(endpoint, Duration::from_secs(30)).await {
                 Ok(a) => sb.agent = Some(a),
                 Err(e) => {
@@ -495,12 +416,40 @@ impl Sandbox {
         Ok(sb)
     }
 
+    /// The endpoint of the agent of sandbox `id` under `root`, without loading the sandbox or
+    /// taking its lock: for a process that lives as long as a container process and must not
+    /// hold the sandbox (the CLI's pid-file process). What it reaches is checked by the
+    /// agent's handshake, and a sandbox that is gone is a connection error.
+    pub fn agent_endpoint(root: &Path, id: &str) -> Result<Endpoint, SandboxError> {
+        validate_id(id)?;
+        Ok(Endpoint::vm(Layout::new(root, id).vsock_socket()))
+    }
+
     pub fn id(&self) -> &str {
         &self.state.id
     }
 
     pub fn dir(&self) -> &Path {
-        &self.dir
+        self.layout.dir()
+    }
+
+    /// Where everything of this sandbox is.
+    pub fn layout(&self) -> &Layout {
+        &self.layout
+    }
+
+    /// Moves `pid` (a host process that stands for one of the sandbox's containers, such as
+    /// the CLI's pid-file process) into the host cgroup the VM was started in, if there is one.
+    pub fn join_host_cgroup(&self, pid: u32) {
+        if let Some(cg) = &self.state.host_cgroup {
+            crate::host_cgroup::join_dir(cg, pid);
+        }
+    }
+
+    /// Watches hull-vmm: the returned [`VmmWatch`] says once it has exited, and why (its exit
+    /// decoded when this process started it, and the end of its log).
+    pub fn watch_vmm(&self) -> VmmWatch {
+        VmmWatch::start(&self.state, &self.layout)
     }
 
     pub fn state(&self) -> &SandboxState {
@@ -509,12 +458,12 @@ impl Sandbox {
 
     /// The host directory shared with the guest at [`GUEST_SHARE_DIR`].
     pub fn share_dir(&self) -> PathBuf {
-        self.dir.join(SHARE_DIR)
+        self.layout.share()
     }
 
     /// The guest console so far.
     pub fn console(&self) -> String {
-        std::fs::read(self.dir.join(crate::vmm::CONSOLE_FILE))
+        std::fs::read(self.layout.console_log())
             .map(|b| String::from_utf8_lossy(&b).replace("\r\n", "\n"))
             .unwrap_or_default()
     }
@@ -580,7 +529,7 @@ impl Sandbox {
         if self.wait_vmm_gone(grace).await {
             return Ok(());
         }
-        let api = socket_dir(&self.dir).join("api.sock");
+        let api = self.layout.api_socket();
         if api.exists() {
             let line = serde_json::to_string(&hull_vmm_api::ApiRequest::Shutdown {
                 timeout_ms: Some(0),
@@ -601,7 +550,7 @@ impl Sandbox {
     /// Stops the VM (see [`Sandbox::stop`]) and removes everything.
     pub async fn destroy(mut self, grace: Duration) -> Result<(), SandboxError> {
         self.stop(grace).await?;
-        cleanup_dir(&self.dir)
+        cleanup_dir(&self.layout)
     }
 
     /// A sandbox handle over an existing directory (with `state`), without a VM: for tests of
@@ -609,7 +558,7 @@ impl Sandbox {
     #[cfg(test)]
     pub(crate) fn fake(dir: &Path, state: SandboxState, agent: Option<AgentClient>) -> Sandbox {
         Sandbox {
-            dir: dir.to_path_buf(),
+            layout: Layout::of_dir(dir),
             state,
             agent,
             agent_error: None,
@@ -646,13 +595,13 @@ fn reap(pid: u32) {
 /// stopped (SIGSTOP), or its API does not answer a stats request within
 /// [`VMM_PROBE_TIMEOUT`]. A VMM answers its API whatever its guest does, so a silent API means
 /// the VMM itself is stuck; asking its agent anything would only wait for a time-out.
-async fn vmm_unresponsive(dir: &Path, pid: u32) -> Option<String> {
+async fn vmm_unresponsive(layout: &Layout, pid: u32) -> Option<String> {
     if process_stopped(pid) {
         return Some(format!(
             "hull-vmm (pid {pid}) is stopped and answers nothing"
         ));
     }
-    let api = socket_dir(dir).join("api.sock");
+    let api = layout.api_socket();
     if !api.exists() {
         return None;
     }
@@ -698,19 +647,25 @@ fn kill_vmm(state: &SandboxState) -> Result<(), SandboxError> {
 /// remove is not an error.
 pub fn cleanup(root: &Path, id: &str) -> Result<(), SandboxError> {
     validate_id(id)?;
-    let dir = root.join(id);
-    if !dir.exists() {
+    let layout = Layout::new(root, id);
+    if !layout.dir().exists() {
         return Ok(());
     }
-    let _lock = StateLock::acquire(&dir)?;
-    cleanup_dir(&dir)
+    let _lock = StateLock::acquire(layout.dir())?;
+    cleanup_dir(&layout)
 }
 
-fn cleanup_dir(dir: &Path) -> Result<(), SandboxError> {
-    if let Ok(state) = SandboxState::read(dir) {
-        kill_vmm(&state)?;
+/// What every path out of a sandbox ends with: the VMM killed and reaped, the network it
+/// plumbed torn down, every container's share unmounted and removed (never recursively
+/// through a mount), whatever else is mounted below the directory unmounted, the socket
+/// directory and the sandbox directory removed, and the host cgroup removed.
+fn cleanup_dir(layout: &Layout) -> Result<(), SandboxError> {
+    let dir = layout.dir();
+    let state = SandboxState::read(dir).ok();
+    if let Some(state) = &state {
+        kill_vmm(state)?;
         let deadline = Instant::now() + Duration::from_secs(10);
-        while vmm_alive(&state) && Instant::now() < deadline {
+        while vmm_alive(state) && Instant::now() < deadline {
             reap(state.vmm_pid);
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -718,39 +673,44 @@ fn cleanup_dir(dir: &Path) -> Result<(), SandboxError> {
     }
     // The taps and tc filters in the network namespace (hull-vmm, which held the taps, is
     // gone). A namespace that is gone already took them with it.
-    let record = dir.join(NETNS_FILE);
-    if let Ok(ns) = std::fs::read(&record) {
+    if let Ok(ns) = std::fs::read(layout.netns_record()) {
         let ns = PathBuf::from(std::ffi::OsString::from_vec(ns));
         crate::network::teardown(&ns)?;
-        if ns == dir.join(OWN_NETNS) {
+        if ns == layout.own_netns() {
             crate::network::remove_own(&ns)?;
         }
     }
     // Each container's share first: its removal never deletes through a mount it could not
     // undo (the bundle's rootfs and bind sources are the host's files).
-    crate::container::cleanup_all(dir).map_err(|e| SandboxError::Containers(Box::new(e)))?;
+    crate::share::remove_all(&layout.share())?;
     crate::mount::unmount_below(dir).map_err(|source| SandboxError::Io {
         what: "cannot unmount what is mounted in the sandbox",
         path: dir.to_path_buf(),
         source,
     })?;
-    let sockets = socket_dir(dir);
-    if sockets != dir {
-        if let Err(e) = std::fs::remove_dir_all(&sockets) {
+    if layout.separate_sockets() {
+        if let Err(e) = std::fs::remove_dir_all(layout.socket_dir()) {
             if e.kind() != std::io::ErrorKind::NotFound {
-                tracing::warn!("cannot remove {}: {e}", sockets.display());
+                tracing::warn!("cannot remove {}: {e}", layout.socket_dir().display());
             }
         }
     }
     match std::fs::remove_dir_all(dir) {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(source) => Err(SandboxError::Io {
-            what: "cannot remove the sandbox directory",
-            path: dir.to_path_buf(),
-            source,
-        }),
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(source) => {
+            return Err(SandboxError::Io {
+                what: "cannot remove the sandbox directory",
+                path: dir.to_path_buf(),
+                source,
+            })
+        }
     }
+    // Last: the VM that was charged to it is gone.
+    if let Some(cg) = state.as_ref().and_then(|s| s.host_cgroup.as_deref()) {
+        crate::host_cgroup::remove_dir(cg);
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -765,20 +725,6 @@ mod tests {
         for bad in ["", ".", "..", "a/b", "../x", "a b", "é", &"x".repeat(129)] {
             assert!(validate_id(bad).is_err(), "{bad:?}");
         }
-    }
-
-    #[test]
-    fn socket_dirs_are_short_and_stable() {
-        let shallow = Path::new("/run/hull/abc");
-        assert_eq!(socket_dir(shallow), shallow);
-        let deep = PathBuf::from(format!(
-            "/var/run/docker/runtime-hull/moby/{}",
-            "f".repeat(64)
-        ));
-        let s = socket_dir(&deep);
-        assert_eq!(s, socket_dir(&deep), "the same in every process");
-        assert_ne!(s, socket_dir(&deep.with_file_name("other")));
-        assert!(s.join("vsock.sock_4294967295").as_os_str().len() <= MAX_SOCKET_PATH);
     }
 
     #[tokio::test]
@@ -807,7 +753,7 @@ mod tests {
         cfg.vmm = k;
         // A directory too deep for sockets gets a short socket directory; a create that
         // fails (the "hull-vmm" here cannot run) removes that too.
-        let sockets = socket_dir(&deep.join("x"));
+        let sockets = Layout::of_dir(&deep.join("x")).socket_dir().to_path_buf();
         assert!(sockets.starts_with(SOCKET_ROOT), "{}", sockets.display());
         let e = Sandbox::create(&cfg, &deep, "x", &SandboxOptions::default())
             .await

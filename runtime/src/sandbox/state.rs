@@ -10,10 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use super::SandboxError;
 
-/// The state file's name in the sandbox's directory.
-pub const STATE_FILE: &str = "state.json";
-/// The lock file's name in the sandbox's directory.
-pub const LOCK_FILE: &str = "lock";
+use super::layout::{LOCK_FILE, STATE_FILE};
 
 /// What a later process needs to find and drive a sandbox again.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -34,6 +31,9 @@ pub struct SandboxState {
     /// attaches what its prestart hooks put there (`SandboxNetwork::Own`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub own_network: Option<OwnNetwork>,
+    /// The host cgroup directory hull-vmm was started in: the sandbox's, removed with it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_cgroup: Option<PathBuf>,
 }
 
 /// A sandbox's own network namespace (`<dir>/net.ns`) and the placeholder tap in it.
@@ -182,6 +182,7 @@ mod tests {
             memory_mib: 256,
             created: 3,
             own_network: None,
+            host_cgroup: Some("/sys/fs/cgroup/pod/x".into()),
         };
         s.write(&dir).unwrap();
         assert_eq!(SandboxState::read(&dir).unwrap(), s);

@@ -9,6 +9,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use hull_agent_protocol::{ContainerStats, ProcessId, StdioSpec};
+use hull_runtime::container::Bundle;
 use hull_runtime::process::{ContainerProcess, Exit, Streams, Want};
 use oci_spec::runtime::{LinuxResources, Process, Spec};
 use tokio::sync::watch;
@@ -23,9 +24,10 @@ pub type VmGone = Pin<Box<dyn Future<Output = String> + Send>>;
 pub trait Backend: Send + Sync + 'static {
     type Vm: Vm;
 
-    /// The OCI spec of the bundle at `bundle`, checked (an unusable bundle is
-    /// `InvalidArgument`).
-    fn load_spec(&self, bundle: &Path) -> Result<Spec>;
+    /// The bundle at `bundle`, read and checked once (an unusable bundle is
+    /// `InvalidArgument`): its spec decides the pod's role and VM, and the container is
+    /// created from it.
+    fn load_bundle(&self, bundle: &Path) -> Result<Bundle>;
 
     /// Boots the VM of the pod that container `id` (with `spec`) owns: its size and network
     /// come from the spec. The VM is up, its agent answering, when this returns.
@@ -55,7 +57,7 @@ pub trait Vm: Send + Sync + 'static {
     async fn create(
         &self,
         id: &str,
-        bundle: &Path,
+        bundle: &Bundle,
         stdio: StdioSpec,
         join: Option<&str>,
     ) -> Result<(Self::Container, ProcessId)>;

@@ -10,6 +10,7 @@ use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 use hull_agent_protocol::{ContainerStats, ProcessId, StdioSpec};
+use hull_runtime::container::Bundle;
 use hull_runtime::process::{ContainerProcess, Exit, Streams, Want};
 use oci_spec::runtime::{LinuxResources, Process, Spec};
 use tokio::net::UnixStream;
@@ -180,9 +181,14 @@ pub struct FakeVm(Arc<Shared>);
 impl Backend for FakeBackend {
     type Vm = FakeVm;
 
-    fn load_spec(&self, bundle: &Path) -> Result<Spec> {
-        lock(&self.0.specs).get(bundle).cloned().ok_or_else(|| {
+    fn load_bundle(&self, bundle: &Path) -> Result<Bundle> {
+        let spec = lock(&self.0.specs).get(bundle).cloned().ok_or_else(|| {
             TaskError::InvalidArgument(format!("{}: no config.json", bundle.display()))
+        })?;
+        Ok(Bundle {
+            dir: bundle.to_path_buf(),
+            spec,
+            rootfs: bundle.join("rootfs"),
         })
     }
 
@@ -213,7 +219,7 @@ impl Vm for FakeVm {
     async fn create(
         &self,
         id: &str,
-        _bundle: &Path,
+        _bundle: &Bundle,
         stdio: StdioSpec,
         join: Option<&str>,
     ) -> Result<(String, ProcessId)> {

@@ -240,7 +240,8 @@ impl<B: Backend, P: Publisher> Tasks<B, P> {
                 "task {id} already exists"
             )));
         }
-        let spec = self.inner.backend.load_spec(&req.bundle)?;
+        let bundle = self.inner.backend.load_bundle(&req.bundle)?;
+        let spec = &bundle.spec;
         let annotations = spec.annotations().clone().unwrap_or_default();
         let role =
             pod::role(&annotations).map_err(|e| TaskError::InvalidArgument(e.to_string()))?;
@@ -264,7 +265,7 @@ impl<B: Backend, P: Publisher> Tasks<B, P> {
             }
         };
 
-        let (vm, join, booted) = match self.pod_for(id, &role, &spec).await {
+        let (vm, join, booted) = match self.pod_for(id, &role, spec).await {
             Ok(v) => v,
             Err(e) => {
                 unmount(&mounted);
@@ -272,7 +273,7 @@ impl<B: Backend, P: Publisher> Tasks<B, P> {
             }
         };
         let created = vm
-            .create(id, &req.bundle, req.stdio.spec(size), join.as_deref())
+            .create(id, &bundle, req.stdio.spec(size), join.as_deref())
             .await;
         let (container, init_process) = match created {
             Ok(c) => c,

@@ -13,9 +13,9 @@ use async_trait::async_trait;
 use hull_agent_protocol::{ContainerStats, ErrorKind as AgentKind, ProcessId, StdioSpec};
 use hull_runtime::agent::{AgentClient, Error as AgentError};
 use hull_runtime::config::RuntimeConfig;
-use hull_runtime::container::{Container, ContainerError, CreateOptions};
+use hull_runtime::container::{Bundle, Container, ContainerError, CreateOptions};
 use hull_runtime::process::{ContainerProcess, Exit, Streams, Target, Want};
-use hull_runtime::sandbox::{Sandbox, SandboxError, SandboxNetwork};
+use hull_runtime::sandbox::{Sandbox, SandboxError, SandboxOptions, VmmWatch};
 use oci_spec::runtime::{LinuxResources, Process, Spec};
 use tokio::sync::watch;
 
@@ -38,13 +38,17 @@ impl RuntimeBackend {
     }
 }
 
-/// The pod's sandbox.
+/// The pod's sandbox (which owns its VM, share, network and host cgroup).
 pub struct RuntimeVm {
     sandbox: Sandbox,
-    /// Some(reason) once hull-vmm has exited.
-    gone: watch::Receiver<Option<String>>,
-    /// The pod's cgroupsPath hull-vmm was started in (removed with the VM).
-    cgroup: Option<PathBuf>,
+    /// Says once hull-vmm has exited, and why.
+    gone: VmmWatch,
+}
+
+/// The sandbox name under `root` of the pod `group` (its sandbox container's id, hashed when it
+/// does not fit a socket path).
+pub fn sandbox_name(root: &Path, group: &str) -> String {
+    hull_runtime::sandbox::sandbox_name(root, group)
 }
 
 /// Removes what the sandbox `name` under `root` left (`containerd-shim-hull-v2 delete`, after
@@ -75,59 +79,22 @@ fn agent_error(e: AgentError) -> TaskError {
     }
 }
 
-/// Reaps hull-vmm (this process's child) on a thread of its own and reports why it stopped.
-fn watch_vmm(sandbox: &Sandbox) -> watch::Receiver<Option<String>> {
-    let (tx, rx) = watch::channel(None);
-    let pid = sandbox.state().vmm_pid;
-    let log = sandbox.dir().join("vmm.log");
-    let spawned = std::thread::Builder::new()
-        .name("vmm-reaper".into())
-        .spawn(move || {
-            let how = match nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(pid as i32), None) {
-                Ok(s) => format!("{s:?}"),
-                Err(e) => format!("cannot wait for it: {e}"),
-            };
-            let text = std::fs::read_to_string(&log).unwrap_or_default();
-            let lines: Vec<&str> = text.lines().collect();
-            let tail = lines[lines.len().saturating_sub(5)..].join(" | ");
-            let reason = format!("hull-vmm (pid {pid}) stopped: {how}; its log ends: {tail}");
-            tracing::warn!("{reason}");
-            let _ = tx.send(Some(reason));
-        });
-    if let Err(e) = spawned {
-        tracing::error!("cannot start the VMM reaper thread: {e}");
-    }
-    rx
-}
-
 #[async_trait]
 impl Backend for RuntimeBackend {
     type Vm = RuntimeVm;
 
-    fn load_spec(&self, bundle: &Path) -> Result<Spec> {
-        hull_runtime::container::load_bundle(bundle)
-            .map(|b| b.spec)
-            .map_err(container_error)
+    fn load_bundle(&self, bundle: &Path) -> Result<Bundle> {
+        hull_runtime::container::load_bundle(bundle).map_err(container_error)
     }
 
     async fn boot(&self, id: &str, spec: &Spec) -> Result<RuntimeVm> {
-        let annotations = spec.annotations().clone().unwrap_or_default();
-        let mut opts =
-            pod::vm_options(&annotations).map_err(|e| TaskError::InvalidArgument(e.to_string()))?;
-        // hull-vmm starts in the pod's cgroup (the sandbox container's cgroupsPath): the whole
-        // VM is accounted to the pod.
-        let cgroup = spec.linux().as_ref().and_then(|l| l.cgroups_path().clone());
-        opts.host_cgroup = cgroup
-            .as_deref()
-            .and_then(hull_runtime::host_cgroup::prepare);
-        // The pod's network namespace (CNI put its interfaces there): the VM takes them over.
-        // Without one (a plain `ctr run`), nothing sets up a network: loopback only.
-        opts.network = match hull_runtime::network::spec_netns(spec) {
-            Some(ns) => SandboxNetwork::Join(ns),
-            None => SandboxNetwork::Loopback,
-        };
+        // The VM's size, the pod's host cgroup (the whole VM is accounted to the pod) and its
+        // network (the pod's namespace, which CNI filled) from the sandbox container's spec,
+        // as the CLI does.
+        let opts = SandboxOptions::from_spec(spec)
+            .map_err(|e| TaskError::InvalidArgument(e.to_string()))?;
         let config = RuntimeConfig::load().map_err(|e| TaskError::Internal(e.to_string()))?;
-        let name = pod::sandbox_name(&self.root, id);
+        let name = sandbox_name(&self.root, id);
         tracing::info!(
             "pod {id}: booting sandbox {name} under {} (vcpus {:?}, memory {:?} MiB)",
             self.root.display(),
@@ -138,8 +105,7 @@ impl Backend for RuntimeBackend {
             .await
             .map_err(|e| TaskError::Internal(format!("creating the pod's VM: {e}")))?;
         Ok(RuntimeVm {
-            gone: watch_vmm(&sandbox),
-            cgroup: opts.host_cgroup.is_some().then_some(cgroup).flatten(),
+            gone: sandbox.watch_vmm(),
             sandbox,
         })
     }
@@ -155,9 +121,6 @@ impl Backend for RuntimeBackend {
                     match vm.sandbox.destroy(STOP_GRACE).await {
                         Ok(()) => tracing::info!("sandbox {id}: destroyed"),
                         Err(e) => tracing::error!("sandbox {id}: destroying: {e}"),
-                    }
-                    if let Some(cg) = &vm.cgroup {
-                        hull_runtime::host_cgroup::remove(cg);
                     }
                     return;
                 }
@@ -195,13 +158,13 @@ impl Vm for RuntimeVm {
     }
 
     fn gone(&self) -> watch::Receiver<Option<String>> {
-        self.gone.clone()
+        self.gone.receiver()
     }
 
     async fn create(
         &self,
         id: &str,
-        bundle: &Path,
+        bundle: &Bundle,
         stdio: StdioSpec,
         join: Option<&str>,
     ) -> Result<(Container, ProcessId)> {
@@ -209,9 +172,7 @@ impl Vm for RuntimeVm {
             stdio: Some(stdio),
             join: join.map(str::to_string),
         };
-        let c = self
-            .sandbox
-            .create_container(id, bundle, &opts)
+        let c = Container::create(&self.sandbox, id, bundle, &opts)
             .await
             .map_err(container_error)?;
         let init = c.init_process();

@@ -1,4 +1,4 @@
-//! A container's part of the sandbox share: `<share>/containers/<id>/` holds the bundle's
+//! The host side of a sandbox's share. A container's part of it: `<share>/containers/<id>/` holds the bundle's
 //! rootfs bind-mounted at `rootfs/`, each bind mount's source at `mounts/<n>`, and the guest's
 //! `config.json`. The guest sees it at `/run/hull/shared/containers/<id>/`.
 //!
@@ -11,17 +11,43 @@ use std::path::{Path, PathBuf};
 use nix::mount::MsFlags;
 use oci_spec::runtime::Spec;
 
-use super::spec::BindMount;
-use super::ContainerError;
+/// What went wrong with the share.
+#[derive(Debug, thiserror::Error)]
+pub enum ShareError {
+    #[error("{what}: {}: {source}", path.display())]
+    Io {
+        what: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// A bind mount's host source cannot be bound.
+    #[error("bind mount at {}: source {}: {reason}", destination.display(), host_path.display())]
+    MountSource {
+        destination: PathBuf,
+        host_path: PathBuf,
+        reason: String,
+    },
+}
+
+/// One bind mount of a spec, to be bound into the share.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BindMount {
+    /// Its index in the spec's `mounts` (it is bound at `mounts/<index>` in the share).
+    pub index: usize,
+    pub destination: PathBuf,
+    /// Absolute host source.
+    pub source: PathBuf,
+    pub is_dir: bool,
+    /// `rbind`: submounts too.
+    pub recursive: bool,
+}
 
 /// The share's directory of containers.
 pub const SHARE_CONTAINERS: &str = "containers";
 
-fn io<'a>(
-    what: &'static str,
-    path: &'a Path,
-) -> impl FnOnce(std::io::Error) -> ContainerError + 'a {
-    move |source| ContainerError::Io {
+fn io<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> ShareError + 'a {
+    move |source| ShareError::Io {
         what,
         path: path.to_path_buf(),
         source,
@@ -41,7 +67,7 @@ pub fn prepare(
     rootfs: &Path,
     binds: &[BindMount],
     guest_spec: &Spec,
-) -> Result<PathBuf, ContainerError> {
+) -> Result<PathBuf, ShareError> {
     let dir = host_dir(share, id);
     if std::fs::symlink_metadata(&dir).is_ok() {
         tracing::warn!(
@@ -72,7 +98,7 @@ fn fill(
     rootfs: &Path,
     binds: &[BindMount],
     guest_spec: &Spec,
-) -> Result<(), ContainerError> {
+) -> Result<(), ShareError> {
     let target = dir.join("rootfs");
     std::fs::create_dir(&target).map_err(io("cannot create the rootfs mount point", &target))?;
     bind(rootfs, &target, true)?;
@@ -87,7 +113,7 @@ fn fill(
                 std::fs::File::create(&target).map(drop)
             }
             .map_err(io("cannot create a mount point", &target))?;
-            bind(&b.source, &target, b.recursive).map_err(|e| ContainerError::MountSource {
+            bind(&b.source, &target, b.recursive).map_err(|e| ShareError::MountSource {
                 destination: b.destination.clone(),
                 host_path: b.source.clone(),
                 reason: e.to_string(),
@@ -101,13 +127,13 @@ fn fill(
     std::fs::write(&config, data).map_err(io("cannot write the guest's config.json", &config))
 }
 
-fn bind(source: &Path, target: &Path, recursive: bool) -> Result<(), ContainerError> {
+fn bind(source: &Path, target: &Path, recursive: bool) -> Result<(), ShareError> {
     let mut flags = MsFlags::MS_BIND;
     if recursive {
         flags |= MsFlags::MS_REC;
     }
     nix::mount::mount(Some(source), target, None::<&str>, flags, None::<&str>).map_err(|e| {
-        ContainerError::Io {
+        ShareError::Io {
             what: "cannot bind-mount",
             path: target.to_path_buf(),
             source: std::io::Error::other(format!(
@@ -119,9 +145,9 @@ fn bind(source: &Path, target: &Path, recursive: bool) -> Result<(), ContainerEr
     })
 }
 
-/// Unmounts everything below `dir` and removes it (see the module docs). A directory that is
-/// not there is fine.
-pub fn remove(dir: &Path) -> Result<(), ContainerError> {
+/// Unmounts everything below container directory `dir` and removes it (see the module docs).
+/// A directory that is not there is fine.
+pub fn remove(dir: &Path) -> Result<(), ShareError> {
     if std::fs::symlink_metadata(dir).is_err() {
         return Ok(());
     }
@@ -149,6 +175,17 @@ pub fn remove(dir: &Path) -> Result<(), ContainerError> {
         rm(&p).map_err(io(what, &p))?;
     }
     gone(std::fs::remove_dir(dir)).map_err(io(what, dir))
+}
+
+/// Removes every container's directory from `share` ([`remove`] for each), whatever state
+/// they are in: what a sandbox's cleanup does before it removes its own directory.
+pub fn remove_all(share: &Path) -> Result<(), ShareError> {
+    if let Ok(entries) = std::fs::read_dir(share.join(SHARE_CONTAINERS)) {
+        for e in entries.flatten() {
+            remove(&e.path())?;
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -242,7 +279,7 @@ mod tests {
         }];
         let spec: Spec = serde_json::from_value(serde_json::json!({})).unwrap();
         let e = prepare(&share, "c1", &rootfs, &binds, &spec).unwrap_err();
-        assert!(matches!(e, ContainerError::MountSource { .. }), "{e}");
+        assert!(matches!(e, ShareError::MountSource { .. }), "{e}");
         assert!(e.to_string().contains("/data"), "{e}");
         assert!(!share.join("containers/c1").exists());
         assert!(!mounted(&share.join("containers/c1/rootfs")));
