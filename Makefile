@@ -41,7 +41,7 @@ kernel: deps
 initrd: build
 	HULL_AGENT_BIN=$(BUILD)/bin/hull-agent guest-agent/build-initrd.sh $(BUILD)/hull-initrd.img
 
-# The fuzz crate (vmm/fuzz, outside the workspace) has its own target dir, keyed like the main
+# The fuzz crate (fuzz/, outside the workspace) has its own target dir, keyed like the main
 # one and outside the clone too; `lint` fails if any fuzz target stops compiling.
 export HULL_FUZZ_TARGET_DIR ?= $(HULL_CACHE_DIR)/fuzz-target-$(RUST_KEY)
 FUZZ_SECONDS ?= 600
@@ -63,13 +63,13 @@ install-docker: install
 
 lint: deps
 	cargo fmt --all -- --check
-	cargo fmt --manifest-path vmm/fuzz/Cargo.toml -- --check
+	cargo fmt --manifest-path fuzz/Cargo.toml -- --check
 	cargo clippy $(CARGO_FLAGS) --workspace --all-targets -- -D warnings
-	vmm/fuzz/fuzz.sh check
+	fuzz/fuzz.sh check
 
 # Runs every fuzz target for FUZZ_SECONDS (`make fuzz FUZZ_SECONDS=60`); fails on any crash.
 fuzz:
-	vmm/fuzz/fuzz.sh run $(FUZZ_SECONDS)
+	fuzz/fuzz.sh run $(FUZZ_SECONDS)
 
 # Tests that run on the plain host: every crate but hull-tests.
 unit-test: deps

@@ -65,7 +65,7 @@ run)
             *) "$@" || rc=$? ;;
         esac
         if [ "$rc" -ne 0 ]; then
-            echo "=== $t FAILED (exit $rc); see vmm/fuzz/artifacts/$t/"
+            echo "=== $t FAILED (exit $rc); see fuzz/artifacts/$t/"
             failed="$failed $t"
         fi
     done
