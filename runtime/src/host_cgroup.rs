@@ -100,7 +100,7 @@ fn v2_host() -> bool {
 }
 
 /// The cgroup v2 directory of `cgroups_path`, created if missing: where hull-vmm is started
-/// ([`crate::sandbox::SandboxOptions::host_cgroup`]) so that every page of the VM is charged
+/// (`SandboxOptions::host_cgroup`) so that every page of the VM is charged
 /// there from the first one (memory charged before a move stays where it was). `None`, with a
 /// warning, where that cannot be done (a v1 or hybrid host, an unusable path).
 pub fn prepare(cgroups_path: &Path) -> Option<PathBuf> {
@@ -132,7 +132,7 @@ pub fn join_dir(dir: &Path, pid: u32) {
 
 /// Removes the cgroup directory `dir` that [`prepare`] made, once it is empty (after the VM
 /// and every process that stood for the container are gone). Only a sandbox's cleanup calls
-/// this ([`crate::sandbox`]): the sandbox owns the cgroup its VM was started in.
+/// this (the sandbox module): the sandbox owns the cgroup its VM was started in.
 pub(crate) fn remove_dir(dir: &Path) {
     // A process that stood for the container may take a moment to exit after its VM (the
     // CLI's pid-file process ends when it sees the VM gone): a few tries, then a warning.

@@ -10,7 +10,7 @@
 //!                         directory's path is too long for a Unix socket (docker's and
 //!                         containerd's roots are)
 //!   shared/               the share (virtio-fs tag `hull-shared`)
-//!   containers/<cid>.json the containers' records (crate::container)
+//!   containers/<cid>.json the containers' records (written by the container module)
 //!   netns                 the path of the network namespace the VM's taps are in
 //!   net.ns                the sandbox's own network namespace, bind-mounted
 //! ```

@@ -266,7 +266,11 @@ impl Vm for FakeVm {
             return Err(TaskError::NotFound(format!("{name} has exited")));
         }
         if signal == libc::SIGKILL || signal == libc::SIGTERM {
-            self.0.end(&name, 128 + signal as u32);
+            let killed = hull_agent_protocol::ExitStatus::Signaled {
+                signal,
+                core_dumped: false,
+            };
+            self.0.end(&name, hull_runtime::process::exit_code(&killed));
         }
         Ok(())
     }
@@ -274,7 +278,7 @@ impl Vm for FakeVm {
     async fn delete(&self, c: String) -> Result<()> {
         self.0.record(format!("delete {c}"));
         // The agent kills a container it deletes.
-        self.0.end(&c, 137);
+        self.0.end(&c, hull_runtime::process::KILLED_EXIT);
         Ok(())
     }
 
