@@ -37,6 +37,12 @@ fn mounts_below(mountinfo: &str, dir: &Path) -> Vec<PathBuf> {
     v
 }
 
+/// The mount points at or below `dir` now, deepest first.
+pub fn mounts_at_or_below(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
+    let info = std::fs::read_to_string("/proc/self/mountinfo")?;
+    Ok(mounts_below(&info, dir))
+}
+
 /// Unmounts (lazily, so a busy mount cannot block a cleanup) everything mounted at or below
 /// `dir`, deepest first.
 pub fn unmount_below(dir: &Path) -> std::io::Result<()> {

@@ -568,3 +568,151 @@ fn a_prestart_hook_gives_the_vm_its_network() {
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+/// Every file below `dir` with its content, sorted: a checksum of a host tree.
+fn tree(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
+    let mut out = Vec::new();
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            let m = std::fs::symlink_metadata(&p).unwrap();
+            if m.is_dir() {
+                todo.push(p.clone());
+                out.push((p, Vec::new()));
+            } else {
+                let data = std::fs::read(&p).unwrap_or_default();
+                out.push((p, data));
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// Every capability the guest kernel knows: a container as privileged as docker's
+/// `--privileged`.
+const ALL_CAPS: &[&str] = &[
+    "CAP_CHOWN",
+    "CAP_DAC_OVERRIDE",
+    "CAP_DAC_READ_SEARCH",
+    "CAP_FOWNER",
+    "CAP_FSETID",
+    "CAP_KILL",
+    "CAP_SETGID",
+    "CAP_SETUID",
+    "CAP_SETPCAP",
+    "CAP_LINUX_IMMUTABLE",
+    "CAP_NET_BIND_SERVICE",
+    "CAP_NET_BROADCAST",
+    "CAP_NET_ADMIN",
+    "CAP_NET_RAW",
+    "CAP_IPC_LOCK",
+    "CAP_IPC_OWNER",
+    "CAP_SYS_MODULE",
+    "CAP_SYS_RAWIO",
+    "CAP_SYS_CHROOT",
+    "CAP_SYS_PTRACE",
+    "CAP_SYS_PACCT",
+    "CAP_SYS_ADMIN",
+    "CAP_SYS_BOOT",
+    "CAP_SYS_NICE",
+    "CAP_SYS_RESOURCE",
+    "CAP_SYS_TIME",
+    "CAP_SYS_TTY_CONFIG",
+    "CAP_MKNOD",
+    "CAP_LEASE",
+    "CAP_AUDIT_WRITE",
+    "CAP_AUDIT_CONTROL",
+    "CAP_SETFCAP",
+    "CAP_MAC_OVERRIDE",
+    "CAP_MAC_ADMIN",
+    "CAP_SYSLOG",
+    "CAP_WAKE_ALARM",
+    "CAP_BLOCK_SUSPEND",
+    "CAP_AUDIT_READ",
+    "CAP_PERFMON",
+    "CAP_BPF",
+    "CAP_CHECKPOINT_RESTORE",
+];
+
+/// The trust boundary of the share: a privileged container mounts the sandbox's share itself
+/// (the tag the agent mounts) and tries to plant links at every path the host works at, to
+/// rename the host's directories away and to fill the host's memory. Every attempt fails with a
+/// read-only file system; its root file system and its volume stay writable; the host tree the
+/// links point at is unchanged after the run and the delete, and nothing is left.
+#[test]
+fn a_privileged_container_cannot_redirect_the_host_through_the_share() {
+    let env = Env::new("hostile");
+    // The host tree a planted link would point the host's cleanup at.
+    let victim = env.dir.path().join("victim");
+    std::fs::create_dir_all(victim.join("sub")).unwrap();
+    std::fs::write(victim.join("precious"), b"host data").unwrap();
+    std::fs::write(victim.join("sub/more"), b"more host data").unwrap();
+    let before = tree(&victim);
+    let volume = env.dir.path().join("volume");
+    std::fs::create_dir(&volume).unwrap();
+    let v = victim.display();
+    let script = format!(
+        r#"mkdir -p /share && mount -t virtiofs hull-shared /share || {{ echo NO-MOUNT; exit 1; }}
+c=/share/containers/hostile
+[ -f $c/config.json ] || {{ echo NOT-THE-SHARE; ls -la /share $c; exit 1; }}
+try() {{ if "$@" 2>/dev/null; then echo "ESCAPED: $*"; else echo "refused: $*"; fi; }}
+try ln -s {v} /share/containers/next
+try mkdir /share/containers/next
+try mv /share/containers /share/moved
+try ln -s {v} /share/planted
+try ln -s {v} $c/mounts/9
+try mv $c/mounts $c/mounts.old
+try rm -rf $c/mounts
+try ln -s {v} $c/rootfs.new
+try mv $c/rootfs $c/rootfs.old
+try rm -f $c/config.json
+try ln -s {v}/precious $c/config.json.new
+try sh -c 'echo {{}} > '$c/config.json
+try dd if=/dev/zero of=/share/fill bs=1M count=8
+try dd if=/dev/zero of=$c/fill bs=1M count=8
+echo guest > $c/rootfs/tmp/guest-wrote && echo ROOTFS-WRITABLE
+m=$(ls -d $c/mounts/* | head -n 1)
+echo guest > $m/guest-wrote && echo VOLUME-WRITABLE
+echo DONE"#
+    );
+    let b = env.bundle("hostile", &["sh", "-c", &script], |s| {
+        s["process"]["capabilities"] = json!({
+            "bounding": ALL_CAPS, "effective": ALL_CAPS, "permitted": ALL_CAPS,
+        });
+        s["linux"]["seccomp"] = Value::Null;
+        s["linux"]["maskedPaths"] = json!([]);
+        s["linux"]["readonlyPaths"] = json!([]);
+        s["mounts"].as_array_mut().unwrap().push(
+            json!({"destination": "/data", "type": "bind", "source": volume, "options": ["rbind"]}),
+        );
+    });
+    let out = env.hull(&["run", "--bundle", b.to_str().unwrap(), "hostile"]);
+    let stdout = text(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "stdout: {stdout}\nstderr: {}",
+        text(&out.stderr)
+    );
+    assert!(!stdout.contains("ESCAPED"), "{stdout}");
+    assert_eq!(stdout.matches("refused:").count(), 14, "{stdout}");
+    for want in ["ROOTFS-WRITABLE", "VOLUME-WRITABLE", "DONE"] {
+        assert!(stdout.contains(want), "{want}: {stdout}");
+    }
+    // The guest's writes landed where runc's would: the rootfs and the volume.
+    assert_eq!(
+        std::fs::read_to_string(b.join("rootfs/tmp/guest-wrote")).unwrap(),
+        "guest\n"
+    );
+    assert_eq!(
+        std::fs::read_to_string(volume.join("guest-wrote")).unwrap(),
+        "guest\n"
+    );
+    assert_eq!(tree(&victim), before, "the host tree changed");
+    let out = env.hull(&["delete", "--force", "hostile"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(tree(&victim), before, "the host tree changed");
+    env.assert_gone("hostile");
+}

@@ -87,7 +87,24 @@ fn spec(id: &str, args: &[&str]) -> Value {
 /// `bundles/` (the runtime library owns `containers/`, where it bind-mounts); returns its
 /// host directory and guest path.
 fn bundle(sb: &Sandbox, id: &str, spec: &Value) -> (PathBuf, String) {
-    let host = sb.share_dir().join("bundles").join(id);
+    let bundles = sb.share_dir().join("bundles");
+    if !bundles.exists() {
+        // The guest sees the share read-only but for the mounts the host makes in it (as the
+        // runtime binds a container's rootfs): the bundles are a writable bind, whose source is
+        // beside the sandbox's directory (the test's temporary root removes it).
+        let src = sb.dir().with_file_name(format!("{}-bundles", sb.id()));
+        std::fs::create_dir_all(&src).unwrap();
+        std::fs::create_dir(&bundles).unwrap();
+        nix::mount::mount(
+            Some(&src),
+            &bundles,
+            None::<&str>,
+            nix::mount::MsFlags::MS_BIND,
+            None::<&str>,
+        )
+        .expect("bind the bundles into the share");
+    }
+    let host = bundles.join(id);
     if !host.join("rootfs/bin/busybox").exists() {
         busybox_root(
             &host.join("rootfs"),

@@ -120,6 +120,13 @@ fn cleanup_after_the_vmm_was_killed_and_after_a_failed_boot() {
         std::fs::create_dir(&src).unwrap();
         let target = sb.share_dir().join("bound");
         std::fs::create_dir(&target).unwrap();
+        // The share's own two mounts: the host's side and the guest's read-only view.
+        assert_eq!(
+            mounts_below(&sb_dir).len(),
+            2,
+            "{:?}",
+            mounts_below(&sb_dir)
+        );
         let st = Command::new("mount")
             .arg("--bind")
             .arg(&src)
@@ -127,7 +134,13 @@ fn cleanup_after_the_vmm_was_killed_and_after_a_failed_boot() {
             .status()
             .unwrap();
         assert!(st.success(), "mount --bind");
-        assert_eq!(mounts_below(&sb_dir).len(), 1);
+        // The bind, and its copy in the guest's view.
+        assert_eq!(
+            mounts_below(&sb_dir).len(),
+            4,
+            "{:?}",
+            mounts_below(&sb_dir)
+        );
         drop(sb);
 
         // SIGKILL: no clean shutdown, sockets and state stay behind.

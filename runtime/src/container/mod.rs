@@ -205,7 +205,9 @@ impl Container {
         hooks::skip(hooks.as_ref(), HookKind::CreateContainer, id);
         hooks::skip(hooks.as_ref(), HookKind::StartContainer, id);
 
-        let dir = share::prepare(&sandbox.share_dir(), id, &b.rootfs, &binds, &guest_spec)?;
+        let dir = sandbox
+            .share()
+            .prepare(id, &b.rootfs, &binds, &guest_spec)?;
         let guest_bundle = guest_dir(id);
         let mut created = false;
         let result = async {
@@ -266,7 +268,7 @@ impl Container {
                 }
                 for undo in [
                     ContainerRecord::remove(sandbox.dir(), id),
-                    share::remove(&dir).map_err(Into::into),
+                    sandbox.share().remove(id).map_err(Into::into),
                 ] {
                     if let Err(u) = undo {
                         tracing::warn!("container {id}: undoing the create: {u}");
@@ -532,7 +534,7 @@ impl Container {
         }
         let st = self.hook_state(sandbox, OciStatus::Stopped);
         hooks::run_warn(self.rec.hooks.as_ref(), HookKind::Poststop, &st).await;
-        share::remove(&share::host_dir(&sandbox.share_dir(), id))?;
+        sandbox.share().remove(id)?;
         ContainerRecord::remove(sandbox.dir(), id)
     }
 }

@@ -163,12 +163,19 @@ pub fn bind_mounts(bundle: &Bundle) -> Result<Vec<BindMount>, ContainerError> {
             .ok_or_else(|| err(Path::new(""), "a bind mount needs a source".into()))?;
         let source = bundle.dir.join(source);
         let meta = std::fs::metadata(&source).map_err(|e| err(&source, e.to_string()))?;
+        let readonly = m
+            .options()
+            .as_deref()
+            .unwrap_or_default()
+            .iter()
+            .any(|o| o == "ro");
         out.push(BindMount {
             index,
             destination: m.destination().clone(),
             source,
             is_dir: meta.is_dir(),
             recursive,
+            readonly,
         });
     }
     Ok(out)
@@ -475,6 +482,7 @@ mod tests {
                     source: root.join("data"),
                     is_dir: true,
                     recursive: true,
+                    readonly: true,
                 },
                 BindMount {
                     index: 2,
@@ -482,6 +490,7 @@ mod tests {
                     source: root.join("hosts"),
                     is_dir: false,
                     recursive: false,
+                    readonly: false,
                 },
             ]
         );

@@ -59,8 +59,11 @@ async fn sandbox_with_guest(
 ) -> (tempfile::TempDir, Unmount, Dir, Sandbox, Arc<Mutex<Guest>>) {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("sb");
-    std::fs::create_dir_all(dir.join(crate::sandbox::SHARE_DIR)).unwrap();
-    let share = dir.join(crate::sandbox::SHARE_DIR);
+    std::fs::create_dir_all(&dir).unwrap();
+    let layout = crate::sandbox::Layout::of_dir(&dir);
+    layout.share().create().unwrap();
+    // The fake guest reads what the real one would: the read-only view.
+    let share = layout.share().view().to_path_buf();
     let guest = Arc::new(Mutex::new(Guest::default()));
     let g = guest.clone();
     let (sock_dir, agent) = hostile_agent(tag, move |_, mut s| {
@@ -196,11 +199,19 @@ fn log_lines(log: &Path) -> Vec<(String, Value)> {
         .collect()
 }
 
+/// Whether anything is mounted at or below `p`; for a share directory, below its
+/// `containers/` (the share's own two mounts are there for the sandbox's life).
 fn mounted_below(p: &Path) -> bool {
     let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let share = p.ends_with(crate::sandbox::SHARE_RW_DIR) || p.ends_with(crate::sandbox::SHARE_DIR);
+    let p = if share {
+        p.join("containers")
+    } else {
+        p.to_path_buf()
+    };
     info.lines()
         .filter_map(|l| l.split(' ').nth(4))
-        .any(|m| Path::new(m).starts_with(p))
+        .any(|m| Path::new(m).starts_with(&p))
 }
 
 #[tokio::test]
@@ -414,7 +425,7 @@ async fn join_rewrites_host_namespaces_to_the_other_container() {
     // Destroying the sandbox's host side removes every container's mounts and share
     // directories (the records go with the sandbox's directory).
     drop((app, pause));
-    crate::share::remove_all(&sb.share_dir()).unwrap();
+    sb.share().remove_all().unwrap();
     assert!(!mounted_below(&sb.share_dir()));
     assert!(std::fs::read_dir(sb.share_dir().join("containers"))
         .unwrap()
@@ -458,11 +469,13 @@ fn sandbox_cleanup_unmounts_container_shares() {
     let src = tmp.path().join("rootfs");
     std::fs::create_dir_all(src.join("etc")).unwrap();
     std::fs::write(src.join("etc/keep"), b"x").unwrap();
-    let share = root.join("sb/shared");
-    std::fs::create_dir_all(&share).unwrap();
+    std::fs::create_dir_all(root.join("sb")).unwrap();
+    let sh = crate::sandbox::Layout::of_dir(&root.join("sb")).share();
+    sh.create().unwrap();
+    let share = root.join("sb");
     let spec: oci_spec::runtime::Spec = serde_json::from_value(json!({})).unwrap();
-    share::prepare(&share, "c1", &src, &[], &spec).unwrap();
-    assert!(mounted_below(&share));
+    sh.prepare("c1", &src, &[], &spec).unwrap();
+    assert!(mounted_below(&sh.view().join("containers/c1/rootfs")));
     let rec_dir = root.join("sb");
     std::fs::create_dir_all(rec_dir.join(CONTAINERS_DIR)).unwrap();
     std::fs::write(record_path(&rec_dir, "c1"), b"{}").unwrap();

@@ -9,7 +9,8 @@
 //!                         [`SOCKET_ROOT`]`/<hash of the directory>/` instead when the
 //!                         directory's path is too long for a Unix socket (docker's and
 //!                         containerd's roots are)
-//!   shared/               the share (virtio-fs tag `hull-shared`)
+//!   share-rw/             the share's host side: only the host writes here (crate::share)
+//!   shared/               the guest's read-only view of it (virtio-fs tag `hull-shared`)
 //!   containers/<cid>.json the containers' records (written by the container module)
 //!   netns                 the path of the network namespace the VM's taps are in
 //!   net.ns                the sandbox's own network namespace, bind-mounted
@@ -23,8 +24,11 @@ use super::SandboxError;
 pub const STATE_FILE: &str = "state.json";
 /// The lock file's name in the sandbox's directory.
 pub const LOCK_FILE: &str = "lock";
-/// The share's directory inside the sandbox's directory.
+/// The guest's read-only view of the share inside the sandbox's directory (what virtio-fs
+/// exports).
 pub const SHARE_DIR: &str = "shared";
+/// The host's side of the share, which the guest never sees.
+pub const SHARE_RW_DIR: &str = "share-rw";
 /// hull-vmm's hybrid vsock socket (the agent is guest port 1024 behind it).
 const VSOCK_SOCKET: &str = "vsock.sock";
 /// hull-vmm's API socket.
@@ -117,9 +121,9 @@ impl Layout {
         self.dir.join(STATE_FILE)
     }
 
-    /// The host directory shared with the guest.
-    pub fn share(&self) -> PathBuf {
-        self.dir.join(SHARE_DIR)
+    /// The share: the host's side and the guest's read-only view.
+    pub fn share(&self) -> crate::share::Share {
+        crate::share::Share::new(self.dir.join(SHARE_RW_DIR), self.dir.join(SHARE_DIR))
     }
 
     pub fn console_log(&self) -> PathBuf {
@@ -182,7 +186,8 @@ mod tests {
         s.check_sockets().unwrap();
         assert!(s.vsock_socket().starts_with(s.socket_dir()));
         assert_eq!(s.state_file(), deep.join("state.json"));
-        assert_eq!(s.share(), deep.join("shared"));
+        assert_eq!(s.share().view(), deep.join("shared"));
+        assert_eq!(s.share().host_dir(), deep.join("share-rw"));
     }
 
     #[test]

@@ -32,7 +32,8 @@ use crate::agent::{AgentClient, Endpoint};
 use crate::config::RuntimeConfig;
 use crate::vmm::{Launch, VmmProcess};
 pub use layout::{
-    sandbox_name, Layout, LOCK_FILE, MAX_SOCKET_PATH, SHARE_DIR, SOCKET_ROOT, STATE_FILE,
+    sandbox_name, Layout, LOCK_FILE, MAX_SOCKET_PATH, SHARE_DIR, SHARE_RW_DIR, SOCKET_ROOT,
+    STATE_FILE,
 };
 pub use options::{SandboxNetwork, SandboxOptions, MIN_MEMORY_MIB, VM_MEMORY_MIB, VM_VCPUS};
 pub use state::{process_start_time, process_stopped, OwnNetwork, SandboxState, StateLock};
@@ -267,12 +268,9 @@ impl Sandbox {
         opts: &SandboxOptions,
     ) -> Result<(SandboxState, AgentClient), SandboxError> {
         let dir = layout.dir();
+        // The host's side, and the guest's read-only view of it that virtio-fs exports.
         let share = layout.share();
-        std::fs::create_dir(&share).map_err(|source| SandboxError::Io {
-            what: "cannot create the share",
-            path: share.clone(),
-            source,
-        })?;
+        share.create()?;
         let vcpus = opts.vcpus.unwrap_or(config.vcpus);
         let memory_mib = opts.memory_mib.unwrap_or(config.memory_mib);
         if layout.separate_sockets() {
@@ -297,7 +295,7 @@ impl Sandbox {
         // A file hull-vmm caps (serial_max_bytes), so a guest printing forever cannot fill the
         // host's disk.
         vm.serial = SerialConfig::File(layout.console_log());
-        let mut fs = FsConfig::new(SHARE_TAG, &share);
+        let mut fs = FsConfig::new(SHARE_TAG, share.view());
         // The host changes the share (mounts, bundles) while the guest runs.
         fs.cache = CachePolicy::Never;
         vm.fs = vec![fs];
@@ -456,9 +454,15 @@ impl Sandbox {
         &self.state
     }
 
-    /// The host directory shared with the guest at [`GUEST_SHARE_DIR`].
-    pub fn share_dir(&self) -> PathBuf {
+    /// The share: what the host writes, and the guest sees read-only at [`GUEST_SHARE_DIR`].
+    pub fn share(&self) -> crate::share::Share {
         self.layout.share()
+    }
+
+    /// The host's side of the share (the guest sees it at [`GUEST_SHARE_DIR`], read-only but for
+    /// the mounts the host makes in it).
+    pub fn share_dir(&self) -> PathBuf {
+        self.layout.share().host_dir().to_path_buf()
     }
 
     /// The guest console so far.
@@ -680,9 +684,10 @@ fn cleanup_dir(layout: &Layout) -> Result<(), SandboxError> {
             crate::network::remove_own(&ns)?;
         }
     }
-    // Each container's share first: its removal never deletes through a mount it could not
-    // undo (the bundle's rootfs and bind sources are the host's files).
-    crate::share::remove_all(&layout.share())?;
+    // Each container's share first, then the share's own mounts: removal never deletes
+    // through a mount it could not undo (the bundle's rootfs and bind sources are the host's
+    // files).
+    layout.share().destroy()?;
     crate::mount::unmount_below(dir).map_err(|source| SandboxError::Io {
         what: "cannot unmount what is mounted in the sandbox",
         path: dir.to_path_buf(),
@@ -694,6 +699,20 @@ fn cleanup_dir(layout: &Layout) -> Result<(), SandboxError> {
                 tracing::warn!("cannot remove {}: {e}", layout.socket_dir().display());
             }
         }
+    }
+    // Nothing may be mounted below the directory any more: its removal must never reach a
+    // host directory through a mount that could not be undone.
+    let left = crate::mount::mounts_at_or_below(dir).map_err(|source| SandboxError::Io {
+        what: "cannot read the mount table",
+        path: dir.to_path_buf(),
+        source,
+    })?;
+    if let Some(m) = left.first() {
+        return Err(SandboxError::Io {
+            what: "cannot remove the sandbox directory: something is still mounted in it",
+            path: m.clone(),
+            source: std::io::Error::from_raw_os_error(libc::EBUSY),
+        });
     }
     match std::fs::remove_dir_all(dir) {
         Ok(()) => {}

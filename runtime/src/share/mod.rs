@@ -1,0 +1,403 @@
+//! The host side of a sandbox's share, built so that the guest cannot redirect the host (Kata's
+//! layout: the host works in a directory only it can write, the guest sees a read-only view).
+//!
+//! ```text
+//! <sandbox>/share-rw/          the host's side, 0700, a shared bind mount of itself: the host
+//!   containers/<id>/           makes, binds and removes everything here, and nothing else
+//!     rootfs/                  does (the guest never sees this path)
+//!     mounts/<n>
+//!     config.json
+//! <sandbox>/shared/            a read-only, nosuid, nodev slave bind of share-rw: what
+//!                              virtio-fs exports (tag hull-shared, /run/hull/shared in the guest)
+//! ```
+//!
+//! Mounts the host makes below `share-rw` (a container's rootfs, its bind sources) propagate
+//! into the view as they are: they are the only places the guest can write, and they are on the
+//! disk the front end put them on (as with runc), never in the host's `/run`. A bind whose spec
+//! says `ro` is made read-only on both sides, so even the guest's root cannot write to it. The
+//! structure itself (`containers/`, `containers/<id>/`, the mount points, `config.json`) is
+//! read-only to the guest: it cannot plant a link, rename a directory away or fill the host's
+//! RAM through the share.
+//!
+//! Every host operation below `share-rw` is fd-relative and never follows a link ([`dir::Dir`]:
+//! `openat2(RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS)`, `O_EXCL`, `unlinkat`, mount and unmount
+//! through the handle of the mount point): defence in depth, should the view ever be writable.
+//! Removal never deletes recursively: it takes off the mounts it made, then removes the mount
+//! points one by one, so a mount that could not be undone fails the removal instead of
+//! deleting the host's files through it.
+
+pub mod dir;
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use nix::mount::{MntFlags, MsFlags};
+use oci_spec::runtime::Spec;
+
+use dir::Dir;
+
+/// What went wrong with the share.
+#[derive(Debug, thiserror::Error)]
+pub enum ShareError {
+    #[error("{what}: {}: {source}", path.display())]
+    Io {
+        what: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// A bind mount's host source cannot be bound.
+    #[error("bind mount at {}: source {}: {reason}", destination.display(), host_path.display())]
+    MountSource {
+        destination: PathBuf,
+        host_path: PathBuf,
+        reason: String,
+    },
+}
+
+/// One bind mount of a spec, to be bound into the share.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BindMount {
+    /// Its index in the spec's `mounts` (it is bound at `mounts/<index>` in the share).
+    pub index: usize,
+    pub destination: PathBuf,
+    /// Absolute host source.
+    pub source: PathBuf,
+    pub is_dir: bool,
+    /// `rbind`: submounts too.
+    pub recursive: bool,
+    /// `ro`: read-only on the host's side and in the guest's view alike.
+    pub readonly: bool,
+}
+
+/// The share's directory of containers.
+pub const SHARE_CONTAINERS: &str = "containers";
+
+fn io<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> ShareError + 'a {
+    move |source| ShareError::Io {
+        what,
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// A sandbox's share: the host's side and the guest's read-only view of it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Share {
+    rw: PathBuf,
+    view: PathBuf,
+}
+
+impl Share {
+    /// The share whose host side is `rw` and whose guest view is `view` (see the module docs).
+    pub fn new(rw: PathBuf, view: PathBuf) -> Share {
+        Share { rw, view }
+    }
+
+    /// Where the host writes.
+    pub fn host_dir(&self) -> &Path {
+        &self.rw
+    }
+
+    /// What virtio-fs exports to the guest: read-only but for the mounts the host makes.
+    pub fn view(&self) -> &Path {
+        &self.view
+    }
+
+    /// The host directory of container `id`.
+    pub fn container_dir(&self, id: &str) -> PathBuf {
+        self.rw.join(SHARE_CONTAINERS).join(id)
+    }
+
+    /// Makes both directories and the mounts that tie them (see the module docs). On failure
+    /// whatever was made is undone.
+    pub fn create(&self) -> Result<(), ShareError> {
+        use std::os::unix::fs::DirBuilderExt;
+        for p in [&self.rw, &self.view] {
+            std::fs::DirBuilder::new()
+                .mode(0o700)
+                .create(p)
+                .map_err(io("cannot create the share", p))?;
+        }
+        let r = self.tie();
+        if r.is_err() {
+            if let Err(e) = self.destroy() {
+                tracing::warn!("undoing the share: {e}");
+            }
+        }
+        r
+    }
+
+    fn tie(&self) -> Result<(), ShareError> {
+        let mount = |src: Option<&Path>, target: &Path, flags: MsFlags, what: &'static str| {
+            nix::mount::mount(src, target, None::<&str>, flags, None::<&str>)
+                .map_err(|e| io(what, target)(std::io::Error::from_raw_os_error(e as i32)))
+        };
+        // share-rw: a mount of its own whose new submounts propagate to its peers and slaves.
+        mount(
+            Some(&self.rw),
+            &self.rw,
+            MsFlags::MS_BIND,
+            "cannot bind the share",
+        )?;
+        mount(
+            None,
+            &self.rw,
+            MsFlags::MS_PRIVATE,
+            "cannot make the share private",
+        )?;
+        mount(
+            None,
+            &self.rw,
+            MsFlags::MS_SHARED,
+            "cannot make the share shared",
+        )?;
+        // shared: the guest's view, a slave of share-rw (it receives mounts, sends none back),
+        // read-only.
+        mount(
+            Some(&self.rw),
+            &self.view,
+            MsFlags::MS_BIND,
+            "cannot bind the share's view",
+        )?;
+        mount(
+            None,
+            &self.view,
+            MsFlags::MS_SLAVE,
+            "cannot make the view a slave",
+        )?;
+        mount(
+            None,
+            &self.view,
+            MsFlags::MS_REMOUNT
+                | MsFlags::MS_BIND
+                | MsFlags::MS_RDONLY
+                | MsFlags::MS_NOSUID
+                | MsFlags::MS_NODEV,
+            "cannot make the view read-only",
+        )
+    }
+
+    /// Removes every container's part ([`Share::remove`]), then the view, the host's side and
+    /// their mounts. Nothing there is fine.
+    pub fn destroy(&self) -> Result<(), ShareError> {
+        if self.rw.exists() {
+            self.remove_all()?;
+            if let Ok(root) = Dir::open(&self.rw) {
+                root.remove(SHARE_CONTAINERS).map_err(io(
+                    "cannot remove the share's containers directory",
+                    &self.rw,
+                ))?;
+            }
+        }
+        for p in [&self.view, &self.rw] {
+            // The mounts this share made on its own two directories, and only those.
+            for _ in 0..16 {
+                match nix::mount::umount2(
+                    p.as_path(),
+                    MntFlags::MNT_DETACH | MntFlags::UMOUNT_NOFOLLOW,
+                ) {
+                    Ok(()) => continue,
+                    Err(nix::errno::Errno::EINVAL) | Err(nix::errno::Errno::ENOENT) => break,
+                    Err(e) => {
+                        return Err(io("cannot unmount the share", p)(
+                            std::io::Error::from_raw_os_error(e as i32),
+                        ))
+                    }
+                }
+            }
+            // Empty now, unless something the runtime did not make is left on the host's side
+            // (the sandbox's removal takes it, once it found nothing mounted any more).
+            match std::fs::remove_dir(p) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) if e.kind() == std::io::ErrorKind::DirectoryNotEmpty => {}
+                Err(e) => return Err(io("cannot remove the share", p)(e)),
+            }
+        }
+        Ok(())
+    }
+
+    /// Makes container `id`'s directory: binds `rootfs` and the `binds`, writes `guest_spec` as
+    /// `config.json`. On failure, whatever was made is undone.
+    pub fn prepare(
+        &self,
+        id: &str,
+        rootfs: &Path,
+        binds: &[BindMount],
+        guest_spec: &Spec,
+    ) -> Result<PathBuf, ShareError> {
+        let dir = self.container_dir(id);
+        let root = Dir::open(&self.rw).map_err(io("cannot open the share", &self.rw))?;
+        let containers = root
+            .mkdir_open(SHARE_CONTAINERS, 0o755)
+            .map_err(io("cannot create the share's containers directory", &dir))?;
+        if containers
+            .exists(id)
+            .map_err(io("cannot look at the share", &dir))?
+        {
+            tracing::warn!(
+                "container {id}: removing a leftover share directory {}",
+                dir.display()
+            );
+            self.remove(id)?;
+        }
+        containers
+            .mkdir(id, 0o755)
+            .map_err(io("cannot create the container's share directory", &dir))?;
+        match self.fill(&containers, id, rootfs, binds, guest_spec) {
+            Ok(()) => Ok(dir),
+            Err(e) => {
+                if let Err(c) = self.remove(id) {
+                    tracing::warn!("container {id}: undoing its share: {c}");
+                }
+                Err(e)
+            }
+        }
+    }
+
+    fn fill(
+        &self,
+        containers: &Dir,
+        id: &str,
+        rootfs: &Path,
+        binds: &[BindMount],
+        guest_spec: &Spec,
+    ) -> Result<(), ShareError> {
+        let dir = containers.dir(id).map_err(io(
+            "cannot open the container's share directory",
+            containers.path(),
+        ))?;
+        let target = dir.path().join("rootfs");
+        dir.mkdir("rootfs", 0o755)
+            .map_err(io("cannot create the rootfs mount point", &target))?;
+        dir.entry("rootfs")
+            .and_then(|e| e.bind(rootfs, true))
+            .map_err(io("cannot bind the root file system", &target))?;
+        if !binds.is_empty() {
+            let path = dir.path().join("mounts");
+            let mounts = dir
+                .mkdir_open("mounts", 0o755)
+                .map_err(io("cannot create the mounts directory", &path))?;
+            for b in binds {
+                let name = b.index.to_string();
+                let target = path.join(&name);
+                if b.is_dir {
+                    mounts.mkdir(&name, 0o755)
+                } else {
+                    mounts.create_file(&name, 0o644).map(drop)
+                }
+                .map_err(io("cannot create a mount point", &target))?;
+                let source_err = |e: std::io::Error| ShareError::MountSource {
+                    destination: b.destination.clone(),
+                    host_path: b.source.clone(),
+                    reason: e.to_string(),
+                };
+                mounts
+                    .entry(&name)
+                    .and_then(|e| e.bind(&b.source, b.recursive))
+                    .map_err(source_err)?;
+                if b.readonly {
+                    self.readonly(&mounts, id, &name)?;
+                }
+            }
+        }
+        let config = dir.path().join("config.json");
+        let data = serde_json::to_vec_pretty(guest_spec).map_err(|e| {
+            io("cannot encode the guest's config.json", &config)(std::io::Error::other(e))
+        })?;
+        dir.create_file("config.json", 0o644)
+            .and_then(|mut f| f.write_all(&data))
+            .map_err(io("cannot write the guest's config.json", &config))
+    }
+
+    /// Makes bind `name` of container `id` read-only on the host's side and in the view (a
+    /// remount does not propagate, so each copy is remounted).
+    fn readonly(&self, mounts: &Dir, id: &str, name: &str) -> Result<(), ShareError> {
+        let target = mounts.path().join(name);
+        mounts
+            .entry(name)
+            .and_then(|e| e.remount_readonly())
+            .map_err(io("cannot make a read-only bind read-only", &target))?;
+        let view = Dir::open(&self.view)
+            .and_then(|v| v.dir(SHARE_CONTAINERS))
+            .and_then(|c| c.dir(id))
+            .and_then(|c| c.dir("mounts"))
+            .and_then(|m| m.entry(name))
+            .and_then(|e| e.remount_readonly());
+        view.map_err(io(
+            "cannot make a read-only bind read-only in the guest's view",
+            &target,
+        ))
+    }
+
+    /// Takes off the mounts of container `id`'s directory and removes it (see the module
+    /// docs). A directory that is not there is fine.
+    pub fn remove(&self, id: &str) -> Result<(), ShareError> {
+        let path = self.container_dir(id);
+        let what = "cannot remove the container's share (is something still mounted there?)";
+        let root = match Dir::open(&self.rw) {
+            Ok(d) => d,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(io(what, &self.rw)(e)),
+        };
+        let Some(containers) = root
+            .dir_or_drop(SHARE_CONTAINERS)
+            .map_err(io(what, &path))?
+        else {
+            return Ok(());
+        };
+        let Some(dir) = containers.dir_or_drop(id).map_err(io(what, &path))? else {
+            return Ok(());
+        };
+        if let Some(mounts) = dir
+            .dir_or_drop("mounts")
+            .map_err(io(what, &path.join("mounts")))?
+        {
+            let names = mounts.entries().map_err(io(what, mounts.path()))?;
+            for n in names {
+                let p = mounts.path().join(&n);
+                mounts.unmount(&n).map_err(io(what, &p))?;
+                mounts.remove(&n).map_err(io(what, &p))?;
+            }
+        }
+        dir.unmount("rootfs")
+            .map_err(io(what, &path.join("rootfs")))?;
+        for name in ["config.json", "mounts", "rootfs"] {
+            dir.remove(name).map_err(io(what, &path.join(name)))?;
+        }
+        containers.remove(id).map_err(io(what, &path))
+    }
+
+    /// Removes every container's directory ([`Share::remove`] for each), whatever state they
+    /// are in: what a sandbox's cleanup does before it removes its own directory.
+    pub fn remove_all(&self) -> Result<(), ShareError> {
+        let root = match Dir::open(&self.rw) {
+            Ok(d) => d,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(io("cannot open the share", &self.rw)(e)),
+        };
+        let Some(containers) = root
+            .dir_or_drop(SHARE_CONTAINERS)
+            .map_err(io("cannot open the share", &self.rw))?
+        else {
+            return Ok(());
+        };
+        let names = containers
+            .entries()
+            .map_err(io("cannot list the share", containers.path()))?;
+        for n in names {
+            match n.to_str() {
+                Some(id) => self.remove(id)?,
+                // The host names containers by their ids, which are UTF-8: not the host's.
+                None => containers
+                    .remove(&n)
+                    .map_err(io("cannot remove from the share", containers.path()))?,
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests;

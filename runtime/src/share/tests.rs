@@ -1,0 +1,228 @@
+//! The share as root makes it (mounts in temporary directories, always undone): what the guest's
+//! view lets it do and what not, binds and their removal, and removal that never deletes
+//! through a mount.
+
+use std::os::unix::fs::symlink;
+
+use super::*;
+
+fn mounted(p: &Path) -> bool {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let p = p.to_str().unwrap();
+    info.lines().any(|l| l.split(' ').nth(4) == Some(p))
+}
+
+/// A share in a temporary directory, destroyed (and its mounts undone) on drop.
+struct Fixture {
+    _tmp: tempfile::TempDir,
+    t: PathBuf,
+    share: Share,
+}
+
+impl Fixture {
+    fn new() -> Fixture {
+        let tmp = tempfile::tempdir().unwrap();
+        let t = tmp.path().to_path_buf();
+        let share = Share::new(t.join("share-rw"), t.join("shared"));
+        share.create().unwrap();
+        Fixture {
+            _tmp: tmp,
+            t,
+            share,
+        }
+    }
+}
+
+impl Drop for Fixture {
+    fn drop(&mut self) {
+        let _ = self.share.destroy();
+        let _ = crate::mount::unmount_below(&self.t);
+    }
+}
+
+fn spec() -> Spec {
+    serde_json::from_value(serde_json::json!({"ociVersion": "1.0.2"})).unwrap()
+}
+
+fn erofs(r: std::io::Result<impl Sized>, what: &str) {
+    match r {
+        Ok(_) => panic!("{what}: the guest's view let it through"),
+        Err(e) => assert_eq!(e.raw_os_error(), Some(libc::EROFS), "{what}: {e}"),
+    }
+}
+
+#[test]
+fn the_view_is_read_only_but_for_the_rootfs_and_writable_binds() {
+    let f = Fixture::new();
+    let t = &f.t;
+    let rootfs = t.join("rootfs");
+    std::fs::create_dir_all(rootfs.join("etc")).unwrap();
+    std::fs::write(rootfs.join("etc/os-release"), b"hull").unwrap();
+    let data = t.join("data");
+    std::fs::create_dir(&data).unwrap();
+    std::fs::write(data.join("f"), b"keep me").unwrap();
+    let ro = t.join("ro-volume");
+    std::fs::create_dir(&ro).unwrap();
+    let hosts = t.join("hosts");
+    std::fs::write(&hosts, b"127.0.0.1 localhost\n").unwrap();
+    let bind = |index, destination: &str, source: &Path, is_dir, readonly| BindMount {
+        index,
+        destination: destination.into(),
+        source: source.to_path_buf(),
+        is_dir,
+        recursive: false,
+        readonly,
+    };
+    let binds = vec![
+        bind(0, "/data", &data, true, false),
+        bind(2, "/ro", &ro, true, true),
+        bind(3, "/etc/hosts", &hosts, false, false),
+    ];
+    let dir = f.share.prepare("c1", &rootfs, &binds, &spec()).unwrap();
+    assert_eq!(dir, f.share.host_dir().join("containers/c1"));
+    let view = f.share.view().join("containers/c1");
+    // What the host made is in the view.
+    assert_eq!(
+        std::fs::read(view.join("rootfs/etc/os-release")).unwrap(),
+        b"hull"
+    );
+    assert_eq!(std::fs::read(view.join("mounts/0/f")).unwrap(), b"keep me");
+    assert_eq!(
+        std::fs::read(view.join("mounts/3")).unwrap(),
+        b"127.0.0.1 localhost\n"
+    );
+    let cfg: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(view.join("config.json")).unwrap()).unwrap();
+    assert_eq!(cfg["ociVersion"], "1.0.2");
+    // The guest writes in its rootfs and its writable volume: on the host's disk, in place.
+    std::fs::write(view.join("rootfs/new"), b"guest").unwrap();
+    assert_eq!(std::fs::read(rootfs.join("new")).unwrap(), b"guest");
+    std::fs::write(view.join("mounts/0/g"), b"guest").unwrap();
+    assert_eq!(std::fs::read(data.join("g")).unwrap(), b"guest");
+    // A read-only volume is read-only, in the view and on the host's side.
+    erofs(
+        std::fs::write(view.join("mounts/2/x"), b"x"),
+        "write to a ro volume",
+    );
+    erofs(
+        std::fs::write(dir.join("mounts/2/x"), b"x"),
+        "write to a ro volume (host side)",
+    );
+    // Nothing of the structure can be changed through the view: no link planted, nothing
+    // renamed away, no file to fill the host's memory.
+    let outside = t.join("outside");
+    std::fs::create_dir(&outside).unwrap();
+    let root = f.share.view();
+    erofs(
+        symlink(&outside, root.join("planted")),
+        "a link at the root",
+    );
+    erofs(
+        symlink(&outside, root.join("containers/c2")),
+        "a link for a next container",
+    );
+    erofs(
+        std::fs::remove_file(view.join("config.json")),
+        "removing config.json",
+    );
+    erofs(
+        std::fs::write(view.join("config.json"), b"{}"),
+        "rewriting config.json",
+    );
+    erofs(
+        std::fs::rename(root.join("containers"), root.join("moved")),
+        "renaming containers away",
+    );
+    erofs(
+        std::fs::rename(view.join("mounts"), view.join("m2")),
+        "renaming mounts away",
+    );
+    erofs(
+        symlink(&outside, view.join("mounts/5")),
+        "a link in mounts/",
+    );
+    erofs(
+        std::fs::write(root.join("fill"), vec![0u8; 4096]),
+        "a file at the root",
+    );
+    erofs(std::fs::create_dir(view.join("x")), "a directory");
+
+    f.share.remove("c1").unwrap();
+    assert!(!dir.exists());
+    assert!(!view.exists());
+    for p in ["rootfs", "mounts/0", "mounts/2", "mounts/3"] {
+        assert!(!mounted(&dir.join(p)), "{p} is still mounted");
+        assert!(!mounted(&view.join(p)), "{p} is still mounted in the view");
+    }
+    // The sources are untouched.
+    assert_eq!(std::fs::read(data.join("f")).unwrap(), b"keep me");
+    assert_eq!(
+        std::fs::read(rootfs.join("etc/os-release")).unwrap(),
+        b"hull"
+    );
+    assert!(hosts.exists() && ro.exists());
+    f.share.remove("c1").unwrap();
+    f.share.destroy().unwrap();
+    assert!(!f.share.host_dir().exists() && !f.share.view().exists());
+    assert!(!mounted(f.share.view()) && !mounted(f.share.host_dir()));
+}
+
+#[test]
+fn a_failed_bind_undoes_everything() {
+    let f = Fixture::new();
+    let rootfs = f.t.join("rootfs");
+    std::fs::create_dir(&rootfs).unwrap();
+    // The source vanished between the check and the mount.
+    let binds = vec![BindMount {
+        index: 1,
+        destination: "/data".into(),
+        source: f.t.join("gone"),
+        is_dir: true,
+        recursive: false,
+        readonly: false,
+    }];
+    let e = f.share.prepare("c1", &rootfs, &binds, &spec()).unwrap_err();
+    assert!(matches!(e, ShareError::MountSource { .. }), "{e}");
+    assert!(e.to_string().contains("/data"), "{e}");
+    assert!(!f.share.container_dir("c1").exists());
+    assert!(!mounted(&f.share.container_dir("c1").join("rootfs")));
+}
+
+#[test]
+fn removal_refuses_to_delete_through_a_mount_or_a_link() {
+    let f = Fixture::new();
+    let dir = f.share.container_dir("c1");
+    std::fs::create_dir_all(dir.join("rootfs")).unwrap();
+    // Something that looks like a rootfs with content, but is not a mount: removal must not
+    // delete it recursively.
+    std::fs::write(dir.join("rootfs/precious"), b"x").unwrap();
+    let e = f.share.remove("c1").unwrap_err();
+    assert!(e.to_string().contains("still mounted"), "{e}");
+    assert!(dir.join("rootfs/precious").exists());
+    std::fs::remove_file(dir.join("rootfs/precious")).unwrap();
+    // Links where the host expects its directories (as a hostile writer would plant them) are
+    // removed as links, never followed.
+    let outside = f.t.join("outside");
+    std::fs::create_dir(&outside).unwrap();
+    std::fs::write(outside.join("precious"), b"x").unwrap();
+    symlink(&outside, dir.join("mounts")).unwrap();
+    f.share.remove("c1").unwrap();
+    assert!(outside.join("precious").exists());
+    assert!(!dir.exists());
+    std::fs::create_dir_all(f.share.host_dir().join("containers")).unwrap();
+    symlink(&outside, f.share.host_dir().join("containers/c2")).unwrap();
+    f.share.remove_all().unwrap();
+    assert!(outside.join("precious").exists());
+    std::fs::remove_dir(f.share.host_dir().join("containers")).unwrap();
+    symlink(&outside, f.share.host_dir().join("containers")).unwrap();
+    let rootfs = f.t.join("rootfs");
+    std::fs::create_dir(&rootfs).unwrap();
+    assert!(
+        f.share.prepare("c3", &rootfs, &[], &spec()).is_err(),
+        "a link for containers/ is not followed"
+    );
+    assert_eq!(std::fs::read_dir(&outside).unwrap().count(), 1);
+    f.share.remove_all().unwrap();
+    assert!(std::fs::symlink_metadata(f.share.host_dir().join("containers")).is_err());
+    assert_eq!(std::fs::read_dir(&outside).unwrap().count(), 1);
+}
