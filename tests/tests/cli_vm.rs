@@ -716,3 +716,50 @@ echo DONE"#
     assert_eq!(tree(&victim), before, "the host tree changed");
     env.assert_gone("hostile");
 }
+
+/// `hull create` killed (SIGKILL, as containerd's create timeout or a Ctrl-C may) while its VM
+/// boots: hull-vmm is on record from its start, so `delete --force` finds the VM and removes it
+/// with everything else.
+#[test]
+fn create_killed_during_boot_leaves_nothing_after_delete_force() {
+    let env = Env::new("killed");
+    let b = env.bundle("b", &["true"], |_| {});
+    let out = env.dir.path().join("create.out");
+    let mut create = env
+        .cmd(&["create", "--bundle", b.to_str().unwrap(), "k1"])
+        .stdout(std::fs::File::create(&out).unwrap())
+        .stderr(std::fs::File::create(&out).unwrap())
+        .spawn()
+        .unwrap();
+    let state = env.root.join("k1").join("state.json");
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    while !state.exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "hull-vmm never got on record: {}",
+            std::fs::read_to_string(&out).unwrap_or_default()
+        );
+        assert!(
+            create.try_wait().unwrap().is_none(),
+            "create ended before it was killed: {}",
+            std::fs::read_to_string(&out).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let st: Value = serde_json::from_slice(&std::fs::read(&state).unwrap()).unwrap();
+    let vmm = st["vmm_pid"].as_u64().unwrap() as i32;
+    create.kill().unwrap();
+    create.wait().unwrap();
+    let alive = |pid: i32| {
+        // SAFETY: kill with signal 0 sends nothing; it only checks that the process exists.
+        unsafe { libc::kill(pid, 0) == 0 }
+    };
+    assert!(alive(vmm), "hull-vmm went with its creator");
+    let out = env.hull(&["delete", "--force", "k1"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    env.assert_gone("k1");
+    // The orphaned hull-vmm came to this test (a subreaper, as containerd's shim is): reap it.
+    // SAFETY: waitpid with a null status pointer only collects the child's exit.
+    unsafe { libc::waitpid(vmm, std::ptr::null_mut(), 0) };
+    assert!(!alive(vmm), "hull-vmm {vmm} still runs");
+}

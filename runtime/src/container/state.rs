@@ -2,7 +2,6 @@
 //! temporary file and renamed into place.
 
 use std::collections::BTreeMap;
-use std::fs::File;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -87,7 +86,7 @@ impl ContainerRecord {
         };
         std::fs::create_dir_all(&dir).map_err(io)?;
         let data = serde_json::to_vec_pretty(self).map_err(|e| io(std::io::Error::other(e)))?;
-        let mut f = File::create(&tmp).map_err(io)?;
+        let mut f = crate::vmm::private_file(&tmp).map_err(io)?;
         f.write_all(&data).map_err(io)?;
         f.sync_all().map_err(io)?;
         std::fs::rename(&tmp, &path).map_err(io)

@@ -163,6 +163,16 @@ fn check_file(what: &'static str, path: &Path) -> Result<(), SandboxError> {
     }
 }
 
+/// Creates directory `path` with mode 0700 (and its missing parents too, with `recursive`; an
+/// existing directory is fine then).
+fn private_dir(path: &Path, recursive: bool) -> std::io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(recursive)
+        .mode(0o700)
+        .create(path)
+}
+
 /// Writes the record of the namespace whose taps the cleanup removes.
 fn record_netns(layout: &Layout, ns: &Path) -> Result<(), SandboxError> {
     let record = layout.netns_record();
@@ -213,12 +223,14 @@ impl Sandbox {
         }
         let layout = Layout::new(root, id);
         layout.check_sockets()?;
-        std::fs::create_dir_all(root).map_err(|source| SandboxError::Io {
+        // The root and each sandbox's directory are root's alone (0700): what is in them (the
+        // agent's socket: a root shell in the guest) is nobody else's.
+        private_dir(root, true).map_err(|source| SandboxError::Io {
             what: "cannot create the state root",
             path: root.to_path_buf(),
             source,
         })?;
-        match std::fs::create_dir(layout.dir()) {
+        match private_dir(layout.dir(), false) {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
                 return Err(SandboxError::IdInUse(id.to_string()))
@@ -275,7 +287,7 @@ impl Sandbox {
         let memory_mib = opts.memory_mib.unwrap_or(config.memory_mib);
         if layout.separate_sockets() {
             let sockets = layout.socket_dir();
-            std::fs::create_dir_all(sockets).map_err(|source| SandboxError::Io {
+            private_dir(sockets, true).map_err(|source| SandboxError::Io {
                 what: "cannot create the sandbox's socket directory",
                 path: sockets.to_path_buf(),
                 source,
@@ -338,6 +350,22 @@ impl Sandbox {
             },
         )?;
 
+        // hull-vmm is on record before the guest boots: whatever kills this process from here
+        // on (a Ctrl-C, containerd's create timeout), `delete --force` or `cleanup` finds the
+        // VM and removes it.
+        let pid = vmm.pid();
+        let state = SandboxState {
+            id: id.to_string(),
+            vmm_pid: pid,
+            vmm_start_time: process_start_time(pid).ok_or(SandboxError::NotRunning)?,
+            vcpus,
+            memory_mib,
+            created: now_secs(),
+            own_network,
+            host_cgroup: opts.host_cgroup.clone(),
+        };
+        state.write(dir)?;
+
         // Wait for the agent, but not past the VMM's death.
         let deadline = opts.boot_timeout.unwrap_or(DEFAULT_BOOT_TIMEOUT);
         let connect = AgentClient::connect_retry(Endpoint::vm(&uds), deadline);
@@ -358,18 +386,6 @@ impl Sandbox {
             .await?;
         // Before any container: the guest's NICs as the namespace had them (or loopback only).
         agent.configure_network(network).await?;
-        let pid = vmm.pid();
-        let state = SandboxState {
-            id: id.to_string(),
-            vmm_pid: pid,
-            vmm_start_time: process_start_time(pid).ok_or(SandboxError::NotRunning)?,
-            vcpus,
-            memory_mib,
-            created: now_secs(),
-            own_network,
-            host_cgroup: opts.host_cgroup.clone(),
-        };
-        state.write(dir)?;
         // From here on the VMM runs on its own: the state file is how it is found again.
         vmm.detach();
         Ok((state, agent))
@@ -772,6 +788,16 @@ mod tests {
         cfg.vmm = k;
         // A directory too deep for sockets gets a short socket directory; a create that
         // fails (the "hull-vmm" here cannot run) removes that too.
+        // The state root is made 0700 (the agent's socket is a root shell in the guest).
+        let fresh = root.join("fresh-root");
+        let e = Sandbox::create(&cfg, &fresh, "x", &SandboxOptions::default())
+            .await
+            .err()
+            .expect("the fake hull-vmm cannot start");
+        assert!(!fresh.join("x").exists(), "{e}");
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&fresh).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o700, "{mode:o}");
         let sockets = Layout::of_dir(&deep.join("x")).socket_dir().to_path_buf();
         assert!(sockets.starts_with(SOCKET_ROOT), "{}", sockets.display());
         let e = Sandbox::create(&cfg, &deep, "x", &SandboxOptions::default())

@@ -71,7 +71,7 @@ impl SandboxState {
             path: path.clone(),
             reason: e.to_string(),
         })?;
-        let mut f = File::create(&tmp).map_err(io)?;
+        let mut f = crate::vmm::private_file(&tmp).map_err(io)?;
         f.write_all(&data).map_err(io)?;
         f.sync_all().map_err(io)?;
         std::fs::rename(&tmp, &path).map_err(io)

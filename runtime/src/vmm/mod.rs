@@ -16,6 +16,6 @@ mod process;
 
 pub use hull_vmm_api as api;
 pub use process::{
-    api_request, api_request_within, Launch, VmmError, VmmExited, VmmProcess, CONFIG_FILE,
-    CONSOLE_FILE, LOG_FILE,
+    api_request, api_request_within, private_file, Launch, VmmError, VmmExited, VmmProcess,
+    CONFIG_FILE, CONSOLE_FILE, LOG_FILE,
 };

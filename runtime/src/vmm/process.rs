@@ -101,6 +101,18 @@ pub struct VmmProcess {
     detached: bool,
 }
 
+/// Creates (or truncates) `path` readable and writable by its owner only: the VM's
+/// configuration, console and log are nobody else's.
+pub fn private_file(path: &Path) -> std::io::Result<File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+}
+
 fn write_file(path: &Path, data: &[u8]) -> Result<(), VmmError> {
     let err = |source| VmmError::WriteFile {
         path: path.to_path_buf(),
@@ -108,7 +120,7 @@ fn write_file(path: &Path, data: &[u8]) -> Result<(), VmmError> {
     };
     // Written whole and renamed into place, so a reader never sees half a file.
     let tmp = path.with_extension("tmp");
-    let mut f = File::create(&tmp).map_err(err)?;
+    let mut f = private_file(&tmp).map_err(err)?;
     f.write_all(data).map_err(err)?;
     f.sync_all().map_err(err)?;
     std::fs::rename(&tmp, path).map_err(err)
@@ -173,7 +185,7 @@ impl VmmProcess {
         write_file(&config_path, &json)?;
         let open = |name: &str| {
             let path = dir.join(name);
-            File::create(&path).map_err(|source| VmmError::WriteFile { path, source })
+            private_file(&path).map_err(|source| VmmError::WriteFile { path, source })
         };
         // A serial file (capped by hull-vmm) is the console; otherwise hull-vmm's stdout is.
         let (console, stdout) = match &config.serial {
@@ -188,6 +200,16 @@ impl VmmProcess {
             .stderr(open(LOG_FILE)?)
             .envs(env.iter().copied())
             .process_group(0);
+        // Everything hull-vmm creates (its sockets, a serial file) is its owner's alone.
+        let private = || -> std::io::Result<()> {
+            // SAFETY: umask(2) is async-signal-safe, takes an integer and cannot fail; it
+            // changes only the child's own file mode creation mask.
+            unsafe { libc::umask(0o077) };
+            Ok(())
+        };
+        // SAFETY: the closure runs in the child between fork and exec and makes only the
+        // async-signal-safe call above; it allocates nothing and takes no lock.
+        unsafe { cmd.pre_exec(private) };
         if let Some(procs) = cgroup.and_then(|c| {
             std::ffi::CString::new(c.join("cgroup.procs").into_os_string().into_vec()).ok()
         }) {
