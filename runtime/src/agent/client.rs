@@ -54,6 +54,19 @@ impl Shared {
     fn calls(&self) -> std::sync::MutexGuard<'_, Calls> {
         self.calls.lock().unwrap_or_else(|e| e.into_inner())
     }
+
+    /// Closes the connection for calls: every call waiting gets `Closed`, and no call can be
+    /// added any more.
+    fn fail_all(&self) {
+        let waiting = {
+            let mut calls = self.calls();
+            calls.closed = true;
+            std::mem::take(&mut calls.waiting)
+        };
+        for (_, tx) in waiting {
+            let _ = tx.send(Err(Error::Closed));
+        }
+    }
 }
 
 /// Removes a call's entry when the call ends in any way (reply, timeout, error, or the caller
@@ -203,16 +216,33 @@ impl AgentClient {
             shared: &self.shared,
             id,
         };
-        let sent = {
+        // Sending is bounded too: a guest that stops reading its end of the vsock fills the
+        // socket buffer, and a write (and so the writer's lock, and every later call) would
+        // wait for it forever. A call without a limit for its reply (`wait`) still gets the
+        // call limit for sending.
+        let started = Instant::now();
+        let send_limit = timeout.unwrap_or(self.call_timeout);
+        let sent = tokio::time::timeout(send_limit, async {
             let mut w = self.shared.writer.lock().await;
             write_raw_frame_async(&mut *w, &frame).await
-        };
-        if sent.is_err() {
-            return Err(Error::Closed);
+        })
+        .await;
+        match sent {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) => return Err(Error::Closed),
+            Err(_) => {
+                // Part of the frame may be out: the stream has no frame boundary any more.
+                // Every call fails now rather than waiting on a guest that does not read.
+                self.shared.fail_all();
+                return Err(Error::Timeout {
+                    what: format!("sending the {what} call (the guest does not read)"),
+                    after: send_limit,
+                });
+            }
         }
         let reply = match timeout {
             None => rx.await,
-            Some(t) => match tokio::time::timeout(t, rx).await {
+            Some(t) => match tokio::time::timeout(t.saturating_sub(started.elapsed()), rx).await {
                 Ok(r) => r,
                 Err(_) => {
                     return Err(Error::Timeout {

@@ -731,3 +731,49 @@ async fn container_error_kinds_pass_through() {
     assert_eq!(e.agent_kind(), Some(ErrorKind::InvalidArgument), "{e}");
     assert!(e.to_string().contains("invalid container id"), "{e}");
 }
+
+#[tokio::test]
+async fn a_guest_that_stops_reading_cannot_hold_calls() {
+    // The agent answers the hello, then never reads again: the client's writes fill the socket
+    // buffer.
+    let (_dir, mut c) = hostile_agent("deaf", |_, s| async move {
+        let _keep = s;
+        std::future::pending::<()>().await;
+    })
+    .await;
+    let limit = Duration::from_millis(300);
+    c.set_call_timeout(limit);
+    let big = "x".repeat(512 << 10);
+    let mut failures = Vec::new();
+    // Each request is half a frame's worth: a few fill any socket buffer.
+    for _ in 0..16 {
+        let mut r = hull_agent_protocol::SpawnRequest::new(["/bin/true"]);
+        r.env = vec![format!("BIG={big}")];
+        match finishes("a call to a guest that does not read", c.spawn(r)).await {
+            Ok(_) => panic!("the deaf agent answered"),
+            Err(e) => failures.push(e),
+        }
+        if matches!(failures.last(), Some(Error::Closed)) {
+            break;
+        }
+    }
+    assert!(
+        failures
+            .iter()
+            .any(|e| matches!(e, Error::Timeout { what, .. } if what.contains("does not read"))),
+        "{failures:?}"
+    );
+    // From then on every call fails at once, `wait` (no reply limit) too.
+    let e = finishes("a call after the send timed out", c.health())
+        .await
+        .unwrap_err();
+    assert!(matches!(e, Error::Closed), "{e}");
+    let e = finishes(
+        "a wait after the send timed out",
+        c.wait(hull_agent_protocol::ProcessId(1)),
+    )
+    .await
+    .unwrap_err();
+    assert!(matches!(e, Error::Closed), "{e}");
+    assert_eq!(c.calls_waiting(), 0);
+}
