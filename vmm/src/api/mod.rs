@@ -10,6 +10,7 @@ use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::Path;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use event_manager::{EventOps, EventSet, Events, MutEventSubscriber};
 
@@ -17,6 +18,10 @@ pub use hull_vmm_api::api::*;
 
 /// Most simultaneous API connections.
 pub const MAX_CONNECTIONS: usize = 16;
+/// A connection with nothing pending for this long makes room when all
+/// [`MAX_CONNECTIONS`] are taken: clients that hold connections open and say nothing cannot
+/// lock out the runtime's own requests (which would take the VMM for hung).
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// What the API drives (implemented by the VMM).
 pub trait VmController: Send + Sync {
@@ -73,6 +78,27 @@ pub enum ApiError {
 struct Conn {
     stream: UnixStream,
     buf: Vec<u8>,
+    /// When it last sent anything (or was accepted).
+    last: Instant,
+}
+
+/// Whether the peer of `stream` may drive this VMM (its API, or the agent behind the hybrid
+/// vsock socket): root, or the user hull-vmm runs as. (The sockets' modes already keep others
+/// out; this holds if a directory's mode is ever wrong.)
+pub(crate) fn peer_allowed(stream: &UnixStream) -> bool {
+    use nix::sys::socket::{getsockopt, sockopt::PeerCredentials};
+    match getsockopt(stream, PeerCredentials) {
+        Ok(c) => c.uid() == 0 || c.uid() == nix::unistd::geteuid().as_raw(),
+        Err(_) => false,
+    }
+}
+
+fn refuse(mut s: UnixStream, why: &str) {
+    let _ = writeln!(
+        s,
+        "{}",
+        serde_json::to_string(&ApiResponse::error(why)).unwrap_or_default()
+    );
 }
 
 /// The API socket on the VMM's event loop.
@@ -102,14 +128,16 @@ impl ApiServer {
         loop {
             match self.listener.accept() {
                 Ok((stream, _)) => {
+                    if !peer_allowed(&stream) {
+                        tracing::warn!("api: a connection from another user refused");
+                        refuse(stream, "permission denied");
+                        continue;
+                    }
                     if self.conns.len() >= MAX_CONNECTIONS {
-                        let mut s = stream;
-                        let _ = writeln!(
-                            s,
-                            "{}",
-                            serde_json::to_string(&ApiResponse::error("too many connections"))
-                                .unwrap_or_default()
-                        );
+                        self.drop_idle(ops);
+                    }
+                    if self.conns.len() >= MAX_CONNECTIONS {
+                        refuse(stream, "too many connections");
                         continue;
                     }
                     if stream.set_nonblocking(true).is_err() {
@@ -125,6 +153,7 @@ impl ApiServer {
                         Conn {
                             stream,
                             buf: Vec::new(),
+                            last: Instant::now(),
                         },
                     );
                 }
@@ -134,6 +163,21 @@ impl ApiServer {
                     break;
                 }
             }
+        }
+    }
+
+    /// Closes the connections that have had nothing pending for [`IDLE_TIMEOUT`].
+    fn drop_idle(&mut self, ops: &mut EventOps) {
+        let now = Instant::now();
+        let idle: Vec<RawFd> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| c.buf.is_empty() && now.duration_since(c.last) >= IDLE_TIMEOUT)
+            .map(|(fd, _)| *fd)
+            .collect();
+        for fd in idle {
+            tracing::debug!("api: closing a connection idle for {IDLE_TIMEOUT:?}");
+            self.close(fd, ops);
         }
     }
 
@@ -153,7 +197,10 @@ impl ApiServer {
         loop {
             match c.stream.read(&mut chunk) {
                 Ok(0) => return false,
-                Ok(n) => c.buf.extend_from_slice(&chunk[..n]),
+                Ok(n) => {
+                    c.buf.extend_from_slice(&chunk[..n]);
+                    c.last = Instant::now();
+                }
                 Err(e) if e.kind() == ErrorKind::WouldBlock => break,
                 Err(e) if e.kind() == ErrorKind::Interrupted => continue,
                 Err(_) => return false,
@@ -331,6 +378,102 @@ mod tests {
         assert!(lines[0].contains("\"uptime_ms\":5"));
         assert_eq!(lines[1], r#"{"ok":true,"state":"paused"}"#);
         drop(client);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn idle_connections_make_room_for_a_new_one() {
+        let dir = std::env::temp_dir().join(format!("hull-api-idle-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("api.sock");
+        let ctl: Arc<dyn VmController> = Arc::new(Fake::default());
+        let server = ApiServer::bind(&path, ctl).unwrap();
+        let mut em = event_manager::EventManager::<
+            Arc<std::sync::Mutex<dyn MutEventSubscriber + Send>>,
+        >::new()
+        .unwrap();
+        use event_manager::SubscriberOps;
+        em.add_subscriber(Arc::new(std::sync::Mutex::new(server)));
+        // A stuck client takes every connection and says nothing.
+        let mut stuck = Vec::new();
+        for _ in 0..MAX_CONNECTIONS {
+            stuck.push(UnixStream::connect(&path).unwrap());
+            em.run_with_timeout(50).unwrap();
+        }
+        let ask = |em: &mut event_manager::EventManager<_>| -> String {
+            let mut c = UnixStream::connect(&path).unwrap();
+            c.write_all(b"{\"action\":\"stats\"}\n").unwrap();
+            c.set_nonblocking(true).unwrap();
+            let mut got = String::new();
+            let mut buf = [0u8; 4096];
+            for _ in 0..100 {
+                em.run_with_timeout(50).unwrap();
+                match c.read(&mut buf) {
+                    Ok(0) => break,
+                    Ok(n) => got.push_str(std::str::from_utf8(&buf[..n]).unwrap()),
+                    Err(e) if e.kind() == ErrorKind::WouldBlock => {}
+                    Err(e) => panic!("{e}"),
+                }
+                if got.contains('\n') {
+                    break;
+                }
+            }
+            got
+        };
+        // While they are fresh, a new connection is refused, with the reason.
+        let got = ask(&mut em);
+        assert!(got.contains("too many connections"), "{got}");
+        // Once they have been idle for the limit, they make room: the request is answered.
+        std::thread::sleep(IDLE_TIMEOUT + Duration::from_millis(100));
+        let got = ask(&mut em);
+        assert!(got.contains("\"uptime_ms\":5"), "{got}");
+        drop(stuck);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_connection_from_another_user_is_refused() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = std::env::temp_dir().join(format!("hull-api-peer-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("api.sock");
+        let ctl: Arc<dyn VmController> = Arc::new(Fake::default());
+        let server = ApiServer::bind(&path, ctl).unwrap();
+        // As if the socket's mode were wrong: anyone may connect.
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o777)).unwrap();
+        let mut em = event_manager::EventManager::<
+            Arc<std::sync::Mutex<dyn MutEventSubscriber + Send>>,
+        >::new()
+        .unwrap();
+        use event_manager::SubscriberOps;
+        em.add_subscriber(Arc::new(std::sync::Mutex::new(server)));
+        let p = path.clone();
+        // A thread of its own takes another user's credentials (the raw system call changes
+        // only the calling thread) and connects.
+        let client = std::thread::spawn(move || {
+            // SAFETY: setresuid(2) on this thread only, with plain integers.
+            let rc = unsafe { libc::syscall(libc::SYS_setresuid, 65534, 65534, 65534) };
+            assert_eq!(rc, 0, "{}", std::io::Error::last_os_error());
+            let mut c = UnixStream::connect(&p).unwrap();
+            c.write_all(b"{\"action\":\"pause\"}\n").unwrap();
+            let mut got = String::new();
+            c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+            let _ = c.read_to_string(&mut got);
+            got
+        });
+        let mut got = None;
+        for _ in 0..200 {
+            em.run_with_timeout(50).unwrap();
+            if client.is_finished() {
+                got = Some(client.join().unwrap());
+                break;
+            }
+        }
+        let got = got.expect("the client finished");
+        assert!(got.contains("permission denied"), "{got}");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -381,6 +381,10 @@ impl VsockMuxer {
                     return;
                 }
             };
+            if !crate::api::peer_allowed(&stream) {
+                tracing::warn!("vsock: a connection from another user refused");
+                continue;
+            }
             if self.pending_hosts.len() >= MAX_PENDING_HOST_CONNECTS
                 || self.conns.len() >= MAX_CONNECTIONS
             {
