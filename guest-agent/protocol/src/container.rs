@@ -16,8 +16,10 @@ use crate::messages::{ExitStatus, ProcessId, StdioSpec};
 /// Longest container id.
 pub const MAX_CONTAINER_ID: usize = 128;
 
-/// Checks a container id: 1 to [`MAX_CONTAINER_ID`] characters of `[A-Za-z0-9_.-]`, not
-/// starting with `.` or `-` (it names directories on both sides).
+/// Checks a container id: what runc and libcontainer accept, 1 to [`MAX_CONTAINER_ID`]
+/// characters of `[A-Za-z0-9_+.-]`, not `.` or `..` (it names directories on both sides). The
+/// host's runtime checks sandbox and container ids with this very function before it starts
+/// anything, so a name the host accepts is one the agent accepts.
 pub fn check_container_id(id: &str) -> Result<(), AgentError> {
     let bad = |why: &str| {
         Err(AgentError::new(
@@ -31,14 +33,14 @@ pub fn check_container_id(id: &str) -> Result<(), AgentError> {
     if id.len() > MAX_CONTAINER_ID {
         return bad(&format!("it is longer than {MAX_CONTAINER_ID} characters"));
     }
-    if id.starts_with('.') || id.starts_with('-') {
-        return bad("it starts with '.' or '-'");
+    if id == "." || id == ".." {
+        return bad("it is . or ..");
     }
     if !id
         .bytes()
-        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'+' | b'.' | b'-'))
     {
-        return bad("only letters, digits, '_', '.' and '-' are allowed");
+        return bad("only letters, digits and _ + - . are allowed");
     }
     Ok(())
 }
@@ -183,16 +185,23 @@ mod tests {
 
     #[test]
     fn container_ids() {
-        for ok in ["a", "abc-123_x.y", &"f".repeat(64), &"a".repeat(128)] {
+        for ok in [
+            "a",
+            "abc-123_x.y+z",
+            ".x",
+            "-x",
+            &"f".repeat(64),
+            &"a".repeat(128),
+        ] {
             assert!(check_container_id(ok).is_ok(), "{ok}");
         }
         for (bad, why) in [
             ("", "empty"),
-            (".x", "starts with"),
-            ("-x", "starts with"),
             ("a/b", "only letters"),
-            ("..", "starts with"),
+            ("..", ". or .."),
+            (".", ". or .."),
             ("a b", "only letters"),
+            ("é", "only letters"),
             (&"a".repeat(129) as &str, "longer"),
         ] {
             let e = check_container_id(bad).unwrap_err();

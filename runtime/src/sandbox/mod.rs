@@ -46,7 +46,7 @@ pub const GUEST_SHARE_DIR: &str = "/run/hull/shared";
 /// The guest's vsock context id.
 const GUEST_CID: u64 = 3;
 /// Longest a sandbox id may be.
-pub const MAX_ID_LEN: usize = 128;
+pub const MAX_ID_LEN: usize = hull_agent_protocol::MAX_CONTAINER_ID;
 /// How long a guest may take to boot to its agent (generous: nested emulation is slow).
 pub const DEFAULT_BOOT_TIMEOUT: Duration = Duration::from_secs(300);
 /// How long hull-vmm gets to answer its API (a stats request on load, a shutdown on stop)
@@ -57,7 +57,7 @@ const VMM_PROBE_TIMEOUT: Duration = Duration::from_secs(5);
 #[derive(Debug, thiserror::Error)]
 pub enum SandboxError {
     #[error("invalid sandbox id {id:?}: {reason}")]
-    InvalidId { id: String, reason: &'static str },
+    InvalidId { id: String, reason: String },
     #[error("sandbox id {0:?} is already in use")]
     IdInUse(String),
     #[error("sandbox {0:?} does not exist")]
@@ -123,28 +123,17 @@ pub struct Sandbox {
     _lock: StateLock,
 }
 
-/// Checks a sandbox id: what runc accepts (letters, digits, `_ + - .`), not `.` or `..`.
+/// Checks a sandbox id: the same set as a container id ([`hull_agent_protocol::check_container_id`],
+/// what runc accepts: letters, digits, `_ + - .`, not `.` or `..`, at most 128 bytes), so a
+/// name the runtime takes is one the agent takes too, checked before anything starts.
 pub fn validate_id(id: &str) -> Result<(), SandboxError> {
-    let bad = |reason| SandboxError::InvalidId {
+    hull_agent_protocol::check_container_id(id).map_err(|e| SandboxError::InvalidId {
         id: id.to_string(),
-        reason,
-    };
-    if id.is_empty() {
-        return Err(bad("it is empty"));
-    }
-    if id.len() > MAX_ID_LEN {
-        return Err(bad("it is longer than 128 bytes"));
-    }
-    if id == "." || id == ".." {
-        return Err(bad("it is . or .."));
-    }
-    if !id
-        .bytes()
-        .all(|b| b.is_ascii_alphanumeric() || b"_+-.".contains(&b))
-    {
-        return Err(bad("only letters, digits and _ + - . are allowed"));
-    }
-    Ok(())
+        reason: e
+            .message
+            .split_once(": ")
+            .map_or(e.message.clone(), |(_, r)| r.to_string()),
+    })
 }
 
 fn check_file(what: &'static str, path: &Path) -> Result<(), SandboxError> {
