@@ -121,7 +121,16 @@ fn handler(kind: SignalKind, name: &'static str) -> Result<tokio::signal::unix::
 }
 
 async fn serve(addr: Address, mode: AgentMode) -> Result<Duration, Error> {
-    let (agent, shutdown) = Agent::new(mode);
+    // The host's choice of calls, read once (a guest: the kernel command line).
+    let policy = match mode {
+        AgentMode::Guest => hull_agent_protocol::CallPolicy::from_param(
+            init::cmdline_params()
+                .get(hull_agent_protocol::CALL_POLICY_PARAM)
+                .map(String::as_str),
+        ),
+        AgentMode::Host => hull_agent_protocol::CallPolicy::All,
+    };
+    let (agent, shutdown) = Agent::new(mode, policy);
 
     // The reaper: registered before anything is spawned, and run once at start for children
     // that ended before (none in practice; cheap).

@@ -9,8 +9,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use hull_agent_protocol::{
-    AgentError, AgentMode, CreateContainerRequest, ErrorKind, ExecRequest, ExitStatus, GuestStats,
-    HealthInfo, MountRequest, NetworkConfig, ProcessId, ProcessInfo, Request, Response,
+    AgentError, AgentMode, CallPolicy, CreateContainerRequest, ErrorKind, ExecRequest, ExitStatus,
+    GuestStats, HealthInfo, MountRequest, NetworkConfig, ProcessId, ProcessInfo, Request, Response,
     SpawnRequest, StdStream, VersionInfo, PROTOCOL_VERSION,
 };
 use nix::sys::signal::Signal;
@@ -30,6 +30,8 @@ pub struct Agent {
     procs: Arc<Processes>,
     containers: Containers,
     mode: AgentMode,
+    /// Which calls are served (the kernel command line's `hull.agent_calls`).
+    policy: CallPolicy,
     started: Instant,
     /// Set once by a shutdown request: the grace period.
     shutdown: Mutex<Option<oneshot::Sender<u32>>>,
@@ -62,13 +64,15 @@ fn done(r: Result<(), AgentError>) -> Result<Response, AgentError> {
 
 impl Agent {
     /// The agent and the receiver that fires when the host asks for a shutdown.
-    pub fn new(mode: AgentMode) -> (Arc<Agent>, oneshot::Receiver<u32>) {
+    /// It serves only the calls `policy` allows.
+    pub fn new(mode: AgentMode, policy: CallPolicy) -> (Arc<Agent>, oneshot::Receiver<u32>) {
         let (tx, rx) = oneshot::channel();
         (
             Arc::new(Agent {
                 procs: Arc::new(Processes::new()),
                 containers: Containers::new(),
                 mode,
+                policy,
                 started: Instant::now(),
                 shutdown: Mutex::new(Some(tx)),
                 network: tokio::sync::Mutex::new(()),
@@ -79,6 +83,10 @@ impl Agent {
 
     /// Serves one call.
     pub async fn handle(self: &Arc<Self>, call: Request) -> Outcome {
+        if let Err(e) = self.policy.check(&call) {
+            tracing::warn!("refused: {}", e.message);
+            return Err(e).into();
+        }
         match call {
             Request::Version => Ok(Response::Version(self.version())),
             Request::Health => Ok(Response::Health(self.health())),

@@ -14,13 +14,22 @@ use hull_agent_protocol::{
 };
 use hull_runtime::agent::AgentClient;
 use hull_runtime::config::RuntimeConfig;
-use hull_runtime::sandbox::{Sandbox, SandboxOptions, GUEST_SHARE_DIR};
+use hull_runtime::sandbox::{AgentCalls, Sandbox, SandboxOptions, GUEST_SHARE_DIR};
 use hull_tests::vm::{busybox_root, nonce};
 use hull_tests::{require_kvm, TempDir};
 use serde_json::{json, Value};
 use tokio::io::AsyncReadExt;
 
 use common::CALL_LIMIT;
+
+/// Sandbox options whose agent serves every call: these tests drive the agent directly (a
+/// process outside every container), as no front end does.
+fn all_calls() -> SandboxOptions {
+    SandboxOptions {
+        agent_calls: AgentCalls::All,
+        ..SandboxOptions::default()
+    }
+}
 
 fn config() -> RuntimeConfig {
     hull_tests::vm::runtime_config()
@@ -224,7 +233,7 @@ fn lifecycle_exit_codes_exec_and_resources() {
     let root = dir.path().join("root");
     let cfg = config();
     runtime().block_on(async {
-        let sb = Sandbox::create(&cfg, &root, "ctr", &SandboxOptions::default())
+        let sb = Sandbox::create(&cfg, &root, "ctr", &all_calls())
             .await
             .unwrap_or_else(|e| panic!("create sandbox: {e}"));
         let c = sb.agent().unwrap();
@@ -516,7 +525,7 @@ fn terminal_user_seccomp_and_shared_namespaces() {
     let root = dir.path().join("root");
     let cfg = config();
     runtime().block_on(async {
-        let sb = Sandbox::create(&cfg, &root, "ctr2", &SandboxOptions::default())
+        let sb = Sandbox::create(&cfg, &root, "ctr2", &all_calls())
             .await
             .unwrap_or_else(|e| panic!("create sandbox: {e}"));
         let c = sb.agent().unwrap();

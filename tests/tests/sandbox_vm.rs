@@ -12,10 +12,19 @@ use common::run;
 use hull_agent_protocol::SpawnRequest;
 use hull_runtime::config::RuntimeConfig;
 use hull_runtime::sandbox::{
-    cleanup, process_start_time, Sandbox, SandboxError, SandboxOptions, GUEST_SHARE_DIR,
+    cleanup, process_start_time, AgentCalls, Sandbox, SandboxError, SandboxOptions, GUEST_SHARE_DIR,
 };
 use hull_tests::vm::{busybox_root, mounts_below, nonce};
 use hull_tests::{require_kvm, TempDir};
+
+/// Sandbox options whose agent serves every call: these tests drive the agent directly (a
+/// process outside every container), as no front end does.
+fn all_calls() -> SandboxOptions {
+    SandboxOptions {
+        agent_calls: AgentCalls::All,
+        ..SandboxOptions::default()
+    }
+}
 
 fn config() -> RuntimeConfig {
     hull_tests::vm::runtime_config()
@@ -44,7 +53,7 @@ fn create_run_reattach_destroy() {
     let root = dir.path().join("root");
     let cfg = config();
     runtime().block_on(async {
-        let sb = Sandbox::create(&cfg, &root, "sb1", &SandboxOptions::default())
+        let sb = Sandbox::create(&cfg, &root, "sb1", &all_calls())
             .await
             .unwrap_or_else(|e| panic!("create: {e}"));
         let pid = sb.state().vmm_pid;
@@ -76,7 +85,7 @@ fn create_run_reattach_destroy() {
         assert_eq!(lines[2], marker);
 
         // The id is taken while the sandbox exists; the failed create leaves it alone.
-        let e = Sandbox::create(&cfg, &root, "sb1", &SandboxOptions::default())
+        let e = Sandbox::create(&cfg, &root, "sb1", &all_calls())
             .await
             .err()
             .expect("a second sb1");
@@ -110,11 +119,24 @@ fn cleanup_after_the_vmm_was_killed_and_after_a_failed_boot() {
     let root = dir.path().join("root");
     let cfg = config();
     runtime().block_on(async {
+        // A front end's sandbox: its agent serves only what a front end asks.
         let sb = Sandbox::create(&cfg, &root, "sb2", &SandboxOptions::default())
             .await
             .unwrap_or_else(|e| panic!("create: {e}"));
         let pid = sb.state().vmm_pid;
         let sb_dir = sb.dir().to_path_buf();
+        // A process outside every container is not one (a leaked socket is no root shell).
+        let e = sb
+            .agent()
+            .unwrap()
+            .spawn(SpawnRequest::new(["/bin/true"]))
+            .await
+            .unwrap_err();
+        assert_eq!(
+            e.agent_kind(),
+            Some(hull_agent_protocol::ErrorKind::NotAllowed),
+            "{e}"
+        );
         // A host mount inside the share (as a container's root file system will be).
         let src = dir.path().join("src");
         std::fs::create_dir(&src).unwrap();

@@ -43,6 +43,8 @@ pub enum ErrorKind {
     ExecutableNotFound,
     /// The container's program exists but cannot be executed (a shell would exit 126).
     NotExecutable,
+    /// The sandbox's call policy does not allow this call ([`crate::policy`]).
+    NotAllowed,
     /// An error kind this side does not know.
     #[serde(other)]
     Other,

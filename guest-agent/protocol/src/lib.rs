@@ -119,6 +119,7 @@ pub mod frame;
 pub mod messages;
 pub mod mount;
 pub mod network;
+pub mod policy;
 
 pub use container::{
     check_container_id, CgroupCpu, CgroupIoDevice, CgroupMemory, CgroupPids, ContainerInfo,
@@ -129,6 +130,7 @@ pub use frame::{encode_frame, FrameDecoder};
 pub use messages::*;
 pub use mount::{check_path, FsType, MountOption, MountRequest};
 pub use network::{IpNet, NetInterface, NetRoute, NetworkConfig};
+pub use policy::{CallPolicy, CALL_POLICY_PARAM};
 
 /// Version of the agent protocol; both ends must agree exactly.
 pub const PROTOCOL_VERSION: u32 = 2;

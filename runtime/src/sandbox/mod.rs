@@ -35,7 +35,9 @@ pub use layout::{
     sandbox_name, Layout, LOCK_FILE, MAX_SOCKET_PATH, SHARE_DIR, SHARE_RW_DIR, SOCKET_ROOT,
     STATE_FILE,
 };
-pub use options::{SandboxNetwork, SandboxOptions, MIN_MEMORY_MIB, VM_MEMORY_MIB, VM_VCPUS};
+pub use options::{
+    AgentCalls, SandboxNetwork, SandboxOptions, MIN_MEMORY_MIB, VM_MEMORY_MIB, VM_VCPUS,
+};
 pub use state::{process_start_time, process_stopped, OwnNetwork, SandboxState, StateLock};
 pub use watch::VmmWatch;
 
@@ -287,7 +289,11 @@ impl Sandbox {
         vm.initrd = Some(config.initrd.clone());
         vm.vcpus = vcpus;
         vm.memory_mib = memory_mib;
-        vm.cmdline = format!("console=ttyS0 quiet hull.hostname={id}");
+        vm.cmdline = format!(
+            "console=ttyS0 quiet hull.hostname={id} {}={}",
+            hull_agent_protocol::CALL_POLICY_PARAM,
+            opts.agent_calls.policy().as_param()
+        );
         vm.vsock = Some(VsockConfig {
             uds_path: uds.clone(),
             guest_cid: GUEST_CID,

@@ -29,6 +29,30 @@ pub struct SandboxOptions {
     pub host_cgroup: Option<PathBuf>,
     /// Where the VM's network comes from.
     pub network: SandboxNetwork,
+    /// Which calls the guest's agent serves ([`hull_agent_protocol::CallPolicy`]): what a
+    /// front end needs, by default. `All` (a process outside every container, unmounts) is
+    /// for tests and debugging only.
+    pub agent_calls: AgentCalls,
+}
+
+/// Which calls the guest's agent serves.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum AgentCalls {
+    /// What a sandbox's front ends need (`CallPolicy::Sandbox`).
+    #[default]
+    FrontEnd,
+    /// Every call of the protocol (`CallPolicy::All`): tests and debugging.
+    All,
+}
+
+impl AgentCalls {
+    /// The agent's policy.
+    pub fn policy(self) -> hull_agent_protocol::CallPolicy {
+        match self {
+            AgentCalls::FrontEnd => hull_agent_protocol::CallPolicy::Sandbox,
+            AgentCalls::All => hull_agent_protocol::CallPolicy::All,
+        }
+    }
 }
 
 /// Where a sandbox's VM gets its network.
@@ -101,6 +125,7 @@ impl SandboxOptions {
             boot_timeout: None,
             host_cgroup,
             network: SandboxNetwork::from_spec(spec),
+            agent_calls: AgentCalls::default(),
         })
     }
 }
