@@ -44,6 +44,8 @@ use hull_runtime::sandbox::Sandbox;
 
 /// The fd the monitor reports readiness on.
 pub const READY_FD: RawFd = 3;
+/// How long the output of an ended process is still copied, at most (as the shim's).
+const DRAIN_LIMIT: Duration = Duration::from_secs(30);
 /// The hidden subcommand's name.
 pub const SUBCOMMAND: &str = "__monitor";
 
@@ -679,8 +681,21 @@ async fn monitor(
         }
     };
     if !exit.vm_gone {
-        // All output is in the socket buffers, followed by end-of-file.
+        // The output is in the socket buffers, followed by end-of-file, unless something in the
+        // guest still holds the stream open (a child the process left behind, or a guest that
+        // never closes it): copied for at most DRAIN_LIMIT, then the status is reported anyway.
+        let deadline = std::time::Instant::now() + DRAIN_LIMIT;
         for o in outputs {
+            while !o.is_finished() && std::time::Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            if !o.is_finished() {
+                tracing::warn!(
+                    "{}: its output is still open {DRAIN_LIMIT:?} after it ended; exiting",
+                    process.name()
+                );
+                break;
+            }
             match o.join() {
                 Ok(Ok(_)) => {}
                 Ok(Err(e)) => tracing::warn!("copying the container's output: {e}"),

@@ -613,6 +613,15 @@ fn monitor_carries_stdio_and_status_of_a_host_mode_agent_process() {
     )
     .unwrap();
     assert_eq!(m.wait().unwrap().code(), Some(130));
+
+    // The process ends, but the monitor's own reader (the caller of `hull exec`) stops reading:
+    // the rest of the output is copied for a bounded time, then the status is reported all
+    // the same (the monitor never hangs on its caller).
+    let p = spawn("head -c 100000 /dev/zero; exit 4");
+    let mut m = monitor(p.0);
+    let stuck = m.stdout.take();
+    assert_eq!(m.wait().unwrap().code(), Some(4));
+    drop(stuck);
     let _ = agent.kill();
     let _ = agent.wait();
 }
