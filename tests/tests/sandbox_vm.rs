@@ -66,6 +66,24 @@ fn create_run_reattach_destroy() {
         ] {
             assert!(sb.dir().join(f).exists(), "{f} is missing");
         }
+        // Private by default: what is in the sandbox (the agent's socket is a root shell in the
+        // guest) is root's alone.
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode =
+                |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode(sb.dir()), 0o700);
+            for f in [
+                "state.json",
+                "vm.json",
+                "api.sock",
+                "vsock.sock",
+                "console.log",
+                "vmm.log",
+            ] {
+                assert_eq!(mode(&sb.dir().join(f)), 0o600, "{f}");
+            }
+        }
         // The host puts a root file system in the share after boot; the guest runs in it.
         busybox_root(&sb.share_dir().join("rootfs"), &["proc", "tmp"]);
         let marker = nonce();

@@ -6,6 +6,7 @@
 use std::fs::{File, OpenOptions};
 use std::io::LineWriter;
 use std::os::fd::AsRawFd;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -38,7 +39,10 @@ fn serial_sink(cfg: &SerialConfig, max_bytes: u64) -> Result<SerialSink, VmmErro
         SerialConfig::Stdout => SerialSink::Stdout,
         SerialConfig::Off => SerialSink::Off,
         SerialConfig::File(p) => {
+            // The guest's console is its owner's alone, whatever the process's umask (the
+            // virtio-fs passthrough clears it).
             let f = OpenOptions::new()
+                .mode(0o600)
                 .create(true)
                 .read(true)
                 .write(true)

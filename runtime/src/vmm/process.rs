@@ -200,16 +200,6 @@ impl VmmProcess {
             .stderr(open(LOG_FILE)?)
             .envs(env.iter().copied())
             .process_group(0);
-        // Everything hull-vmm creates (its sockets, a serial file) is its owner's alone.
-        let private = || -> std::io::Result<()> {
-            // SAFETY: umask(2) is async-signal-safe, takes an integer and cannot fail; it
-            // changes only the child's own file mode creation mask.
-            unsafe { libc::umask(0o077) };
-            Ok(())
-        };
-        // SAFETY: the closure runs in the child between fork and exec and makes only the
-        // async-signal-safe call above; it allocates nothing and takes no lock.
-        unsafe { cmd.pre_exec(private) };
         if let Some(procs) = cgroup.and_then(|c| {
             std::ffi::CString::new(c.join("cgroup.procs").into_os_string().into_vec()).ok()
         }) {

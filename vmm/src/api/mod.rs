@@ -116,6 +116,10 @@ impl ApiServer {
             source,
         };
         let listener = UnixListener::bind(path).map_err(err)?;
+        // Its owner's alone, whatever the process's umask (the virtio-fs passthrough clears it);
+        // peers are checked on accept too.
+        std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+            .map_err(err)?;
         listener.set_nonblocking(true).map_err(err)?;
         Ok(ApiServer {
             listener,

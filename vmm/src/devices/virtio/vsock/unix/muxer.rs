@@ -78,6 +78,16 @@ impl VsockMuxer {
                 }
             }
         })?;
+        // The agent is behind this socket: its owner's alone, whatever the process's umask (the
+        // virtio-fs passthrough clears it); peers are checked on accept too.
+        std::fs::set_permissions(
+            &uds_path,
+            std::os::unix::fs::PermissionsExt::from_mode(0o600),
+        )
+        .map_err(|e| VsockError::UdsBind {
+            path: uds_path.clone(),
+            source: e,
+        })?;
         // From here on, the socket file is ours: remove it on any failure below (and on drop).
         let cleanup = |e: VsockError| {
             let _ = std::fs::remove_file(&uds_path);
