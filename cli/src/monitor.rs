@@ -399,6 +399,31 @@ pub fn make_raw(fd: BorrowedFd<'_>) -> nix::Result<nix::sys::termios::Termios> {
     Ok(saved)
 }
 
+/// What the agent sets up for a new process: pipes, or a terminal whose size is the caller's
+/// own terminal's when the process runs in the foreground (no console socket), else the
+/// process's `consoleSize`, else 24x80 ([`hull_runtime::process::terminal_size`]).
+pub fn stdio_spec(
+    terminal: bool,
+    console_socket: bool,
+    process: Option<&oci_spec::runtime::Process>,
+) -> hull_runtime::agent::protocol::StdioSpec {
+    use hull_runtime::agent::protocol::{Redirect, StdioSpec};
+    if !terminal {
+        return StdioSpec::Pipes {
+            stdin: Redirect::Pipe,
+            stdout: Redirect::Pipe,
+            stderr: Redirect::Pipe,
+        };
+    }
+    let host = if console_socket {
+        None
+    } else {
+        window_size(std::io::stdin().as_fd())
+    };
+    let (rows, cols) = hull_runtime::process::terminal_size(host, process);
+    StdioSpec::Terminal { rows, cols }
+}
+
 /// A terminal's size (rows, cols), if it has one.
 pub fn window_size(fd: BorrowedFd<'_>) -> Option<(u16, u16)> {
     // SAFETY: winsize is plain data.

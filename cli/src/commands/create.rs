@@ -13,7 +13,6 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
-use hull_runtime::agent::protocol::{Redirect, StdioSpec};
 use hull_runtime::config::RuntimeConfig;
 use hull_runtime::container::{load_bundle, Bundle, Container, CreateOptions};
 use hull_runtime::sandbox::{Sandbox, SandboxOptions};
@@ -104,23 +103,11 @@ async fn create_in(
     bundle: &Bundle,
     terminal: bool,
 ) -> anyhow::Result<Started> {
-    let stdio = if terminal {
-        // The caller's own terminal in the foreground, else the spec's consoleSize.
-        let host = if a.console_socket.is_none() {
-            crate::monitor::window_size(std::os::fd::AsFd::as_fd(&std::io::stdin()))
-        } else {
-            None
-        };
-        let (rows, cols) =
-            hull_runtime::process::terminal_size(host, bundle.spec.process().as_ref());
-        StdioSpec::Terminal { rows, cols }
-    } else {
-        StdioSpec::Pipes {
-            stdin: Redirect::Pipe,
-            stdout: Redirect::Pipe,
-            stderr: Redirect::Pipe,
-        }
-    };
+    let stdio = crate::monitor::stdio_spec(
+        terminal,
+        a.console_socket.is_some(),
+        bundle.spec.process().as_ref(),
+    );
     let opts = CreateOptions {
         stdio: Some(stdio),
         ..Default::default()

@@ -5,12 +5,11 @@
 //! `--detach` its pid goes to `--pid-file` and exec returns; without, exec carries the stdio in
 //! the foreground and exits with the process's status.
 
-use std::os::fd::AsFd;
 use std::path::Path;
 use std::process::ExitCode;
 
 use anyhow::{anyhow, bail, Context};
-use hull_runtime::agent::protocol::{ContainerStatus, Redirect, StdioSpec};
+use hull_runtime::agent::protocol::ContainerStatus;
 use oci_spec::runtime::Process;
 use serde_json::{Map, Value};
 
@@ -157,22 +156,7 @@ pub fn run(ctx: &Ctx, e: &liboci_cli::Exec) -> anyhow::Result<ExitCode> {
                 from_flags(e, spec.process().as_ref())?
             }
         };
-        let stdio = if tty {
-            // The caller's own terminal in the foreground, else the process's consoleSize.
-            let host = if e.console_socket.is_none() {
-                monitor::window_size(std::io::stdin().as_fd())
-            } else {
-                None
-            };
-            let (rows, cols) = hull_runtime::process::terminal_size(host, Some(&process));
-            StdioSpec::Terminal { rows, cols }
-        } else {
-            StdioSpec::Pipes {
-                stdin: Redirect::Pipe,
-                stdout: Redirect::Pipe,
-                stderr: Redirect::Pipe,
-            }
-        };
+        let stdio = monitor::stdio_spec(tty, e.console_socket.is_some(), Some(&process));
         let (process_id, _guest_pid) = c
             .exec(&sb, &process, stdio)
             .await

@@ -345,20 +345,27 @@ mod tests {
         assert!(f.calls.lock().unwrap().is_empty());
     }
 
-    #[test]
-    fn server_over_a_socket() {
-        let dir = std::env::temp_dir().join(format!("hull-api-test-{}", std::process::id()));
+    type Manager =
+        event_manager::EventManager<Arc<std::sync::Mutex<dyn MutEventSubscriber + Send>>>;
+
+    /// An API server on a fresh socket in a directory of its own, on an event manager the test
+    /// runs by hand: (the directory, the socket, the manager).
+    fn served(name: &str) -> (std::path::PathBuf, std::path::PathBuf, Manager) {
+        use event_manager::SubscriberOps;
+        let dir = std::env::temp_dir().join(format!("{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("api.sock");
         let ctl: Arc<dyn VmController> = Arc::new(Fake::default());
         let server = ApiServer::bind(&path, ctl).unwrap();
-        let mut em = event_manager::EventManager::<
-            Arc<std::sync::Mutex<dyn MutEventSubscriber + Send>>,
-        >::new()
-        .unwrap();
-        use event_manager::SubscriberOps;
+        let mut em = Manager::new().unwrap();
         em.add_subscriber(Arc::new(std::sync::Mutex::new(server)));
+        (dir, path, em)
+    }
+
+    #[test]
+    fn server_over_a_socket() {
+        let (dir, path, mut em) = served("hull-api-test");
         let mut client = UnixStream::connect(&path).unwrap();
         client
             .write_all(b"{\"action\":\"stats\"}\n\n{\"action\":\"pause\"}\n")
@@ -387,18 +394,7 @@ mod tests {
 
     #[test]
     fn idle_connections_make_room_for_a_new_one() {
-        let dir = std::env::temp_dir().join(format!("hull-api-idle-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join("api.sock");
-        let ctl: Arc<dyn VmController> = Arc::new(Fake::default());
-        let server = ApiServer::bind(&path, ctl).unwrap();
-        let mut em = event_manager::EventManager::<
-            Arc<std::sync::Mutex<dyn MutEventSubscriber + Send>>,
-        >::new()
-        .unwrap();
-        use event_manager::SubscriberOps;
-        em.add_subscriber(Arc::new(std::sync::Mutex::new(server)));
+        let (dir, path, mut em) = served("hull-api-idle");
         // A stuck client takes every connection and says nothing.
         let mut stuck = Vec::new();
         for _ in 0..MAX_CONNECTIONS {
@@ -439,21 +435,10 @@ mod tests {
     #[test]
     fn a_connection_from_another_user_is_refused() {
         use std::os::unix::fs::PermissionsExt;
-        let dir = std::env::temp_dir().join(format!("hull-api-peer-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join("api.sock");
-        let ctl: Arc<dyn VmController> = Arc::new(Fake::default());
-        let server = ApiServer::bind(&path, ctl).unwrap();
+        let (dir, path, mut em) = served("hull-api-peer");
         // As if the socket's mode were wrong: anyone may connect.
         std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o777)).unwrap();
-        let mut em = event_manager::EventManager::<
-            Arc<std::sync::Mutex<dyn MutEventSubscriber + Send>>,
-        >::new()
-        .unwrap();
-        use event_manager::SubscriberOps;
-        em.add_subscriber(Arc::new(std::sync::Mutex::new(server)));
         let p = path.clone();
         // A thread of its own takes another user's credentials (the raw system call changes
         // only the calling thread) and connects.
