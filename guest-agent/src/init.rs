@@ -154,6 +154,14 @@ pub fn parse_cmdline(text: &str) -> HashMap<String, String> {
         .collect()
 }
 
+/// The call policy the host chose (`hull.agent_calls=`, in `params` without its `hull.`).
+pub fn call_policy(params: &HashMap<String, String>) -> hull_agent_protocol::CallPolicy {
+    let key = hull_agent_protocol::CALL_POLICY_PARAM
+        .strip_prefix("hull.")
+        .unwrap_or(hull_agent_protocol::CALL_POLICY_PARAM);
+    hull_agent_protocol::CallPolicy::from_param(params.get(key).map(String::as_str))
+}
+
 /// Hostname (`hull.hostname=`, default "hull") and clock (`hull.time=SECONDS[.FRACTION]`).
 pub fn configure(params: &HashMap<String, String>) {
     let name = params.get("hostname").map(String::as_str).unwrap_or("hull");
@@ -228,6 +236,17 @@ pub fn power_off(grace: Duration) -> ! {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_call_policy_from_the_command_line() {
+        use hull_agent_protocol::CallPolicy;
+        let p = parse_cmdline("console=ttyS0 hull.hostname=sb hull.agent_calls=sandbox");
+        assert_eq!(call_policy(&p), CallPolicy::Sandbox);
+        let p = parse_cmdline("console=ttyS0 hull.hostname=sb");
+        assert_eq!(call_policy(&p), CallPolicy::All);
+        let p = parse_cmdline("hull.agent_calls=bogus");
+        assert_eq!(call_policy(&p), CallPolicy::Sandbox);
+    }
 
     #[test]
     fn cmdline_and_time() {

@@ -123,11 +123,7 @@ fn handler(kind: SignalKind, name: &'static str) -> Result<tokio::signal::unix::
 async fn serve(addr: Address, mode: AgentMode) -> Result<Duration, Error> {
     // The host's choice of calls, read once (a guest: the kernel command line).
     let policy = match mode {
-        AgentMode::Guest => hull_agent_protocol::CallPolicy::from_param(
-            init::cmdline_params()
-                .get(hull_agent_protocol::CALL_POLICY_PARAM)
-                .map(String::as_str),
-        ),
+        AgentMode::Guest => init::call_policy(&init::cmdline_params()),
         AgentMode::Host => hull_agent_protocol::CallPolicy::All,
     };
     let (agent, shutdown) = Agent::new(mode, policy);
