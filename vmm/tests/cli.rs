@@ -63,7 +63,8 @@ fn fails_with(args: &[&str], needle: &str) {
 fn missing_or_bad_kernel() {
     let d = Dir::new("kernel");
     fails_with(&[], "no kernel: pass --kernel or --config");
-    fails_with(&["--kernel", &d.path("nope")], "kernel /tmp/hull-vmm-cli");
+    let nope = d.path("nope");
+    fails_with(&["--kernel", &nope], &format!("kernel {nope}: "));
     fails_with(&["--kernel", &d.path("nope")], "No such file or directory");
     fails_with(
         &["--kernel", d.0.to_str().unwrap()],

@@ -440,14 +440,23 @@ mod tests {
         std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o777)).unwrap();
         let p = path.clone();
-        // A thread of its own takes another user's credentials (the raw system call changes
-        // only the calling thread) and connects.
+        // A thread of its own takes another user's effective uid (what SO_PEERCRED records;
+        // the raw system call changes only the calling thread) and connects. It keeps root as
+        // its real and saved uid so that it can take back root's file-system uid: the path is
+        // then found even when the temporary directory is private to root (CI's TMPDIR).
         let client = std::thread::spawn(move || {
-            // SAFETY: setresuid(2) on this thread only, with plain integers.
-            let rc = unsafe { libc::syscall(libc::SYS_setresuid, 65534, 65534, 65534) };
+            // SAFETY: setresuid(2) and setfsuid(2) on this thread only, with plain integers.
+            let rc = unsafe { libc::syscall(libc::SYS_setresuid, -1i64, 65534, 0) };
             assert_eq!(rc, 0, "{}", std::io::Error::last_os_error());
+            // SAFETY: as above; setfsuid returns the previous value, checked below.
+            unsafe { libc::syscall(libc::SYS_setfsuid, 0) };
+            // SAFETY: setfsuid(-1) only reads the current value.
+            let fsuid = unsafe { libc::syscall(libc::SYS_setfsuid, -1i64) };
+            assert_eq!(fsuid, 0, "file-system uid taken back");
             let mut c = UnixStream::connect(&p).unwrap();
-            c.write_all(b"{\"action\":\"pause\"}\n").unwrap();
+            // The server may have refused and closed already (EPIPE): its answer is still
+            // there to read.
+            let _ = c.write_all(b"{\"action\":\"pause\"}\n");
             let mut got = String::new();
             c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
             let _ = c.read_to_string(&mut got);
