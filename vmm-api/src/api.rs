@@ -49,6 +49,9 @@ pub enum ApiRequest {
         timeout_ms: Option<u64>,
     },
     Stats {},
+    /// Test hook: the event loop makes a system call outside its seccomp allowlist (hull-vmm
+    /// then ends with exit status 5). Refused unless the VM was configured with `test_hooks`.
+    SeccompProbe {},
 }
 
 /// VM exit counts.

@@ -204,6 +204,80 @@ pub struct VmConfig {
     /// The control API's Unix socket.
     #[serde(default)]
     pub api_socket: Option<PathBuf>,
+    /// How hull-vmm confines itself before the guest runs (see [`JailConfig`]).
+    #[serde(default)]
+    pub jail: JailConfig,
+    /// Test hooks on the API socket (`seccomp_probe`): for hull's own tests, never set by the
+    /// runtime.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub test_hooks: bool,
+}
+
+/// Default `max_open_files`: the kernel's default `fs.nr_open`. The passthrough file system
+/// keeps one fd per inode the guest knows (as virtiofsd does, whose default is the same).
+pub const DEFAULT_MAX_OPEN_FILES: u64 = 1 << 20;
+
+/// How hull-vmm confines itself once the VM is built and before any guest instruction runs.
+/// Every part is on by default; turning one off is for debugging (the runtime's
+/// `[vmm] jail = false` turns all off).
+///
+/// - `namespaces`: new mount, IPC and UTS namespaces; the root is pivoted into an empty
+///   read-only tmpfs that holds only the socket directories (each at its own path) and a
+///   `/proc` (each share is reached through the descriptor its device opened before).
+/// - `capabilities`: every capability is dropped (bounding set too) except the ones the FUSE
+///   passthrough needs, which only the virtio-fs worker threads keep effective; vCPU threads
+///   and the event loop keep none. `no_new_privs` is set.
+/// - `seccomp`: an allowlist per thread kind (event loop, vCPU, virtio-fs worker); a system
+///   call outside it ends hull-vmm with exit status 5 and the call named in its log.
+/// - `max_open_files`: RLIMIT_NOFILE (soft and hard). RLIMIT_CORE is always 0: guest memory
+///   never lands in a core file.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JailConfig {
+    #[serde(default = "yes")]
+    pub namespaces: bool,
+    #[serde(default = "yes")]
+    pub capabilities: bool,
+    #[serde(default = "yes")]
+    pub seccomp: bool,
+    #[serde(default = "default_max_open_files")]
+    pub max_open_files: u64,
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn default_max_open_files() -> u64 {
+    DEFAULT_MAX_OPEN_FILES
+}
+
+impl Default for JailConfig {
+    fn default() -> JailConfig {
+        JailConfig {
+            namespaces: true,
+            capabilities: true,
+            seccomp: true,
+            max_open_files: DEFAULT_MAX_OPEN_FILES,
+        }
+    }
+}
+
+impl JailConfig {
+    /// Nothing confined (for debugging a VMM problem: `[vmm] jail = false`).
+    pub fn off() -> JailConfig {
+        JailConfig {
+            namespaces: false,
+            capabilities: false,
+            seccomp: false,
+            max_open_files: DEFAULT_MAX_OPEN_FILES,
+        }
+    }
+
+    /// Whether any part is on.
+    pub fn any(&self) -> bool {
+        self.namespaces || self.capabilities || self.seccomp
+    }
 }
 
 /// A configuration file that cannot be read or parsed.
@@ -240,6 +314,8 @@ impl VmConfig {
             fs: Vec::new(),
             net: Vec::new(),
             api_socket: None,
+            jail: JailConfig::default(),
+            test_hooks: false,
         }
     }
 

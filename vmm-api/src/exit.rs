@@ -8,6 +8,7 @@
 //! | 2 | guest kernel panic (the guest kernel reported it through pvpanic) |
 //! | 3 | guest triple fault (KVM_EXIT_SHUTDOWN) |
 //! | 4 | VMM or KVM internal error |
+//! | 5 | a hull-vmm thread made a system call outside its seccomp allowlist (stderr names it) |
 //! | 128+N | stopped by signal N (SIGTERM, SIGINT) |
 
 /// The guest stopped (reboot, power-off, API shutdown).
@@ -20,6 +21,8 @@ pub const EXIT_GUEST_PANIC: i32 = 2;
 pub const EXIT_TRIPLE_FAULT: i32 = 3;
 /// The VMM or KVM failed.
 pub const EXIT_INTERNAL: i32 = 4;
+/// A hull-vmm thread made a system call outside its seccomp allowlist.
+pub const EXIT_SECCOMP: i32 = 5;
 /// Stopped by signal N: exit status 128+N.
 pub const EXIT_SIGNAL_BASE: i32 = 128;
 
@@ -90,6 +93,8 @@ pub enum VmmExit {
     TripleFault,
     /// Status 4: the VMM or KVM failed.
     Internal,
+    /// Status 5: a hull-vmm thread made a system call outside its seccomp allowlist.
+    Seccomp,
     /// Status 128+N: hull-vmm stopped on signal N (SIGTERM, SIGINT).
     Signal(i32),
     /// Killed by signal N without a chance to exit (SIGKILL); not a status hull-vmm returns.
@@ -107,6 +112,7 @@ impl VmmExit {
             (Some(EXIT_GUEST_PANIC), _) => VmmExit::GuestPanic,
             (Some(EXIT_TRIPLE_FAULT), _) => VmmExit::TripleFault,
             (Some(EXIT_INTERNAL), _) => VmmExit::Internal,
+            (Some(EXIT_SECCOMP), _) => VmmExit::Seccomp,
             (Some(c), _) if c > EXIT_SIGNAL_BASE && c < EXIT_SIGNAL_BASE + 65 => {
                 VmmExit::Signal(c - EXIT_SIGNAL_BASE)
             }
@@ -127,6 +133,10 @@ impl std::fmt::Display for VmmExit {
             VmmExit::GuestPanic => f.write_str("the guest kernel panicked"),
             VmmExit::TripleFault => f.write_str("a guest vCPU triple-faulted"),
             VmmExit::Internal => f.write_str("hull-vmm or KVM failed"),
+            VmmExit::Seccomp => f.write_str(
+                "hull-vmm made a system call outside its seccomp allowlist and was stopped \
+                 (its log names the call; see docs/security.md)",
+            ),
             VmmExit::Signal(n) => write!(f, "hull-vmm stopped on signal {n}"),
             VmmExit::Killed(n) => write!(f, "hull-vmm was killed by signal {n}"),
             VmmExit::Unknown(c) => write!(f, "hull-vmm exited with undocumented status {c}"),
@@ -152,6 +162,11 @@ mod tests {
         }
         assert_eq!(ExitReason::Signal(15).exit_code(), 143);
         assert_eq!(VmmExit::from_wait(Some(1), None), VmmExit::Config);
+        assert_eq!(
+            VmmExit::from_wait(Some(EXIT_SECCOMP), None),
+            VmmExit::Seccomp
+        );
+        assert!(VmmExit::Seccomp.to_string().contains("seccomp allowlist"));
         assert_eq!(VmmExit::from_wait(None, Some(9)), VmmExit::Killed(9));
         assert_eq!(VmmExit::from_wait(Some(77), None), VmmExit::Unknown(77));
     }
