@@ -111,7 +111,7 @@ impl Harness {
         let mut cfg = FsConfig::new("fuzz", &share);
         cfg.xattr = true;
         cfg.read_only = read_only;
-        // Through Fs::new as the VMM does it (checks, canonical path, fd limit).
+        // Through Fs::new as the VMM does it (checks, canonical path).
         let dev = hull_vmm::devices::virtio::fs::Fs::new(cfg).unwrap();
         let cfg = dev.config().clone();
         let mut h = Harness {

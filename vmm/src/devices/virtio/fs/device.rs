@@ -1,31 +1,59 @@
 //! The virtio-fs device: config space, features, activation and reset.
 
+use std::os::fd::{FromRawFd, OwnedFd};
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
 use virtio_bindings::virtio_ring::VIRTIO_RING_F_INDIRECT_DESC;
 use virtio_queue::Queue;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
-use super::worker::{FsServer, Worker};
+use super::worker::{Job, ServerSlot, Worker};
 use super::{
-    FsConfig, FsError, CONFIG_SPACE_SIZE, FS_DEVICE_ID, NUM_QUEUES, NUM_REQUEST_QUEUES, QUEUE_SIZE,
-    TAG_LEN,
+    FsConfig, FsError, CONFIG_SPACE_SIZE, FS_DEVICE_ID, HIPRIO_QUEUE, NUM_QUEUES,
+    NUM_REQUEST_QUEUES, QUEUE_SIZE, TAG_LEN,
 };
 use crate::devices::virtio::{
     check_activation, ignore_config_write, read_config_space, ActivateError, GuestMemory,
     VirtioDevice, VirtioInterrupt,
 };
+use crate::sync::LockExt;
 
-/// What `activate` (vCPU thread) hands to `process` (event loop thread), which starts the
-/// workers.
+/// What `activate` (vCPU thread) hands to `process` (event loop thread), which makes the FUSE
+/// server and hands the queues to the workers.
 pub(super) struct Activation {
     pub mem: GuestMemory,
     pub interrupt: Arc<dyn VirtioInterrupt>,
     pub queues: Vec<Queue>,
     pub queue_evts: Vec<EventFd>,
-    pub server: Arc<FsServer>,
+}
+
+/// The device's worker threads (one per queue), shared with the builder, which starts them
+/// inside the jail ([`FsWorkers::spawn`]).
+#[derive(Clone)]
+pub struct FsWorkers {
+    tag: String,
+    workers: Arc<Mutex<Vec<Worker>>>,
+}
+
+impl FsWorkers {
+    /// Starts the parked worker threads (once; later calls do nothing).
+    pub fn spawn(&self) -> std::io::Result<()> {
+        let mut w = self.workers.locked();
+        if !w.is_empty() {
+            return Ok(());
+        }
+        for i in 0..NUM_QUEUES {
+            let name = if i == HIPRIO_QUEUE {
+                format!("fs-{}-hiprio", self.tag)
+            } else {
+                format!("fs-{}-req{}", self.tag, i - 1)
+            };
+            w.push(Worker::spawn(name)?);
+        }
+        Ok(())
+    }
 }
 
 /// A virtio-fs device serving one shared directory.
@@ -37,24 +65,40 @@ pub struct Fs {
     /// Signalled by `activate` for `process`.
     pub(super) activate_evt: EventFd,
     pub(super) pending: Option<Activation>,
-    pub(super) workers: Vec<Worker>,
+    workers: FsWorkers,
+    /// The shared directory, opened once at start (`O_PATH`): every FUSE server of this
+    /// device starts from it (see `ServerSlot`).
+    root: Arc<OwnedFd>,
 }
 
 impl Fs {
     /// Creates the device for `cfg`. Fails, naming the path, if the shared directory does not
-    /// exist or is not a directory. Raises RLIMIT_NOFILE (see `raise_nofile_limit`): the
-    /// passthrough file system keeps one fd per inode the guest knows.
+    /// exist or is not a directory. (The passthrough file system keeps one fd per inode the
+    /// guest knows: RLIMIT_NOFILE is the jail's `max_open_files`.)
     pub fn new(cfg: FsConfig) -> Result<Fs, FsError> {
         cfg.validate()?;
         let shared_dir = canonical_dir(&cfg.shared_dir)?;
         if shared_dir.to_str().is_none() {
             return Err(FsError::NonUtf8Path(shared_dir));
         }
-        raise_nofile_limit();
         let mut config_space = [0u8; CONFIG_SPACE_SIZE];
         config_space[..cfg.tag.len()].copy_from_slice(cfg.tag.as_bytes());
         config_space[TAG_LEN..].copy_from_slice(&(NUM_REQUEST_QUEUES as u32).to_le_bytes());
         let activate_evt = EventFd::new(EFD_NONBLOCK).map_err(|e| FsError::Setup("eventfd", e))?;
+        let tag = cfg.tag.clone();
+        let root = nix::fcntl::open(
+            &shared_dir,
+            nix::fcntl::OFlag::O_PATH
+                | nix::fcntl::OFlag::O_DIRECTORY
+                | nix::fcntl::OFlag::O_CLOEXEC,
+            nix::sys::stat::Mode::empty(),
+        )
+        .map_err(|e| FsError::SharedDir {
+            path: shared_dir.clone(),
+            source: e.into(),
+        })?;
+        // SAFETY: `root` was just returned by open(2) and nothing else owns it.
+        let root = Arc::new(unsafe { OwnedFd::from_raw_fd(root) });
         Ok(Fs {
             cfg: FsConfig { shared_dir, ..cfg },
             config_space,
@@ -62,7 +106,11 @@ impl Fs {
             acked_features: 0,
             activate_evt,
             pending: None,
-            workers: Vec::new(),
+            workers: FsWorkers {
+                tag,
+                workers: Arc::new(Mutex::new(Vec::new())),
+            },
+            root,
         })
     }
 
@@ -71,44 +119,52 @@ impl Fs {
         &self.cfg
     }
 
-    /// Whether the worker threads are running (the driver activated the device and the event
+    /// Whether the worker threads are serving (the driver activated the device and the event
     /// loop has seen it).
     pub fn is_activated(&self) -> bool {
-        !self.workers.is_empty()
+        self.workers.workers.locked().iter().any(Worker::is_busy)
     }
 
-    /// Starts the worker threads of a pending activation (event loop thread).
+    /// The worker threads, for the builder to start inside the jail.
+    pub fn workers(&self) -> FsWorkers {
+        self.workers.clone()
+    }
+
+    /// Hands a pending activation's queues to the workers (event loop thread), with a fresh
+    /// FUSE server that the first of them makes (a reset forgets every inode and open file).
     pub(super) fn start_workers(&mut self) {
         let Some(act) = self.pending.take() else {
             return;
         };
         self.stop_workers();
-        let names = (0..act.queues.len()).map(|i| {
-            if i == 0 {
-                format!("fs-{}-hiprio", self.cfg.tag)
-            } else {
-                format!("fs-{}-req{}", self.cfg.tag, i - 1)
-            }
-        });
-        for ((queue, evt), name) in act.queues.into_iter().zip(act.queue_evts).zip(names) {
-            match Worker::spawn(
-                name,
-                act.server.clone(),
-                act.mem.clone(),
-                act.interrupt.clone(),
+        let server = Arc::new(ServerSlot::new(self.cfg.clone(), self.root.clone()));
+        // Not started inside the jail (unit tests): started now.
+        if let Err(e) = self.workers.spawn() {
+            tracing::error!(error = %e, tag = %self.cfg.tag, "virtio-fs: cannot start a worker thread");
+            return;
+        }
+        let mut workers = self.workers.workers.locked();
+        for ((queue, queue_evt), w) in act
+            .queues
+            .into_iter()
+            .zip(act.queue_evts)
+            .zip(workers.iter_mut())
+        {
+            let job = Job {
+                server: server.clone(),
+                mem: act.mem.clone(),
+                interrupt: act.interrupt.clone(),
                 queue,
-                evt,
-            ) {
-                Ok(w) => self.workers.push(w),
-                Err(e) => {
-                    tracing::error!(error = %e, tag = %self.cfg.tag, "virtio-fs: cannot start a worker thread");
-                }
+                queue_evt,
+            };
+            if let Err(e) = w.start(job) {
+                tracing::error!(error = e, tag = %self.cfg.tag, "virtio-fs: cannot start serving a queue");
             }
         }
     }
 
     fn stop_workers(&mut self) {
-        for w in self.workers.drain(..) {
+        for w in self.workers.workers.locked().iter_mut() {
             w.stop();
         }
     }
@@ -128,41 +184,6 @@ fn canonical_dir(path: &std::path::Path) -> Result<PathBuf, FsError> {
         return Err(FsError::NotADirectory(path.to_path_buf()));
     }
     Ok(dir)
-}
-
-/// Raises the limit on open files as far as allowed (best effort: when it is reached, the guest
-/// gets EMFILE replies and the VMM keeps running). The passthrough file system keeps one fd per
-/// inode the guest knows, and a guest keeps every inode it has looked up until memory pressure
-/// makes it forget them: like virtiofsd, both limits go to `fs.nr_open` when the VMM may raise
-/// its hard limit (CAP_SYS_RESOURCE), else the soft limit goes to the hard one.
-fn raise_nofile_limit() {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit only writes the struct we pass, which lives for the call.
-    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
-        tracing::warn!(error = %std::io::Error::last_os_error(), "virtio-fs: getrlimit(RLIMIT_NOFILE)");
-        return;
-    }
-    let nr_open = std::fs::read_to_string("/proc/sys/fs/nr_open")
-        .ok()
-        .and_then(|s| s.trim().parse::<libc::rlim_t>().ok())
-        .unwrap_or(lim.rlim_max);
-    let set = |n: libc::rlim_t| {
-        let new = libc::rlimit {
-            rlim_cur: n,
-            rlim_max: n,
-        };
-        // SAFETY: setrlimit only reads the struct we pass, which lives for the call.
-        unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &new) == 0 }
-    };
-    if nr_open > lim.rlim_max && set(nr_open) {
-        return;
-    }
-    if lim.rlim_cur < lim.rlim_max && !set(lim.rlim_max) {
-        tracing::warn!(error = %std::io::Error::last_os_error(), "virtio-fs: setrlimit(RLIMIT_NOFILE)");
-    }
 }
 
 impl Drop for Fs {
@@ -204,15 +225,11 @@ impl VirtioDevice for Fs {
         queue_evts: Vec<EventFd>,
     ) -> Result<(), ActivateError> {
         check_activation(NUM_QUEUES, &queues, &queue_evts, self.acked_features)?;
-        // A fresh server per activation: a reset forgets every inode and open file.
-        let server = FsServer::new(&self.cfg)
-            .map_err(|e| ActivateError::Device(format!("virtio-fs `{}`: {e}", self.cfg.tag)))?;
         self.pending = Some(Activation {
             mem,
             interrupt,
             queues,
             queue_evts,
-            server: Arc::new(server),
         });
         self.activate_evt.write(1).map_err(ActivateError::EventFd)?;
         Ok(())

@@ -31,7 +31,7 @@ mod tests;
 use std::path::PathBuf;
 
 pub use config::{CachePolicy, FsConfig};
-pub use device::Fs;
+pub use device::{Fs, FsWorkers};
 pub use worker::FsServer;
 
 /// Virtio device ID of a file system device.

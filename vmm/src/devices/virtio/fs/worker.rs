@@ -1,12 +1,12 @@
 //! The request path: descriptor chains in, FUSE replies out, on worker threads.
 //!
-//! Each queue gets its own thread that waits on the queue's eventfd (and a kill eventfd) with
-//! its own epoll, so the VMM's event loop never runs a file system call: a slow or stuck host
+//! Each queue gets its own thread (started once, parked between activations) that waits on the
+//! queue's eventfd (and a kill eventfd) with its own epoll, so the VMM's event loop never runs a file system call: a slow or stuck host
 //! file system can stall the share, never the console or vsock. The high-priority queue
 //! (FORGET, BATCH_FORGET) has its own thread too, so forgets are not stuck behind requests.
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::Arc;
+use std::sync::{mpsc, Arc};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -17,7 +17,7 @@ use fuse_backend_rs::transport::{Reader, VirtioFsWriter, Writer};
 use virtio_queue::{DescriptorChain, Queue, QueueT};
 use vm_memory::ByteValued;
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
-use vmm_sys_util::eventfd::EventFd;
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use super::guard::GuardedFs;
 use super::{CachePolicy, FsConfig, FsError};
@@ -37,8 +37,15 @@ impl FsServer {
         let root_dir = cfg
             .shared_dir
             .to_str()
-            .ok_or_else(|| FsError::NonUtf8Path(cfg.shared_dir.clone()))?
-            .to_string();
+            .ok_or_else(|| FsError::NonUtf8Path(cfg.shared_dir.clone()))?;
+        FsServer::with_root(cfg, root_dir)
+    }
+
+    /// [`FsServer::new`] with the root opened through `root_dir` instead of `cfg.shared_dir`
+    /// (the device passes `/proc/self/fd/<fd>/.`, a descriptor it opened at start: see
+    /// [`super::Fs`]).
+    pub fn with_root(cfg: &FsConfig, root_dir: &str) -> Result<FsServer, FsError> {
+        let root_dir = root_dir.to_string();
         // Timeouts as virtiofsd picks them: nothing cached under `never`, a second under
         // `auto`, a day under `always` (only the guest changes the directory then).
         let timeout = match cfg.cache {
@@ -171,44 +178,143 @@ fn write_error(mut w: VirtioFsWriter<'_, ()>, unique: u64, errno: i32) -> u32 {
     }
 }
 
-/// A running queue worker thread.
+/// The FUSE server of one activation, made by the first worker that needs it (opening
+/// `/proc/self/fd` and `/proc/self/mountinfo` is file system work: the event loop's allowlist
+/// has no `openat`).
+pub(super) struct ServerSlot {
+    cfg: FsConfig,
+    root: Arc<std::os::fd::OwnedFd>,
+    server: std::sync::OnceLock<Option<FsServer>>,
+}
+
+impl ServerSlot {
+    pub(super) fn new(cfg: FsConfig, root: Arc<std::os::fd::OwnedFd>) -> ServerSlot {
+        ServerSlot {
+            cfg,
+            root,
+            server: std::sync::OnceLock::new(),
+        }
+    }
+
+    fn get(&self) -> Option<&FsServer> {
+        use std::os::fd::AsRawFd;
+        // The root as the device opened it at start: in the host's mount namespace (not a copy
+        // in the jail's, which would make the host's unmounts under the share fail as busy),
+        // and never the path again (a directory swapped meanwhile is not followed).
+        let root = format!("/proc/self/fd/{}/.", self.root.as_raw_fd());
+        self.server
+            .get_or_init(|| match FsServer::with_root(&self.cfg, &root) {
+                Ok(s) => Some(s),
+                Err(e) => {
+                    tracing::error!(error = %e, tag = %self.cfg.tag, "virtio-fs: cannot start the FUSE server");
+                    None
+                }
+            })
+            .as_ref()
+    }
+}
+
+/// What a worker serves from an activation to the next reset.
+pub(super) struct Job {
+    pub server: Arc<ServerSlot>,
+    pub mem: GuestMemory,
+    pub interrupt: Arc<dyn VirtioInterrupt>,
+    pub queue: Queue,
+    pub queue_evt: EventFd,
+}
+
+/// A queue worker thread. It is started once, inside the jail and before the event loop
+/// confines itself (so that its seccomp filter is its own: see `crate::jail`), and then
+/// serves one [`Job`] per activation until it is stopped, and waits for the next.
 pub(super) struct Worker {
+    jobs: Option<mpsc::Sender<Job>>,
+    stopped: mpsc::Receiver<()>,
     kill: EventFd,
+    busy: bool,
     handle: Option<JoinHandle<()>>,
 }
 
 impl Worker {
-    /// Starts the thread serving `queue`.
-    pub(super) fn spawn(
-        name: String,
-        server: Arc<FsServer>,
-        mem: GuestMemory,
-        interrupt: Arc<dyn VirtioInterrupt>,
-        queue: Queue,
-        queue_evt: EventFd,
-    ) -> std::io::Result<Worker> {
-        let kill = EventFd::new(0)?;
+    /// Starts a parked worker thread called `name`.
+    pub(super) fn spawn(name: String) -> std::io::Result<Worker> {
+        let kill = EventFd::new(EFD_NONBLOCK)?;
         let kill2 = kill.try_clone()?;
+        let (jobs, jobs_rx) = mpsc::channel::<Job>();
+        let (stopped_tx, stopped) = mpsc::channel();
         let handle = std::thread::Builder::new().name(name).spawn(move || {
-            run(&server, &mem, interrupt.as_ref(), queue, &queue_evt, &kill2);
+            if let Err(e) = crate::jail::enter_thread(crate::jail::ThreadKind::Fs) {
+                // Dropping the receiver makes every `start` fail, which the device logs.
+                tracing::error!(error = %e, "virtio-fs: a worker cannot confine itself");
+                return;
+            }
+            while let Ok(job) = jobs_rx.recv() {
+                let Job {
+                    server,
+                    mem,
+                    interrupt,
+                    queue,
+                    queue_evt,
+                } = job;
+                match server.get() {
+                    Some(server) => {
+                        run(server, &mem, interrupt.as_ref(), queue, &queue_evt, &kill2)
+                    }
+                    // The guest's requests stay unanswered, as with a share that died; the
+                    // error is logged once.
+                    None => wait_for_stop(&kill2),
+                }
+                if stopped_tx.send(()).is_err() {
+                    return;
+                }
+            }
         })?;
         Ok(Worker {
+            jobs: Some(jobs),
+            stopped,
             kill,
+            busy: false,
             handle: Some(handle),
         })
     }
 
-    /// Stops the thread (after the request it is serving, if any) and waits for it.
-    pub(super) fn stop(mut self) {
-        self.stop_inner();
+    /// Hands the worker its queue; fails if its thread is gone.
+    pub(super) fn start(&mut self, job: Job) -> Result<(), &'static str> {
+        self.stop();
+        let jobs = self.jobs.as_ref().ok_or("the worker is gone")?;
+        jobs.send(job).map_err(|_| "the worker thread is gone")?;
+        self.busy = true;
+        Ok(())
     }
 
-    fn stop_inner(&mut self) {
+    /// Whether it serves a queue.
+    pub(super) fn is_busy(&self) -> bool {
+        self.busy
+    }
+
+    /// Stops serving (after the request it is serving, if any) and waits until it has.
+    pub(super) fn stop(&mut self) {
+        if !self.busy {
+            return;
+        }
+        self.busy = false;
+        if let Err(e) = self.kill.write(1) {
+            tracing::error!(error = %e, "virtio-fs: cannot stop a worker");
+            return;
+        }
+        if self.stopped.recv().is_err() {
+            tracing::error!("virtio-fs: a worker thread ended while serving");
+        }
+        // Idle again: the stop it may not have read is cleared for the next job.
+        let _ = self.kill.read();
+    }
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        self.stop();
+        // Closing the job channel ends the thread.
+        self.jobs = None;
         if let Some(handle) = self.handle.take() {
-            if let Err(e) = self.kill.write(1) {
-                tracing::error!(error = %e, "virtio-fs: cannot stop a worker");
-                return;
-            }
             if handle.join().is_err() {
                 tracing::error!("virtio-fs: a worker thread panicked");
             }
@@ -216,9 +322,22 @@ impl Worker {
     }
 }
 
-impl Drop for Worker {
-    fn drop(&mut self) {
-        self.stop_inner();
+/// Waits until the worker is told to stop.
+fn wait_for_stop(kill: &EventFd) {
+    use std::os::fd::AsRawFd;
+    let mut fds = [libc::pollfd {
+        fd: kill.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    }];
+    loop {
+        // SAFETY: poll(2) on one pollfd that lives for the call.
+        let n = unsafe { libc::poll(fds.as_mut_ptr(), 1, -1) };
+        if n > 0
+            || (n < 0 && std::io::Error::last_os_error().kind() != std::io::ErrorKind::Interrupted)
+        {
+            return;
+        }
     }
 }
 
