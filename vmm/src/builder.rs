@@ -29,6 +29,7 @@ use crate::devices::virtio::fs::Fs;
 use crate::devices::virtio::net::Net;
 use crate::devices::virtio::vsock::Vsock;
 use crate::exit::ExitState;
+use crate::jail::{self, JailPaths};
 use crate::rpc_interface::{signal_fd, ControlSubscriber, VmmHandle};
 use crate::vmm::{SocketCleanup, VcpuThreads, Vmm, VmmError};
 use crate::vstate::vcpu::{self, ExitCounters, Vcpu, VcpuContext, VcpuControl};
@@ -146,12 +147,15 @@ pub(crate) fn build(config: &VmConfig) -> Result<Vmm, VmmError> {
     let mut devices = MmioDeviceManager::new();
     if let Some(v) = &config.vsock {
         // The device binds the socket: it is ours to remove from here on.
-        sockets.0.push(v.uds_path.clone());
+        sockets.push(&v.uds_path)?;
         devices.add(&vm, &mem, Vsock::new(v.guest_cid, v.uds_path.clone())?)?;
     }
+    let mut fs_workers = Vec::new();
     for share in &config.fs {
-        // Fs::new checks the shared directory.
-        devices.add(&vm, &mem, Fs::new(share.clone())?)?;
+        // Fs::new checks and opens the shared directory.
+        let fs = Fs::new(share.clone())?;
+        fs_workers.push(fs.workers());
+        devices.add(&vm, &mem, fs)?;
     }
     for net in &config.net {
         // Net::new opens the tap; an error names it.
@@ -229,6 +233,7 @@ pub(crate) fn build(config: &VmConfig) -> Result<Vmm, VmmError> {
         exit: exit.clone(),
         i8042,
         shutdown_timer: timer.clone(),
+        test_hooks: config.test_hooks,
     });
 
     let mut em = EventManager::<Subscriber>::new().map_err(VmmError::EventLoop)?;
@@ -240,7 +245,7 @@ pub(crate) fn build(config: &VmConfig) -> Result<Vmm, VmmError> {
     })));
     if let Some(path) = &config.api_socket {
         let server = ApiServer::bind(path, handle.clone())?;
-        sockets.0.push(path.clone());
+        sockets.push(path)?;
         em.add_subscriber(Arc::new(Mutex::new(server)));
     }
     for s in device_subscribers {
@@ -248,6 +253,24 @@ pub(crate) fn build(config: &VmConfig) -> Result<Vmm, VmmError> {
     }
 
     vcpu::register_kick_handler()?;
+
+    // Confinement: the VM is built, hull-vmm has one thread again (the loaders are done), and
+    // no guest instruction has run. The virtio-fs workers start now, inside the jail and before
+    // the event loop installs its own filter (see `jail`).
+    let (socket_dirs, socket_dirfds) = sockets.dirs();
+    let paths = JailPaths {
+        socket_dirs,
+        xattr: config.fs.iter().any(|f| f.xattr),
+    };
+    let summary = jail::enter(&config.jail, &paths, &socket_dirfds)?;
+    tracing::info!("jail: {summary}");
+    for w in &fs_workers {
+        w.spawn().map_err(|source| VmmError::Io {
+            what: "virtio-fs worker thread",
+            source,
+        })?;
+    }
+    phase("jail");
     let ctx = VcpuContext {
         pio: Arc::new(pio_bus),
         mmio: Arc::new(mmio_bus),

@@ -15,7 +15,9 @@
 //!   MP table;
 //! - `vstate`: the KVM VM (memory, irqchip, PIT) and vCPU threads;
 //! - `devices`: port-I/O/MMIO buses, legacy serial and i8042, virtio-mmio transport and devices;
-//! - `api`: the control socket; `config`: the configuration; `exit`: why a VM stopped.
+//! - `api`: the control socket; `config`: the configuration; `exit`: why a VM stopped;
+//! - `jail`: how hull-vmm confines itself before the guest runs (namespaces, capabilities,
+//!   seccomp per thread kind).
 
 pub mod api;
 pub mod arch;
@@ -24,6 +26,7 @@ pub mod config;
 pub mod device_manager;
 pub mod devices;
 pub mod exit;
+pub mod jail;
 mod rpc_interface;
 pub mod sync;
 pub mod vmm;

@@ -3,7 +3,10 @@
 //! `builder.rs` (building the VM), `device_manager/` (where devices sit and how they are wired)
 //! and `rpc_interface.rs` (what the API socket and signals drive).
 
-use std::path::PathBuf;
+use std::ffi::CString;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Instant;
@@ -20,6 +23,7 @@ use crate::devices::virtio::fs::FsError;
 use crate::devices::virtio::vsock::VsockError;
 use crate::devices::virtio::GuestMemory;
 use crate::exit::{ExitReason, ExitState};
+use crate::jail::{self, ThreadKind};
 use crate::sync::LockExt;
 use crate::vstate::vcpu::{self, RunState, Vcpu, VcpuContext, VcpuControl};
 use crate::vstate::vm::{self, Vm};
@@ -74,18 +78,72 @@ pub enum VmmError {
     Fs(#[from] FsError),
     #[error("virtio-net: {0}")]
     Net(#[from] crate::devices::virtio::net::NetError),
+    #[error(transparent)]
+    Jail(#[from] crate::jail::JailError),
 }
 
-/// Removes the sockets the VMM created, however `run` ends.
+/// Removes the sockets the VMM created, however `run` ends. Each is removed through an fd of
+/// its directory (`unlinkat`), opened when the socket was bound: the jailed event loop may
+/// unlink in those directories only, and a path swapped meanwhile is never followed.
 #[derive(Default)]
-pub(crate) struct SocketCleanup(pub(crate) Vec<PathBuf>);
+pub(crate) struct SocketCleanup(pub(crate) Vec<(OwnedFd, CString, PathBuf)>);
+
+impl SocketCleanup {
+    /// Records `path` (a socket the VMM just bound) for removal.
+    pub(crate) fn push(&mut self, path: &Path) -> Result<(), VmmError> {
+        let err = |source| VmmError::Open {
+            what: "socket directory",
+            path: path.to_path_buf(),
+            source,
+        };
+        let dir = match path.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d,
+            _ => Path::new("."),
+        };
+        let name = path
+            .file_name()
+            .and_then(|n| CString::new(n.as_bytes()).ok())
+            .ok_or_else(|| err(std::io::Error::from_raw_os_error(libc::EINVAL)))?;
+        let fd = nix::fcntl::open(
+            dir,
+            nix::fcntl::OFlag::O_PATH
+                | nix::fcntl::OFlag::O_DIRECTORY
+                | nix::fcntl::OFlag::O_CLOEXEC,
+            nix::sys::stat::Mode::empty(),
+        )
+        .map_err(|e| err(e.into()))?;
+        // SAFETY: `fd` was just returned by open(2) and nothing else owns it.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        self.0.push((fd, name, path.to_path_buf()));
+        Ok(())
+    }
+
+    /// The directories of the sockets (what the jail keeps, and their fds).
+    pub(crate) fn dirs(&self) -> (Vec<PathBuf>, Vec<i32>) {
+        let paths = self
+            .0
+            .iter()
+            .map(|(_, _, p)| {
+                p.parent()
+                    .filter(|d| !d.as_os_str().is_empty())
+                    .map(|d| std::path::absolute(d).unwrap_or_else(|_| d.to_path_buf()))
+                    .unwrap_or_else(|| std::env::current_dir().unwrap_or_default())
+            })
+            .collect();
+        let fds = self.0.iter().map(|(fd, _, _)| fd.as_raw_fd()).collect();
+        (paths, fds)
+    }
+}
 
 impl Drop for SocketCleanup {
     fn drop(&mut self) {
-        for p in &self.0 {
-            if let Err(e) = std::fs::remove_file(p) {
+        for (dir, name, path) in &self.0 {
+            // SAFETY: unlinkat(2) with a directory fd we own and a NUL-terminated name, both
+            // alive for the call.
+            if unsafe { libc::unlinkat(dir.as_raw_fd(), name.as_ptr(), 0) } != 0 {
+                let e = std::io::Error::last_os_error();
                 if e.kind() != std::io::ErrorKind::NotFound {
-                    tracing::warn!("cannot remove {}: {e}", p.display());
+                    tracing::warn!("cannot remove {}: {e}", path.display());
                 }
             }
         }
@@ -167,7 +225,14 @@ impl Vmm {
             let ctx = ctx.clone();
             let h = std::thread::Builder::new()
                 .name(format!("vcpu{}", v.id()))
-                .spawn(move || v.run(ctx));
+                .spawn(move || {
+                    // Confined before the first KVM_RUN.
+                    if let Err(e) = jail::enter_thread(ThreadKind::Vcpu) {
+                        ctx.exit.request(ExitReason::Internal(e.to_string()));
+                        return;
+                    }
+                    v.run(ctx)
+                });
             match h {
                 Ok(h) => threads.0.locked().push(h),
                 Err(e) => {
@@ -179,6 +244,11 @@ impl Vmm {
             }
         }
         tracing::debug!("VM started {:?} after hull-vmm began", start.elapsed());
+        // The event loop confines itself once every thread it starts is started (filters are
+        // inherited), before it reads any guest input.
+        if let Err(e) = jail::enter_thread(ThreadKind::Vmm) {
+            exit.request(ExitReason::Internal(e.to_string()));
+        }
 
         while !exit.is_requested() {
             if let Err(e) = em.run() {
@@ -190,11 +260,13 @@ impl Vmm {
         threads.kick_all();
         threads.join_all();
         serial.locked().flush();
+        // The socket files go first (the listeners still open are harmless): the devices'
+        // own clean-up then finds nothing left to remove.
+        drop(_sockets);
         drop(em);
         drop(ctx);
         drop(_vm);
         drop(_mem);
-        drop(_sockets);
         exit.reason()
             .unwrap_or(ExitReason::Internal("stopped without a reason".into()))
     }

@@ -126,7 +126,22 @@ fn config_from(args: Args) -> anyhow::Result<VmConfig> {
     Ok(c)
 }
 
+/// Closes every fd but stdin, stdout and stderr: whatever the caller leaked to hull-vmm (a
+/// socket, a file of another sandbox) is not the guest's to reach through a VMM bug.
+fn close_inherited_fds() {
+    // SAFETY: close_range(2) with integer arguments, before any fd of our own is open.
+    let rc = unsafe { libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32) };
+    if rc != 0 {
+        eprintln!(
+            "hull-vmm: cannot close inherited fds: {}",
+            std::io::Error::last_os_error()
+        );
+        std::process::exit(1);
+    }
+}
+
 fn main() {
+    close_inherited_fds();
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_env_filter(

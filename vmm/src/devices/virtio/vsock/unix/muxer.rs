@@ -543,7 +543,12 @@ impl VsockMuxer {
 
 impl Drop for VsockMuxer {
     fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.uds_path);
+        // Only when it is still there: the VMM removes its sockets itself first (through their
+        // directory's fd, the only removal its jailed event loop may make), and a stat is all
+        // this costs then.
+        if std::fs::symlink_metadata(&self.uds_path).is_ok() {
+            let _ = std::fs::remove_file(&self.uds_path);
+        }
     }
 }
 
