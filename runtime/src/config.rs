@@ -10,12 +10,28 @@
 //! vcpus = 1                                         # default vCPUs of a sandbox
 //! memory_mib = 256                                  # default guest memory of a sandbox
 //! log_level = "warn"                                # hull-vmm's log level (HULL_LOG)
+//! jail = true                                       # hull-vmm confines itself (default)
 //! ```
+//!
+//! `jail` is `true` (the default: every part on), `false` (nothing confined: for debugging a
+//! VMM problem only), or a table that turns parts off or bounds the open files (see
+//! `hull_vmm_api::config::JailConfig` and docs/security.md):
+//!
+//! ```toml
+//! [jail]
+//! namespaces = true      # own mount/IPC/UTS namespaces, pivoted into an empty root
+//! capabilities = true    # all dropped but the virtio-fs workers' (docs/security.md)
+//! seccomp = true         # an allowlist per thread kind
+//! max_open_files = 1048576
+//! ```
+//! (It is not under the `vmm` key, which is the binary's path.) `hull check` prints what is in
+//! force.
 //!
 //! An unknown key is an error naming the key and the file.
 
 use std::path::{Path, PathBuf};
 
+use hull_vmm_api::config::JailConfig;
 use serde::Deserialize;
 
 /// Where the configuration is read from when `HULL_CONFIG` is not set.
@@ -61,6 +77,49 @@ pub struct RuntimeConfig {
     pub memory_mib: u64,
     /// hull-vmm's log level (a tracing filter such as `warn` or `hull_vmm=debug`).
     pub log_level: String,
+    /// How hull-vmm confines itself (see the module docs).
+    pub jail: JailSetting,
+}
+
+/// `jail = true|false`, or a `[jail]` table.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum JailSetting {
+    All(bool),
+    Parts(JailConfig),
+}
+
+impl<'de> Deserialize<'de> for JailSetting {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<JailSetting, D::Error> {
+        use serde::de::Error;
+        match toml::Value::deserialize(d)? {
+            toml::Value::Boolean(b) => Ok(JailSetting::All(b)),
+            t @ toml::Value::Table(_) => t
+                .try_into::<JailConfig>()
+                .map(JailSetting::Parts)
+                .map_err(|e| D::Error::custom(format!("[jail]: {}", e.message()))),
+            other => Err(D::Error::custom(format!(
+                "jail must be true, false or a [jail] table, got a {}",
+                other.type_str()
+            ))),
+        }
+    }
+}
+
+impl Default for JailSetting {
+    fn default() -> JailSetting {
+        JailSetting::All(true)
+    }
+}
+
+impl JailSetting {
+    /// What hull-vmm is configured with.
+    pub fn config(&self) -> JailConfig {
+        match self {
+            JailSetting::All(true) => JailConfig::default(),
+            JailSetting::All(false) => JailConfig::off(),
+            JailSetting::Parts(c) => c.clone(),
+        }
+    }
 }
 
 impl Default for RuntimeConfig {
@@ -72,6 +131,7 @@ impl Default for RuntimeConfig {
             vcpus: 1,
             memory_mib: 256,
             log_level: "warn".into(),
+            jail: JailSetting::default(),
         }
     }
 }
@@ -124,6 +184,14 @@ impl RuntimeConfig {
                 c.memory_mib.to_string(),
             ));
         }
+        let jail = c.jail.config();
+        if !(1024..=(1 << 30)).contains(&jail.max_open_files) {
+            return Err(bad(
+                "jail.max_open_files",
+                "between 1024 and 1073741824",
+                jail.max_open_files.to_string(),
+            ));
+        }
         for (key, p) in [
             ("kernel", &c.kernel),
             ("initrd", &c.initrd),
@@ -155,6 +223,26 @@ mod tests {
         assert_eq!((c.vcpus, c.memory_mib), (2, 512));
         assert_eq!(c.kernel, Path::new("/k"));
         assert_eq!(c.initrd, RuntimeConfig::default().initrd);
+    }
+
+    #[test]
+    fn the_jail_is_on_unless_turned_off() {
+        assert_eq!(parse("").unwrap().jail.config(), JailConfig::default());
+        assert!(!parse("jail = false").unwrap().jail.config().any());
+        let c = parse("[jail]\nseccomp = false\nmax_open_files = 4096\n")
+            .unwrap()
+            .jail
+            .config();
+        assert!(c.namespaces && c.capabilities && !c.seccomp);
+        assert_eq!(c.max_open_files, 4096);
+        let e = parse("[jail]\nmax_open_files = 10\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("jail.max_open_files"), "{e}");
+        let e = parse("[jail]\nsecomp = false\n").unwrap_err().to_string();
+        assert!(e.contains("secomp"), "{e}");
+        let e = parse("jail = 1\n").unwrap_err().to_string();
+        assert!(e.contains("jail must be true, false or a [jail] table"), "{e}");
     }
 
     #[test]

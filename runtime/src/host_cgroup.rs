@@ -99,27 +99,59 @@ fn v2_host() -> bool {
     Path::new(CGROUP_ROOT).join("cgroup.controllers").exists()
 }
 
+/// Why hull-vmm cannot be given its cgroup: the sandbox is not started.
+#[derive(Debug, thiserror::Error)]
+pub enum CgroupError {
+    #[error("cgroupsPath {0}: not a usable cgroup path (no `..`, not empty)")]
+    Path(PathBuf),
+    #[error("cannot create cgroup {path}: {source}")]
+    Create {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Where a sandbox's hull-vmm goes when its spec names no cgroup: `hull/<name>` under the
+/// cgroup v2 root (every VM is always in a cgroup of its own, accounted and killable as one).
+pub const DEFAULT_PARENT: &str = "hull";
+
 /// The cgroup v2 directory of `cgroups_path`, created if missing: where hull-vmm is started
-/// (`SandboxOptions::host_cgroup`) so that every page of the VM is charged
-/// there from the first one (memory charged before a move stays where it was). `None`, with a
-/// warning, where that cannot be done (a v1 or hybrid host, an unusable path).
-pub fn prepare(cgroups_path: &Path) -> Option<PathBuf> {
+/// (`SandboxOptions::host_cgroup`) so that every page of the VM is charged there from the
+/// first one (memory charged before a move stays where it was). `Ok(None)`, with a warning, on
+/// a cgroup v1 or hybrid host; an unusable path or a directory that cannot be made is an error.
+pub fn prepare(cgroups_path: &Path) -> Result<Option<PathBuf>, CgroupError> {
     if !v2_host() {
         tracing::warn!(
             "cgroup v1 host: hull-vmm stays in its parent's cgroups instead of {}",
             cgroups_path.display()
         );
-        return None;
+        return Ok(None);
     }
-    let Some(dir) = host_dir(cgroups_path) else {
-        tracing::warn!("unusable cgroupsPath {}", cgroups_path.display());
-        return None;
-    };
-    if let Err(e) = std::fs::create_dir_all(&dir) {
-        tracing::warn!("cannot create cgroup {}: {e}", dir.display());
-        return None;
+    let dir = host_dir(cgroups_path).ok_or_else(|| CgroupError::Path(cgroups_path.into()))?;
+    create(&dir)?;
+    Ok(Some(dir))
+}
+
+/// [`prepare`] for a sandbox whose spec names no cgroup: `hull/<name>`.
+pub fn prepare_default(name: &str) -> Result<Option<PathBuf>, CgroupError> {
+    if !v2_host() {
+        return Ok(None);
     }
-    Some(dir)
+    let rel = Path::new(DEFAULT_PARENT).join(name);
+    if rel.components().any(|c| !matches!(c, Component::Normal(_))) {
+        return Err(CgroupError::Path(rel));
+    }
+    let dir = Path::new(CGROUP_ROOT).join(rel);
+    create(&dir)?;
+    Ok(Some(dir))
+}
+
+fn create(dir: &Path) -> Result<(), CgroupError> {
+    std::fs::create_dir_all(dir).map_err(|source| CgroupError::Create {
+        path: dir.to_path_buf(),
+        source,
+    })
 }
 
 /// Moves `pid` into the cgroup directory `dir` that [`prepare`] made. Best effort, with a

@@ -101,6 +101,55 @@ fn cgroup() -> Item {
     }
 }
 
+/// What hull-vmm's jail holds with this configuration (docs/security.md).
+fn jail(c: &hull_vmm_api::config::JailConfig) -> Item {
+    let mut on = Vec::new();
+    let mut off = Vec::new();
+    let mut part = |enabled: bool, what: &str| {
+        if enabled {
+            on.push(what.to_string())
+        } else {
+            off.push(what.to_string())
+        }
+    };
+    part(
+        c.namespaces,
+        "namespaces (mount, IPC, UTS; root pivoted into an empty read-only tmpfs)",
+    );
+    part(
+        c.capabilities,
+        "capabilities (only the virtio-fs workers keep CHOWN, DAC_OVERRIDE, DAC_READ_SEARCH, \
+         FOWNER, FSETID, SETFCAP, SETUID, SETGID)",
+    );
+    part(
+        c.seccomp,
+        "seccomp (an allowlist per thread: vmm, vcpu, fs)",
+    );
+    let seccomp_ok = std::fs::read_to_string("/proc/self/status")
+        .map(|s| s.lines().any(|l| l.starts_with("Seccomp:")))
+        .unwrap_or(false);
+    let mut detail = format!(
+        "{}; no_new_privs, RLIMIT_NOFILE {}, RLIMIT_CORE 0, own cgroup",
+        if on.is_empty() {
+            "nothing confined".to_string()
+        } else {
+            on.join("; ")
+        },
+        c.max_open_files
+    );
+    if c.seccomp && !seccomp_ok {
+        return item(Status::Fail, "VMM jail", "this kernel has no seccomp")
+            .fix("use a kernel built with CONFIG_SECCOMP_FILTER, or set [jail] seccomp = false");
+    }
+    if off.is_empty() {
+        item(Status::Ok, "VMM jail", detail)
+    } else {
+        detail.push_str(&format!("; OFF: {}", off.join("; ")));
+        item(Status::Warn, "VMM jail", detail)
+            .fix("remove `jail = false` or the [jail] parts set to false in the configuration")
+    }
+}
+
 fn root() -> Item {
     if nix::unistd::geteuid().is_root() {
         item(Status::Ok, "privileges", "running as root")
@@ -121,6 +170,7 @@ pub fn run(_: &Check) -> anyhow::Result<ExitCode> {
             items.push(file("guest kernel", &c.kernel));
             items.push(file("guest initramfs", &c.initrd));
             items.push(file("hull-vmm", &c.vmm));
+            items.push(jail(&c.jail.config()));
         }
         Err(e) => items.push(
             item(Status::Fail, "configuration", e.to_string())

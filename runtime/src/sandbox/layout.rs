@@ -87,6 +87,19 @@ impl Layout {
         &self.dir
     }
 
+    /// The name of the cgroup hull-vmm gets when the spec names none (under
+    /// `host_cgroup::DEFAULT_PARENT`): the sandbox's id and a hash of its directory, so that
+    /// sandboxes of the same id under two state roots never share one.
+    pub fn default_cgroup_name(&self) -> String {
+        let id = self
+            .dir
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let h = fnv1a(self.dir.as_os_str().as_encoded_bytes()) as u32;
+        format!("{id}-{h:08x}")
+    }
+
     /// Where its sockets are: its directory, or a short directory of their own.
     pub fn socket_dir(&self) -> &Path {
         &self.sockets
@@ -160,6 +173,26 @@ pub fn sandbox_name(root: &Path, name: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn default_cgroups_are_per_sandbox_dir() {
+        let a = Layout::new(Path::new("/run/hull"), "web");
+        let b = Layout::new(Path::new("/tmp/other-root"), "web");
+        let name = a.default_cgroup_name();
+        assert!(
+            name.starts_with("web-") && name.len() == "web-".len() + 8,
+            "{name}"
+        );
+        assert_eq!(
+            name,
+            Layout::new(Path::new("/run/hull"), "web").default_cgroup_name()
+        );
+        assert_ne!(
+            name,
+            b.default_cgroup_name(),
+            "two roots, one id: two cgroups"
+        );
+    }
 
     #[test]
     fn socket_dirs_are_short_and_stable() {

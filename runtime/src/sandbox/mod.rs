@@ -58,6 +58,8 @@ const VMM_PROBE_TIMEOUT: Duration = Duration::from_secs(5);
 /// What went wrong with a sandbox.
 #[derive(Debug, thiserror::Error)]
 pub enum SandboxError {
+    #[error(transparent)]
+    Cgroup(#[from] crate::host_cgroup::CgroupError),
     #[error("invalid sandbox id {id:?}: {reason}")]
     InvalidId { id: String, reason: String },
     #[error("sandbox id {0:?} is already in use")]
@@ -241,6 +243,18 @@ impl Sandbox {
                 return Err(e);
             }
         };
+        // hull-vmm always runs in a cgroup of its own: the spec's, else one made for it.
+        let mut opts = opts.clone();
+        if opts.host_cgroup.is_none() {
+            match crate::host_cgroup::prepare_default(&layout.default_cgroup_name()) {
+                Ok(cg) => opts.host_cgroup = cg,
+                Err(e) => {
+                    let _ = std::fs::remove_dir_all(layout.dir());
+                    return Err(e.into());
+                }
+            }
+        }
+        let opts = &opts;
         match Sandbox::boot(config, &layout, id, opts).await {
             Ok((state, agent)) => Ok(Sandbox {
                 layout,
@@ -286,6 +300,7 @@ impl Sandbox {
         }
         let uds = layout.vsock_socket();
         let mut vm = VmConfig::new(config.kernel.clone());
+        vm.jail = config.jail.config();
         vm.initrd = Some(config.initrd.clone());
         vm.vcpus = vcpus;
         vm.memory_mib = memory_mib;

@@ -114,11 +114,14 @@ impl SandboxOptions {
             Some(v) => Some(parse(VM_MEMORY_MIB, v, MIN_MEMORY_MIB)?),
             None => size.memory_mib,
         };
-        let host_cgroup = spec
+        let host_cgroup = match spec
             .linux()
             .as_ref()
             .and_then(|l| l.cgroups_path().as_deref())
-            .and_then(crate::host_cgroup::prepare);
+        {
+            Some(p) => crate::host_cgroup::prepare(p)?,
+            None => None,
+        };
         Ok(SandboxOptions {
             vcpus,
             memory_mib,

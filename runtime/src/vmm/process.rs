@@ -53,6 +53,14 @@ pub enum VmmError {
         #[source]
         source: std::io::Error,
     },
+    #[error("cannot start {binary} in cgroup {cgroup} and network namespace {netns}: {source}")]
+    SpawnIn {
+        binary: PathBuf,
+        cgroup: String,
+        netns: String,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("the VM has no API socket in its configuration")]
     NoApiSocket,
     #[error("API socket {path}: {source}")]
@@ -131,8 +139,7 @@ fn write_file(path: &Path, data: &[u8]) -> Result<(), VmmError> {
 pub struct Launch<'a> {
     /// Extra environment variables.
     pub env: &'a [(&'a str, &'a str)],
-    /// A cgroup v2 directory it starts in (best effort: if the child cannot join it, it runs
-    /// where its parent is, and a later move still works).
+    /// A cgroup v2 directory it starts in; not being able to join it fails the launch.
     pub cgroup: Option<&'a Path>,
     /// A network namespace it runs in (where the taps of its `net` devices are). Not being able
     /// to enter it fails the launch.
@@ -206,12 +213,18 @@ impl VmmProcess {
             let join = move || -> std::io::Result<()> {
                 // SAFETY: open(2) (async-signal-safe) of a NUL-terminated path made before fork.
                 let fd = unsafe { libc::open(procs.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC) };
-                if fd >= 0 {
-                    // "0": the writing process itself. A failure leaves it where it is.
-                    // SAFETY: write(2) (async-signal-safe) of one static byte to the fd above.
-                    unsafe { libc::write(fd, b"0".as_ptr().cast(), 1) };
-                    // SAFETY: close(2) (async-signal-safe) of the fd this closure opened.
-                    unsafe { libc::close(fd) };
+                if fd < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                // "0": the writing process itself. hull-vmm never runs outside its cgroup:
+                // a failure fails the launch.
+                // SAFETY: write(2) (async-signal-safe) of one static byte to the fd above.
+                let n = unsafe { libc::write(fd, b"0".as_ptr().cast(), 1) };
+                let e = std::io::Error::last_os_error();
+                // SAFETY: close(2) (async-signal-safe) of the fd this closure opened.
+                unsafe { libc::close(fd) };
+                if n != 1 {
+                    return Err(e);
                 }
                 Ok(())
             };
@@ -236,9 +249,22 @@ impl VmmProcess {
             // async-signal-safe call above; it allocates nothing and takes no lock.
             unsafe { cmd.pre_exec(enter) };
         }
-        let child = cmd.spawn().map_err(|source| VmmError::Spawn {
-            binary: binary.to_path_buf(),
-            source,
+        let child = cmd.spawn().map_err(|source| match (cgroup, how.netns) {
+            (None, None) => VmmError::Spawn {
+                binary: binary.to_path_buf(),
+                source,
+            },
+            _ => VmmError::SpawnIn {
+                binary: binary.to_path_buf(),
+                cgroup: cgroup
+                    .map(|c| c.display().to_string())
+                    .unwrap_or("-".into()),
+                netns: how
+                    .netns
+                    .map(|c| c.display().to_string())
+                    .unwrap_or("-".into()),
+                source,
+            },
         })?;
         tracing::debug!(pid = child.id(), dir = %dir.display(), "hull-vmm started");
         Ok(VmmProcess {
