@@ -40,6 +40,7 @@ pub fn build_dir() -> PathBuf {
 }
 
 pub mod daemons;
+pub mod jail;
 pub mod net;
 pub mod procs;
 pub mod terminal;

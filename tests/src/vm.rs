@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 pub use hull_runtime::vmm::api::config::{
     BootProtocolConfig, FsConfig, MemoryBacking, SerialConfig, VsockConfig,
 };
+pub use hull_runtime::vmm::api::exit::VmmExit;
 pub use hull_runtime::vmm::api::{ApiRequest, ApiResponse, CachePolicy, RunState, VmConfig};
 pub use hull_runtime::vmm::{VmmExited, VmmProcess};
 

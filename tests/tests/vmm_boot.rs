@@ -348,3 +348,75 @@ fn a_serial_file_is_capped_and_keeps_the_newest_output() {
         "the oldest output is gone:\n{text}"
     );
 }
+
+/// hull-vmm confines itself before the guest runs (docs/security.md): every thread under its
+/// seccomp filter, capabilities only in the virtio-fs workers, its own mount, IPC and UTS
+/// namespaces with a root that holds no host file. A system call outside the event loop's
+/// allowlist (the `seccomp_probe` test hook) stops it with exit status 5, the call named in
+/// its log, and a launcher reads that status as a seccomp stop.
+#[test]
+fn the_vmm_is_jailed_and_a_call_outside_its_allowlist_stops_it() {
+    let dir = TempDir::new("hull-vmm-jail");
+    let share = dir.path().join("share");
+    std::fs::create_dir_all(&share).unwrap();
+    let sock = dir.path().join("api.sock");
+    let vsock = dir.path().join("vsock.sock");
+    let mut v = boot(
+        &dir.path().join("vm"),
+        "echo READY\nwhile true; do sleep 1; done\n",
+        |c| {
+            c.api_socket = Some(sock.clone());
+            c.vsock = Some(vm::VsockConfig {
+                uds_path: vsock.clone(),
+                guest_cid: 3,
+            });
+            c.fs = vec![vm::FsConfig::new("jailtest", share.clone())];
+            c.test_hooks = true;
+        },
+    );
+    wait_console(&v, "READY");
+    let report = hull_tests::jail::assert_jailed(v.pid() as i32);
+    eprintln!("{report}");
+    // The API still answers from inside the jail.
+    let r = api(&v, r#"{"action":"stats"}"#);
+    assert!(r.starts_with(r#"{"ok":true"#), "{r}");
+
+    let _ = v.api_raw(r#"{"action":"seccomp_probe"}"#);
+    let e = vm::wait_exit(&mut v, VM_LIMIT);
+    let log = v.log();
+    assert_eq!(e.status.code(), Some(5), "{}; log:\n{log}", e.exit);
+    assert_eq!(e.exit, vm::VmmExit::Seccomp, "{log}");
+    assert!(
+        e.exit.to_string().contains("seccomp allowlist"),
+        "{}",
+        e.exit
+    );
+    assert!(
+        log.contains(&format!(
+            "system call {} is outside the allowlist of a vmm thread",
+            libc::SYS_syslog
+        )),
+        "{log}"
+    );
+}
+
+/// Without `test_hooks`, the probe is refused and the VM goes on.
+#[test]
+fn the_seccomp_probe_is_refused_without_test_hooks() {
+    let dir = TempDir::new("hull-vmm-nohooks");
+    let sock = dir.path().join("api.sock");
+    let mut v = boot(
+        &dir.path().join("vm"),
+        "echo READY\nwhile true; do sleep 1; done\n",
+        |c| c.api_socket = Some(sock.clone()),
+    );
+    wait_console(&v, "READY");
+    let r = api(&v, r#"{"action":"seccomp_probe"}"#);
+    assert!(
+        r.contains("test hook this VM was not configured with"),
+        "{r}"
+    );
+    let r = api(&v, r#"{"action":"shutdown","timeout_ms":1000}"#);
+    assert!(r.starts_with(r#"{"ok":true"#), "{r}");
+    vm::wait_exit(&mut v, VM_LIMIT);
+}
