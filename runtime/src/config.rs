@@ -242,7 +242,10 @@ mod tests {
         let e = parse("[jail]\nsecomp = false\n").unwrap_err().to_string();
         assert!(e.contains("secomp"), "{e}");
         let e = parse("jail = 1\n").unwrap_err().to_string();
-        assert!(e.contains("jail must be true, false or a [jail] table"), "{e}");
+        assert!(
+            e.contains("jail must be true, false or a [jail] table"),
+            "{e}"
+        );
     }
 
     #[test]
