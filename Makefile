@@ -22,7 +22,7 @@ BINS := hull hull-vmm containerd-shim-hull-v2
 # unpacked by the guest kernel on every sandbox start (docs/performance.md).
 GUEST_OUT := $(CARGO_TARGET_DIR)/$(TRIPLE)/guest
 
-.PHONY: install install-docker deps build kernel initrd lint fuzz unit-test testhost-selftest vm-test test demo bench clean
+.PHONY: install install-docker deps build kernel initrd lint fuzz unit-test testhost-selftest vm-test test demo bench soak clean
 
 deps:
 	@scripts/install-deps.sh
@@ -45,6 +45,7 @@ initrd: build
 # one and outside the clone too; `lint` fails if any fuzz target stops compiling.
 export HULL_FUZZ_TARGET_DIR ?= $(HULL_CACHE_DIR)/fuzz-target-$(RUST_KEY)
 FUZZ_SECONDS ?= 600
+SOAK_CYCLES ?= 200
 
 # Puts the binaries, the guest kernel and the initramfs where hull's defaults look for them
 # (runtime/src/config.rs): $(PREFIX)/bin and $(PREFIX)/share/hull.
@@ -91,6 +92,11 @@ demo: build kernel initrd
 
 bench: build kernel initrd
 	tests/bench/run
+
+# The leak check at full length: 200 create/delete cycles through the CLI (`make test` runs 20),
+# nothing may grow on the host (files, threads, processes, mounts, cgroups, state).
+soak: build kernel initrd
+	HULL_SOAK_CYCLES=$(SOAK_CYCLES) tests/run-vm-tests create_delete_cycles_leave_nothing_growing
 
 clean:
 	rm -rf $(BUILD)

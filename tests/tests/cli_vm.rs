@@ -763,3 +763,148 @@ fn create_killed_during_boot_leaves_nothing_after_delete_force() {
     unsafe { libc::waitpid(vmm, std::ptr::null_mut(), 0) };
     assert!(!alive(vmm), "hull-vmm {vmm} still runs");
 }
+
+/// A container's hull-vmm runs jailed (docs/security.md) and in a cgroup of its own when the
+/// spec names none (`hull/<id>-<hash>`), which `delete` removes; `hull check` says what the
+/// jail holds.
+#[test]
+fn a_container_s_vmm_is_jailed_in_a_cgroup_of_its_own() {
+    let env = Env::new("jailed");
+    let b = env.bundle("jailed", &["sleep", "1000"], |_| {});
+    let (code, err) = env.hull_detached(&["run", "-d", "--bundle", b.to_str().unwrap(), "jailed"]);
+    assert_eq!(code, Some(0), "{err}");
+    let st: Value =
+        serde_json::from_slice(&std::fs::read(env.root.join("jailed").join("state.json")).unwrap())
+            .unwrap();
+    let vmm = st["vmm_pid"].as_u64().unwrap() as i32;
+    let report = hull_tests::jail::assert_jailed(vmm);
+    eprintln!("{report}");
+    let cgroup = std::fs::read_to_string(format!("/proc/{vmm}/cgroup")).unwrap();
+    let cg = cgroup
+        .lines()
+        .find_map(|l| l.strip_prefix("0::"))
+        .unwrap_or_else(|| panic!("no cgroup v2 line: {cgroup}"))
+        .to_string();
+    assert!(cg.starts_with("/hull/jailed-"), "hull-vmm's cgroup: {cg}");
+    let cg_dir = Path::new("/sys/fs/cgroup").join(cg.trim_start_matches('/'));
+    assert!(cg_dir.is_dir());
+
+    let check = env.hull(&["check"]);
+    let out = text(&check.stdout);
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with("ok   VMM jail: namespaces") && l.contains("seccomp")),
+        "{out}"
+    );
+
+    let out = env.hull(&["delete", "--force", "jailed"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    env.assert_gone("jailed");
+    assert!(!cg_dir.exists(), "{} is left", cg_dir.display());
+}
+
+/// A privileged container that owns its guest ends the VM from inside: it shares the guest's
+/// pid namespace and reboots the guest. `hull run` reports the container gone (137, as when
+/// runc's container is killed), `delete --force` leaves nothing, and a host tree outside the
+/// share is byte-for-byte the same. (A guest kernel panic is the VMM's to report:
+/// `vmm_boot.rs` `guest_panic_exits_nonzero_with_the_reason`; the guest kernel has no sysrq
+/// for a container to trigger one.)
+#[test]
+fn a_guest_that_reboots_its_vm_leaves_nothing() {
+    let env = Env::new("crash");
+    let victim = env.dir.path().join("victim");
+    std::fs::create_dir_all(&victim).unwrap();
+    std::fs::write(victim.join("precious"), b"host data").unwrap();
+    let before = tree(&victim);
+    let id = "reboot";
+    let b = env.bundle(
+        id,
+        &["sh", "-c", "reboot -f; sleep 30; echo STILL-HERE"],
+        |s| {
+            s["process"]["capabilities"] = json!({
+                "bounding": ALL_CAPS, "effective": ALL_CAPS, "permitted": ALL_CAPS,
+            });
+            s["linux"]["seccomp"] = Value::Null;
+            // The guest's pid namespace: `reboot` reboots the guest, not a namespace.
+            let ns = s["linux"]["namespaces"].as_array_mut().unwrap();
+            ns.retain(|n| n["type"] != "pid");
+        },
+    );
+    let out = env.hull(&["run", "--bundle", b.to_str().unwrap(), id]);
+    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+    assert_eq!(out.status.code(), Some(137), "{stdout}\n{stderr}");
+    assert!(!stdout.contains("STILL-HERE"), "{stdout}");
+    let out = env.hull(&["delete", "--force", id]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    env.assert_gone(id);
+    assert_eq!(tree(&victim), before, "the host tree changed");
+}
+
+/// Fault injection: the pid-file process of a running container (what containerd's shim
+/// watches as the container) is SIGKILLed. The VM goes on until `delete --force`, which
+/// leaves nothing: no VM, mount, state or cgroup.
+#[test]
+fn a_killed_pid_file_process_leaves_nothing_after_delete_force() {
+    let env = Env::new("killmon");
+    let b = env.bundle("b", &["sleep", "1000"], |_| {});
+    let pid_file = env.dir.path().join("pid");
+    let (code, err) = env.hull_detached(&[
+        "run",
+        "-d",
+        "--bundle",
+        b.to_str().unwrap(),
+        "--pid-file",
+        pid_file.to_str().unwrap(),
+        "m1",
+    ]);
+    assert_eq!(code, Some(0), "{err}");
+    let monitor = read_pid(&pid_file);
+    let st: Value =
+        serde_json::from_slice(&std::fs::read(env.root.join("m1").join("state.json")).unwrap())
+            .unwrap();
+    let vmm = st["vmm_pid"].as_u64().unwrap() as i32;
+    let cgroup = st["host_cgroup"].as_str().map(PathBuf::from);
+    // SAFETY: kill(2) of the pid-file process this test started.
+    assert_eq!(unsafe { libc::kill(monitor, libc::SIGKILL) }, 0);
+    assert_eq!(reap(monitor), 128 + libc::SIGKILL);
+    // SAFETY: kill with signal 0 sends nothing; it only checks that the process exists.
+    assert_eq!(unsafe { libc::kill(vmm, 0) }, 0, "the VM went with it");
+    let out = env.hull(&["delete", "--force", "m1"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    env.assert_gone("m1");
+    if let Some(cg) = cgroup {
+        assert!(!cg.exists(), "{} is left", cg.display());
+    }
+}
+
+/// Fault injection: the state root is full (a 16 KiB tmpfs). `create` fails with an error
+/// that says so, and leaves nothing: no sandbox directory, VM or mount.
+#[test]
+fn a_full_state_root_is_a_clear_error_that_leaves_nothing() {
+    let mut env = Env::new("enospc");
+    let small = env.dir.path().join("small");
+    std::fs::create_dir_all(&small).unwrap();
+    nix::mount::mount(
+        Some("tmpfs"),
+        &small,
+        Some("tmpfs"),
+        nix::mount::MsFlags::empty(),
+        Some("size=16k"),
+    )
+    .unwrap();
+    // Fill it but for a page or so.
+    let filler = small.join("filler");
+    let _ = std::fs::write(&filler, vec![0u8; 12 * 1024]);
+    env.root = small.join("root");
+    let b = env.bundle("b", &["true"], |_| {});
+    let out = env.hull(&["create", "--bundle", b.to_str().unwrap(), "full"]);
+    let stderr = text(&out.stderr);
+    assert_ne!(out.status.code(), Some(0), "{stderr}");
+    assert!(stderr.contains("No space left on device"), "{stderr}");
+    env.assert_gone("full");
+    let left: Vec<_> = std::fs::read_dir(&env.root)
+        .map(|d| d.flatten().map(|e| e.file_name()).collect())
+        .unwrap_or_default();
+    assert!(left.is_empty(), "left under the root: {left:?}");
+    nix::mount::umount2(&small, nix::mount::MntFlags::MNT_DETACH).unwrap();
+}
