@@ -93,7 +93,7 @@ demo: build kernel initrd
 bench: build kernel initrd
 	tests/bench/run
 
-# The leak check at full length: 200 create/delete cycles through the CLI (`make test` runs 20),
+# The leak check at full length: 200 create/delete cycles through the CLI (`make test` runs 10),
 # nothing may grow on the host (files, threads, processes, mounts, cgroups, state).
 soak: build kernel initrd
 	HULL_SOAK_CYCLES=$(SOAK_CYCLES) tests/run-vm-tests create_delete_cycles_leave_nothing_growing

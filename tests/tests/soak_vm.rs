@@ -1,6 +1,6 @@
 //! Create/delete cycles through the CLI leave nothing growing on the host: open files, threads,
 //! processes, mounts, cgroups, files under the runtime root. `make test` runs
-//! `HULL_SOAK_CYCLES` cycles (default 20, about 3 minutes in the emulated host); `make soak`
+//! `HULL_SOAK_CYCLES` cycles (default 10, under 2 minutes in the emulated host); `make soak`
 //! runs 200.
 
 use std::path::{Path, PathBuf};
@@ -161,7 +161,7 @@ fn create_delete_cycles_leave_nothing_growing() {
     let cycles: usize = std::env::var("HULL_SOAK_CYCLES")
         .ok()
         .map(|v| v.parse().expect("HULL_SOAK_CYCLES is a number"))
-        .unwrap_or(20);
+        .unwrap_or(10);
     let dir = TempDir::new("hull-soak");
     let root: PathBuf = dir.path().join("root");
     let config = dir.path().join("config.toml");
