@@ -96,7 +96,8 @@ bench: build kernel initrd
 # The leak check at full length: 200 create/delete cycles through the CLI (`make test` runs 10),
 # nothing may grow on the host (files, threads, processes, mounts, cgroups, state).
 soak: build kernel initrd
-	HULL_SOAK_CYCLES=$(SOAK_CYCLES) tests/run-vm-tests create_delete_cycles_leave_nothing_growing
+	HULL_SOAK_CYCLES=$(SOAK_CYCLES) HULL_VM_TEST_BINARY_TIMEOUT=3600 HULL_VM_TEST_TIMEOUT=4000 \
+	  tests/run-vm-tests create_delete_cycles_leave_nothing_growing
 
 clean:
 	rm -rf $(BUILD)
