@@ -27,6 +27,7 @@ pub mod device_manager;
 pub mod devices;
 pub mod exit;
 pub mod jail;
+pub mod logger;
 mod rpc_interface;
 pub mod sync;
 pub mod vmm;

@@ -143,7 +143,11 @@ fn close_inherited_fds() {
 fn main() {
     close_inherited_fds();
     tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
+        // The guest decides how often some lines are logged: the log file is bounded.
+        .with_writer(hull_vmm::logger::LogBudget::new(
+            std::io::stderr(),
+            hull_vmm::logger::LOG_MAX_BYTES,
+        ))
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("HULL_LOG")
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
