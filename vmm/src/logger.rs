@@ -4,6 +4,7 @@
 //! first lines (at most `max` bytes), then one line saying that it stopped, then nothing more.
 //! The line that says why hull-vmm stopped is not a log line (`eprintln!` in the binary) and is
 //! always written.
+
 use std::io::{self, Write};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex;
