@@ -135,9 +135,19 @@ pub fn enter(
     paths: &JailPaths,
     socket_dirfds: &[i32],
 ) -> Result<String, JailError> {
-    let threads = thread_count()?;
-    if threads != 1 {
-        return Err(JailError::Threads(threads));
+    // Threads that were joined (the kernel and initramfs loaders) can still be listed for a
+    // moment after the join returns: the kernel wakes the joiner before it has released the
+    // task. They run nothing any more; wait a bounded time for them to go.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+    loop {
+        let threads = thread_count()?;
+        if threads == 1 {
+            break;
+        }
+        if std::time::Instant::now() > deadline {
+            return Err(JailError::Threads(threads));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(1));
     }
     set_rlimits(cfg.max_open_files)?;
     let mut parts = vec![format!("max_open_files={}", cfg.max_open_files)];
@@ -198,10 +208,24 @@ pub fn is_confined() -> bool {
     POLICY.get().is_some()
 }
 
+/// This process's threads that have not exited (an exiting thread's state is `Z` or `X`).
 fn thread_count() -> Result<usize, JailError> {
     let rd =
         std::fs::read_dir("/proc/self/task").map_err(|e| JailError::sys("/proc/self/task", e))?;
-    Ok(rd.count())
+    let exited = |stat: &str| {
+        // "tid (comm) S ...": the state follows the last ')' (comm may hold one).
+        stat.rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().next())
+            .is_some_and(|st| st == "Z" || st == "X")
+    };
+    Ok(rd
+        .flatten()
+        .filter(|e| match std::fs::read_to_string(e.path().join("stat")) {
+            Ok(stat) => !exited(&stat),
+            // Gone between the listing and the read.
+            Err(_) => false,
+        })
+        .count())
 }
 
 fn set_rlimits(max_open_files: u64) -> Result<(), JailError> {
