@@ -562,6 +562,33 @@ async fn orphans_are_reaped() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_child_left_holding_stdout_does_not_hold_wait() {
+    let (_agent, c) = TestAgent::with_client().await;
+    // The child holds stdout open and writes nothing: `wait` answers once the stream stayed
+    // silent for the linger time after the exit, with everything written before it.
+    let out = tokio::time::timeout(T, c.run(sh("sleep 1000 & echo $!; echo out; exit 3"), None))
+        .await
+        .expect("wait answered")
+        .unwrap();
+    assert_eq!(out.status.code(), Some(3));
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let mut lines = text.lines();
+    let child: i32 = lines.next().unwrap().parse().unwrap();
+    assert_eq!(lines.next(), Some("out"), "{text}");
+    // SAFETY: kill(2) of the test's own leftover child.
+    unsafe { libc::kill(child, libc::SIGKILL) };
+    // A child that keeps writing keeps the stream going: its output is not cut.
+    let out = c
+        .run(
+            sh("(for i in 1 2 3 4; do sleep 0.3; echo $i; done) & exit 0"),
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "1\n2\n3\n4\n");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn many_calls_in_flight_on_one_connection() {
     let agent = TestAgent::start();
     let c = std::sync::Arc::new(agent.client().await);

@@ -58,9 +58,12 @@
 //! connection attached at that moment (or attaches before this condition holds) has reached
 //! end-of-file and been fully written to its connection. So a host that attaches its stdout/stderr
 //! connections (and got their hello replies) before calling `wait` has, when the reply arrives,
-//! all output in its socket buffers, followed by end-of-file. A background process that inherited
-//! the pipe keeps it open and so delays `wait` until it exits or the host closes that stream
-//! connection. Output streams nobody attached do not delay `wait`; their data stays available.
+//! all output in its socket buffers, followed by end-of-file. Once the process has exited, an
+//! attached stream whose pipe stays silent for 2 s without reaching end-of-file is ended by the
+//! agent as if it had (a background child that inherited the pipe and writes nothing does not
+//! hold `wait`, as runc returns when the container's process exits); output that keeps coming
+//! keeps it going. Output streams nobody attached do not delay `wait`; their data stays
+//! available.
 //!
 //! **Stdin** is closed (the process sees end-of-file) when the stdin stream connection reaches
 //! end-of-file, or by the `close_stdin` call: with `after_bytes: Some(n)` the agent first writes

@@ -14,6 +14,13 @@ use crate::transport::BoxConn;
 /// Copy buffer per stream connection.
 const CHUNK: usize = 256 * 1024;
 
+/// How long an attached output stream may stay silent after its process exited before the agent
+/// ends it: something the process left behind (a background child in the guest's pid namespace,
+/// an exec'd `sleep &`) holds the pipe open without writing, and would otherwise delay `wait`
+/// for as long as it lives. runc returns when the container's process exits, whatever holds its
+/// stdout. Output that keeps coming keeps the stream going.
+pub(crate) const OUTPUT_LINGER: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// A stream claimed for one stream connection; [`Claim::copy`] serves it.
 pub struct Claim {
     procs: Arc<Processes>,
@@ -130,6 +137,9 @@ enum OutEnd {
     HostGone,
     /// The process was released.
     Released,
+    /// The process exited and the pipe stayed silent for [`OUTPUT_LINGER`]: whatever still holds
+    /// it open no longer holds the host.
+    Lingered,
 }
 
 /// Copies an output stream to its connection until end-of-file (then closes the connection)
@@ -145,6 +155,8 @@ async fn run_output(
     let mut buf = vec![0u8; CHUNK];
     let mut probe = [0u8; 256];
     let mut copied: u64 = 0;
+    let mut exited = proc.state().exit.is_some();
+    let mut last_read = tokio::time::Instant::now();
     let end = loop {
         tokio::select! {
             r = read_fd(&fd, &mut buf) => match r {
@@ -154,6 +166,7 @@ async fn run_output(
                         break OutEnd::HostGone;
                     }
                     copied += n as u64;
+                    last_read = tokio::time::Instant::now();
                 }
                 // A terminal master reads EIO once every slave descriptor is closed.
                 Err(e) if e.raw_os_error() == Some(libc::EIO) => break OutEnd::Eof,
@@ -167,10 +180,24 @@ async fn run_output(
                 Ok(_) => {} // nothing is expected from the host here; ignore it
             },
             _ = proc.wait_for(|st| st.released.then_some(())) => break OutEnd::Released,
+            _ = proc.wait_for(|st| st.exit.map(|_| ())), if !exited => {
+                exited = true;
+                last_read = last_read.max(tokio::time::Instant::now());
+            }
+            _ = tokio::time::sleep_until(last_read + OUTPUT_LINGER), if exited => {
+                break OutEnd::Lingered;
+            }
         }
     };
+    if matches!(end, OutEnd::Lingered) {
+        tracing::debug!(
+            "{} {stream:?}: still open {OUTPUT_LINGER:?} after the exit, with nothing written; \
+             ended (something the process left holds it)",
+            proc.id
+        );
+    }
     match end {
-        OutEnd::Eof => {
+        OutEnd::Eof | OutEnd::Lingered => {
             // Every byte is written; the state says so before the host sees end-of-file, so a
             // host that reads to the end and then asks finds the stream drained.
             *proc.state().output(stream) = Output::Eof;
