@@ -162,6 +162,55 @@ pub fn join_dir(dir: &Path, pid: u32) {
     }
 }
 
+/// Whether `dir` is a cgroup directory this module could have made: below the cgroup v2 root,
+/// with no `..` (a record read back from a sandbox's directory is checked so).
+pub(crate) fn is_own_dir(dir: &Path) -> bool {
+    dir.strip_prefix(CGROUP_ROOT).is_ok_and(|rel| {
+        !rel.as_os_str().is_empty() && rel.components().all(|c| matches!(c, Component::Normal(_)))
+    })
+}
+
+/// Kills every process in the cgroup directory `dir` (`cgroup.kill`, or SIGKILL to each pid
+/// of `cgroup.procs` on kernels before 5.14) and waits, at most `limit`, until it is empty,
+/// reaping those that were this process's children. What a sandbox's cleanup does when a VM
+/// may run that no record names.
+pub(crate) fn kill_all(dir: &Path, limit: std::time::Duration) {
+    let procs = || -> Vec<i32> {
+        std::fs::read_to_string(dir.join("cgroup.procs"))
+            .map(|s| s.lines().filter_map(|l| l.trim().parse().ok()).collect())
+            .unwrap_or_default()
+    };
+    if std::fs::write(dir.join("cgroup.kill"), "1").is_err() {
+        for pid in procs() {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+    }
+    let deadline = std::time::Instant::now() + limit;
+    loop {
+        let left = procs();
+        for &pid in &left {
+            let _ = nix::sys::wait::waitpid(
+                nix::unistd::Pid::from_raw(pid),
+                Some(nix::sys::wait::WaitPidFlag::WNOHANG),
+            );
+        }
+        if left.is_empty() {
+            return;
+        }
+        if std::time::Instant::now() > deadline {
+            tracing::warn!(
+                "cgroup {}: {left:?} still in it after SIGKILL",
+                dir.display()
+            );
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
 /// Removes the cgroup directory `dir` that [`prepare`] made, once it is empty (after the VM
 /// and every process that stood for the container are gone). Only a sandbox's cleanup calls
 /// this (the sandbox module): the sandbox owns the cgroup its VM was started in.
@@ -194,6 +243,23 @@ mod tests {
             "linux": {"resources": resources}
         }))
         .unwrap()
+    }
+
+    #[test]
+    fn only_directories_below_the_cgroup_root_are_ours() {
+        assert!(is_own_dir(Path::new("/sys/fs/cgroup/hull/a-1234")));
+        assert!(is_own_dir(Path::new(
+            "/sys/fs/cgroup/system.slice/docker-x.scope"
+        )));
+        for bad in [
+            "/sys/fs/cgroup",
+            "/sys/fs/cgroup/../../etc",
+            "/etc/passwd",
+            "hull/x",
+            "",
+        ] {
+            assert!(!is_own_dir(Path::new(bad)), "{bad}");
+        }
     }
 
     #[test]

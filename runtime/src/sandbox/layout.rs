@@ -13,6 +13,7 @@
 //!   shared/               the guest's read-only view of it (virtio-fs tag `hull-shared`)
 //!   containers/<cid>.json the containers' records (written by the container module)
 //!   netns                 the path of the network namespace the VM's taps are in
+//!   host-cgroup           the cgroup hull-vmm is started in, recorded before it starts
 //!   net.ns                the sandbox's own network namespace, bind-mounted
 //! ```
 
@@ -40,6 +41,8 @@ const LONGEST_SOCKET: &str = "vsock.sock_4294967295";
 const NETNS_FILE: &str = "netns";
 /// Where a sandbox's own network namespace is bind-mounted.
 const OWN_NETNS: &str = "net.ns";
+/// The record of the cgroup hull-vmm is started in (its path), written before the start.
+const CGROUP_FILE: &str = "host-cgroup";
 /// Most bytes of a Unix socket path.
 pub const MAX_SOCKET_PATH: usize = 107;
 /// Where a sandbox's sockets go when its directory is too deep for them.
@@ -150,6 +153,12 @@ impl Layout {
     /// The record of the network namespace whose taps the cleanup removes.
     pub fn netns_record(&self) -> PathBuf {
         self.dir.join(NETNS_FILE)
+    }
+
+    /// The record of the cgroup hull-vmm is started in: how the cleanup finds a VM whose
+    /// creator was killed after its start and before its pid was on record.
+    pub fn cgroup_record(&self) -> PathBuf {
+        self.dir.join(CGROUP_FILE)
     }
 
     /// Where the sandbox's own network namespace is bind-mounted.

@@ -254,6 +254,22 @@ impl Sandbox {
                 }
             }
         }
+        // On record before hull-vmm starts: a creator killed between the start and the state
+        // file leaves a VM that the cleanup finds in this cgroup.
+        if let Some(cg) = &opts.host_cgroup {
+            let record = layout.cgroup_record();
+            let written = crate::vmm::private_file(&record)
+                .and_then(|mut f| std::io::Write::write_all(&mut f, cg.as_os_str().as_bytes()));
+            if let Err(source) = written {
+                let _ = std::fs::remove_dir_all(layout.dir());
+                crate::host_cgroup::remove_dir(cg);
+                return Err(SandboxError::Io {
+                    what: "cannot record the sandbox's cgroup",
+                    path: record,
+                    source,
+                });
+            }
+        }
         let opts = &opts;
         match Sandbox::boot(config, &layout, id, opts).await {
             Ok((state, agent)) => Ok(Sandbox {
@@ -692,6 +708,22 @@ pub fn cleanup(root: &Path, id: &str) -> Result<(), SandboxError> {
 fn cleanup_dir(layout: &Layout) -> Result<(), SandboxError> {
     let dir = layout.dir();
     let state = SandboxState::read(dir).ok();
+    // The cgroup hull-vmm was started in: the state's, or the record written before the start.
+    let cgroup = state
+        .as_ref()
+        .and_then(|s| s.host_cgroup.clone())
+        .or_else(|| {
+            let rec = std::fs::read(layout.cgroup_record()).ok()?;
+            let p = PathBuf::from(std::ffi::OsString::from_vec(rec));
+            crate::host_cgroup::is_own_dir(&p).then_some(p)
+        });
+    if state.is_none() {
+        // No pid on record: a creator killed right after hull-vmm's start. The VM, if any, is
+        // in its cgroup.
+        if let Some(cg) = &cgroup {
+            crate::host_cgroup::kill_all(cg, Duration::from_secs(10));
+        }
+    }
     if let Some(state) = &state {
         kill_vmm(state)?;
         let deadline = Instant::now() + Duration::from_secs(10);
@@ -752,7 +784,7 @@ fn cleanup_dir(layout: &Layout) -> Result<(), SandboxError> {
         }
     }
     // Last: the VM that was charged to it is gone.
-    if let Some(cg) = state.as_ref().and_then(|s| s.host_cgroup.as_deref()) {
+    if let Some(cg) = &cgroup {
         crate::host_cgroup::remove_dir(cg);
     }
     Ok(())
