@@ -109,7 +109,92 @@ impl Env {
                 .any(|l| l.contains("hull-vmm") && l.contains(&root)),
             "a hull-vmm of {id} still runs:\n{ps}"
         );
+        // The cgroup hull-vmm got when the spec named none (`hull/<id>-<hash>`).
+        let prefix = format!("{id}-");
+        let left: Vec<_> = std::fs::read_dir("/sys/fs/cgroup/hull")
+            .map(|d| {
+                d.flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .filter(|n| n.starts_with(&prefix))
+                    .collect()
+            })
+            .unwrap_or_default();
+        assert!(left.is_empty(), "cgroups of {id} left: {left:?}");
     }
+
+    /// Runs `hull ARGS` and fails the test if it has not ended within `limit`: a host command
+    /// the guest can make hang forever is the failure these tests look for.
+    fn hull_within(&self, args: &[&str], limit: Duration) -> Output {
+        let out = self.dir.path().join("within.out");
+        let err = self.dir.path().join("within.err");
+        let mut child = self
+            .cmd(args)
+            .stdout(std::fs::File::create(&out).unwrap())
+            .stderr(std::fs::File::create(&err).unwrap())
+            .spawn()
+            .unwrap();
+        let deadline = std::time::Instant::now() + limit;
+        let status = loop {
+            if let Some(s) = child.try_wait().unwrap() {
+                break s;
+            }
+            if std::time::Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!(
+                    "hull {args:?} still runs after {limit:?} (the guest holds it): {}",
+                    std::fs::read_to_string(&err).unwrap_or_default()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        Output {
+            status,
+            stdout: std::fs::read(&out).unwrap_or_default(),
+            stderr: std::fs::read(&err).unwrap_or_default(),
+        }
+    }
+}
+
+/// A sacrificial host tree outside the share: what a hostile guest would like to change.
+struct Victim {
+    dir: PathBuf,
+    before: Vec<(PathBuf, Vec<u8>)>,
+}
+
+impl Victim {
+    fn new(env: &Env) -> Victim {
+        let dir = env.dir.path().join("victim");
+        std::fs::create_dir_all(dir.join("sub")).unwrap();
+        std::fs::write(dir.join("precious"), b"host data").unwrap();
+        std::fs::write(dir.join("sub/more"), b"more host data").unwrap();
+        let before = tree(&dir);
+        Victim { dir, before }
+    }
+
+    fn assert_unchanged(&self) {
+        assert_eq!(tree(&self.dir), self.before, "the host tree changed");
+    }
+}
+
+/// A spec edit: every capability, no seccomp filter, nothing masked, and none of the
+/// namespaces `unshare` names (the guest's own instead): a container that owns its guest.
+fn owns_the_guest(s: &mut Value, unshare: &[&str]) {
+    s["process"]["capabilities"] = json!({
+        "bounding": ALL_CAPS, "effective": ALL_CAPS, "permitted": ALL_CAPS,
+    });
+    s["linux"]["seccomp"] = Value::Null;
+    s["linux"]["maskedPaths"] = json!([]);
+    s["linux"]["readonlyPaths"] = json!([]);
+    let ns = s["linux"]["namespaces"].as_array_mut().unwrap();
+    ns.retain(|n| !unshare.contains(&n["type"].as_str().unwrap_or_default()));
+}
+
+/// The guest-side probe (`hull-guest-probe`, static), copied into a bundle's rootfs.
+fn install_probe(bundle: &Path) {
+    let p = PathBuf::from(env!("CARGO_BIN_EXE_hull-guest-probe"));
+    std::fs::copy(&p, bundle.join("rootfs/bin/hull-guest-probe"))
+        .unwrap_or_else(|e| panic!("{}: {e}", p.display()));
 }
 
 fn text(b: &[u8]) -> String {
@@ -645,14 +730,10 @@ const ALL_CAPS: &[&str] = &[
 fn a_privileged_container_cannot_redirect_the_host_through_the_share() {
     let env = Env::new("hostile");
     // The host tree a planted link would point the host's cleanup at.
-    let victim = env.dir.path().join("victim");
-    std::fs::create_dir_all(victim.join("sub")).unwrap();
-    std::fs::write(victim.join("precious"), b"host data").unwrap();
-    std::fs::write(victim.join("sub/more"), b"more host data").unwrap();
-    let before = tree(&victim);
+    let victim = Victim::new(&env);
     let volume = env.dir.path().join("volume");
     std::fs::create_dir(&volume).unwrap();
-    let v = victim.display();
+    let v = victim.dir.display();
     let script = format!(
         r#"mkdir -p /share && mount -t virtiofs hull-shared /share || {{ echo NO-MOUNT; exit 1; }}
 c=/share/containers/hostile
@@ -678,12 +759,7 @@ echo guest > $m/guest-wrote && echo VOLUME-WRITABLE
 echo DONE"#
     );
     let b = env.bundle("hostile", &["sh", "-c", &script], |s| {
-        s["process"]["capabilities"] = json!({
-            "bounding": ALL_CAPS, "effective": ALL_CAPS, "permitted": ALL_CAPS,
-        });
-        s["linux"]["seccomp"] = Value::Null;
-        s["linux"]["maskedPaths"] = json!([]);
-        s["linux"]["readonlyPaths"] = json!([]);
+        owns_the_guest(s, &[]);
         s["mounts"].as_array_mut().unwrap().push(
             json!({"destination": "/data", "type": "bind", "source": volume, "options": ["rbind"]}),
         );
@@ -710,10 +786,10 @@ echo DONE"#
         std::fs::read_to_string(volume.join("guest-wrote")).unwrap(),
         "guest\n"
     );
-    assert_eq!(tree(&victim), before, "the host tree changed");
+    victim.assert_unchanged();
     let out = env.hull(&["delete", "--force", "hostile"]);
     assert!(out.status.success(), "{}", text(&out.stderr));
-    assert_eq!(tree(&victim), before, "the host tree changed");
+    victim.assert_unchanged();
     env.assert_gone("hostile");
 }
 
@@ -803,41 +879,180 @@ fn a_container_s_vmm_is_jailed_in_a_cgroup_of_its_own() {
     assert!(!cg_dir.exists(), "{} is left", cg_dir.display());
 }
 
-/// A privileged container that owns its guest ends the VM from inside: it shares the guest's
-/// pid namespace and reboots the guest. `hull run` reports the container gone (137, as when
-/// runc's container is killed), `delete --force` leaves nothing, and a host tree outside the
-/// share is byte-for-byte the same. (A guest kernel panic is the VMM's to report:
-/// `vmm_boot.rs` `guest_panic_exits_nonzero_with_the_reason`; the guest kernel has no sysrq
-/// for a container to trigger one.)
+/// A privileged container that owns its guest ends the VM from inside, both ways it can: it
+/// reboots the guest, and it kills the guest's PID 1 (hull's agent; the kernel ignores SIGKILL
+/// sent to init from inside, so `hull-guest-probe kill-init` turns the agent's next system call
+/// into `exit_group` with ptrace, and the guest kernel panics). `hull run` reports the container
+/// gone (137, as when runc's container is killed), `delete --force` leaves nothing, and a host
+/// tree outside the share is byte-for-byte the same.
 #[test]
-fn a_guest_that_reboots_its_vm_leaves_nothing() {
+fn a_guest_that_ends_its_vm_leaves_nothing() {
     let env = Env::new("crash");
-    let victim = env.dir.path().join("victim");
-    std::fs::create_dir_all(&victim).unwrap();
-    std::fs::write(victim.join("precious"), b"host data").unwrap();
-    let before = tree(&victim);
-    let id = "reboot";
+    let victim = Victim::new(&env);
+    for (id, script) in [
+        ("reboot", "reboot -f; sleep 30; echo STILL-HERE"),
+        (
+            "killinit",
+            "hull-guest-probe kill-init; sleep 30; echo STILL-HERE",
+        ),
+    ] {
+        let b = env.bundle(id, &["sh", "-c", script], |s| owns_the_guest(s, &["pid"]));
+        install_probe(&b);
+        let out = env.hull_within(
+            &["run", "--bundle", b.to_str().unwrap(), id],
+            Duration::from_secs(300),
+        );
+        let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+        assert_eq!(out.status.code(), Some(137), "{id}: {stdout}\n{stderr}");
+        assert!(!stdout.contains("STILL-HERE"), "{id}: {stdout}");
+        eprintln!("{id}: {stdout}\n{stderr}");
+        let out = env.hull_within(&["delete", "--force", id], Duration::from_secs(120));
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        env.assert_gone(id);
+        victim.assert_unchanged();
+    }
+}
+
+/// A guest that never closes a container's stdout: the container's process leaves a child
+/// holding it (in the guest's pid namespace, so the child outlives it) and exits 3. `hull run`
+/// still returns 3 with the output, after a bounded wait for the stream's end; delete leaves
+/// nothing.
+#[test]
+fn a_guest_that_never_closes_stdout_cannot_hold_the_host() {
+    let env = Env::new("noeof");
+    let victim = Victim::new(&env);
     let b = env.bundle(
-        id,
-        &["sh", "-c", "reboot -f; sleep 30; echo STILL-HERE"],
-        |s| {
-            s["process"]["capabilities"] = json!({
-                "bounding": ALL_CAPS, "effective": ALL_CAPS, "permitted": ALL_CAPS,
-            });
-            s["linux"]["seccomp"] = Value::Null;
-            // The guest's pid namespace: `reboot` reboots the guest, not a namespace.
-            let ns = s["linux"]["namespaces"].as_array_mut().unwrap();
-            ns.retain(|n| n["type"] != "pid");
-        },
+        "b",
+        &["sh", "-c", "sleep 100000 & echo BEFORE-EXIT; exit 3"],
+        |s| owns_the_guest(s, &["pid"]),
     );
-    let out = env.hull(&["run", "--bundle", b.to_str().unwrap(), id]);
+    let out = env.hull_within(
+        &["run", "--bundle", b.to_str().unwrap(), "noeof"],
+        Duration::from_secs(300),
+    );
     let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
-    assert_eq!(out.status.code(), Some(137), "{stdout}\n{stderr}");
-    assert!(!stdout.contains("STILL-HERE"), "{stdout}");
-    let out = env.hull(&["delete", "--force", id]);
+    assert_eq!(out.status.code(), Some(3), "{stdout}\n{stderr}");
+    assert!(stdout.contains("BEFORE-EXIT"), "{stdout}\n{stderr}");
+    let out = env.hull_within(&["delete", "--force", "noeof"], Duration::from_secs(120));
     assert!(out.status.success(), "{}", text(&out.stderr));
-    env.assert_gone(id);
-    assert_eq!(tree(&victim), before, "the host tree changed");
+    env.assert_gone("noeof");
+    victim.assert_unchanged();
+}
+
+/// A guest that stops reading the agent's vsock: a privileged container moves the guest's
+/// PID 1 (hull's agent) into a cgroup of its own and freezes it, so nothing in the guest answers
+/// the host or reads what it sends. `hull kill` and `hull state` end within their call limits
+/// instead of hanging (a SIGKILL kills the VM, as it would a runc container), and `delete
+/// --force` still removes everything.
+#[test]
+fn a_guest_that_freezes_its_agent_cannot_hang_the_host() {
+    let env = Env::new("frozen");
+    let victim = Victim::new(&env);
+    let volume = env.dir.path().join("volume");
+    std::fs::create_dir(&volume).unwrap();
+    let script = "mkdir -p /cg && mount -t cgroup2 none /cg && mkdir /cg/frozen \
+        && echo 1 > /cg/frozen/cgroup.procs && echo 1 > /cg/frozen/cgroup.freeze \
+        && grep -q 'frozen 1' /cg/frozen/cgroup.events && touch /data/frozen; sleep 100000";
+    let b = env.bundle("b", &["sh", "-c", script], |s| {
+        owns_the_guest(s, &["pid", "cgroup"]);
+        s["mounts"].as_array_mut().unwrap().push(
+            json!({"destination": "/data", "type": "bind", "source": volume, "options": ["rbind"]}),
+        );
+    });
+    let (code, err) = env.hull_detached(&["run", "-d", "--bundle", b.to_str().unwrap(), "fz"]);
+    assert_eq!(code, Some(0), "{err}");
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    while !volume.join("frozen").exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the agent was never frozen: {}",
+            String::from_utf8_lossy(
+                &std::fs::read(env.dir.path().join("detached.out")).unwrap_or_default()
+            )
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // A signal the agent would deliver fails, naming why; `state` answers from the host's
+    // records; SIGKILL is the VM's to carry out: it is killed.
+    let out = env.hull_within(&["kill", "fz", "TERM"], Duration::from_secs(300));
+    let err = text(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "a signal nobody received was sent: {err}"
+    );
+    assert!(err.contains("does not answer"), "{err}");
+    let out = env.hull_within(&["state", "fz"], Duration::from_secs(300));
+    eprintln!(
+        "hull state against a frozen agent: {:?}\n{}{}",
+        out.status.code(),
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    let st: Value =
+        serde_json::from_slice(&std::fs::read(env.root.join("fz/state.json")).unwrap()).unwrap();
+    let vmm = st["vmm_pid"].as_u64().unwrap() as i32;
+    let out = env.hull_within(&["kill", "fz", "KILL"], Duration::from_secs(300));
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    // SAFETY: kill with signal 0 sends nothing; it only checks that the process exists.
+    while unsafe { libc::kill(vmm, 0) } == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "SIGKILL left the VM running"
+        );
+        // SAFETY: waitpid(WNOHANG) with a null status pointer only collects an exit (the VM
+        // may be this subreaper's orphan).
+        unsafe { libc::waitpid(vmm, std::ptr::null_mut(), libc::WNOHANG) };
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let out = env.hull_within(&["delete", "--force", "fz"], Duration::from_secs(300));
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    env.assert_gone("fz");
+    victim.assert_unchanged();
+}
+
+/// A guest that fills what it can write and creates many files: the container's writes land in
+/// its rootfs, on the disk the bundle is on (a 64 MiB tmpfs here), as runc's would, and stop
+/// there with ENOSPC; the host's state root is not where they go, and `delete --force` leaves
+/// nothing.
+#[test]
+fn a_guest_that_fills_its_disk_and_makes_many_files_leaves_nothing() {
+    let env = Env::new("fill");
+    let victim = Victim::new(&env);
+    let disk = env.dir.path().join("disk");
+    std::fs::create_dir_all(&disk).unwrap();
+    nix::mount::mount(
+        Some("tmpfs"),
+        &disk,
+        Some("tmpfs"),
+        nix::mount::MsFlags::empty(),
+        Some("size=64m"),
+    )
+    .unwrap();
+    let script = "mkdir /many && cd /many && for i in $(seq 1 100); do mkdir $i && \
+        (cd $i && touch $(seq 1 100)) || exit 1; done; echo MANY=$(find /many -type f | wc -l); \
+        dd if=/dev/zero of=/fill bs=1M 2>&1 | grep -o 'No space left on device' | head -n 1; \
+        echo DONE";
+    let b = env.bundle("disk/b", &["sh", "-c", script], |s| owns_the_guest(s, &[]));
+    let out = env.hull_within(
+        &["run", "--bundle", b.to_str().unwrap(), "fill"],
+        Duration::from_secs(600),
+    );
+    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+    assert_eq!(out.status.code(), Some(0), "{stdout}\n{stderr}");
+    for want in ["MANY=10000", "No space left on device", "DONE"] {
+        assert!(stdout.contains(want), "{want}: {stdout}\n{stderr}");
+    }
+    let filled = std::fs::metadata(b.join("rootfs/fill")).unwrap().len();
+    assert!(
+        filled > 32 << 20,
+        "the fill landed elsewhere: {filled} bytes in the rootfs"
+    );
+    let out = env.hull_within(&["delete", "--force", "fill"], Duration::from_secs(120));
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    env.assert_gone("fill");
+    victim.assert_unchanged();
+    nix::mount::umount2(&disk, nix::mount::MntFlags::MNT_DETACH).unwrap();
 }
 
 /// Fault injection: the pid-file process of a running container (what containerd's shim

@@ -15,6 +15,11 @@
 //!   connection i sends BYTES bytes of `Pattern::new(S + i)`, shuts down its write side, reads
 //!   the peer's reply line and checks it against its own count and checksum. Prints
 //!   `SENT <i> <bytes> <checksum> OK|MISMATCH <reply>`; exits 0 only if every reply matched.
+//! - `kill-init`: ends the guest's PID 1 (hull's agent), which no signal sent from inside the
+//!   guest can do (the kernel ignores SIGKILL and SIGSTOP sent to the global init): it seizes
+//!   PID 1 with ptrace, waits for its next system call and turns that call into
+//!   `exit_group(9)`. Needs CAP_SYS_PTRACE in the guest's pid namespace. Prints `KILLING-INIT`
+//!   just before; the guest kernel then panics ("Attempted to kill init").
 
 use std::fs::File;
 use std::io::{self, BufRead, BufReader, Read, Write};
@@ -257,14 +262,76 @@ fn cmd_send(args: &[String]) -> Result<bool, String> {
     Ok(all_ok)
 }
 
+fn ptrace(req: libc::c_uint, pid: libc::pid_t, addr: usize, data: usize) -> io::Result<()> {
+    // SAFETY: ptrace(2) on the tracee named; `addr` and `data` are integers or point at a live
+    // `user_regs_struct` the caller owns for the requests that take one.
+    let rc = unsafe { libc::ptrace(req, pid, addr, data) };
+    if rc == -1 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+fn wait_stop(pid: libc::pid_t) -> io::Result<i32> {
+    let mut status = 0;
+    // SAFETY: waitpid(2) with a pointer to a local int.
+    if unsafe { libc::waitpid(pid, &mut status, libc::__WALL) } == -1 {
+        return Err(io::Error::last_os_error());
+    }
+    if !libc::WIFSTOPPED(status) {
+        return Err(io::Error::other(format!(
+            "pid {pid} did not stop: {status:#x}"
+        )));
+    }
+    Ok(status)
+}
+
+fn cmd_kill_init() -> Result<bool, String> {
+    let e = |what: &str| {
+        let what = what.to_string();
+        move |err: io::Error| format!("{what}: {err}")
+    };
+    ptrace(
+        libc::PTRACE_SEIZE,
+        1,
+        0,
+        libc::PTRACE_O_TRACESYSGOOD as usize,
+    )
+    .map_err(e("PTRACE_SEIZE 1"))?;
+    ptrace(libc::PTRACE_INTERRUPT, 1, 0, 0).map_err(e("PTRACE_INTERRUPT"))?;
+    wait_stop(1).map_err(e("waitpid"))?;
+    // From the interrupt stop, the next system-call stop is an entry.
+    loop {
+        ptrace(libc::PTRACE_SYSCALL, 1, 0, 0).map_err(e("PTRACE_SYSCALL"))?;
+        let status = wait_stop(1).map_err(e("waitpid"))?;
+        if libc::WSTOPSIG(status) == libc::SIGTRAP | 0x80 {
+            break;
+        }
+    }
+    // SAFETY: user_regs_struct is plain integers; all zeroes is a valid value.
+    let mut regs: libc::user_regs_struct = unsafe { std::mem::zeroed() };
+    let at = |r: &mut libc::user_regs_struct| r as *mut libc::user_regs_struct as usize;
+    ptrace(libc::PTRACE_GETREGS, 1, 0, at(&mut regs)).map_err(e("PTRACE_GETREGS"))?;
+    regs.orig_rax = libc::SYS_exit_group as u64;
+    regs.rdi = 9;
+    ptrace(libc::PTRACE_SETREGS, 1, 0, at(&mut regs)).map_err(e("PTRACE_SETREGS"))?;
+    println!("KILLING-INIT");
+    let _ = io::stdout().flush();
+    ptrace(libc::PTRACE_DETACH, 1, 0, 0).map_err(e("PTRACE_DETACH"))?;
+    // The guest is going down; anything after this is a failure.
+    std::thread::sleep(Duration::from_secs(60));
+    Err("PID 1 is still alive 60 s later".into())
+}
+
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let r = match args.first().map(String::as_str) {
         Some("vsock-listen") => cmd_listen(&args[1..]).map(|()| true),
         Some("vsock-send") => cmd_send(&args[1..]),
+        Some("kill-init") => cmd_kill_init(),
         _ => Err(
             "usage: hull-guest-probe vsock-listen PORT [--count N] [--echo] | \
-                  vsock-send CID PORT BYTES [--conns N] [--seed S]"
+                  vsock-send CID PORT BYTES [--conns N] [--seed S] | kill-init"
                 .to_string(),
         ),
     };
