@@ -460,6 +460,52 @@ fn ctr_runs_tasks_in_hull_vms() {
     });
     let _ = c.ctr(&["task", "rm", "t3"]);
     c.ctr_ok(&["c", "rm", "t3"]);
+
+    // A shim SIGKILLed during create, while its VM boots: `ctr run` fails, containerd's
+    // cleanup (`containerd-shim-hull-v2 delete`) finds the VM on record and removes it with its
+    // mounts and directory.
+    let run = Command::new("timeout")
+        .arg(CTR_LIMIT_SECS.to_string())
+        .args(["ctr", "-a", c.sock.to_str().unwrap(), "-n", NS])
+        .args([
+            "run",
+            "-d",
+            "--runtime",
+            RUNTIME,
+            img,
+            "t4",
+            "sleep",
+            "1000",
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    c.wait_until("t4's VM on record", || !vmm_pids(&c.shim_root).is_empty());
+    let shims = shim_pids("t4");
+    assert_eq!(shims.len(), 1, "one shim serves t4: {shims:?}");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(shims[0]),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    let out = run.wait_with_output().unwrap();
+    assert!(
+        !out.status.success(),
+        "ctr run succeeded although its shim was killed during create: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    c.wait_until("t4's VM stopped by containerd's cleanup", || {
+        vmm_pids(&c.shim_root).is_empty()
+    });
+    c.wait_until("t4's sandbox removed", || {
+        !c.shim_root.join(NS).join("t4").exists()
+    });
+    assert_eq!(mounts_below(&c.shim_root), Vec::<String>::new());
+    let _ = c.ctr(&["task", "rm", "t4"]);
+    let _ = c.ctr(&["c", "rm", "t4"]);
+    c.wait_until("t4's shim gone", || shim_pids("t4").is_empty());
     assert!(
         c.ctr_ok(&["c", "ls", "-q"]).trim().is_empty(),
         "containers are left"
