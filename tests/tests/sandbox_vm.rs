@@ -228,3 +228,246 @@ fn cleanup_after_the_vmm_was_killed_and_after_a_failed_boot() {
         );
     });
 }
+
+/// A runc default spec (`hull spec`) with a busybox rootfs in `dir`, running `args`, edited.
+fn pod_bundle(dir: &std::path::Path, args: &[&str], edit: impl FnOnce(&mut serde_json::Value)) {
+    std::fs::create_dir_all(dir).unwrap();
+    let out = Command::new(hull_tests::bin("hull"))
+        .args(["spec", "--bundle"])
+        .arg(dir)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "hull spec: {:?}", out);
+    busybox_root(
+        &dir.join("rootfs"),
+        &["proc", "sys", "dev", "tmp", "etc", "root", "share", "data"],
+    );
+    let path = dir.join("config.json");
+    let mut spec: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    spec["process"]["terminal"] = serde_json::json!(false);
+    spec["process"]["args"] = serde_json::json!(args);
+    spec["root"]["readonly"] = serde_json::json!(false);
+    edit(&mut spec);
+    std::fs::write(&path, serde_json::to_vec_pretty(&spec).unwrap()).unwrap();
+}
+
+/// Every file below `dir` with its content, sorted.
+fn tree(dir: &std::path::Path) -> Vec<(std::path::PathBuf, Vec<u8>)> {
+    let mut out = Vec::new();
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            if std::fs::symlink_metadata(&p).unwrap().is_dir() {
+                todo.push(p.clone());
+                out.push((p, Vec::new()));
+            } else {
+                let data = std::fs::read(&p).unwrap_or_default();
+                out.push((p, data));
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// The trust boundary in a pod: a privileged container (`a`) mounts the pod's share and, in a
+/// loop that runs until it is killed, tries to plant links at every path the host will touch
+/// for the next container (`b`, before it exists, while it lives and while it is deleted, and
+/// again for a second `b`) and for itself (also while its own delete runs). Every attempt is
+/// refused; a host tree the links point at is unchanged; the containers and the sandbox go
+/// with nothing left.
+#[test]
+fn a_pod_container_cannot_plant_links_for_the_next_container() {
+    use hull_runtime::container::{load_bundle, Container, CreateOptions};
+    require_kvm();
+    let dir = TempDir::new("hull-sandbox-pod");
+    let root = dir.path().join("root");
+    let victim = dir.path().join("victim");
+    std::fs::create_dir_all(victim.join("sub")).unwrap();
+    std::fs::write(victim.join("precious"), b"host data").unwrap();
+    std::fs::write(victim.join("sub/more"), b"more host data").unwrap();
+    let before = tree(&victim);
+    let volume = dir.path().join("volume");
+    std::fs::create_dir(&volume).unwrap();
+    let v = victim.display();
+    let script = format!(
+        r#"mount -t virtiofs hull-shared /share || {{ echo NO-MOUNT > /data/first; exit 1; }}
+try() {{ if "$@" 2>/dev/null; then echo "ESCAPED: $*"; else echo "refused: $*"; fi; }}
+round() {{
+  for id in b a; do
+    c=/share/containers/$id
+    try ln -s {v} /share/containers/$id.new
+    try mkdir /share/containers/$id
+    try ln -s {v} $c/mounts.new
+    try ln -s {v} $c/mounts/9
+    try ln -s {v} $c/rootfs.new
+    try ln -s {v}/precious $c/config.json.new
+    try rm $c/config.json
+    try mv $c/mounts $c/mounts.old
+    try mv $c/rootfs $c/rootfs.old
+    try mv $c /share/moved-$id
+  done
+  try mv /share/containers /share/moved
+  try ln -s {v} /share/containers.new
+}}
+round > /data/first
+touch /data/planting
+n=0
+while :; do
+  round | grep ESCAPED >> /data/escaped
+  n=$((n+1)); echo $n > /data/rounds
+done"#
+    );
+    let caps = serde_json::json!([
+        "CAP_CHOWN",
+        "CAP_DAC_OVERRIDE",
+        "CAP_DAC_READ_SEARCH",
+        "CAP_FOWNER",
+        "CAP_FSETID",
+        "CAP_KILL",
+        "CAP_SETGID",
+        "CAP_SETUID",
+        "CAP_SETPCAP",
+        "CAP_LINUX_IMMUTABLE",
+        "CAP_NET_BIND_SERVICE",
+        "CAP_NET_ADMIN",
+        "CAP_NET_RAW",
+        "CAP_SYS_CHROOT",
+        "CAP_SYS_PTRACE",
+        "CAP_SYS_ADMIN",
+        "CAP_SYS_RESOURCE",
+        "CAP_MKNOD",
+        "CAP_SETFCAP",
+    ]);
+    let a_dir = dir.path().join("a");
+    pod_bundle(&a_dir, &["sh", "-c", &script], |s| {
+        s["process"]["capabilities"] =
+            serde_json::json!({"bounding": caps, "effective": caps, "permitted": caps});
+        s["linux"]["seccomp"] = serde_json::Value::Null;
+        s["linux"]["maskedPaths"] = serde_json::json!([]);
+        s["linux"]["readonlyPaths"] = serde_json::json!([]);
+        s["mounts"].as_array_mut().unwrap().push(serde_json::json!(
+            {"destination": "/data", "type": "bind", "source": volume, "options": ["rbind"]}
+        ));
+    });
+    let b_dir = dir.path().join("b");
+    pod_bundle(&b_dir, &["sleep", "1000"], |_| {});
+    let cfg = config();
+    runtime().block_on(async {
+        let sb = Sandbox::create(&cfg, &root, "pod", &SandboxOptions::default())
+            .await
+            .unwrap_or_else(|e| panic!("create: {e}"));
+        let sb_dir = sb.dir().to_path_buf();
+        let a = Container::create(
+            &sb,
+            "a",
+            &load_bundle(&a_dir).unwrap(),
+            &CreateOptions::default(),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("create a: {e}"));
+        a.start(&sb).await.unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(120);
+        while !volume.join("planting").exists() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "a never planted: {:?}",
+                std::fs::read_to_string(volume.join("first"))
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let first = std::fs::read_to_string(volume.join("first")).unwrap();
+        assert!(!first.contains("ESCAPED"), "{first}");
+        assert_eq!(first.matches("refused:").count(), 22, "{first}");
+        let rounds = || {
+            std::fs::read_to_string(volume.join("rounds"))
+                .ok()
+                .and_then(|s| s.trim().parse::<u64>().ok())
+                .unwrap_or(0)
+        };
+        // Until `a` has planted through `n` more whole rounds (a round starts a few dozen
+        // programs: seconds under emulation).
+        let rounds_past = |from: u64, n: u64, what: &str| {
+            let deadline = std::time::Instant::now() + Duration::from_secs(300);
+            while rounds() < from + n {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "a stopped planting ({what}): {} rounds",
+                    rounds()
+                );
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        };
+        // The next container's id, twice, while `a` keeps planting: before it exists, while it
+        // lives and while it is deleted.
+        for _ in 0..2 {
+            let b = Container::create(
+                &sb,
+                "b",
+                &load_bundle(&b_dir).unwrap(),
+                &CreateOptions::default(),
+            )
+            .await
+            .unwrap_or_else(|e| panic!("create b: {e}"));
+            b.start(&sb).await.unwrap();
+            rounds_past(rounds(), 2, "while b lived");
+            b.delete(&sb, true)
+                .await
+                .unwrap_or_else(|e| panic!("delete b: {e}"));
+            rounds_past(rounds(), 1, "after b's delete");
+        }
+        a.delete(&sb, true)
+            .await
+            .unwrap_or_else(|e| panic!("delete a: {e}"));
+        let escaped = std::fs::read_to_string(volume.join("escaped")).unwrap_or_default();
+        assert!(escaped.is_empty(), "{escaped}");
+        eprintln!("a planted for {} rounds", rounds());
+        assert_eq!(tree(&victim), before, "the host tree changed");
+        sb.destroy(Duration::from_secs(60)).await.unwrap();
+        assert!(!sb_dir.exists(), "the sandbox directory is left");
+        assert!(mounts_below(&sb_dir).is_empty(), "a mount is left");
+        assert!(mounts_below(&root).is_empty(), "a mount is left");
+        assert_eq!(tree(&victim), before, "the host tree changed");
+    });
+}
+
+/// A creator killed after hull-vmm's start and before its pid reached `state.json`: the state
+/// file is missing (removed here to stand for that moment). The cleanup finds the VM in the
+/// cgroup recorded before the start, kills it, and leaves nothing: no VM, cgroup or directory.
+#[test]
+fn a_vm_not_yet_on_record_is_found_by_its_cgroup() {
+    require_kvm();
+    let dir = TempDir::new("hull-sandbox-norecord");
+    let root = dir.path().join("root");
+    let cfg = config();
+    runtime().block_on(async {
+        let sb = Sandbox::create(&cfg, &root, "sb4", &SandboxOptions::default())
+            .await
+            .unwrap_or_else(|e| panic!("create: {e}"));
+        let pid = sb.state().vmm_pid;
+        let cgroup = sb
+            .state()
+            .host_cgroup
+            .clone()
+            .expect("a cgroup v2 host gives hull-vmm a cgroup");
+        let sb_dir = sb.dir().to_path_buf();
+        drop(sb);
+        std::fs::remove_file(sb_dir.join("state.json")).unwrap();
+        cleanup(&root, "sb4").unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while process_start_time(pid).is_some() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "hull-vmm {pid} survived the cleanup"
+            );
+            // SAFETY: waitpid(WNOHANG) with a null status pointer only collects an exit.
+            unsafe { libc::waitpid(pid as i32, std::ptr::null_mut(), libc::WNOHANG) };
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert!(!sb_dir.exists(), "the sandbox directory is left");
+        assert!(!cgroup.exists(), "{} is left", cgroup.display());
+        assert!(mounts_below(&sb_dir).is_empty(), "a mount is left");
+    });
+}
