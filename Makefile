@@ -46,6 +46,7 @@ initrd: build
 export HULL_FUZZ_TARGET_DIR ?= $(HULL_CACHE_DIR)/fuzz-target-$(RUST_KEY)
 FUZZ_SECONDS ?= 600
 SOAK_CYCLES ?= 200
+DOCKER_RUNS ?= 50
 
 # Puts the binaries, the guest kernel and the initramfs where hull's defaults look for them
 # (runtime/src/config.rs): $(PREFIX)/bin and $(PREFIX)/share/hull.
@@ -96,8 +97,9 @@ bench: build kernel initrd
 # The leak check at full length: 200 create/delete cycles through the CLI (`make test` runs 10),
 # nothing may grow on the host (files, threads, processes, mounts, cgroups, state).
 soak: build kernel initrd
-	HULL_SOAK_CYCLES=$(SOAK_CYCLES) HULL_VM_TEST_BINARY_TIMEOUT=3600 HULL_VM_TEST_TIMEOUT=4000 \
-	  tests/run-vm-tests create_delete_cycles_leave_nothing_growing
+	HULL_SOAK_CYCLES=$(SOAK_CYCLES) HULL_DOCKER_RUNS=$(DOCKER_RUNS) \
+	  HULL_VM_TEST_BINARY_TIMEOUT=3600 HULL_VM_TEST_TIMEOUT=6000 \
+	  tests/run-vm-tests create_delete_cycles_leave_nothing_growing docker_runs_containers_in_microvms
 
 clean:
 	rm -rf $(BUILD)
