@@ -8,7 +8,13 @@
 //! The event loop opens no file (a virtio-fs activation's FUSE server is made by a worker).
 //! Argument checks where a call is more than the thread needs:
 //! - the event loop's `unlinkat` only in its own socket directories (by directory fd);
-//! - the event loop's `socket` only `AF_UNIX` (guest-initiated vsock connections).
+//! - the event loop's `socket` only `AF_UNIX` (guest-initiated vsock connections);
+//! - `ioctl` only with the requests a thread kind makes once the VM runs: `KVM_RUN` (vCPUs
+//!   only); `TUNSETOFFLOAD` (virtio-net activation and reset, made on the vCPU thread that
+//!   wrote the device's status); `FIONBIO` and `FIONREAD` (the API's and vsock's sockets). No
+//!   other KVM request (memory slots, new vCPUs, device state), no other tap request (attaching
+//!   to another interface), no terminal request. The virtio-fs workers make none (the guard
+//!   answers the guest's FUSE ioctl with ENOSYS).
 
 use std::collections::BTreeMap;
 
@@ -76,7 +82,6 @@ const VMM: &[i64] = &[
     libc::SYS_eventfd2,
     libc::SYS_timerfd_settime,
     libc::SYS_timerfd_gettime,
-    libc::SYS_ioctl,
     libc::SYS_getuid,
     libc::SYS_geteuid,
     libc::SYS_getgid,
@@ -91,7 +96,6 @@ const VMM: &[i64] = &[
 /// A vCPU: KVM_RUN and its exits (MMIO/PIO to the devices, the serial console file, which is
 /// read back when it is cut to its newest half, irqfds).
 const VCPU: &[i64] = &[
-    libc::SYS_ioctl,
     libc::SYS_pread64,
     libc::SYS_ftruncate,
     libc::SYS_fsync,
@@ -152,7 +156,25 @@ const FS: &[i64] = &[
     libc::SYS_getegid,
     libc::SYS_capget,
     libc::SYS_umask,
-    libc::SYS_ioctl,
+];
+
+/// `KVM_RUN`: `_IO(KVMIO, 0x80)`, KVMIO being 0xAE (linux/kvm.h).
+const KVM_RUN: u64 = 0xAE80;
+
+/// The `ioctl` requests of the event loop (see the module documentation).
+const VMM_IOCTLS: &[u64] = &[
+    libc::TUNSETOFFLOAD,
+    libc::FIONBIO,
+    libc::FIONREAD,
+];
+
+/// The `ioctl` requests of a vCPU thread: `KVM_RUN` and what a device does when the guest
+/// writes its registers.
+const VCPU_IOCTLS: &[u64] = &[
+    KVM_RUN,
+    libc::TUNSETOFFLOAD,
+    libc::FIONBIO,
+    libc::FIONREAD,
 ];
 
 /// The compiled filters, one per thread kind.
@@ -183,6 +205,18 @@ fn err(e: impl std::fmt::Display) -> JailError {
 
 fn cond(arg: u8, op: SeccompCmpOp, value: u64) -> Result<SeccompCondition, JailError> {
     SeccompCondition::new(arg, SeccompCmpArgLen::Qword, op, value).map_err(err)
+}
+
+/// `ioctl` with one of `requests` (compared as the kernel's 32-bit `cmd`).
+fn ioctl_rules(requests: &[u64]) -> Result<Vec<SeccompRule>, JailError> {
+    requests
+        .iter()
+        .map(|&r| {
+            let c = SeccompCondition::new(1, SeccompCmpArgLen::Dword, SeccompCmpOp::Eq, r)
+                .map_err(err)?;
+            SeccompRule::new(vec![c]).map_err(err)
+        })
+        .collect()
 }
 
 fn rules(lists: &[&[i64]]) -> BTreeMap<i64, Vec<SeccompRule>> {
@@ -222,9 +256,12 @@ impl Filters {
             }
             vmm.insert(libc::SYS_unlinkat, unlink);
         }
+        vmm.insert(libc::SYS_ioctl, ioctl_rules(VMM_IOCTLS)?);
+        let mut vcpu = rules(&[COMMON, VCPU]);
+        vcpu.insert(libc::SYS_ioctl, ioctl_rules(VCPU_IOCTLS)?);
         Ok(Filters {
             vmm: compile(vmm)?,
-            vcpu: compile(rules(&[COMMON, VCPU]))?,
+            vcpu: compile(vcpu)?,
             fs: compile(rules(&[COMMON, FS]))?,
         })
     }
@@ -345,29 +382,27 @@ mod tests {
         );
     }
 
-    /// A child process installs the vCPU filter and makes a call outside it: it ends with the
-    /// documented status and message (the whole path, in a process of its own).
-    #[test]
-    fn a_call_outside_the_allowlist_ends_the_process_with_status_5() {
+    /// Runs `call` in a child process that installed `kind`'s filter; its exit status and
+    /// what it wrote to stderr. The child exits 0 if `call` returned.
+    fn in_child(kind: ThreadKind, call: impl FnOnce()) -> (i32, String) {
         use std::io::Read;
         let filters = Filters::new(&[]).unwrap();
         let (mut r, w) = std::io::pipe().unwrap();
-        // SAFETY: fork in a test; the child only calls async-signal-safe functions and the
-        // filter installation (a prctl/seccomp pair on its only thread) before _exit.
+        // SAFETY: fork in a test; the child only calls async-signal-safe functions, the filter
+        // installation (a prctl/seccomp pair on its only thread) and `call` before _exit.
         match unsafe { libc::fork() } {
             0 => {
                 use std::os::fd::AsRawFd;
                 // SAFETY: dup2 onto stderr in the child.
                 unsafe { libc::dup2(w.as_raw_fd(), 2) };
-                if install_sigsys_handler().is_err() || filters.apply(ThreadKind::Vcpu).is_err() {
+                if install_sigsys_handler().is_err() || filters.apply(kind).is_err() {
                     // SAFETY: _exit in the child.
                     unsafe { libc::_exit(99) };
                 }
-                super::super::KIND.with(|k| k.set(ThreadKind::Vcpu as u8));
-                // SAFETY: a harmless call (syslog's buffer size) that no allowlist has.
-                unsafe { libc::syscall(libc::SYS_syslog, 10, 0, 0) };
+                super::super::KIND.with(|k| k.set(kind as u8));
+                call();
                 // SAFETY: _exit in the child.
-                unsafe { libc::_exit(98) };
+                unsafe { libc::_exit(0) };
             }
             pid if pid > 0 => {
                 drop(w);
@@ -377,14 +412,65 @@ mod tests {
                 // SAFETY: waitpid on our own child.
                 unsafe { libc::waitpid(pid, &mut status, 0) };
                 assert!(libc::WIFEXITED(status), "{status:#x}");
-                assert_eq!(libc::WEXITSTATUS(status), EXIT_SECCOMP, "{out}");
-                assert!(
-                    out.contains(&format!("system call {} ", libc::SYS_syslog))
-                        && out.contains("vcpu thread"),
-                    "{out}"
-                );
+                (libc::WEXITSTATUS(status), out)
             }
             _ => panic!("fork: {}", std::io::Error::last_os_error()),
         }
+    }
+
+    /// A child process installs the vCPU filter and makes a call outside it: it ends with the
+    /// documented status and message (the whole path, in a process of its own).
+    #[test]
+    fn a_call_outside_the_allowlist_ends_the_process_with_status_5() {
+        let (status, out) = in_child(ThreadKind::Vcpu, || {
+            // SAFETY: a harmless call (syslog's buffer size) that no allowlist has.
+            unsafe { libc::syscall(libc::SYS_syslog, 10, 0, 0) };
+        });
+        assert_eq!(status, EXIT_SECCOMP, "{out}");
+        assert!(
+            out.contains(&format!("system call {} ", libc::SYS_syslog))
+                && out.contains("vcpu thread"),
+            "{out}"
+        );
+    }
+
+    /// `ioctl` is checked by request: one a thread kind makes passes, any other stops it; the
+    /// virtio-fs workers make none.
+    #[test]
+    fn ioctl_requests_are_checked_per_thread_kind() {
+        // The pipe is made before the filters (no list has pipe2).
+        let (r, _w) = std::io::pipe().unwrap();
+        let fd = {
+            use std::os::fd::AsRawFd;
+            r.as_raw_fd()
+        };
+        let fionread = move || {
+            let mut n: libc::c_int = 0;
+            // SAFETY: FIONREAD writes one int through the pointer, which outlives the call.
+            let rc = unsafe { libc::ioctl(fd, libc::FIONREAD, &mut n) };
+            assert_eq!(rc, 0);
+        };
+        fn winsize() {
+            // SAFETY: winsize is plain integers; all zeroes is a valid value.
+            let mut ws: libc::winsize = unsafe { std::mem::zeroed() };
+            // SAFETY: TIOCGWINSZ writes a winsize through the pointer, which outlives the call.
+            unsafe { libc::ioctl(0, libc::TIOCGWINSZ, &mut ws) };
+        }
+        for kind in [ThreadKind::Vmm, ThreadKind::Vcpu] {
+            assert_eq!(
+                in_child(kind, fionread),
+                (0, String::new()),
+                "{}",
+                kind.name()
+            );
+            let (status, out) = in_child(kind, winsize);
+            assert_eq!(status, EXIT_SECCOMP, "{}: {out}", kind.name());
+            assert!(
+                out.contains(&format!("system call {} ", libc::SYS_ioctl)),
+                "{out}"
+            );
+        }
+        let (status, out) = in_child(ThreadKind::Fs, fionread);
+        assert_eq!(status, EXIT_SECCOMP, "fs: {out}");
     }
 }
