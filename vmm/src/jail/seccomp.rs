@@ -162,20 +162,11 @@ const FS: &[i64] = &[
 const KVM_RUN: u64 = 0xAE80;
 
 /// The `ioctl` requests of the event loop (see the module documentation).
-const VMM_IOCTLS: &[u64] = &[
-    libc::TUNSETOFFLOAD,
-    libc::FIONBIO,
-    libc::FIONREAD,
-];
+const VMM_IOCTLS: &[u64] = &[libc::TUNSETOFFLOAD, libc::FIONBIO, libc::FIONREAD];
 
 /// The `ioctl` requests of a vCPU thread: `KVM_RUN` and what a device does when the guest
 /// writes its registers.
-const VCPU_IOCTLS: &[u64] = &[
-    KVM_RUN,
-    libc::TUNSETOFFLOAD,
-    libc::FIONBIO,
-    libc::FIONREAD,
-];
+const VCPU_IOCTLS: &[u64] = &[KVM_RUN, libc::TUNSETOFFLOAD, libc::FIONBIO, libc::FIONREAD];
 
 /// The compiled filters, one per thread kind.
 pub struct Filters {
