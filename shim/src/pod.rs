@@ -29,6 +29,61 @@ pub enum Role {
 pub enum PodError {
     #[error("annotation {CRI_CONTAINER_TYPE}=container needs {CRI_SANDBOX_ID}")]
     NoSandboxId,
+    #[error(
+        "hull cannot run a pod in the node's {namespace} namespace ({field}: true): a hull pod \
+         runs in a VM of its own, whose {what} are not the node's; run this pod with runc \
+         (docs/kubernetes.md)"
+    )]
+    HostNamespace {
+        namespace: &'static str,
+        field: &'static str,
+        what: &'static str,
+    },
+}
+
+/// A CRI pod's sandbox that asks for the node's pid or IPC namespace (containerd leaves the
+/// entry out of the sandbox's spec for `hostPID`/`hostIPC`) is refused: inside a VM they
+/// cannot mean the node's, and a pod that wants them (a node agent, a debugger) would see the
+/// VM's instead without knowing. A pod that asks for the node's network (`hostNetwork`) runs
+/// with the VM's own network stack (loopback only: containerd sets up no CNI network for it),
+/// and [`host_network`] says so for the shim's log.
+pub fn check_host_namespaces(
+    annotations: &HashMap<String, String>,
+    spec: &oci_spec::runtime::Spec,
+) -> Result<(), PodError> {
+    use oci_spec::runtime::LinuxNamespaceType as T;
+    if annotations.get(CRI_CONTAINER_TYPE).map(String::as_str) != Some("sandbox") {
+        return Ok(());
+    }
+    let has = |t: T| {
+        spec.linux()
+            .as_ref()
+            .and_then(|l| l.namespaces().as_ref())
+            .is_some_and(|ns| ns.iter().any(|n| n.typ() == t))
+    };
+    if !has(T::Pid) {
+        return Err(PodError::HostNamespace {
+            namespace: "pid",
+            field: "hostPID",
+            what: "processes",
+        });
+    }
+    if !has(T::Ipc) {
+        return Err(PodError::HostNamespace {
+            namespace: "IPC",
+            field: "hostIPC",
+            what: "IPC objects",
+        });
+    }
+    Ok(())
+}
+
+/// Whether a CRI pod's sandbox asks for the node's network (`hostNetwork: true`: no network
+/// namespace entry, which gives the VM loopback only).
+pub fn host_network(annotations: &HashMap<String, String>, spec: &oci_spec::runtime::Spec) -> bool {
+    annotations.get(CRI_CONTAINER_TYPE).map(String::as_str) == Some("sandbox")
+        && hull_runtime::sandbox::SandboxNetwork::from_spec(spec)
+            == hull_runtime::sandbox::SandboxNetwork::Loopback
 }
 
 /// The role of a container with these spec annotations.
@@ -87,6 +142,40 @@ mod tests {
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect()
+    }
+
+    /// hostPID and hostIPC sandboxes are refused with the reason; hostNetwork runs (noted);
+    /// plain containers and a pod's other containers are not checked.
+    #[test]
+    fn host_namespaces_of_a_pod() {
+        let spec = |ns: &[&str]| -> oci_spec::runtime::Spec {
+            let ns: Vec<_> = ns.iter().map(|t| serde_json::json!({"type": t})).collect();
+            serde_json::from_value(serde_json::json!({
+                "ociVersion": "1.0.2", "linux": {"namespaces": ns},
+            }))
+            .unwrap()
+        };
+        let sandbox = ann(&[(CRI_CONTAINER_TYPE, "sandbox"), (CRI_SANDBOX_ID, "pod1")]);
+        let all = spec(&["pid", "ipc", "uts", "mount", "network"]);
+        assert_eq!(check_host_namespaces(&sandbox, &all), Ok(()));
+        assert!(!host_network(&sandbox, &all));
+        let e = check_host_namespaces(&sandbox, &spec(&["ipc", "uts", "mount", "network"]))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("node's pid namespace (hostPID: true)"), "{e}");
+        let e = check_host_namespaces(&sandbox, &spec(&["pid", "uts", "mount", "network"]))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("node's IPC namespace (hostIPC: true)"), "{e}");
+        let host_net = spec(&["pid", "ipc", "uts", "mount"]);
+        assert_eq!(check_host_namespaces(&sandbox, &host_net), Ok(()));
+        assert!(host_network(&sandbox, &host_net));
+        // `ctr run` (no CRI annotation) and a pod's container: the sandbox decided.
+        let none = spec(&["mount"]);
+        assert_eq!(check_host_namespaces(&ann(&[]), &none), Ok(()));
+        let member = ann(&[(CRI_CONTAINER_TYPE, "container"), (CRI_SANDBOX_ID, "pod1")]);
+        assert_eq!(check_host_namespaces(&member, &none), Ok(()));
+        assert!(!host_network(&member, &none));
     }
 
     #[test]

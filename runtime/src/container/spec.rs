@@ -112,7 +112,93 @@ fn check_spec(config: &Path, spec: &Spec) -> Result<(), ContainerError> {
             check_hook(config, &format!("hooks.{}[{i}]", kind.name()), hook)?;
         }
     }
+    let namespaces = spec
+        .linux()
+        .as_ref()
+        .and_then(|l| l.namespaces().as_deref());
+    for (i, ns) in namespaces.unwrap_or_default().iter().enumerate() {
+        if let Some(path) = ns.path() {
+            check_namespace_path(ns.typ(), path)
+                .map_err(|reason| invalid(config, format!("linux.namespaces[{i}].path"), reason))?;
+        }
+    }
     Ok(())
+}
+
+/// A namespace type as the OCI spec spells it.
+fn ns_name(t: LinuxNamespaceType) -> &'static str {
+    match t {
+        LinuxNamespaceType::Mount => "mount",
+        LinuxNamespaceType::Cgroup => "cgroup",
+        LinuxNamespaceType::Uts => "uts",
+        LinuxNamespaceType::Ipc => "ipc",
+        LinuxNamespaceType::User => "user",
+        LinuxNamespaceType::Pid => "pid",
+        LinuxNamespaceType::Network => "network",
+        LinuxNamespaceType::Time => "time",
+    }
+}
+
+/// The `clone` flag of a namespace type, as `NS_GET_NSTYPE` reports it.
+fn clone_flag(t: LinuxNamespaceType) -> libc::c_int {
+    match t {
+        LinuxNamespaceType::Mount => libc::CLONE_NEWNS,
+        LinuxNamespaceType::Cgroup => libc::CLONE_NEWCGROUP,
+        LinuxNamespaceType::Uts => libc::CLONE_NEWUTS,
+        LinuxNamespaceType::Ipc => libc::CLONE_NEWIPC,
+        LinuxNamespaceType::User => libc::CLONE_NEWUSER,
+        LinuxNamespaceType::Pid => libc::CLONE_NEWPID,
+        LinuxNamespaceType::Network => libc::CLONE_NEWNET,
+        LinuxNamespaceType::Time => libc::CLONE_NEWTIME,
+    }
+}
+
+/// A namespace entry's `path` must be a namespace of its type, as runc checks before it
+/// starts anything (even though hull then maps the entry into the guest or drops it): the
+/// kernel says what the file is (`NS_GET_NSTYPE`). The reason when it is not.
+pub fn check_namespace_path(t: LinuxNamespaceType, path: &Path) -> Result<(), String> {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::fs::OpenOptionsExt;
+    /// `_IO(0xb7, 0x3)` (linux/nsfs.h).
+    const NS_GET_NSTYPE: libc::c_ulong = 0xb703;
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_CLOEXEC | libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(path)
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    // SAFETY: NS_GET_NSTYPE takes no argument and only reads the fd we own; on a file that is
+    // not a namespace it fails with ENOTTY.
+    let got = unsafe { libc::ioctl(f.as_raw_fd(), NS_GET_NSTYPE) };
+    let want = clone_flag(t);
+    if got == want {
+        return Ok(());
+    }
+    let what = if got < 0 {
+        "not a namespace".to_string()
+    } else {
+        let actual = [
+            LinuxNamespaceType::Mount,
+            LinuxNamespaceType::Cgroup,
+            LinuxNamespaceType::Uts,
+            LinuxNamespaceType::Ipc,
+            LinuxNamespaceType::User,
+            LinuxNamespaceType::Pid,
+            LinuxNamespaceType::Network,
+            LinuxNamespaceType::Time,
+        ]
+        .into_iter()
+        .find(|&t| clone_flag(t) == got)
+        .map_or_else(
+            || format!("namespace type {got:#x}"),
+            |t| format!("a {} namespace", ns_name(t)),
+        );
+        actual
+    };
+    Err(format!(
+        "{} is {what}, but the entry's type is {}",
+        path.display(),
+        ns_name(t)
+    ))
 }
 
 fn check_hook(config: &Path, field: &str, hook: &Hook) -> Result<(), ContainerError> {
@@ -298,6 +384,21 @@ pub fn translate(spec: &Spec, id: &str, join: Option<(&str, i32)>, binds: &[Bind
         }
     }
 
+    for m in spec.mounts().iter().flatten() {
+        let opts = m.options().as_deref().unwrap_or_default();
+        if opts.iter().any(|o| o == "shared" || o == "rshared") {
+            tracing::warn!(
+                "container {id}: mount {} asks for {} propagation: mounts the host makes under it \
+                 reach the container, but mounts made in the container stay in the guest (they \
+                 cannot cross the VM to the host)",
+                m.destination().display(),
+                opts.iter()
+                    .find(|o| *o == "shared" || *o == "rshared")
+                    .map_or("shared", String::as_str)
+            );
+        }
+    }
+
     if g.hooks().is_some() {
         tracing::debug!("container {id}: hooks run on the host, not in the guest");
         g.set_hooks(None);
@@ -324,13 +425,9 @@ pub fn translate(spec: &Spec, id: &str, join: Option<(&str, i32)>, binds: &[Bind
         let ns = guest_namespaces(id, ns, join);
         linux.set_namespaces(Some(ns));
     }
-    if linux.devices().as_ref().is_some_and(|d| !d.is_empty()) {
-        tracing::warn!(
-            "container {id}: ignoring linux.devices (host device nodes); the guest creates the \
-             default devices"
-        );
-        linux.set_devices(None);
-    }
+    // `linux.devices` are kept: the guest makes each node with its type, numbers, mode and
+    // owner in the container's /dev, as runc does on the host, and the node means the guest
+    // kernel's device of that number (docs/kubernetes.md says which drivers it has).
     if let Some(label) = linux.mount_label() {
         tracing::warn!("container {id}: ignoring linux.mountLabel {label:?}");
         linux.set_mount_label(None);
@@ -374,6 +471,54 @@ mod tests {
         assert_eq!(g["linux"], json!({"cgroupsPath": "/hull/c1"}));
     }
 
+    /// A namespace path is checked for its type, as runc checks it: the reason names the path
+    /// and what it is.
+    #[test]
+    fn namespace_paths_must_be_namespaces_of_their_type() {
+        use LinuxNamespaceType::*;
+        for (t, name) in [
+            (Pid, "pid"),
+            (Network, "net"),
+            (Ipc, "ipc"),
+            (Uts, "uts"),
+            (Mount, "mnt"),
+        ] {
+            let p = PathBuf::from(format!("/proc/self/ns/{name}"));
+            assert_eq!(check_namespace_path(t, &p), Ok(()), "{name}");
+        }
+        let e = check_namespace_path(Pid, Path::new("/proc/self/ns/net")).unwrap_err();
+        assert_eq!(
+            e,
+            "/proc/self/ns/net is a network namespace, but the entry's type is pid"
+        );
+        let e = check_namespace_path(Network, Path::new("/proc/self/status")).unwrap_err();
+        assert_eq!(
+            e,
+            "/proc/self/status is not a namespace, but the entry's type is network"
+        );
+        let e = check_namespace_path(Ipc, Path::new("/nonexistent/ns")).unwrap_err();
+        assert!(
+            e.starts_with("/nonexistent/ns: ") && e.contains("No such file"),
+            "{e}"
+        );
+
+        // In a bundle: refused before anything starts, the entry named.
+        let dir = std::env::temp_dir().join(format!("hull-nscheck-{}", std::process::id()));
+        std::fs::create_dir_all(dir.join("rootfs")).unwrap();
+        let spec = serde_json::json!({
+            "ociVersion": "1.0.2", "root": {"path": "rootfs"}, "process": {"args": ["sh"], "cwd": "/", "user": {"uid": 0, "gid": 0}},
+            "linux": {"namespaces": [{"type": "pid"}, {"type": "ipc", "path": "/proc/self/ns/uts"}]},
+        });
+        std::fs::write(dir.join("config.json"), spec.to_string()).unwrap();
+        let e = load_bundle(&dir).map(|_| ()).unwrap_err().to_string();
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert!(
+            e.contains("linux.namespaces[1].path")
+                && e.contains("/proc/self/ns/uts is a uts namespace, but the entry's type is ipc"),
+            "{e}"
+        );
+    }
+
     #[test]
     fn namespaces() {
         let mut v = minimal();
@@ -413,7 +558,7 @@ mod tests {
     }
 
     #[test]
-    fn devices_labels_and_hooks_are_removed_the_rest_kept() {
+    fn labels_and_hooks_are_removed_the_rest_kept() {
         let mut v = minimal();
         v["process"]["apparmorProfile"] = json!("docker-default");
         v["process"]["selinuxLabel"] = json!("system_u:system_r:container_t:s0");
@@ -438,8 +583,8 @@ mod tests {
         assert!(g["process"].get("apparmorProfile").is_none(), "{g}");
         assert!(g["process"].get("selinuxLabel").is_none(), "{g}");
         assert!(g["linux"].get("mountLabel").is_none(), "{g}");
-        assert!(g["linux"].get("devices").is_none(), "{g}");
         for kept in [
+            "devices",
             "resources",
             "maskedPaths",
             "readonlyPaths",

@@ -166,8 +166,8 @@ fn bundle(dir: &Path, hooks: Value) -> PathBuf {
         ],
         "annotations": {"io.example": "x"},
         "hooks": hooks,
-        "linux": {"namespaces": [{"type": "pid"}, {"type": "network", "path": "/var/run/netns/a"},
-                                 {"type": "ipc", "path": "/proc/1/ns/ipc"}]},
+        "linux": {"namespaces": [{"type": "pid"}, {"type": "network", "path": "/proc/self/ns/net"},
+                                 {"type": "ipc", "path": "/proc/self/ns/ipc"}]},
     });
     std::fs::write(b.join("config.json"), spec.to_string()).unwrap();
     b

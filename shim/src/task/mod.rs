@@ -245,6 +245,14 @@ impl<B: Backend, P: Publisher> Tasks<B, P> {
         let annotations = spec.annotations().clone().unwrap_or_default();
         let role =
             pod::role(&annotations).map_err(|e| TaskError::InvalidArgument(e.to_string()))?;
+        pod::check_host_namespaces(&annotations, spec)
+            .map_err(|e| TaskError::InvalidArgument(e.to_string()))?;
+        if pod::host_network(&annotations, spec) {
+            tracing::warn!(
+                "pod {id} asks for the node's network (hostNetwork): a hull pod has its VM's own \
+                 network stack, with loopback only"
+            );
+        }
         let size = terminal_size(None, spec.process().as_ref());
 
         let mounted = if req.rootfs.is_empty() {
