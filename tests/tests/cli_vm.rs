@@ -47,6 +47,23 @@ impl Env {
         self.cmd(args).output().unwrap()
     }
 
+    /// runc, side by side, with a root of this test's own (the tests that compare need it).
+    fn runc_cmd(&self) -> Command {
+        let mut c = Command::new("runc");
+        c.arg("--root")
+            .arg(self.dir.path().join("runc-root"))
+            .stdin(Stdio::null());
+        c
+    }
+
+    /// `runc run --bundle BUNDLE ID`, in the foreground.
+    fn runc_run(&self, bundle: &Path, id: &str) -> Output {
+        self.runc_cmd()
+            .args(["run", "--bundle", bundle.to_str().unwrap(), id])
+            .output()
+            .unwrap_or_else(|e| panic!("runc (package runc) is needed side by side: {e}"))
+    }
+
     /// For commands that leave a container running (`run -d`, `create`): its pid-file process
     /// inherits stdout and stderr, as runc's container process does, so they go to files here
     /// (a pipe would stay open as long as the container runs). Returns the exit code and stderr.
@@ -316,6 +333,29 @@ fn run_prints_the_guest_kernel_and_returns_exit_codes() {
         text(&out.stderr)
     );
     env.assert_gone("bad");
+
+    // A namespace path that is not a namespace of its entry's type: runc refuses it (when it
+    // joins it); hull before anything starts, naming the entry.
+    let b = env.bundle("badns", &["true"], |s| {
+        let ns = s["linux"]["namespaces"].as_array_mut().unwrap();
+        ns.retain(|n| n["type"] != "ipc");
+        ns.push(json!({"type": "ipc", "path": "/proc/self/ns/uts"}));
+    });
+    let runc = env.runc_run(&b, "badns");
+    assert!(
+        !runc.status.success(),
+        "runc ran it: {}",
+        text(&runc.stderr)
+    );
+    let out = env.hull(&["run", "--bundle", b.to_str().unwrap(), "badns"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("linux.namespaces[")
+            && err.contains("/proc/self/ns/uts is a uts namespace, but the entry's type is ipc"),
+        "{err}"
+    );
+    env.assert_gone("badns");
 }
 
 #[test]
@@ -1122,4 +1162,280 @@ fn a_full_state_root_is_a_clear_error_that_leaves_nothing() {
         .unwrap_or_default();
     assert!(left.is_empty(), "left under the root: {left:?}");
     nix::mount::umount2(&small, nix::mount::MntFlags::MNT_DETACH).unwrap();
+}
+
+/// What a process can see of its own confinement, printed the same way by a container's init
+/// and by processes exec'd into it: seccomp mode, no_new_privs, capabilities, ids and groups,
+/// its open-files limit, a masked file, a read-only path, a call the container's filter
+/// answers with EXDEV, and its cgroup (last, on one line).
+const CONFINEMENT_PROBE: &str = r#"grep -E '^(Seccomp|NoNewPrivs|CapInh|CapPrm|CapEff|CapBnd|CapAmb|Uid|Gid|Groups):' /proc/self/status
+grep 'Max open files' /proc/self/limits
+echo "masked=[$(cat /etc/secret)]"
+if touch /etc/rodir/x 2>/dev/null; then echo readonly=no; else echo readonly=yes; fi
+hostname changed 2>&1; echo "hostname=$?"
+echo "cgroup=$(cat /proc/self/cgroup)"
+"#;
+
+/// A bundle whose container is confined in every way runc confines one: a seccomp filter
+/// that answers `sethostname` with EXDEV, two capabilities, no_new_privs, uid/gid 1000 with a
+/// supplementary group, an open-files limit of 777/888, a masked file and a read-only path.
+/// The probe script is `/probe.sh`; `/out` is writable by everyone.
+fn confined_bundle(env: &Env, name: &str, args: &[&str]) -> PathBuf {
+    let b = env.bundle(name, args, |s| {
+        s["linux"]["seccomp"] = json!({
+            "defaultAction": "SCMP_ACT_ALLOW",
+            "architectures": ["SCMP_ARCH_X86_64"],
+            "syscalls": [{"names": ["sethostname"], "action": "SCMP_ACT_ERRNO", "errnoRet": libc::EXDEV}],
+        });
+        let caps = json!(["CAP_KILL", "CAP_CHOWN"]);
+        s["process"]["capabilities"] = json!({"bounding": caps, "effective": caps, "permitted": caps});
+        s["process"]["noNewPrivileges"] = json!(true);
+        s["process"]["user"] = json!({"uid": 1000, "gid": 1000, "additionalGids": [3000]});
+        s["process"]["rlimits"] = json!([{"type": "RLIMIT_NOFILE", "soft": 777, "hard": 888}]);
+        s["process"]["cwd"] = json!("/");
+        let masked = s["linux"]["maskedPaths"].as_array_mut().unwrap();
+        masked.push(json!("/etc/secret"));
+        let ro = s["linux"]["readonlyPaths"].as_array_mut().unwrap();
+        ro.push(json!("/etc/rodir"));
+    });
+    let root = b.join("rootfs");
+    std::fs::write(root.join("probe.sh"), CONFINEMENT_PROBE).unwrap();
+    std::fs::write(root.join("etc/secret"), "host secret").unwrap();
+    std::fs::create_dir_all(root.join("etc/rodir")).unwrap();
+    std::fs::create_dir_all(root.join("out")).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    for d in ["etc/rodir", "out"] {
+        std::fs::set_permissions(root.join(d), std::fs::Permissions::from_mode(0o1777)).unwrap();
+    }
+    b
+}
+
+/// The probe's output without its cgroup line (which names the cgroup tree of the kernel it
+/// ran on), and the cgroup line.
+fn split_cgroup(out: &str) -> (String, String) {
+    let (rest, cg) = out
+        .split_once("cgroup=")
+        .unwrap_or_else(|| panic!("no cgroup line in the probe's output:\n{out}"));
+    (rest.to_string(), cg.trim().to_string())
+}
+
+/// A field of the probe's output (`Name:` line of /proc/self/status), whitespace-normalised.
+fn field(out: &str, name: &str) -> String {
+    out.lines()
+        .find_map(|l| l.strip_prefix(&format!("{name}:")))
+        .unwrap_or_else(|| panic!("no {name} in:\n{out}"))
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// runc's `exec` runs a process under the container's confinement: its seccomp filter (the
+/// container's, always), and the exec's own capabilities, no_new_privs, user and groups and
+/// rlimits, in the container's cgroup and mount namespace (masked and read-only paths). The
+/// container's init is compared with runc's side by side; exec'd processes (runc's `exec`
+/// cannot run in the emulated host) with what their process object asks for.
+#[test]
+fn exec_runs_under_the_container_s_confinement() {
+    let env = Env::new("confine");
+
+    // runc, side by side: its init's view of the same spec.
+    let rb = confined_bundle(&env, "runc", &["sh", "/probe.sh"]);
+    let out = env.runc_run(&rb, "confine-runc");
+    assert!(out.status.success(), "runc run: {}", text(&out.stderr));
+    let (runc_view, _) = split_cgroup(&text(&out.stdout));
+    assert!(
+        runc_view.contains("Invalid cross-device link"),
+        "runc applied the filter:\n{runc_view}"
+    );
+
+    // hull: the same spec's init, then exec'd processes.
+    let b = confined_bundle(
+        &env,
+        "hull",
+        &["sh", "-c", "sh /probe.sh > /out/init; exec sleep 1000"],
+    );
+    let (code, err) = env.hull_detached(&["run", "-d", "--bundle", b.to_str().unwrap(), "conf"]);
+    assert_eq!(code, Some(0), "run -d: {err}");
+    let init_out = b.join("rootfs/out/init");
+    for _ in 0..200 {
+        if std::fs::read_to_string(&init_out).is_ok_and(|s| s.contains("cgroup=")) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let init = std::fs::read_to_string(&init_out).expect("the container's init ran the probe");
+    let (init_view, init_cgroup) = split_cgroup(&init);
+    assert_eq!(init_view, runc_view, "hull's init is confined as runc's");
+
+    // exec with the flags: the container's own process (runc's `exec` without --process).
+    let out = env.hull(&["exec", "conf", "sh", "/probe.sh"]);
+    assert!(out.status.success(), "exec: {}", text(&out.stderr));
+    let (view, cgroup) = split_cgroup(&text(&out.stdout));
+    assert_eq!(view, init_view, "exec is confined as the container's init");
+    assert_eq!(cgroup, init_cgroup, "exec runs in the container's cgroup");
+
+    // exec --process: its own capabilities, user, groups, no_new_privs and rlimits; the
+    // container's seccomp filter, cgroup and mounts whatever it asks for.
+    let process = env.dir.path().join("process.json");
+    // (inheritable and ambient too: a non-root user keeps only ambient capabilities across
+    // execve, with runc as in the kernel)
+    let cap = json!(["CAP_NET_BIND_SERVICE"]);
+    std::fs::write(
+        &process,
+        serde_json::to_vec(&json!({
+            "terminal": false,
+            "user": {"uid": 2000, "gid": 2000, "additionalGids": [4000]},
+            "args": ["sh", "/probe.sh"],
+            "env": ["PATH=/bin"],
+            "cwd": "/",
+            "capabilities": {"bounding": cap, "effective": cap, "permitted": cap, "inheritable": cap, "ambient": cap},
+            "rlimits": [{"type": "RLIMIT_NOFILE", "soft": 555, "hard": 666}],
+            "noNewPrivileges": true,
+        }))
+        .unwrap(),
+    )
+    .unwrap();
+    let out = env.hull(&["exec", "--process", process.to_str().unwrap(), "conf"]);
+    assert!(
+        out.status.success(),
+        "exec --process: {}",
+        text(&out.stderr)
+    );
+    let (view, cgroup) = split_cgroup(&text(&out.stdout));
+    assert_eq!(field(&view, "Seccomp"), "2", "{view}");
+    assert_eq!(field(&view, "NoNewPrivs"), "1", "{view}");
+    let net_bind = format!("{:016x}", 1u64 << 10);
+    for set in ["CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb"] {
+        assert_eq!(field(&view, set), net_bind, "{set}: {view}");
+    }
+    assert_eq!(field(&view, "Uid"), "2000 2000 2000 2000", "{view}");
+    assert_eq!(field(&view, "Gid"), "2000 2000 2000 2000", "{view}");
+    assert_eq!(field(&view, "Groups"), "4000", "{view}");
+    let limits = view
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .unwrap();
+    assert_eq!(
+        limits.split_whitespace().collect::<Vec<_>>(),
+        ["Max", "open", "files", "555", "666", "files"],
+        "{view}"
+    );
+    assert!(view.contains("masked=[]\n"), "{view}");
+    assert!(view.contains("readonly=yes\n"), "{view}");
+    assert!(
+        view.contains("Invalid cross-device link") && view.contains("hostname=1\n"),
+        "the container's filter holds for exec:\n{view}"
+    );
+    assert_eq!(cgroup, init_cgroup, "exec runs in the container's cgroup");
+
+    assert!(env.hull(&["delete", "--force", "conf"]).status.success());
+    env.assert_gone("conf");
+}
+
+/// `linux.devices`: each node is made in the container with its type, numbers, mode and owner,
+/// as runc makes it, and the device cgroup's rules hold: one allowed by `linux.resources`
+/// opens, one no rule allows is refused. In the guest the numbers name the guest kernel's
+/// devices: /dev/fuse is its FUSE (built in).
+#[test]
+fn linux_devices_are_made_in_the_guest_as_runc_makes_them() {
+    let env = Env::new("devices");
+    let probe = "stat -c '%n %F %t:%T %a %u:%g' /dev/fuse /dev/denied; \
+                 if (exec 3</dev/denied) 2>/dev/null; then echo denied=opened; else echo denied=refused; fi";
+    let edit = |s: &mut Value| {
+        s["linux"]["devices"] = json!([
+            {"path": "/dev/fuse", "type": "c", "major": 10, "minor": 229, "fileMode": 0o640, "uid": 0, "gid": 2},
+            {"path": "/dev/denied", "type": "c", "major": 1, "minor": 1, "fileMode": 0o600, "uid": 0, "gid": 0},
+        ]);
+        let rules = s["linux"]["resources"]["devices"].as_array_mut().unwrap();
+        rules.push(json!({"allow": true, "type": "c", "major": 10, "minor": 229, "access": "rwm"}));
+    };
+    let rb = env.bundle("runc", &["sh", "-c", probe], edit);
+    let out = env.runc_run(&rb, "dev-runc");
+    assert!(out.status.success(), "runc run: {}", text(&out.stderr));
+    let runc_view = text(&out.stdout);
+    assert!(
+        runc_view.contains("/dev/fuse character special file a:e5 640 0:2"),
+        "{runc_view}"
+    );
+    assert!(runc_view.contains("denied=refused"), "{runc_view}");
+
+    let script =
+        format!("{probe}; if [ -c /dev/fuse ] && (exec 3<>/dev/fuse); then echo fuse=opened; fi");
+    let b = env.bundle("hull", &["sh", "-c", &script], edit);
+    let out = env.hull(&["run", "--bundle", b.to_str().unwrap(), "dev"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let view = text(&out.stdout);
+    assert_eq!(
+        view.strip_suffix("fuse=opened\n"),
+        Some(runc_view.as_str()),
+        "the nodes as runc makes them, and the guest's FUSE opens:\n{view}"
+    );
+    env.assert_gone("dev");
+}
+
+/// Mount propagation as CRI writes it for `mountPropagation: Bidirectional` and
+/// `HostToContainer`: `rootfsPropagation: rshared` with an `rshared` and an `rslave` bind of a
+/// host directory on a shared mount (as the kubelet requires). The container starts as runc's
+/// does, and a mount the host makes under the volume after the container started appears in
+/// it through both binds (host to container; container to host cannot cross the VM).
+#[test]
+fn host_mounts_propagate_into_rshared_and_rslave_volumes() {
+    let env = Env::new("propagation");
+    for (name, run_with_runc) in [("runc", true), ("hull", false)] {
+        let vol = env.dir.path().join(format!("vol-{name}"));
+        std::fs::create_dir_all(vol.join("sub")).unwrap();
+        let sh = |cmd: &str| {
+            let st = Command::new("sh").args(["-c", cmd]).status().unwrap();
+            assert!(st.success(), "{cmd}");
+        };
+        let v = vol.display();
+        sh(&format!("mount --bind {v} {v} && mount --make-shared {v}"));
+        // Waits (at most 60 s) for the host's mount, then shows what came through each bind.
+        let script = "touch /shared/started; i=0; \
+                      while [ ! -e /shared/sub/f ] && [ $i -lt 600 ]; do sleep 0.1; i=$((i+1)); done; \
+                      cat /shared/sub/f /slave/sub/f";
+        let b = env.bundle(name, &["sh", "-c", script], |s| {
+            s["linux"]["rootfsPropagation"] = json!("rshared");
+            let m = s["mounts"].as_array_mut().unwrap();
+            m.push(json!({"destination": "/shared", "type": "bind", "source": vol, "options": ["rbind", "rshared"]}));
+            m.push(json!({"destination": "/slave", "type": "bind", "source": vol, "options": ["rbind", "rslave"]}));
+        });
+        let mut cmd = if run_with_runc {
+            env.runc_cmd()
+        } else {
+            env.cmd(&[])
+        };
+        let child = cmd
+            .args([
+                "run",
+                "--bundle",
+                b.to_str().unwrap(),
+                &format!("prop-{name}"),
+            ])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        let started = vol.join("started");
+        for _ in 0..1200 {
+            if started.exists() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        assert!(started.exists(), "{name}: the container did not start");
+        sh(&format!(
+            "mount -t tmpfs hostmount {v}/sub && echo from-the-host > {v}/sub/f"
+        ));
+        let out = child.wait_with_output().unwrap();
+        sh(&format!("umount {v}/sub; umount {v}"));
+        assert_eq!(out.status.code(), Some(0), "{name}: {}", text(&out.stderr));
+        assert_eq!(
+            text(&out.stdout),
+            "from-the-host\nfrom-the-host\n",
+            "{name}: the host's mount reached both binds"
+        );
+    }
+    env.assert_gone("prop-hull");
 }

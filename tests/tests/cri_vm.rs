@@ -49,6 +49,7 @@ fn doc_block(doc: &str, heading: &str, lang: &str) -> String {
 }
 
 /// What one hullcri command gave.
+#[derive(Debug)]
 struct Answer {
     code: i32,
     stdout: String,
@@ -288,12 +289,24 @@ impl Cri {
 
     /// Creates and starts a container of busybox running `sh -c script` in pod `pod`.
     fn run_container(&self, pod: &(String, String), name: &str, script: &str) -> String {
-        let c = serde_json::json!({
+        self.run_container_with(pod, name, script, serde_json::json!({}))
+    }
+
+    /// `run_container` with `extra` merged into the container's config.
+    fn run_container_with(
+        &self,
+        pod: &(String, String),
+        name: &str,
+        script: &str,
+        extra: serde_json::Value,
+    ) -> String {
+        let mut c = serde_json::json!({
             "metadata": {"name": name},
             "image": {"image": "docker.io/hull-test/busybox:latest"},
             "command": ["sh", "-c", script],
             "log_path": format!("{name}.log"),
         });
+        merge(&mut c, extra);
         let file = self.write(&format!("{name}.ctr.json"), &c);
         let id = self
             .ok(&["create", &pod.0, &file, &pod.1])
@@ -483,6 +496,9 @@ fn cri_pods_run_in_hull_vms() {
         ps.contains("sleep 1001"),
         "b sees a's sleep in the pod's pid namespace:\n{ps}"
     );
+    // A host-network pod (hostNetwork): the VM's own network stack, loopback only.
+    assert_eq!(c.exec_ok(&a, &["ls", "/sys/class/net"]), "lo\n");
+
     // Separate root file systems all the same.
     c.exec_ok(&a, &["touch", "/only-in-a"]);
     let (code, _, _) = c.exec(&b, &["test", "-e", "/only-in-a"]);
@@ -491,6 +507,54 @@ fn cri_pods_run_in_hull_vms() {
     // ExecSync: exit codes and both streams.
     let (code, out, err) = c.exec(&a, &["sh", "-c", "echo out; echo err >&2; exit 7"]);
     assert_eq!((code, out.as_str(), err.as_str()), (7, "out\n", "err\n"));
+
+    // ExecSync with a timeout: the call fails saying so, and the process is gone (killed and
+    // reaped; the kubelet's next ExecSync finds no trace of it).
+    let t = Instant::now();
+    let out = c.hullcri(&["exec", "--timeout", "3", &a, "--", "sleep", "1077"]);
+    assert_ne!(out.code, 0, "ExecSync past its timeout: {out:?}");
+    assert!(
+        out.stderr.contains("DEADLINE_EXCEEDED") || out.stderr.contains("timeout"),
+        "the timeout is reported: {out:?}"
+    );
+    assert!(
+        t.elapsed() < Duration::from_secs(60),
+        "ExecSync returned {:?} after its 3 s timeout",
+        t.elapsed()
+    );
+    let ps = c.exec_ok(&a, &["ps", "-o", "pid,stat,args"]);
+    assert!(
+        !ps.contains("sleep 1077"),
+        "the timed-out process is left in the container:\n{ps}"
+    );
+
+    // ExecSync runs under the container's confinement: a RuntimeDefault seccomp profile
+    // (containerd's default profile) and the container's capabilities hold for the exec'd
+    // process as for the container's own.
+    let fields = "^(Seccomp|NoNewPrivs|CapPrm|CapEff|CapBnd):";
+    let sc = c.run_container_with(
+        &pod,
+        "sc",
+        &format!("grep -E '{fields}' /proc/self/status > /init-view; exec sleep 1005"),
+        serde_json::json!({"linux": {"security_context": {"seccomp": {"profile_type": "RuntimeDefault"}}}}),
+    );
+    let init_view = std::cell::RefCell::new(String::new());
+    wait_until("sc's init wrote its view", || {
+        let (code, out, _) = c.exec(&sc, &["cat", "/init-view"]);
+        *init_view.borrow_mut() = out;
+        code == 0 && init_view.borrow().contains("CapBnd")
+    });
+    let init_view = init_view.into_inner();
+    assert!(
+        init_view.contains("Seccomp:\t2\n"),
+        "RuntimeDefault gives the container a filter: {init_view}"
+    );
+    let exec_view = c.exec_ok(&sc, &["grep", "-E", fields, "/proc/self/status"]);
+    assert_eq!(
+        exec_view, init_view,
+        "ExecSync is confined as the container"
+    );
+    c.ok(&["rm", &sc]);
 
     // The CRI log files (what `kubectl logs` reads): each stream tagged.
     let log = c.log_with("p1", "a", &release);
@@ -547,6 +611,27 @@ fn cri_pods_run_in_hull_vms() {
     c.ok(&["stopp", &pod.0]);
     c.ok(&["rmp", &pod.0]);
     c.assert_nothing_left(&sockets_before);
+
+    // ---- Pods in the node's namespaces (docs/kubernetes.md): hostPID and hostIPC are refused
+    // at RunPodSandbox with the reason, leaving nothing; hostNetwork runs on the VM's own
+    // network stack, loopback only (pod p1 above is one: its container sees `lo` alone).
+    for (mode, field) in [("pid", "hostPID"), ("ipc", "hostIPC")] {
+        let name = format!("host-{mode}");
+        let pod = serde_json::json!({
+            "metadata": {"name": name, "namespace": "default", "uid": format!("{name}-uid")},
+            "log_directory": c.logs.join(&name),
+            "linux": {"security_context": {"namespace_options": {"network": "NODE", mode: "NODE"}}},
+        });
+        let file = c.write(&format!("{name}.pod.json"), &pod);
+        let out = c.hullcri(&["runp", "--runtime", HANDLER, &file]);
+        assert_ne!(out.code, 0, "RunPodSandbox with {field}: {out:?}");
+        assert!(
+            out.stderr.contains(&format!("({field}: true)")) && out.stderr.contains("runc"),
+            "the reason reaches the kubelet: {out:?}"
+        );
+        c.assert_nothing_left(&sockets_before);
+    }
+    phase("host namespaces refused");
 
     // ---- The pod of docs/kubernetes.md, as written there (kubelet's part played by the test).
     phase("pod p1 removed");

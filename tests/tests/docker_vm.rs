@@ -319,6 +319,31 @@ fn docker_runs_containers_in_microvms() {
             );
         }
     }
+    // --device: the node is made in the guest with the host node's numbers, which name the
+    // guest kernel's device (its FUSE is built in). docker reads the numbers from the host's
+    // node, which the emulated host's devtmpfs has only once fuse.ko is loaded.
+    if !Path::new("/dev/fuse").exists() {
+        let st = Command::new("mknod")
+            .args(["-m", "0666", "/dev/fuse", "c", "10", "229"])
+            .status()
+            .unwrap();
+        assert!(st.success(), "mknod /dev/fuse");
+    }
+    let out = drun(&[
+        "--rm",
+        "--device",
+        "/dev/fuse",
+        "hull-test/busybox",
+        "sh",
+        "-c",
+        "stat -c '%F %t:%T' /dev/fuse && [ -c /dev/fuse ] && (exec 3<>/dev/fuse) && echo opened",
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "character special file a:e5\nopened\n");
+    // --privileged: docker lists every host device in linux.devices; the guest makes them all.
+    let out = drun(&["--rm", "--privileged", "hull-test/busybox", "true"]);
+    assert!(out.status.success(), "--privileged: {}", text(&out.stderr));
+
     // A long-running container: exec, pause/unpause, stats, stop, rm.
     let out = drun(&["-d", "--name", "s1", "hull-test/busybox", "sleep", "1000"]);
     assert!(out.status.success(), "{}", text(&out.stderr));
@@ -330,6 +355,23 @@ fn docker_runs_containers_in_microvms() {
     let out = exec(&["s1", "sh", "-c", "echo hi; exit 4"]);
     assert_eq!(out.status.code(), Some(4), "{}", text(&out.stderr));
     assert_eq!(text(&out.stdout), "hi\n");
+    // docker's default seccomp profile and capabilities hold for exec as for the container's
+    // init (its PID 1, seen from the exec'd process).
+    let fields = "^(Seccomp|NoNewPrivs|CapPrm|CapEff|CapBnd):";
+    let out = exec(&["s1", "grep", "-E", fields, "/proc/self/status"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let exec_view = text(&out.stdout);
+    let out = exec(&["s1", "grep", "-E", fields, "/proc/1/status"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let init_view = text(&out.stdout);
+    assert!(
+        init_view.contains("Seccomp:\t2\n"),
+        "docker's default profile: {init_view}"
+    );
+    assert_eq!(
+        exec_view, init_view,
+        "docker exec is confined as the container"
+    );
     let out = exec(&["s1", "sh", "-c", "ps -o pid,comm | grep -c sleep"]);
     assert_eq!(
         text(&out.stdout).trim(),
