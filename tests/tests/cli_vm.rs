@@ -1335,7 +1335,7 @@ fn exec_runs_under_the_container_s_confinement() {
 /// `linux.devices`: each node is made in the container with its type, numbers, mode and owner,
 /// as runc makes it, and the device cgroup's rules hold: one allowed by `linux.resources`
 /// opens, one no rule allows is refused. In the guest the numbers name the guest kernel's
-/// devices: /dev/fuse is its FUSE (built in).
+/// devices: /dev/fuse and /dev/net/tun are its FUSE and TUN (built in).
 #[test]
 fn linux_devices_are_made_in_the_guest_as_runc_makes_them() {
     let env = Env::new("devices");
@@ -1345,9 +1345,11 @@ fn linux_devices_are_made_in_the_guest_as_runc_makes_them() {
         s["linux"]["devices"] = json!([
             {"path": "/dev/fuse", "type": "c", "major": 10, "minor": 229, "fileMode": 0o640, "uid": 0, "gid": 2},
             {"path": "/dev/denied", "type": "c", "major": 1, "minor": 1, "fileMode": 0o600, "uid": 0, "gid": 0},
+            {"path": "/dev/net/tun", "type": "c", "major": 10, "minor": 200, "fileMode": 0o666, "uid": 0, "gid": 0},
         ]);
         let rules = s["linux"]["resources"]["devices"].as_array_mut().unwrap();
         rules.push(json!({"allow": true, "type": "c", "major": 10, "minor": 229, "access": "rwm"}));
+        rules.push(json!({"allow": true, "type": "c", "major": 10, "minor": 200, "access": "rwm"}));
     };
     let rb = env.bundle("runc", &["sh", "-c", probe], edit);
     let out = env.runc_run(&rb, "dev-runc");
@@ -1359,16 +1361,18 @@ fn linux_devices_are_made_in_the_guest_as_runc_makes_them() {
     );
     assert!(runc_view.contains("denied=refused"), "{runc_view}");
 
-    let script =
-        format!("{probe}; if [ -c /dev/fuse ] && (exec 3<>/dev/fuse); then echo fuse=opened; fi");
+    let script = format!(
+        "{probe}; if [ -c /dev/fuse ] && (exec 3<>/dev/fuse); then echo fuse=opened; fi; \
+         if [ -c /dev/net/tun ] && (exec 3<>/dev/net/tun); then echo tun=opened; fi"
+    );
     let b = env.bundle("hull", &["sh", "-c", &script], edit);
     let out = env.hull(&["run", "--bundle", b.to_str().unwrap(), "dev"]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     let view = text(&out.stdout);
     assert_eq!(
-        view.strip_suffix("fuse=opened\n"),
+        view.strip_suffix("fuse=opened\ntun=opened\n"),
         Some(runc_view.as_str()),
-        "the nodes as runc makes them, and the guest's FUSE opens:\n{view}"
+        "the nodes as runc makes them, and the guest's FUSE and TUN open:\n{view}"
     );
     env.assert_gone("dev");
 }
