@@ -125,33 +125,18 @@ fn check_spec(config: &Path, spec: &Spec) -> Result<(), ContainerError> {
     Ok(())
 }
 
-/// A namespace type as the OCI spec spells it.
-fn ns_name(t: LinuxNamespaceType) -> &'static str {
-    match t {
-        LinuxNamespaceType::Mount => "mount",
-        LinuxNamespaceType::Cgroup => "cgroup",
-        LinuxNamespaceType::Uts => "uts",
-        LinuxNamespaceType::Ipc => "ipc",
-        LinuxNamespaceType::User => "user",
-        LinuxNamespaceType::Pid => "pid",
-        LinuxNamespaceType::Network => "network",
-        LinuxNamespaceType::Time => "time",
-    }
-}
-
-/// The `clone` flag of a namespace type, as `NS_GET_NSTYPE` reports it.
-fn clone_flag(t: LinuxNamespaceType) -> libc::c_int {
-    match t {
-        LinuxNamespaceType::Mount => libc::CLONE_NEWNS,
-        LinuxNamespaceType::Cgroup => libc::CLONE_NEWCGROUP,
-        LinuxNamespaceType::Uts => libc::CLONE_NEWUTS,
-        LinuxNamespaceType::Ipc => libc::CLONE_NEWIPC,
-        LinuxNamespaceType::User => libc::CLONE_NEWUSER,
-        LinuxNamespaceType::Pid => libc::CLONE_NEWPID,
-        LinuxNamespaceType::Network => libc::CLONE_NEWNET,
-        LinuxNamespaceType::Time => libc::CLONE_NEWTIME,
-    }
-}
+/// Each namespace type: its name in the OCI spec, and its `clone` flag, which is what
+/// `NS_GET_NSTYPE` reports.
+const NS_TYPES: [(LinuxNamespaceType, &str, libc::c_int); 8] = [
+    (LinuxNamespaceType::Mount, "mount", libc::CLONE_NEWNS),
+    (LinuxNamespaceType::Cgroup, "cgroup", libc::CLONE_NEWCGROUP),
+    (LinuxNamespaceType::Uts, "uts", libc::CLONE_NEWUTS),
+    (LinuxNamespaceType::Ipc, "ipc", libc::CLONE_NEWIPC),
+    (LinuxNamespaceType::User, "user", libc::CLONE_NEWUSER),
+    (LinuxNamespaceType::Pid, "pid", libc::CLONE_NEWPID),
+    (LinuxNamespaceType::Network, "network", libc::CLONE_NEWNET),
+    (LinuxNamespaceType::Time, "time", libc::CLONE_NEWTIME),
+];
 
 /// A namespace entry's `path` must be a namespace of its type, as runc checks before it
 /// starts anything (even though hull then maps the entry into the guest or drops it): the
@@ -161,6 +146,15 @@ pub fn check_namespace_path(t: LinuxNamespaceType, path: &Path) -> Result<(), St
     use std::os::unix::fs::OpenOptionsExt;
     /// `_IO(0xb7, 0x3)` (linux/nsfs.h).
     const NS_GET_NSTYPE: libc::c_ulong = 0xb703;
+    let (_, wanted, flag) = NS_TYPES
+        .into_iter()
+        .find(|(typ, ..)| *typ == t)
+        .ok_or_else(|| {
+            format!(
+                "{}: namespace type {t:?} is not known to hull",
+                path.display()
+            )
+        })?;
     let f = std::fs::OpenOptions::new()
         .read(true)
         .custom_flags(libc::O_CLOEXEC | libc::O_NONBLOCK | libc::O_NOCTTY)
@@ -169,35 +163,17 @@ pub fn check_namespace_path(t: LinuxNamespaceType, path: &Path) -> Result<(), St
     // SAFETY: NS_GET_NSTYPE takes no argument and only reads the fd we own; on a file that is
     // not a namespace it fails with ENOTTY.
     let got = unsafe { libc::ioctl(f.as_raw_fd(), NS_GET_NSTYPE) };
-    let want = clone_flag(t);
-    if got == want {
+    if got == flag {
         return Ok(());
     }
-    let what = if got < 0 {
-        "not a namespace".to_string()
-    } else {
-        let actual = [
-            LinuxNamespaceType::Mount,
-            LinuxNamespaceType::Cgroup,
-            LinuxNamespaceType::Uts,
-            LinuxNamespaceType::Ipc,
-            LinuxNamespaceType::User,
-            LinuxNamespaceType::Pid,
-            LinuxNamespaceType::Network,
-            LinuxNamespaceType::Time,
-        ]
-        .into_iter()
-        .find(|&t| clone_flag(t) == got)
-        .map_or_else(
-            || format!("namespace type {got:#x}"),
-            |t| format!("a {} namespace", ns_name(t)),
-        );
-        actual
+    let what = match NS_TYPES.into_iter().find(|(.., f)| *f == got) {
+        _ if got < 0 => "not a namespace".to_string(),
+        Some((_, name, _)) => format!("a {name} namespace"),
+        None => format!("namespace type {got:#x}"),
     };
     Err(format!(
-        "{} is {what}, but the entry's type is {}",
-        path.display(),
-        ns_name(t)
+        "{} is {what}, but the entry's type is {wanted}",
+        path.display()
     ))
 }
 
@@ -386,15 +362,12 @@ pub fn translate(spec: &Spec, id: &str, join: Option<(&str, i32)>, binds: &[Bind
 
     for m in spec.mounts().iter().flatten() {
         let opts = m.options().as_deref().unwrap_or_default();
-        if opts.iter().any(|o| o == "shared" || o == "rshared") {
+        if let Some(mode) = opts.iter().find(|o| *o == "shared" || *o == "rshared") {
             tracing::warn!(
-                "container {id}: mount {} asks for {} propagation: mounts the host makes under it \
-                 reach the container, but mounts made in the container stay in the guest (they \
-                 cannot cross the VM to the host)",
+                "container {id}: mount {} asks for {mode} propagation: mounts the host makes \
+                 under it reach the container, but mounts made in the container stay in the \
+                 guest (they cannot cross the VM to the host)",
                 m.destination().display(),
-                opts.iter()
-                    .find(|o| *o == "shared" || *o == "rshared")
-                    .map_or("shared", String::as_str)
             );
         }
     }
