@@ -1433,8 +1433,19 @@ fn host_mounts_propagate_into_rshared_and_rslave_volumes() {
             "mount -t tmpfs hostmount {v}/sub && echo from-the-host > {v}/sub/f"
         ));
         let out = child.wait_with_output().unwrap();
-        sh(&format!("umount {v}/sub; umount {v}"));
+        // The container is gone (run deletes it): the host's own mount under the volume must
+        // still be there. Taking a propagating bind off could take the host's submount with it.
+        let still = Command::new("sh")
+            .args(["-c", &format!("mountpoint -q {v}/sub && cat {v}/sub/f")])
+            .output()
+            .unwrap();
+        sh(&format!("umount {v}/sub && umount {v}"));
         assert_eq!(out.status.code(), Some(0), "{name}: {}", text(&out.stderr));
+        assert_eq!(
+            text(&still.stdout),
+            "from-the-host\n",
+            "{name}: removing the container unmounted the host's mount under the volume"
+        );
         assert_eq!(
             text(&out.stdout),
             "from-the-host\nfrom-the-host\n",

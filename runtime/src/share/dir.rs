@@ -289,7 +289,30 @@ impl Entry {
     }
 
     /// Takes the top mount off this entry (lazily); false if nothing was mounted here.
+    ///
+    /// The mount and everything under it are made private first. A bind of a shared host mount
+    /// is a peer of its source, and so is every mount the host made under the source since: a
+    /// lazy unmount of that tree would propagate to those peers and take the host's own
+    /// mounts off with it.
     pub fn unmount(&self) -> io::Result<bool> {
+        match nix::mount::mount(
+            None::<&str>,
+            &self.proc_path(),
+            None::<&str>,
+            MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+            None::<&str>,
+        ) {
+            Ok(()) => {}
+            // Nothing mounted at this entry: it is a directory of the mount above it, which
+            // must not be touched. EINVAL here is the kernel saying it is not a mount point.
+            Err(Errno::EINVAL) => return Ok(false),
+            Err(e) => {
+                return Err(io::Error::other(format!(
+                    "make {} private before unmounting it: {e}",
+                    self.path.display()
+                )))
+            }
+        }
         match nix::mount::umount2(&self.proc_path(), MntFlags::MNT_DETACH) {
             Ok(()) => Ok(true),
             Err(Errno::EINVAL) => Ok(false),
@@ -389,5 +412,38 @@ mod tests {
         d.unmount("missing").unwrap();
         d.remove("m").unwrap();
         assert!(src.join("f").exists());
+    }
+
+    /// A volume bound from a shared host mount: a mount the host makes under the source later
+    /// propagates into the bind, and taking the bind off must leave the host's mount alone.
+    #[test]
+    fn unmounting_a_bind_of_a_shared_mount_keeps_the_host_s_submounts() {
+        use std::os::unix::fs::MetadataExt;
+        let t = tempfile::tempdir().unwrap();
+        let src = t.path().join("src");
+        std::fs::create_dir_all(src.join("sub")).unwrap();
+        let mnt = |s: Option<&Path>, t: &Path, fstype: Option<&str>, f: MsFlags| {
+            nix::mount::mount(s, t, fstype, f, None::<&str>).unwrap()
+        };
+        mnt(Some(&src), &src, None, MsFlags::MS_BIND);
+        mnt(None, &src, None, MsFlags::MS_SHARED);
+        let d = Dir::open(t.path()).unwrap();
+        d.mkdir("m", 0o755).unwrap();
+        d.entry("m").unwrap().bind(&src, true).unwrap();
+        mnt(
+            Some(Path::new("hostmount")),
+            &src.join("sub"),
+            Some("tmpfs"),
+            MsFlags::empty(),
+        );
+        let dev = |p: &Path| std::fs::metadata(p).unwrap().dev();
+        let propagated = dev(&t.path().join("m/sub")) != dev(&t.path().join("m"));
+        d.unmount("m").unwrap();
+        let kept = dev(&src.join("sub")) != dev(&src);
+        let _ = nix::mount::umount2(&src.join("sub"), MntFlags::MNT_DETACH);
+        let _ = nix::mount::umount2(&src, MntFlags::MNT_DETACH);
+        assert!(propagated, "the host's new mount reached the bind");
+        assert!(kept, "unmounting the bind took the host's mount off");
+        assert!(!t.path().join("m/sub").exists(), "the bind is gone");
     }
 }

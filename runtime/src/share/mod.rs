@@ -191,8 +191,25 @@ impl Share {
             }
         }
         for p in [&self.view, &self.rw] {
-            // The mounts this share made on its own two directories, and only those.
+            // The mounts this share made on its own two directories, and only those. Each is
+            // made private with all under it first: a volume still bound there may be a peer of
+            // a host mount, and a lazy unmount would propagate to the host's submounts.
             for _ in 0..16 {
+                match nix::mount::mount(
+                    None::<&str>,
+                    p.as_path(),
+                    None::<&str>,
+                    MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+                    None::<&str>,
+                ) {
+                    Ok(()) => {}
+                    Err(nix::errno::Errno::EINVAL) | Err(nix::errno::Errno::ENOENT) => break,
+                    Err(e) => {
+                        return Err(io("cannot make the share private", p)(
+                            std::io::Error::from_raw_os_error(e as i32),
+                        ))
+                    }
+                }
                 match nix::mount::umount2(
                     p.as_path(),
                     MntFlags::MNT_DETACH | MntFlags::UMOUNT_NOFOLLOW,
@@ -331,6 +348,26 @@ impl Share {
         ))
     }
 
+    /// Container `id`'s directory in the guest's view (the host opens it without following a
+    /// link; the guest cannot change the view's structure), if it is there.
+    fn view_container_dir(&self, id: &str) -> std::io::Result<Option<Dir>> {
+        let root = match Dir::open(&self.view) {
+            Ok(d) => d,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        let c = match root.dir(SHARE_CONTAINERS) {
+            Ok(c) => c,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        match c.dir(id) {
+            Ok(d) => Ok(Some(d)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
     /// Takes off the mounts of container `id`'s directory and removes it (see the module
     /// docs). A directory that is not there is fine.
     pub fn remove(&self, id: &str) -> Result<(), ShareError> {
@@ -350,16 +387,34 @@ impl Share {
         let Some(dir) = containers.dir_or_drop(id).map_err(io(what, &path))? else {
             return Ok(());
         };
+        // The view's copy of each mount goes first. Each copy is taken off private (see
+        // `Entry::unmount`), so a host mount that propagated into a volume stays on the host;
+        // the view's copy of such a volume holds that mount too and would not go with the
+        // host side's.
+        let view = self.view_container_dir(id).map_err(io(what, &self.view))?;
         if let Some(mounts) = dir
             .dir_or_drop("mounts")
             .map_err(io(what, &path.join("mounts")))?
         {
+            let view_mounts = match view.as_ref().map(|v| v.dir("mounts")) {
+                Some(Ok(m)) => Some(m),
+                Some(Err(e)) if e.kind() == std::io::ErrorKind::NotFound => None,
+                Some(Err(e)) => return Err(io(what, &self.view)(e)),
+                None => None,
+            };
             let names = mounts.entries().map_err(io(what, mounts.path()))?;
             for n in names {
                 let p = mounts.path().join(&n);
+                if let Some(v) = &view_mounts {
+                    v.unmount(&n).map_err(io(what, &v.path().join(&n)))?;
+                }
                 mounts.unmount(&n).map_err(io(what, &p))?;
                 mounts.remove(&n).map_err(io(what, &p))?;
             }
+        }
+        if let Some(v) = &view {
+            v.unmount("rootfs")
+                .map_err(io(what, &v.path().join("rootfs")))?;
         }
         dir.unmount("rootfs")
             .map_err(io(what, &path.join("rootfs")))?;

@@ -226,3 +226,47 @@ fn removal_refuses_to_delete_through_a_mount_or_a_link() {
     assert!(std::fs::symlink_metadata(f.share.host_dir().join("containers")).is_err());
     assert_eq!(std::fs::read_dir(&outside).unwrap().count(), 1);
 }
+
+/// A volume bound from a shared host mount receives the mounts the host makes under it later
+/// (in the host's side and the view alike); removing the container takes its binds off and
+/// leaves the host's own mount where it is.
+#[test]
+fn removal_keeps_the_host_s_mounts_under_a_shared_volume() {
+    let f = Fixture::new();
+    let t = &f.t;
+    let vol = t.join("vol");
+    std::fs::create_dir_all(vol.join("sub")).unwrap();
+    let mnt = |src: Option<&Path>, target: &Path, fstype: Option<&str>, flags: MsFlags| {
+        nix::mount::mount(src, target, fstype, flags, None::<&str>).unwrap()
+    };
+    mnt(Some(&vol), &vol, None, MsFlags::MS_BIND);
+    mnt(None, &vol, None, MsFlags::MS_SHARED);
+    let rootfs = t.join("rootfs");
+    std::fs::create_dir(&rootfs).unwrap();
+    let binds = vec![BindMount {
+        index: 0,
+        destination: "/vol".into(),
+        source: vol.clone(),
+        is_dir: true,
+        recursive: true,
+        readonly: false,
+    }];
+    f.share.prepare("c1", &rootfs, &binds, &spec()).unwrap();
+    mnt(
+        Some(Path::new("hostmount")),
+        &vol.join("sub"),
+        Some("tmpfs"),
+        MsFlags::empty(),
+    );
+    std::fs::write(vol.join("sub/f"), b"host").unwrap();
+    let view = f.share.view().join("containers/c1/mounts/0/sub/f");
+    let seen = std::fs::read(&view);
+    let removed = f.share.remove("c1");
+    let kept = mounted(&vol.join("sub"));
+    let _ = nix::mount::umount2(&vol.join("sub"), MntFlags::MNT_DETACH);
+    let _ = nix::mount::umount2(&vol, MntFlags::MNT_DETACH);
+    assert_eq!(seen.unwrap(), b"host", "the host's mount reached the view");
+    removed.unwrap();
+    assert!(kept, "removing the container unmounted the host's mount");
+    assert!(!f.share.host_dir().join("containers/c1").exists());
+}
