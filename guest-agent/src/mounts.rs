@@ -73,6 +73,8 @@ fn flags(req: &MountRequest) -> MsFlags {
             MountOption::Nodev => MsFlags::MS_NODEV,
             MountOption::Noexec => MsFlags::MS_NOEXEC,
             MountOption::Noatime => MsFlags::MS_NOATIME,
+            // Propagation is a call of its own, after the mount (see `mount_fs`).
+            MountOption::Shared => MsFlags::empty(),
         };
     }
     f
@@ -163,6 +165,21 @@ pub fn mount_fs(req: &MountRequest) -> Result<(), AgentError> {
             })
         }),
     };
+    let result = result.and_then(|()| {
+        if !req.options.contains(&MountOption::Shared) {
+            return Ok(());
+        }
+        mount(
+            None::<&str>,
+            target,
+            None::<&str>,
+            MsFlags::MS_SHARED,
+            None::<&str>,
+        )
+        .inspect_err(|_| {
+            let _ = umount2(target, MntFlags::MNT_DETACH);
+        })
+    });
     match result {
         Ok(()) => {
             tracing::info!(

@@ -1377,6 +1377,68 @@ fn linux_devices_are_made_in_the_guest_as_runc_makes_them() {
     env.assert_gone("dev");
 }
 
+/// Bind mounts of a host directory (a shared mount, as kubelet volumes are) with each
+/// propagation option, plain and recursive: each is in the container with the propagation
+/// runc gives it (mountinfo's optional fields: shared, master, unbindable, or none).
+#[test]
+fn bind_propagation_options_are_as_under_runc() {
+    let env = Env::new("bindprop");
+    let modes = [
+        "shared",
+        "slave",
+        "private",
+        "unbindable",
+        "rshared",
+        "rslave",
+        "rprivate",
+        "runbindable",
+    ];
+    let probe = format!(
+        "for d in {}; do awk -v d=/p-$d '$5 == d {{ t = \"\"; for (i = 7; $i != \"-\"; i++) {{ split($i, a, \":\"); t = t \" \" a[1] }} print d \":\" t }}' /proc/self/mountinfo; done",
+        modes.join(" ")
+    );
+    let mut views = Vec::new();
+    for (name, with_runc) in [("runc", true), ("hull", false)] {
+        let vol = env.dir.path().join(format!("vol-{name}"));
+        std::fs::create_dir_all(&vol).unwrap();
+        let v = vol.display();
+        let st = Command::new("sh")
+            .args([
+                "-c",
+                &format!("mount --bind {v} {v} && mount --make-shared {v}"),
+            ])
+            .status()
+            .unwrap();
+        assert!(st.success());
+        let b = env.bundle(name, &["sh", "-c", &probe], |s| {
+            let m = s["mounts"].as_array_mut().unwrap();
+            for mode in modes {
+                let bind = if mode.starts_with('r') { "rbind" } else { "bind" };
+                m.push(json!({"destination": format!("/p-{mode}"), "type": "bind", "source": vol, "options": [bind, mode]}));
+            }
+        });
+        let out = if with_runc {
+            env.runc_run(&b, "bindprop-runc")
+        } else {
+            env.hull(&["run", "--bundle", b.to_str().unwrap(), "bindprop"])
+        };
+        let _ = Command::new("umount").arg(&vol).status();
+        assert_eq!(out.status.code(), Some(0), "{name}: {}", text(&out.stderr));
+        views.push(text(&out.stdout));
+    }
+    assert_eq!(
+        views[0].lines().count(),
+        modes.len(),
+        "every bind is in runc's container:\n{}",
+        views[0]
+    );
+    assert_eq!(
+        views[1], views[0],
+        "hull's propagation fields against runc's"
+    );
+    env.assert_gone("bindprop");
+}
+
 /// Mount propagation as CRI writes it for `mountPropagation: Bidirectional` and
 /// `HostToContainer`: `rootfsPropagation: rshared` with an `rshared` and an `rslave` bind of a
 /// host directory on a shared mount (as the kubelet requires). The container starts as runc's

@@ -66,6 +66,9 @@ pub enum MountOption {
     Nodev,
     Noexec,
     Noatime,
+    /// Made a shared mount once mounted (its own peer group): binds of it in containers then
+    /// take `shared`/`slave`/`private`/`unbindable` as binds of a host's shared volume do.
+    Shared,
 }
 
 /// Mount a file system in the guest.

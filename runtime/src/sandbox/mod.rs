@@ -22,8 +22,8 @@ use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime};
 
-use hull_agent_protocol::MountRequest;
 use hull_agent_protocol::NetworkConfig;
+use hull_agent_protocol::{MountOption, MountRequest};
 use hull_vmm_api::{CachePolicy, FsConfig, NetConfig, SerialConfig, VmConfig, VsockConfig};
 use nix::sys::signal::Signal;
 use nix::unistd::Pid;
@@ -407,9 +407,11 @@ impl Sandbox {
             }
         };
         agent.set_time(SystemTime::now()).await?;
-        agent
-            .mount(MountRequest::virtiofs(SHARE_TAG, GUEST_SHARE_DIR))
-            .await?;
+        // A shared mount in the guest, as the host's volumes under the kubelet are: a
+        // container's bind of it takes `shared`/`slave`/`private`/`unbindable` as under runc.
+        let mut share = MountRequest::virtiofs(SHARE_TAG, GUEST_SHARE_DIR);
+        share.options.push(MountOption::Shared);
+        agent.mount(share).await?;
         // Before any container: the guest's NICs as the namespace had them (or loopback only).
         agent.configure_network(network).await?;
         // From here on the VMM runs on its own: the state file is how it is found again.

@@ -565,6 +565,35 @@ impl Mount {
         Ok(parent_mount)
     }
 
+    /// hull: the mount's propagation options (`shared`, `slave`, `private`, `unbindable` and
+    /// their recursive forms), applied in order once the mount is in place, as runc applies
+    /// them. Upstream's fd-based flow parses them but never applies them, so a bind with
+    /// `shared` kept whatever propagation it was cloned with. The mount is named by its own
+    /// descriptor's magic link, which is the mount's root wherever it was attached.
+    fn apply_propagation(
+        &self,
+        m: &SpecMount,
+        mount_fd: std::os::fd::BorrowedFd<'_>,
+    ) -> std::result::Result<(), SyscallError> {
+        use std::os::fd::AsRawFd;
+        let target = PathBuf::from(format!("/proc/self/fd/{}", mount_fd.as_raw_fd()));
+        for o in m.options().iter().flatten() {
+            let flags = match o.as_str() {
+                "shared" => MsFlags::MS_SHARED,
+                "rshared" => MsFlags::MS_SHARED | MsFlags::MS_REC,
+                "slave" => MsFlags::MS_SLAVE,
+                "rslave" => MsFlags::MS_SLAVE | MsFlags::MS_REC,
+                "private" => MsFlags::MS_PRIVATE,
+                "rprivate" => MsFlags::MS_PRIVATE | MsFlags::MS_REC,
+                "unbindable" => MsFlags::MS_UNBINDABLE,
+                "runbindable" => MsFlags::MS_UNBINDABLE | MsFlags::MS_REC,
+                _ => continue,
+            };
+            self.syscall.mount(None, &target, None, flags, None)?;
+        }
+        Ok(())
+    }
+
     fn mount_into_container(
         &self,
         m: &SpecMount,
@@ -695,6 +724,7 @@ impl Mount {
                 None,
                 linux::MOVE_MOUNT_T_EMPTY_PATH | linux::MOVE_MOUNT_F_EMPTY_PATH,
             )?;
+            self.apply_propagation(m, mount_fd)?;
         } else {
             let mount_fn = || -> std::result::Result<(), SyscallError> {
                 // fsopen
@@ -784,6 +814,7 @@ impl Mount {
                     None,
                     linux::MOVE_MOUNT_T_EMPTY_PATH | linux::MOVE_MOUNT_F_EMPTY_PATH,
                 )?;
+                self.apply_propagation(m, mount_fd)?;
                 Ok(())
             };
 
