@@ -9,7 +9,8 @@
 //! Layout: `server` handles connections (hello, framing, in-flight ids, replies, stream and log
 //! connections) and never looks inside a request; `service` maps each request to the agent's
 //! state and returns the reply, knowing nothing of sockets; below it `process` (spawn, reaper,
-//! streams), `mounts`, `network` (`configure_network`, public for its tests), `stats`, `init` (PID 1) and, next, `container` (OCI containers).
+//! streams), `mounts`, `network` (`configure_network`, public for its tests), `forward` (port-forward: listening
+//! ports and connections to them), `stats`, `init` (PID 1) and, next, `container` (OCI containers).
 //! `transport` is vsock or a Unix socket, `log` the tracing backlog.
 //!
 //! What it must never do:
@@ -28,6 +29,7 @@ use hull_agent_protocol::{AgentMode, PROTOCOL_VERSION};
 use tokio::signal::unix::{signal, SignalKind};
 
 mod container;
+mod forward;
 mod init;
 mod log;
 mod mounts;

@@ -104,6 +104,17 @@ async fn handle_connection(agent: Arc<Agent>, mut conn: BoxConn, peer: &str) {
                 crate::log::serve_connection(conn).await;
             }
         }
+        ConnectionKind::Forward { port } => match crate::forward::connect(port).await {
+            Err(e) => {
+                tracing::debug!("forward {port}: {}", e.message);
+                let _ = reply_hello(&mut conn, Err(e)).await;
+            }
+            Ok(tcp) => {
+                if reply_hello(&mut conn, Ok(())).await {
+                    crate::forward::splice(conn, tcp, port).await;
+                }
+            }
+        },
         ConnectionKind::Stream { process, stream } => match agent.open_stream(process, stream) {
             Err(e) => {
                 let _ = reply_hello(&mut conn, Err(e)).await;

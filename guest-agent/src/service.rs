@@ -141,6 +141,11 @@ impl Agent {
                 done(self.containers.delete(&self.procs, &id, force).await)
             }
             Request::ConfigureNetwork(cfg) => done(self.configure_network(cfg).await),
+            Request::ListeningPorts { known, wait_ms } => {
+                crate::forward::listening_ports(known, wait_ms)
+                    .await
+                    .map(|ports| Response::Ports { ports })
+            }
             other => Err(AgentError::new(
                 ErrorKind::UnknownRequest,
                 format!(

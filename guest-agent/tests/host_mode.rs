@@ -727,3 +727,42 @@ async fn configure_network_is_checked_then_refused_in_host_mode() {
         ErrorKind::Unsupported,
     );
 }
+
+/// Port-forward through a real agent: a server that starts listening on loopback ends a
+/// waiting `listening_ports`, and a forward connection reaches it both ways (half-close
+/// passed on); a port nothing listens on is refused in the hello with the reason.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn listening_ports_and_forward_connections() {
+    let (_agent, c) = TestAgent::with_client().await;
+    let before = c.listening_ports(&[], Duration::ZERO).await.unwrap();
+    let server = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = server.local_addr().unwrap().port();
+    let t = Instant::now();
+    let now = c
+        .listening_ports(&before, Duration::from_secs(20))
+        .await
+        .unwrap();
+    assert!(now.contains(&port), "{port} not in {now:?}");
+    assert!(
+        t.elapsed() < Duration::from_secs(10),
+        "the change ended the wait"
+    );
+    let echo = tokio::spawn(async move {
+        let (mut s, _) = server.accept().await.unwrap();
+        let mut got = Vec::new();
+        s.read_to_end(&mut got).await.unwrap();
+        s.write_all(b"server got ").await.unwrap();
+        s.write_all(&got).await.unwrap();
+    });
+    let mut f = c.open_forward(port).await.unwrap();
+    f.write_all(b"ping").await.unwrap();
+    f.shutdown().await.unwrap();
+    assert_eq!(read_all(f).await, b"server got ping");
+    echo.await.unwrap();
+    // Nothing listens there any more.
+    let e = c.open_forward(port).await.unwrap_err();
+    assert!(
+        e.to_string().contains(&format!("127.0.0.1:{port}")),
+        "the refusal names the port: {e}"
+    );
+}

@@ -11,6 +11,7 @@
 pub mod agent;
 pub mod config;
 pub mod container;
+pub mod forward;
 pub mod host_cgroup;
 pub mod mount;
 pub mod network;

@@ -18,6 +18,12 @@ crictl's (field names as in api.proto, e.g. {"metadata": {"name": "p"}, "log_dir
     stop [--timeout S] ID | rm ID           StopContainer / RemoveContainer
     stopp POD_ID | rmp POD_ID               StopPodSandbox / RemovePodSandbox
     ps [--pod POD_ID] | pods                ListContainers / ListPodSandbox (JSON)
+    portforward POD_ID PORT DATA            PortForward, then over containerd's streaming
+                                            server (WebSocket, v4.channel.k8s.io, as kubectl's
+                                            newer clients speak it): sends DATA to the pod's
+                                            PORT and prints what comes back until the pod's
+                                            side closes; an error the server reports (e.g.
+                                            connection refused) is printed and exits 1
     serve                                   reads commands as JSON arrays of arguments, one per
                                             line, and answers each with a JSON line
                                             {"code": N, "stdout": "...", "stderr": "..."}: one
@@ -89,10 +95,60 @@ def parser():
     s = sub.add_parser("stop")
     s.add_argument("--timeout", type=int, default=10)
     s.add_argument("id")
+    s = sub.add_parser("portforward")
+    s.add_argument("pod_id")
+    s.add_argument("port", type=int)
+    s.add_argument("data")
     s = sub.add_parser("ps")
     s.add_argument("--pod", default="")
     sub.add_parser("pods")
     return p
+
+
+def port_forward(url, port, data, timeout=60):
+    """Speaks the Kubernetes streaming server's port-forward over WebSocket: binary messages
+    whose first byte is the channel (0: the port's data, 1: its errors); each channel's first
+    message starts with the port (2 bytes, little-endian). Sends `data`, reads until the server
+    closes. Returns (data received, error text)."""
+    import websocket  # websocket-client, installed with the CRI stubs
+
+    ws_url = "ws" + url[len("http"):] if url.startswith("http") else url
+    # The port is in the request containerd cached for this URL; the query names it too, as
+    # the kubelet's own server wants it.
+    ws_url += ("&" if "?" in ws_url else "?") + f"port={port}"
+    try:
+        ws = websocket.create_connection(ws_url, subprotocols=["v4.channel.k8s.io"], timeout=timeout)
+    except (OSError, websocket.WebSocketException) as e:
+        raise Exit(1, f"hullcri: portforward: {ws_url}: {e}")
+    got = {0: b"", 1: b""}
+    header = {0: False, 1: False}
+    try:
+        ws.send_binary(b"\x00" + data)
+        while True:
+            try:
+                opcode, payload = ws.recv_data()
+            except (websocket.WebSocketConnectionClosedException, OSError):
+                # The server closed (a write of the library's close frame may find it gone).
+                break
+            except websocket.WebSocketTimeoutException:
+                got[1] += f"(hullcri: the server did not close within {timeout} s)".encode()
+                break
+            if opcode == websocket.ABNF.OPCODE_CLOSE:
+                break
+            if not payload or payload[0] not in got:
+                continue
+            ch, body = payload[0], payload[1:]
+            if not header[ch]:
+                if len(body) < 2 or int.from_bytes(body[:2], "little") != port:
+                    raise Exit(1, f"hullcri: portforward: channel {ch} did not start with port {port}")
+                header[ch], body = True, body[2:]
+            got[ch] += body
+    finally:
+        try:
+            ws.close()
+        except (OSError, websocket.WebSocketException):
+            pass
+    return got[0], got[1]
 
 
 def execute(rt, a, out, err):
@@ -157,6 +213,12 @@ def execute(rt, a, out, err):
         elif a.cmd == "ps":
             f = cri.ContainerFilter(pod_sandbox_id=a.pod) if a.pod else None
             dump(call("ListContainers", cri.ListContainersRequest(filter=f)))
+        elif a.cmd == "portforward":
+            r = call("PortForward", cri.PortForwardRequest(pod_sandbox_id=a.pod_id, port=[a.port]))
+            data, error = port_forward(r.url, a.port, a.data.encode())
+            out.write(data)
+            if error:
+                raise Exit(1, f"hullcri: portforward {a.port}: {error.decode('utf-8', 'replace')}")
         elif a.cmd == "pods":
             dump(call("ListPodSandbox", cri.ListPodSandboxRequest()))
     except grpc.RpcError as e:

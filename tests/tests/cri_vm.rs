@@ -498,6 +498,23 @@ fn cri_pods_run_in_hull_vms() {
     );
     // A host-network pod (hostNetwork): the VM's own network stack, loopback only.
     assert_eq!(c.exec_ok(&a, &["ls", "/sys/class/net"]), "lo\n");
+    // Its port-forward: containerd dials 127.0.0.1:<port> in the host's namespace, where the
+    // shim listens for each port that listens in the guest (here one on the guest's loopback
+    // only). A port nothing listens on is refused, as with runc.
+    c.exec_ok(
+        &a,
+        &[
+            "sh",
+            "-c",
+            "mkdir -p /www && echo host-net-ok > /www/index.html && httpd -p 127.0.0.1:18081 -h /www",
+        ],
+    );
+    port_forward(&c, &pod.0, 18081, "host-net-ok");
+    let refused = c.hullcri(&["portforward", &pod.0, "18099", "x"]);
+    assert!(
+        refused.code != 0 && refused.stderr.contains("18099"),
+        "port-forward to a port nothing listens on: {refused:?}"
+    );
 
     // Separate root file systems all the same.
     c.exec_ok(&a, &["touch", "/only-in-a"]);
@@ -611,6 +628,10 @@ fn cri_pods_run_in_hull_vms() {
     c.ok(&["stopp", &pod.0]);
     c.ok(&["rmp", &pod.0]);
     c.assert_nothing_left(&sockets_before);
+    assert!(
+        std::net::TcpStream::connect(("127.0.0.1", 18081)).is_err(),
+        "the pod's forwarded port still listens on the host after the pod is gone"
+    );
 
     // ---- Pods in the node's namespaces (docs/kubernetes.md): hostPID and hostIPC are refused
     // at RunPodSandbox with the reason, leaving nothing; hostNetwork runs on the VM's own
@@ -735,6 +756,18 @@ fn pod_network(c: &Cri) {
     }
     let body = got.unwrap_or_else(|e| panic!("the host reaches {ip1}:8080: {e}"));
     assert!(body.contains("pod-ok"), "the server's page: {body}");
+    // kubectl port-forward (CRI PortForward): containerd dials 127.0.0.1 in the pod's
+    // namespace; it reaches the server, and one that listens on the guest's loopback only.
+    port_forward(c, &pod1.0, 8080, "pod-ok");
+    c.exec_ok(
+        &w1,
+        &[
+            "sh",
+            "-c",
+            "mkdir -p /lo && echo loopback-only > /lo/index.html && httpd -p 127.0.0.1:8081 -h /lo",
+        ],
+    );
+    port_forward(c, &pod1.0, 8081, "loopback-only");
     // The container reaches the host's bridge address.
     c.exec_ok(&w1, &["ping", "-c", "1", "-W", "30", CNI_GATEWAY]);
     // DNS from the pod config.
@@ -775,6 +808,27 @@ fn pod_network(c: &Cri) {
     wait_until("the pods' VMs gone", || {
         vmm_pids(&c.dir).len() == before_vms
     });
+}
+
+/// CRI PortForward to `port` of pod `pod` with an HTTP request: retried for up to 30 s (the
+/// shim learns a new listening port from the guest within a moment) until the answer holds
+/// `needle`.
+fn port_forward(c: &Cri, pod: &str, port: u16, needle: &str) -> String {
+    let mut last = None;
+    for _ in 0..30 {
+        let out = c.hullcri(&[
+            "portforward",
+            pod,
+            &port.to_string(),
+            "GET / HTTP/1.0\r\n\r\n",
+        ]);
+        if out.code == 0 && out.stdout.contains(needle) {
+            return out.stdout;
+        }
+        last = Some(out);
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    panic!("port-forward to {pod}:{port} never answered {needle:?}: {last:?}");
 }
 
 /// docs/kubernetes.md's RuntimeClass and pod, translated as the kubelet does: the

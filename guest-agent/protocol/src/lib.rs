@@ -29,6 +29,11 @@
 //!   the socket's: a host that does not read stalls the process's writes once the pipe and socket
 //!   buffers are full; nothing is dropped. At most one connection per stream at a time
 //!   ([`ErrorKind::Busy`] otherwise).
+//! * **Forward** connections carry raw bytes both ways between the host and a TCP connection
+//!   the agent made to `127.0.0.1:<port>` in the guest, after the hello reply (which carries
+//!   the error, e.g. connection refused, when the agent could not connect). Either side's
+//!   end-of-file is passed on as a half-close. This is how a pod's port-forward reaches the
+//!   guest: the host learns the ports with `listening_ports`.
 //! * **Log** connections receive the agent's log as text lines (the lines logged since boot that
 //!   are still in the agent's bounded backlog, then live lines); a slow reader loses lines, never
 //!   stalls the agent.
@@ -149,6 +154,12 @@ pub const MAX_IN_FLIGHT: usize = 1024;
 
 /// How long the agent waits for a connection's hello frame.
 pub const HELLO_TIMEOUT_MS: u64 = 10_000;
+
+/// Most ports a `listening_ports` request or reply carries.
+pub const MAX_LISTENING_PORTS: usize = 256;
+
+/// Longest a `listening_ports` call may wait for a change, in milliseconds.
+pub const MAX_PORTS_WAIT_MS: u32 = 60_000;
 
 /// Limits on a spawn request (beyond the frame size).
 pub const MAX_ARGV: usize = 4096;

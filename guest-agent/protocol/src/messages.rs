@@ -41,6 +41,10 @@ pub enum ConnectionKind {
     },
     /// The agent's log lines.
     Log,
+    /// Raw bytes to and from a TCP connection the agent makes to `127.0.0.1:port` in the guest
+    /// (port-forward). The hello reply comes once that connection is made, or carries why it
+    /// could not be.
+    Forward { port: u16 },
 }
 
 /// First frame on every connection, host to agent.
@@ -221,6 +225,17 @@ pub enum Request {
     /// Configure the guest's NICs (found by MAC: renamed, MTU, addresses, up), loopback and
     /// routes, checked first with [`crate::NetworkConfig::check`]. Reply: [`Response::Done`].
     ConfigureNetwork(crate::NetworkConfig),
+    /// The TCP ports listening in the guest that a connection to `127.0.0.1` reaches (bound to
+    /// `0.0.0.0`, `127.0.0.0/8`, `::` or an IPv4-mapped one of those), ascending, at most
+    /// [`crate::MAX_LISTENING_PORTS`]. The reply waits, up to `wait_ms` (at most
+    /// [`crate::MAX_PORTS_WAIT_MS`]), until the set differs from `known`. Reply:
+    /// [`Response::Ports`].
+    ListeningPorts {
+        #[serde(default)]
+        known: Vec<u16>,
+        #[serde(default)]
+        wait_ms: u32,
+    },
 }
 
 impl Request {
@@ -252,6 +267,7 @@ impl Request {
         "container_stats",
         "delete_container",
         "configure_network",
+        "listening_ports",
     ];
 
     /// This request's `type` name.
@@ -283,6 +299,7 @@ impl Request {
             Request::ContainerStats { .. } => "container_stats",
             Request::DeleteContainer { .. } => "delete_container",
             Request::ConfigureNetwork(_) => "configure_network",
+            Request::ListeningPorts { .. } => "listening_ports",
         }
     }
 }
@@ -398,6 +415,7 @@ pub enum Response {
     Container(ContainerInfo),
     Pids { pids: Vec<i32> },
     ContainerStats(ContainerStats),
+    Ports { ports: Vec<u16> },
 }
 
 /// Where the agent runs.

@@ -596,6 +596,42 @@ impl AgentClient {
             .await
     }
 
+    /// The guest's TCP ports that `127.0.0.1` reaches, once they differ from `known` or after
+    /// `wait` (at most [`hull_agent_protocol::MAX_PORTS_WAIT_MS`]). The guest's answer is
+    /// checked: at most [`hull_agent_protocol::MAX_LISTENING_PORTS`] ports, none 0, each once.
+    pub async fn listening_ports(&self, known: &[u16], wait: Duration) -> Result<Vec<u16>, Error> {
+        let wait_ms = u32::try_from(wait.as_millis())
+            .unwrap_or(u32::MAX)
+            .min(hull_agent_protocol::MAX_PORTS_WAIT_MS);
+        let req = Request::ListeningPorts {
+            known: known.to_vec(),
+            wait_ms,
+        };
+        let limit = Duration::from_millis(wait_ms.into()) + self.call_timeout;
+        match self.call(req, Some(limit)).await? {
+            Response::Ports { ports } => {
+                let mut seen = std::collections::BTreeSet::new();
+                let ok = ports.len() <= hull_agent_protocol::MAX_LISTENING_PORTS
+                    && ports.iter().all(|&p| p != 0 && seen.insert(p));
+                if ok {
+                    Ok(seen.into_iter().collect())
+                } else {
+                    Err(Error::Protocol(format!(
+                        "listening_ports: the guest answered {} ports (at most {}, none 0, each once)",
+                        ports.len(),
+                        hull_agent_protocol::MAX_LISTENING_PORTS
+                    )))
+                }
+            }
+            other => Err(unexpected("listening_ports", &other)),
+        }
+    }
+
+    /// Opens a forward connection: raw bytes to and from `127.0.0.1:port` in the guest.
+    pub async fn open_forward(&self, port: u16) -> Result<UnixStream, Error> {
+        self.open_connection(ConnectionKind::Forward { port }).await
+    }
+
     /// Opens a log connection: the agent's log lines (backlog, then live).
     pub async fn open_log(&self) -> Result<UnixStream, Error> {
         self.open_connection(ConnectionKind::Log).await

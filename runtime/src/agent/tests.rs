@@ -777,3 +777,39 @@ async fn a_guest_that_stops_reading_cannot_hold_calls() {
     assert!(matches!(e, Error::Closed), "{e}");
     assert_eq!(c.calls_waiting(), 0);
 }
+
+#[tokio::test]
+async fn a_port_list_is_checked() {
+    // The fake guest answers the n-th listening_ports call with the n-th list.
+    let lists: Vec<Vec<u16>> = vec![
+        (1..=(hull_agent_protocol::MAX_LISTENING_PORTS as u16 + 1)).collect(),
+        vec![80, 80],
+        vec![0, 80],
+        vec![443, 80],
+    ];
+    let (_dir, c) = hostile_agent("ports", move |_, mut s| {
+        let lists = lists.clone();
+        async move {
+            let mut n = 0;
+            while let Some(req) = next_request(&mut s).await {
+                let ports = lists.get(n).cloned().unwrap_or_default();
+                n += 1;
+                reply(&mut s, req.id, Ok(Response::Ports { ports })).await;
+            }
+        }
+    })
+    .await;
+    for what in ["too many", "repeated", "port 0"] {
+        let e = finishes(what, c.listening_ports(&[], Duration::ZERO))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(e, Error::Protocol(_)) && e.to_string().contains("listening_ports"),
+            "{what}: {e}"
+        );
+    }
+    assert_eq!(
+        c.listening_ports(&[], Duration::ZERO).await.unwrap(),
+        vec![80, 443]
+    );
+}

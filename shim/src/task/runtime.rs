@@ -14,8 +14,9 @@ use hull_agent_protocol::{ContainerStats, ErrorKind as AgentKind, ProcessId, Std
 use hull_runtime::agent::{AgentClient, Error as AgentError};
 use hull_runtime::config::RuntimeConfig;
 use hull_runtime::container::{Bundle, Container, ContainerError, CreateOptions};
+use hull_runtime::forward::PortForwarder;
 use hull_runtime::process::{ContainerProcess, Exit, Streams, Target, Want};
-use hull_runtime::sandbox::{Sandbox, SandboxError, SandboxOptions, VmmWatch};
+use hull_runtime::sandbox::{Sandbox, SandboxError, SandboxNetwork, SandboxOptions, VmmWatch};
 use oci_spec::runtime::{LinuxResources, Process, Spec};
 use tokio::sync::watch;
 
@@ -43,6 +44,8 @@ pub struct RuntimeVm {
     sandbox: Sandbox,
     /// Says once hull-vmm has exited, and why.
     gone: VmmWatch,
+    /// The pod's port-forward (listeners in its network namespace); stopped before the VM.
+    forward: std::sync::Mutex<Option<PortForwarder>>,
 }
 
 /// The sandbox name under `root` of the pod `group` (its sandbox container's id, hashed when it
@@ -104,9 +107,21 @@ impl Backend for RuntimeBackend {
         let sandbox = Sandbox::create(&config, &self.root, &name, &opts)
             .await
             .map_err(|e| TaskError::Internal(format!("creating the pod's VM: {e}")))?;
+        // containerd's port-forward dials 127.0.0.1 in the pod's namespace, or in the host's
+        // for a host-network pod: the guest's listening ports are forwarded from there.
+        let netns = match &opts.network {
+            SandboxNetwork::Join(p) => Some(Some(p.clone())),
+            SandboxNetwork::Loopback => Some(None),
+            SandboxNetwork::Own => None,
+        };
+        let forward = match (netns, sandbox.agent()) {
+            (Some(ns), Ok(agent)) => Some(PortForwarder::start(agent.endpoint().clone(), ns)),
+            _ => None,
+        };
         Ok(RuntimeVm {
             gone: sandbox.watch_vmm(),
             sandbox,
+            forward: std::sync::Mutex::new(forward),
         })
     }
 
@@ -114,6 +129,8 @@ impl Backend for RuntimeBackend {
     /// removes its directory; if a handle is still held, kills hull-vmm (containerd's
     /// `delete` of the shim removes the rest).
     async fn destroy(&self, mut vm: Arc<RuntimeVm>) {
+        // The port-forward's listeners close first: no new connection reaches a stopping VM.
+        drop(vm.forward.lock().unwrap_or_else(|p| p.into_inner()).take());
         for _ in 0..100 {
             match Arc::try_unwrap(vm) {
                 Ok(vm) => {
