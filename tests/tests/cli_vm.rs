@@ -1439,6 +1439,110 @@ fn bind_propagation_options_are_as_under_runc() {
     env.assert_gone("bindprop");
 }
 
+/// What a privileged container manages on a stock distribution kernel under runc, it manages
+/// in hull's guest: bridges, veth pairs, dummy, VLAN, macvlan, ipvlan and VXLAN links, and
+/// netfilter rules through iptables' legacy and nft back ends (NAT, masquerade, redirect,
+/// conntrack, addrtype, comment, multiport, statistic, IPv6 NAT), bridge netfilter, and a time
+/// namespace. The host's iptables, ip and unshare (Debian's, read-only at /usr; `/bin` is
+/// busybox's) run in both;
+/// runc here runs on the host's Debian kernel, side by side.
+#[test]
+fn a_privileged_container_manages_links_and_netfilter_as_under_runc() {
+    let env = Env::new("netadmin");
+    let probe = r#"set -e
+ip=/usr/bin/ip
+$ip link add br0 type bridge
+$ip link add v0 type veth peer name v1
+$ip link set v0 master br0
+$ip link add d0 type dummy
+$ip link add d1 type dummy
+$ip link add link d0 name d0.5 type vlan id 5
+$ip link add mv0 link d0 type macvlan mode bridge
+$ip link add ipv0 link d1 type ipvlan mode l2
+$ip link add vx0 type vxlan id 42 dstport 4789 dev d0
+for l in br0 v0 v1 d0 d1 d0.5 mv0 ipv0 vx0; do $ip -d -o link show $l | grep -oE '^[0-9]+: [^:@]+|(bridge|veth|dummy|vlan|macvlan|ipvlan|vxlan) ' | tr '
+' ' ' | sed 's/^[0-9]*: //'; echo; done
+echo master: $($ip -o link show v0 | grep -o 'master br0')
+for ipt in iptables-legacy iptables-nft; do
+  $ipt -t nat -A POSTROUTING -s 10.1.0.0/16 ! -o br0 -j MASQUERADE
+  $ipt -t nat -A PREROUTING -p tcp -m multiport --dports 80,443 -j REDIRECT --to-ports 8080
+  $ipt -A FORWARD -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT
+  $ipt -A INPUT -m addrtype --dst-type LOCAL -m comment --comment hull -j ACCEPT
+  $ipt -A INPUT -m statistic --mode random --probability 0.5 -j ACCEPT
+  $ipt -A FORWARD -m mark --mark 0x1 -j DROP
+  echo "$ipt:"; $ipt -S; $ipt -t nat -S
+done
+ip6tables-legacy -t nat -A POSTROUTING -j MASQUERADE
+ip6tables-legacy -t nat -S POSTROUTING
+/usr/bin/unshare --time readlink /proc/self/ns/time_for_children >/dev/null && echo time-ns
+echo done"#;
+    let edit = |s: &mut Value| {
+        for set in ["bounding", "effective", "permitted"] {
+            s["process"]["capabilities"][set] = json!(ALL_CAPS);
+        }
+        s["process"]["env"] = json!(["PATH=/bin:/usr/sbin:/usr/bin"]);
+        s["linux"]["maskedPaths"] = json!([]);
+        s["linux"]["readonlyPaths"] = json!([]);
+        let m = s["mounts"].as_array_mut().unwrap();
+        m.push(json!({"destination": "/usr", "type": "bind", "source": "/usr", "options": ["rbind", "ro"]}));
+        // iptables takes its lock in /run.
+        m.push(json!({"destination": "/run", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "nodev"]}));
+        // /proc/sys writable, as a privileged container's is.
+        for mount in m.iter_mut() {
+            if mount["destination"] == "/sys" {
+                mount["options"] = json!(["nosuid", "noexec", "nodev"]);
+            }
+        }
+    };
+    let libs = |b: &Path| {
+        for l in ["lib", "lib64", "sbin"] {
+            std::os::unix::fs::symlink(format!("usr/{l}"), b.join("rootfs").join(l)).unwrap();
+        }
+    };
+    let rb = env.bundle("runc", &["sh", "-c", probe], edit);
+    libs(&rb);
+    let out = env.runc_run(&rb, "netadmin-runc");
+    assert!(
+        out.status.success(),
+        "runc run on the host's kernel: {}
+{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    let runc_view = text(&out.stdout);
+    assert!(
+        runc_view.ends_with(
+            "time-ns
+done
+"
+        ),
+        "{runc_view}"
+    );
+
+    // Bridge netfilter is built into the guest kernel; on the host it is a module that only
+    // a host's modprobe loads, so it is checked in the guest alone.
+    let script =
+        format!("{probe}\necho bridge-nf: $(cat /proc/sys/net/bridge/bridge-nf-call-iptables)");
+    let b = env.bundle("hull", &["sh", "-c", &script], edit);
+    libs(&b);
+    let out = env.hull(&["run", "--bundle", b.to_str().unwrap(), "netadmin"]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}
+{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    let view = text(&out.stdout);
+    assert_eq!(
+        view.strip_suffix("bridge-nf: 1\n"),
+        Some(runc_view.as_str()),
+        "the guest kernel does what the host's stock kernel does under runc:\n{view}"
+    );
+    env.assert_gone("netadmin");
+}
+
 /// Mount propagation as CRI writes it for `mountPropagation: Bidirectional` and
 /// `HostToContainer`: `rootfsPropagation: rshared` with an `rshared` and an `rslave` bind of a
 /// host directory on a shared mount (as the kubelet requires). The container starts as runc's

@@ -777,9 +777,40 @@ fn pod_network(c: &Cri) {
         "the pod's DNS config in /etc/resolv.conf:\n{resolv}"
     );
 
-    // A second pod reaches the first by pod IP.
-    let pod2 = c.run_pod("n2", net);
-    let w2 = c.run_container(&pod2, "client", "exec sleep 1000");
+    // A second pod reaches the first by pod IP. It is privileged: a privileged container
+    // manages links in the guest as it would on the node under runc (a bridge, a dummy link
+    // in it, a VLAN on the pod's interface); an unprivileged one is refused, as under runc.
+    let mut privileged = net.clone();
+    merge(
+        &mut privileged,
+        serde_json::json!({"linux": {"security_context": {"privileged": true}}}),
+    );
+    let pod2 = c.run_pod("n2", privileged);
+    let w2 = c.run_container_with(
+        &pod2,
+        "client",
+        "exec sleep 1000",
+        serde_json::json!({"linux": {"security_context": {"privileged": true}}}),
+    );
+    let links = c.exec_ok(
+        &w2,
+        &[
+            "sh",
+            "-c",
+            "brctl addbr br0 && ip link add d0 type dummy && brctl addif br0 d0 && \
+             ip link add link eth0 name eth0.7 type vlan id 7 && ip link set br0 up && \
+             ls /sys/class/net | tr '\\n' ' '; cat /sys/class/net/d0/master/uevent | grep INTERFACE",
+        ],
+    );
+    assert_eq!(
+        links, "br0 d0 eth0 eth0.7 lo INTERFACE=br0\n",
+        "links a privileged container made in its pod's guest"
+    );
+    let (code, _, err) = c.exec(&w1, &["ip", "link", "add", "d1", "type", "dummy"]);
+    assert!(
+        code != 0 && err.contains("not permitted"),
+        "an unprivileged container adds a link: {code} {err}"
+    );
     let page = c.exec_ok(
         &w2,
         &["wget", "-q", "-O", "-", &format!("http://{ip1}:8080/")],

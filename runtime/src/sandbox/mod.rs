@@ -320,8 +320,11 @@ impl Sandbox {
         vm.initrd = Some(config.initrd.clone());
         vm.vcpus = vcpus;
         vm.memory_mib = memory_mib;
+        // `dummy.numdummies=0`: the guest kernel's dummy driver is built in (a privileged
+        // container may add dummy links), and would otherwise make a `dummy0` at boot, which a
+        // stock kernel's module only does when it is loaded.
         vm.cmdline = format!(
-            "console=ttyS0 quiet hull.hostname={id} {}={}",
+            "console=ttyS0 quiet dummy.numdummies=0 hull.hostname={id} {}={}",
             hull_agent_protocol::CALL_POLICY_PARAM,
             opts.agent_calls.policy().as_param()
         );
