@@ -22,7 +22,7 @@ BINS := hull hull-vmm containerd-shim-hull-v2
 # unpacked by the guest kernel on every sandbox start (docs/performance.md).
 GUEST_OUT := $(CARGO_TARGET_DIR)/$(TRIPLE)/guest
 
-.PHONY: install install-docker deps build kernel initrd lint fuzz unit-test testhost-selftest vm-test test demo bench soak clean
+.PHONY: install install-docker deps build kernel initrd lint fuzz fuzz-smoke unit-test testhost-selftest vm-test test demo bench soak clean
 
 deps:
 	@scripts/install-deps.sh
@@ -73,6 +73,12 @@ lint: deps
 fuzz:
 	fuzz/fuzz.sh run $(FUZZ_SECONDS)
 
+# Every fuzz target briefly, on its seeds and the committed regressions (fuzz/regressions/):
+# part of `make test`, so a target that crashes on main fails CI.
+FUZZ_SMOKE_SECONDS ?= 10
+fuzz-smoke: deps
+	fuzz/fuzz.sh run $(FUZZ_SMOKE_SECONDS)
+
 # Tests that run on the plain host: every crate but hull-tests.
 unit-test: deps
 	cargo test $(CARGO_FLAGS) --workspace --exclude hull-tests
@@ -86,7 +92,7 @@ testhost-selftest: deps
 vm-test: build kernel initrd
 	tests/run-vm-tests
 
-test: lint unit-test testhost-selftest vm-test
+test: lint unit-test fuzz-smoke testhost-selftest vm-test
 
 demo: build kernel initrd
 	scripts/demo.sh

@@ -2,9 +2,11 @@
 # hull's fuzz targets (cargo-fuzz, libFuzzer; the list is in README.md).
 #
 #   fuzz.sh check                   compiles every target (`make lint`)
-#   fuzz.sh run SECONDS [TARGET...] seeds each target's corpus (seeds.py), builds, and runs each
-#                                   target (default: all) for SECONDS (`make fuzz`); fails if any
-#                                   target found a crash (saved under artifacts/TARGET/)
+#   fuzz.sh run SECONDS [TARGET...] seeds each target's corpus (seeds.py) and adds the inputs
+#                                   of regressions/TARGET/ (committed: each once failed), builds,
+#                                   and runs each target (default: all) for SECONDS (`make fuzz`,
+#                                   and briefly in `make test`); fails if any target found a crash
+#                                   (saved under artifacts/TARGET/)
 #
 # cargo-fuzz needs nightly-only rustc flags (-Zsanitizer, -Cpasses=sancov...): RUSTC_BOOTSTRAP=1
 # lets the stable toolchain accept them. The target dir is HULL_FUZZ_TARGET_DIR (the Makefile
@@ -34,6 +36,9 @@ run)
     failed=""
     for t in $TARGETS; do
         python3 seeds.py "$t" "corpus/$t"
+        if [ -d "regressions/$t" ]; then
+            cp regressions/"$t"/* "corpus/$t/"
+        fi
         mkdir -p "artifacts/$t"
         case "$t" in
             virtio_fs*) max_len=65536 ;;
@@ -77,7 +82,7 @@ run)
     echo
     ;;
 *)
-    sed -n '2,10p' "$0" | sed 's/^# \{0,1\}//'
+    sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//'
     exit 2
     ;;
 esac

@@ -38,6 +38,9 @@ pub struct NetCounters {
     pub tx_malformed: u64,
     /// Frames the tap refused (dropped; their chains completed).
     pub tx_write_errors: u64,
+    /// Avail ring entries naming a descriptor past the end of the table: there is no chain to
+    /// return, so they are skipped (the guest's driver broke its own ring).
+    pub tx_bad_heads: u64,
     /// Frames delivered to the guest, and their bytes (vnet header included).
     pub rx_frames: u64,
     pub rx_bytes: u64,
@@ -196,8 +199,16 @@ impl Net {
             return false;
         };
         let mut used = false;
+        let size = queue.size();
         while let Some(chain) = queue.pop_descriptor_chain(mem) {
             let head = chain.head_index();
+            if head >= size {
+                // Nothing to gather and nothing the used ring can take back: skipped, and the
+                // chains after it are served now, not at the guest's next kick.
+                self.counters.tx_bad_heads = self.counters.tx_bad_heads.saturating_add(1);
+                tracing::debug!(tap = %self.tap_name, head, "virtio-net: TX avail entry past the descriptor table; skipped");
+                continue;
+            }
             match gather_tx(mem, chain, &mut self.tx_buf) {
                 Ok(len) => match self.tx_buf.get(..len).map(|f| self.tap.write_frame(f)) {
                     Some(Ok(_)) => {
