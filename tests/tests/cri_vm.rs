@@ -786,11 +786,38 @@ fn pod_network(c: &Cri) {
         serde_json::json!({"linux": {"security_context": {"privileged": true}}}),
     );
     let pod2 = c.run_pod("n2", privileged);
+    // Its container also mounts a host directory (a shared mount, as the kubelet requires)
+    // with mountPropagation HostToContainer and Bidirectional: containerd writes rslave and
+    // rshared binds and rootfsPropagation rshared.
+    let vol = c.dir.join("propagated");
+    std::fs::create_dir_all(vol.join("sub")).unwrap();
+    let v = vol.display().to_string();
+    let sh = |cmd: &str| {
+        let st = Command::new("sh").args(["-c", cmd]).status().unwrap();
+        assert!(st.success(), "{cmd}");
+    };
+    sh(&format!("mount --bind {v} {v} && mount --make-shared {v}"));
     let w2 = c.run_container_with(
         &pod2,
         "client",
         "exec sleep 1000",
-        serde_json::json!({"linux": {"security_context": {"privileged": true}}}),
+        serde_json::json!({
+            "linux": {"security_context": {"privileged": true}},
+            "mounts": [
+                {"container_path": "/h2c", "host_path": v, "propagation": "PROPAGATION_HOST_TO_CONTAINER"},
+                {"container_path": "/bidi", "host_path": v, "propagation": "PROPAGATION_BIDIRECTIONAL"},
+            ],
+        }),
+    );
+    // A mount the node makes under the volume after the container started is in the container
+    // through both.
+    sh(&format!(
+        "mount -t tmpfs nodemount {v}/sub && echo from-the-node > {v}/sub/f"
+    ));
+    assert_eq!(
+        c.exec_ok(&w2, &["cat", "/h2c/sub/f", "/bidi/sub/f"]),
+        "from-the-node\nfrom-the-node\n",
+        "the node's mount reached HostToContainer and Bidirectional volumes"
     );
     let links = c.exec_ok(
         &w2,
@@ -823,6 +850,16 @@ fn pod_network(c: &Cri) {
         c.ok(&["stopp", &pod.0]);
         c.ok(&["rmp", &pod.0]);
     }
+    // The pod is gone; the node's own mount under the volume is not.
+    let kept = std::fs::read_to_string(vol.join("sub/f"));
+    let _ = Command::new("sh")
+        .args(["-c", &format!("umount {v}/sub; umount {v}")])
+        .status();
+    assert_eq!(
+        kept.ok().as_deref(),
+        Some("from-the-node\n"),
+        "removing the pod took the node's mount under the volume"
+    );
     // 20 create/remove cycles of a pod on the network leave nothing either: no namespace, no
     // tap (tc filters go with the taps and the namespace), no VM.
     for n in 0..20 {
