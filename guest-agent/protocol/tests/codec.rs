@@ -105,6 +105,10 @@ fn all_requests() -> Vec<Request> {
                 scope_link: false,
             }],
         }),
+        Request::ListeningPorts {
+            known: vec![80, 8080],
+            wait_ms: 30_000,
+        },
     ]
 }
 
@@ -387,6 +391,7 @@ fn hello_round_trips_and_rejects_bad_kinds() {
             process: ProcessId(3),
             stream: StdStream::Stderr,
         },
+        ConnectionKind::Forward { port: 8080 },
     ] {
         let h = Hello::new(kind);
         let bytes = serde_json::to_vec(&h).unwrap();
@@ -426,6 +431,12 @@ fn responses_round_trip_and_unknown_ones_keep_their_id() {
         ResponseFrame {
             id: 5,
             result: Ok(Response::Done),
+        },
+        ResponseFrame {
+            id: 6,
+            result: Ok(Response::Ports {
+                ports: vec![80, 8080],
+            }),
         },
     ];
     for f in frames {
