@@ -37,6 +37,10 @@ const WATCH: Duration = Duration::from_secs(30);
 /// Pause before calling again after a failed call (the agent is not up, or restarting).
 const RETRY: Duration = Duration::from_secs(1);
 
+/// Least time between two `listening_ports` calls: a guest that answers each at once with
+/// another set cannot make the host bind and close listeners in a tight loop.
+const MIN_INTERVAL: Duration = Duration::from_millis(500);
+
 /// How long connecting to the agent may take.
 const CONNECT: Duration = Duration::from_secs(10);
 
@@ -62,16 +66,41 @@ impl PortForwarder {
     }
 }
 
+/// Lowest port forwarded on the host's own network (a host-network pod): below it are the
+/// host's privileged ports, which a root shim could take but a runc pod without
+/// NET_BIND_SERVICE could not (the kernel's default `ip_unprivileged_port_start`).
+pub const HOST_NETWORK_MIN_PORT: u16 = 1024;
+
+/// At most this many ports are named in one log line.
+const LOG_PORTS: usize = 16;
+
+fn some_ports(ports: &[u16]) -> String {
+    let mut s = ports
+        .iter()
+        .take(LOG_PORTS)
+        .map(u16::to_string)
+        .collect::<Vec<_>>()
+        .join(", ");
+    if ports.len() > LOG_PORTS {
+        s.push_str(&format!(" and {} more", ports.len() - LOG_PORTS));
+    }
+    s
+}
+
 async fn run(endpoint: Endpoint, netns: Option<PathBuf>) {
     let permits = Arc::new(Semaphore::new(MAX_FORWARD_CONNECTIONS));
     let mut listening: BTreeMap<u16, AbortHandle> = BTreeMap::new();
-    // Ports whose bind failed (something on the host side holds them): tried again when the
-    // guest's set changes, logged once.
+    // Ports whose bind failed (something on the host side holds them, or they are the host's
+    // privileged ones): tried again when the guest's set changes.
     let mut refused: BTreeMap<u16, String> = BTreeMap::new();
     let mut client: Option<Arc<AgentClient>> = None;
     let mut known: Vec<u16> = Vec::new();
     // The accept loops; aborted with this task (the JoinSet aborts what it holds on drop).
     let mut tasks = JoinSet::new();
+    let where_ = netns
+        .as_deref()
+        .map(|p| p.display().to_string())
+        .unwrap_or_else(|| "the host's network".into());
     loop {
         let c = match &client {
             Some(c) => c.clone(),
@@ -88,78 +117,140 @@ async fn run(endpoint: Endpoint, netns: Option<PathBuf>) {
                 }
             },
         };
+        let called = tokio::time::Instant::now();
         let ports = match c.listening_ports(&known, WATCH).await {
             Ok(p) => p,
             Err(e) => {
+                // A new connection next time, and the listeners start over with it (none keeps
+                // the old connection alive).
                 tracing::debug!("port-forward: listening_ports: {e}");
                 client = None;
+                tasks.abort_all();
+                listening.clear();
+                known.clear();
                 tokio::time::sleep(RETRY).await;
                 continue;
             }
         };
         debug_assert!(ports.len() <= MAX_LISTENING_PORTS);
+        let mut gone = Vec::new();
         listening.retain(|port, h| {
             let keep = ports.contains(port);
             if !keep {
                 h.abort();
-                tracing::info!("port-forward: {port} no longer listens in the guest");
+                gone.push(*port);
             }
             keep
         });
-        for &port in &ports {
-            if listening.contains_key(&port) {
+        if !gone.is_empty() {
+            tracing::info!(
+                "port-forward: no longer listening in the guest: {}",
+                some_ports(&gone)
+            );
+        }
+        let mut new = Vec::new();
+        let mut now_refused = Vec::new();
+        for &p in &ports {
+            if listening.contains_key(&p) {
                 continue;
             }
-            match bind(netns.as_deref(), port) {
+            if netns.is_none() && p < HOST_NETWORK_MIN_PORT {
+                if refused.insert(p, "a privileged port".into()).is_none() {
+                    now_refused.push(p);
+                }
+                continue;
+            }
+            new.push(p);
+        }
+        let ns = netns.clone();
+        let bound = match tokio::task::spawn_blocking(move || bind_all(ns.as_deref(), &new)).await {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::warn!("port-forward: binding: {e}");
+                Vec::new()
+            }
+        };
+        let mut added = Vec::new();
+        for (port, r) in bound {
+            match r.and_then(|l| {
+                l.set_nonblocking(true)?;
+                tokio::net::TcpListener::from_std(l)
+            }) {
                 Ok(l) => {
                     refused.remove(&port);
-                    tracing::info!("port-forward: 127.0.0.1:{port} goes to the guest");
+                    added.push(port);
                     let h = tasks.spawn(accept_loop(l, port, c.clone(), permits.clone()));
                     listening.insert(port, h);
                 }
                 Err(e) => {
                     let msg = e.to_string();
                     if refused.get(&port) != Some(&msg) {
-                        tracing::warn!(
-                            "port-forward: cannot listen on 127.0.0.1:{port} ({}): {msg}",
-                            netns
-                                .as_deref()
-                                .map(|p| p.display().to_string())
-                                .unwrap_or_else(|| "the host's network".into())
-                        );
                         refused.insert(port, msg);
+                        now_refused.push(port);
                     }
                 }
             }
+        }
+        if !added.is_empty() {
+            tracing::info!(
+                "port-forward: 127.0.0.1 in {where_} goes to the guest for {}",
+                some_ports(&added)
+            );
+        }
+        if !now_refused.is_empty() {
+            let first = refused.get(&now_refused[0]).cloned().unwrap_or_default();
+            tracing::warn!(
+                "port-forward: not forwarding {} from {where_} (first: {first})",
+                some_ports(&now_refused)
+            );
         }
         refused.retain(|p, _| ports.contains(p));
         // Finished accept loops (their listener failed) are collected here.
         while tasks.try_join_next().is_some() {}
         known = ports;
+        tokio::time::sleep_until(called + MIN_INTERVAL).await;
     }
 }
 
-/// Binds `127.0.0.1:port` in the namespace at `netns` (or this process's).
-fn bind(netns: Option<&Path>, port: u16) -> std::io::Result<tokio::net::TcpListener> {
-    let addr = SocketAddrV4::new(Ipv4Addr::LOCALHOST, port);
-    let l = match netns {
-        None => std::net::TcpListener::bind(addr)?,
-        Some(path) => {
-            let ns = std::fs::File::open(path)?;
-            // A thread of its own enters the namespace (setns changes the calling thread only)
-            // and ends after the bind: the socket stays in the namespace it was made in. Never a
-            // pooled thread, which would keep the namespace for other work.
-            std::thread::spawn(move || {
-                nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET)
-                    .map_err(std::io::Error::from)?;
-                std::net::TcpListener::bind(addr)
-            })
-            .join()
-            .map_err(|_| std::io::Error::other("the bind thread panicked"))??
-        }
+/// Binds `127.0.0.1:<port>` for each of `ports` in the namespace at `netns` (or this
+/// process's). Blocking: run off the async workers.
+fn bind_all(
+    netns: Option<&Path>,
+    ports: &[u16],
+) -> Vec<(u16, std::io::Result<std::net::TcpListener>)> {
+    let bind =
+        |port: u16| std::net::TcpListener::bind(SocketAddrV4::new(Ipv4Addr::LOCALHOST, port));
+    if ports.is_empty() {
+        return Vec::new();
+    }
+    let Some(path) = netns else {
+        return ports.iter().map(|&p| (p, bind(p))).collect();
     };
-    l.set_nonblocking(true)?;
-    tokio::net::TcpListener::from_std(l)
+    let all_failed = |e: &std::io::Error| {
+        ports
+            .iter()
+            .map(|&p| (p, Err(std::io::Error::new(e.kind(), e.to_string()))))
+            .collect()
+    };
+    let ns = match std::fs::File::open(path) {
+        Ok(f) => f,
+        Err(e) => return all_failed(&e),
+    };
+    let ports = ports.to_vec();
+    // A thread of its own enters the namespace (setns changes the calling thread only) and
+    // ends after the binds: the sockets stay in the namespace they were made in. Never a pooled
+    // thread, which would keep the namespace for other work.
+    let r = std::thread::spawn(move || {
+        nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET)
+            .map_err(std::io::Error::from)?;
+        Ok::<_, std::io::Error>(ports.iter().map(|&p| (p, bind(p))).collect::<Vec<_>>())
+    })
+    .join();
+    match r {
+        Ok(Ok(v)) => v,
+        Ok(Err(e)) => all_failed(&e),
+        Err(_) => all_failed(&std::io::Error::other("the bind thread panicked")),
+    }
 }
 
 async fn accept_loop(
@@ -171,10 +262,6 @@ async fn accept_loop(
     // The connections of this port; dropped (closed) with the loop.
     let mut conns = JoinSet::new();
     loop {
-        let permit = match permits.clone().acquire_owned().await {
-            Ok(p) => p,
-            Err(_) => return,
-        };
         let (tcp, peer) = match listener.accept().await {
             Ok(c) => c,
             Err(e) => {
@@ -182,6 +269,14 @@ async fn accept_loop(
                 tokio::time::sleep(RETRY).await;
                 continue;
             }
+        };
+        // A connection over the limit is closed at once (the caller sees it end), never left
+        // waiting in the backlog; an idle listener holds no slot.
+        let Ok(permit) = permits.clone().try_acquire_owned() else {
+            tracing::debug!(
+                "port-forward {port}: {MAX_FORWARD_CONNECTIONS} connections already; closing one from {peer}"
+            );
+            continue;
         };
         while conns.try_join_next().is_some() {}
         let client = client.clone();
@@ -278,5 +373,33 @@ mod tests {
             closed,
             "127.0.0.1:{port} still listens after the forwarder stopped"
         );
+    }
+
+    /// A guest that answers every `listening_ports` at once with another set cannot make the
+    /// host call, bind and close in a tight loop: one call per `MIN_INTERVAL` at most.
+    #[tokio::test]
+    async fn a_guest_that_answers_at_once_is_asked_at_a_bounded_rate() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let calls = Arc::new(AtomicUsize::new(0));
+        let counted = calls.clone();
+        let (dir, _c) = hostile_agent("forward-flood", move |kind, mut s| {
+            let counted = counted.clone();
+            async move {
+                if let ConnectionKind::Control = kind {
+                    while let Some(req) = next_request(&mut s).await {
+                        let n = counted.fetch_add(1, Ordering::SeqCst);
+                        // Ports no test listens on, a different set each time.
+                        let ports = vec![if n.is_multiple_of(2) { 1 } else { 2 }];
+                        reply(&mut s, req.id, Ok(Response::Ports { ports })).await;
+                    }
+                }
+            }
+        })
+        .await;
+        let fwd = PortForwarder::start(Endpoint::unix(dir.0.join("a.sock")), None);
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        drop(fwd);
+        let n = calls.load(Ordering::SeqCst);
+        assert!((1..=6).contains(&n), "{n} calls in 2 s");
     }
 }
