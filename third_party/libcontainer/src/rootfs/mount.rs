@@ -726,7 +726,7 @@ impl Mount {
             )?;
             self.apply_propagation(m, mount_fd)?;
         } else {
-            let mount_fn = || -> std::result::Result<(), SyscallError> {
+            let mount_fn = || -> std::result::Result<OwnedFd, SyscallError> {
                 // fsopen
                 let fsfd_owned = self.syscall.fsopen(typ, 0)?;
                 let fsfd = fsfd_owned.as_fd();
@@ -814,23 +814,23 @@ impl Mount {
                     None,
                     linux::MOVE_MOUNT_T_EMPTY_PATH | linux::MOVE_MOUNT_F_EMPTY_PATH,
                 )?;
-                self.apply_propagation(m, mount_fd)?;
-                Ok(())
+                Ok(mount_fd_owned)
             };
 
-            match mount_fn() {
-                Ok(()) => {}
-                Err(SyscallError::Nix(nix::Error::EINVAL)) => {
-                    mount_fn()?;
-                }
+            let mounted = match mount_fn() {
+                Ok(fd) => fd,
+                Err(SyscallError::Nix(nix::Error::EINVAL)) => mount_fn()?,
                 Err(SyscallError::Nix(nix::Error::EBUSY)) => {
                     let delay = Duration::from_millis(MOUNT_RETRY_DELAY_MS);
                     let retry_policy =
                         |err: &SyscallError| matches!(err, SyscallError::Nix(Errno::EBUSY));
-                    retry(mount_fn, MAX_EBUSY_MOUNT_ATTEMPTS - 1, delay, retry_policy)?;
+                    retry(mount_fn, MAX_EBUSY_MOUNT_ATTEMPTS - 1, delay, retry_policy)?
                 }
                 Err(e) => return Err(e.into()),
-            }
+            };
+            // hull: once, on the mount that is in place (not inside the retried closure, where
+            // a failure would mount a second copy on top).
+            self.apply_propagation(m, mounted.as_fd())?;
         }
 
         Ok(())
