@@ -96,6 +96,23 @@ pub fn agent_initrd() -> PathBuf {
     crate::built(build_dir().join("hull-initrd.img"), "initrd")
 }
 
+/// The agent initramfs followed by a busybox archive (the kernel unpacks concatenated archives
+/// in order; the agent's own /init stays), written to `dir/initrd.img`: an agent that can run
+/// processes.
+pub fn agent_initrd_with_busybox(dir: &Path) -> PathBuf {
+    let busybox = dir.join("busybox.cpio");
+    crate::Initramfs::new().build(&busybox);
+    let mut both = std::fs::read(agent_initrd()).unwrap();
+    // Each archive starts 4-byte aligned (cpio output is block-padded already).
+    while !both.len().is_multiple_of(4) {
+        both.push(0);
+    }
+    both.extend_from_slice(&std::fs::read(&busybox).unwrap());
+    let out = dir.join("initrd.img");
+    std::fs::write(&out, both).unwrap();
+    out
+}
+
 /// A busybox root file system: /bin/busybox, its applets as symlinks, and empty `dirs`
 /// (e.g. tmp, dev, proc, etc).
 pub fn busybox_root(root: &Path, dirs: &[&str]) {

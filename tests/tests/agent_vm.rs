@@ -6,33 +6,18 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use common::{run, CALL_LIMIT};
 use hull_agent_protocol::{AgentMode, ExitStatus, SpawnRequest, StdStream, StdioSpec};
 use hull_runtime::agent::{AgentClient, Endpoint};
-use hull_tests::vm::{self, agent_initrd, VmmProcess};
-use hull_tests::{Initramfs, TempDir};
+use hull_tests::vm::{self, VmmProcess};
+use hull_tests::TempDir;
 use tokio::io::AsyncReadExt;
 
 /// Generous: everything runs under software emulation inside the emulated KVM host.
 const VM_LIMIT: Duration = Duration::from_secs(900);
-
-/// The agent initramfs followed by a busybox archive.
-fn initrd_with_busybox(dir: &Path) -> PathBuf {
-    let busybox = dir.join("busybox.cpio");
-    Initramfs::new().build(&busybox);
-    let mut both = std::fs::read(agent_initrd()).unwrap();
-    // Each archive starts 4-byte aligned (cpio output is block-padded already).
-    while !both.len().is_multiple_of(4) {
-        both.push(0);
-    }
-    both.extend_from_slice(&std::fs::read(&busybox).unwrap());
-    let out = dir.join("initrd.img");
-    std::fs::write(&out, both).unwrap();
-    out
-}
 
 struct Vm {
     vmm: VmmProcess,
@@ -42,7 +27,7 @@ struct Vm {
 
 fn boot(tag: &str) -> Vm {
     let dir = TempDir::new(tag);
-    let mut c = vm::config(&initrd_with_busybox(dir.path()));
+    let mut c = vm::config(&vm::agent_initrd_with_busybox(dir.path()));
     c.cmdline = "console=ttyS0 hull.hostname=agent-vm hull.time=1900000000".into();
     let uds = vm::add_vsock(&mut c, dir.path());
     Vm {

@@ -10,6 +10,9 @@
 //!                          timeout_ms (default 10000; 0 = stop now). Optional field:
 //!                          {"action":"shutdown","timeout_ms":5000}
 //! {"action":"stats"}       vCPUs, memory, uptime, run state and VM exit counts
+//! {"action":"snapshot"}    a template run only (`snapshot_to` in its configuration): pause,
+//!                          write the VM's state and memory there, and stop the VM (exit
+//!                          status 0, "snapshot written")
 //! ```
 //! Responses: `{"ok":true,...}` or `{"ok":false,"error":"..."}`.
 //!
@@ -49,6 +52,7 @@ pub enum ApiRequest {
         timeout_ms: Option<u64>,
     },
     Stats {},
+    Snapshot {},
     /// Test hook: the event loop makes a system call outside its seccomp allowlist (hull-vmm
     /// then ends with exit status 5). Refused unless the VM was configured with `test_hooks`.
     SeccompProbe {},

@@ -211,7 +211,26 @@ pub struct VmConfig {
     /// runtime.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub test_hooks: bool,
+    /// A template run: the VM boots as usual, and the API's `snapshot` request writes its
+    /// state into this directory (files [`SNAPSHOT_STATE_FILE`] and [`SNAPSHOT_MEMORY_FILE`],
+    /// which must not exist yet; hull-vmm creates them before it confines itself) and stops it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapshot_to: Option<PathBuf>,
+    /// Start from the snapshot in this directory instead of booting `kernel`: guest memory is
+    /// mapped copy-on-write from its memory file, the vCPUs, the interrupt controllers, the
+    /// clock and every device resume where the template stopped, with this configuration's
+    /// per-VM parts (vsock socket, shares, taps, console, API socket). The snapshot must come
+    /// from the same hull-vmm, CPU, vCPU count, memory size and device set; otherwise hull-vmm
+    /// refuses it with the reason (and the caller boots instead).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restore_from: Option<PathBuf>,
 }
+
+/// The snapshot's state file: vCPUs, VM and devices, checksummed (hull-vmm's `snapshot`).
+pub const SNAPSHOT_STATE_FILE: &str = "vmstate";
+/// The snapshot's guest memory: every RAM range in guest-physical order, pages that were zero
+/// left as holes.
+pub const SNAPSHOT_MEMORY_FILE: &str = "memory";
 
 /// Default `max_open_files`: the kernel's default `fs.nr_open`. The passthrough file system
 /// keeps one fd per inode the guest knows (as virtiofsd does, whose default is the same).
@@ -316,6 +335,8 @@ impl VmConfig {
             api_socket: None,
             jail: JailConfig::default(),
             test_hooks: false,
+            snapshot_to: None,
+            restore_from: None,
         }
     }
 

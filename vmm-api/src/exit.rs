@@ -4,6 +4,7 @@
 //! |---|---|
 //! | 0 | the guest rebooted or powered off (a guest `reboot`, or a guest-completed API shutdown) |
 //! | 0 | API shutdown whose grace period expired: the VMM stopped the guest (stderr says so) |
+//! | 0 | a template run's `snapshot` was written and the VM stopped |
 //! | 1 | bad configuration or set-up failure (before or while creating the VM) |
 //! | 2 | guest kernel panic (the guest kernel reported it through pvpanic) |
 //! | 3 | guest triple fault (KVM_EXIT_SHUTDOWN) |
@@ -43,6 +44,8 @@ pub enum ExitReason {
     Internal(String),
     /// SIGTERM or SIGINT.
     Signal(i32),
+    /// A template run's `snapshot` request wrote the VM's state and stopped it.
+    Snapshot,
 }
 
 impl ExitReason {
@@ -51,7 +54,8 @@ impl ExitReason {
         match self {
             ExitReason::GuestReboot
             | ExitReason::GuestPowerOff
-            | ExitReason::ApiShutdown { .. } => EXIT_STOPPED,
+            | ExitReason::ApiShutdown { .. }
+            | ExitReason::Snapshot => EXIT_STOPPED,
             ExitReason::GuestPanic(_) => EXIT_GUEST_PANIC,
             ExitReason::TripleFault { .. } => EXIT_TRIPLE_FAULT,
             ExitReason::Internal(_) => EXIT_INTERNAL,
@@ -76,6 +80,7 @@ impl ExitReason {
             }
             ExitReason::Internal(e) => format!("internal error: {e}"),
             ExitReason::Signal(n) => format!("stopped by signal {n}"),
+            ExitReason::Snapshot => "snapshot written, VM stopped".into(),
         }
     }
 }
@@ -157,6 +162,7 @@ mod tests {
             (ExitReason::TripleFault { vcpu: 0 }, VmmExit::TripleFault),
             (ExitReason::Internal(String::new()), VmmExit::Internal),
             (ExitReason::Signal(15), VmmExit::Signal(15)),
+            (ExitReason::Snapshot, VmmExit::Stopped),
         ] {
             assert_eq!(VmmExit::from_wait(Some(r.exit_code()), None), e, "{r:?}");
         }

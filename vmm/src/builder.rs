@@ -30,7 +30,10 @@ use crate::devices::virtio::net::Net;
 use crate::devices::virtio::vsock::Vsock;
 use crate::exit::ExitState;
 use crate::jail::{self, JailPaths};
+use crate::rpc_interface::SnapshotParts;
 use crate::rpc_interface::{signal_fd, ControlSubscriber, VmmHandle};
+use crate::snapshot::{self, HostIdentity, SnapshotError, SnapshotTarget};
+use crate::sync::LockExt;
 use crate::vmm::{SocketCleanup, VcpuThreads, Vmm, VmmError};
 use crate::vstate::vcpu::{self, ExitCounters, Vcpu, VcpuContext, VcpuControl};
 use crate::vstate::vm::{self, Vm};
@@ -82,12 +85,51 @@ pub(crate) fn build(config: &VmConfig) -> Result<Vmm, VmmError> {
     let vcpu_count = u8::try_from(vcpus).map_err(|_| ConfigError::Vcpus(vcpus))?;
     let mem_size = config.memory_bytes();
 
-    // Memory and VM.
+    // A template run's files, or the snapshot a restore starts from.
     let phase = |what: &str| tracing::debug!("build: {what} done at {:?}", start.elapsed());
+    let snapshot_target = match &config.snapshot_to {
+        Some(dir) => Some(SnapshotTarget::create(dir)?),
+        None => None,
+    };
+    let restore = match &config.restore_from {
+        Some(dir) => Some(snapshot::load(dir, vcpus, config.memory_mib)?),
+        None => None,
+    };
     phase("config validation");
-    let mem = vm::create_guest_memory(mem_size, config.memory_backing)?;
-    let vm = Vm::new(vcpus)?;
+
+    // Memory and VM.
+    let mem = match &restore {
+        Some(r) => vm::map_snapshot_memory(mem_size, &r.memory)?,
+        None => vm::create_guest_memory(mem_size, config.memory_backing)?,
+    };
+    let vm = Arc::new(Vm::new(vcpus)?);
     vm.register_memory(&mem)?;
+    let base_cpuid = vm.supported_cpuid()?;
+    let host_identity = HostIdentity::from_supported_cpuid(base_cpuid.as_slice());
+    if let Some(r) = &restore {
+        if r.state.host != host_identity {
+            return Err(SnapshotError::Mismatch(format!(
+                "taken on a CPU {} (signature {:#x}, features {:#x}), this host's is {} \
+                 (signature {:#x}, features {:#x})",
+                r.state.host.cpu_vendor,
+                r.state.host.cpu_signature,
+                r.state.host.cpu_features_crc,
+                host_identity.cpu_vendor,
+                host_identity.cpu_signature,
+                host_identity.cpu_features_crc
+            ))
+            .into());
+        }
+        if r.state.devices.len() != config.virtio_device_count() {
+            return Err(SnapshotError::Mismatch(format!(
+                "{} virtio devices in the snapshot, {} configured",
+                r.state.devices.len(),
+                config.virtio_device_count()
+            ))
+            .into());
+        }
+        vm.restore_state(&r.state.vm)?;
+    }
     phase("guest memory and KVM VM");
 
     // Kernel and initramfs.
@@ -101,11 +143,19 @@ pub(crate) fn build(config: &VmConfig) -> Result<Vmm, VmmError> {
     // The kernel and the initramfs are each copied by a thread of their own while the devices
     // and vCPUs are set up (the copies are most of what hull-vmm does before the guest runs:
     // every page they write is freshly faulted in); both are waited for before the vCPUs start.
+    // A restored VM's memory holds them already.
     let allow_pvh = config.boot_protocol == BootProtocolConfig::Auto;
-    let kernel_load = boot::KernelLoad::start(&mem, open("kernel", &config.kernel)?, allow_pvh)?;
-    let initrd_load = match &config.initrd {
-        Some(p) => Some(boot::InitrdLoad::start(&mem, mem_size, open("initrd", p)?)?),
-        None => None,
+    let kernel_load = match &restore {
+        None => Some(boot::KernelLoad::start(
+            &mem,
+            open("kernel", &config.kernel)?,
+            allow_pvh,
+        )?),
+        Some(_) => None,
+    };
+    let initrd_load = match (&config.initrd, &restore) {
+        (Some(p), None) => Some(boot::InitrdLoad::start(&mem, mem_size, open("initrd", p)?)?),
+        _ => None,
     };
 
     // Legacy devices.
@@ -117,18 +167,24 @@ pub(crate) fn build(config: &VmConfig) -> Result<Vmm, VmmError> {
         })
     };
     let serial_irq = new_evt()?;
-    irqfd(&vm, &serial_irq, layout::COM1_IRQ)?;
-    let serial = Arc::new(Mutex::new(SerialDevice::new(
-        EventFdTrigger(serial_irq),
-        SerialOut::new(serial_sink(&config.serial, config.serial_max_bytes)?),
-    )));
+    irqfd(vm.as_ref(), &serial_irq, layout::COM1_IRQ)?;
+    let serial_out = SerialOut::new(serial_sink(&config.serial, config.serial_max_bytes)?);
+    let serial = Arc::new(Mutex::new(match &restore {
+        Some(r) => {
+            SerialDevice::with_state(EventFdTrigger(serial_irq), serial_out, &r.state.serial)
+                .map_err(SnapshotError::Mismatch)?
+        }
+        None => SerialDevice::new(EventFdTrigger(serial_irq), serial_out),
+    }));
     pio_bus.insert(u64::from(layout::COM1_PORT), 8, serial.clone())?;
     let kbd_irq = new_evt()?;
-    irqfd(&vm, &kbd_irq, layout::I8042_IRQ)?;
-    let i8042 = Arc::new(Mutex::new(I8042::new(
-        EventFdTrigger(kbd_irq),
-        exit.clone(),
-    )));
+    irqfd(vm.as_ref(), &kbd_irq, layout::I8042_IRQ)?;
+    let mut kbd = I8042::new(EventFdTrigger(kbd_irq), exit.clone());
+    if let Some(r) = &restore {
+        kbd.restore(&r.state.i8042)
+            .map_err(SnapshotError::Mismatch)?;
+    }
+    let i8042 = Arc::new(Mutex::new(kbd));
     pio_bus.insert(
         u64::from(layout::I8042_DATA_PORT),
         u64::from(layout::I8042_COMMAND_PORT - layout::I8042_DATA_PORT) + 1,
@@ -148,71 +204,81 @@ pub(crate) fn build(config: &VmConfig) -> Result<Vmm, VmmError> {
     if let Some(v) = &config.vsock {
         // The device binds the socket: it is ours to remove from here on.
         sockets.push(&v.uds_path)?;
-        devices.add(&vm, &mem, Vsock::new(v.guest_cid, v.uds_path.clone())?)?;
+        devices.add(
+            vm.as_ref(),
+            &mem,
+            Vsock::new(v.guest_cid, v.uds_path.clone())?,
+        )?;
     }
     let mut fs_workers = Vec::new();
     for share in &config.fs {
         // Fs::new checks and opens the shared directory.
         let fs = Fs::new(share.clone())?;
         fs_workers.push(fs.workers());
-        devices.add(&vm, &mem, fs)?;
+        devices.add(vm.as_ref(), &mem, fs)?;
     }
     for net in &config.net {
         // Net::new opens the tap; an error names it.
-        devices.add(&vm, &mem, Net::new(net)?)?;
+        devices.add(vm.as_ref(), &mem, Net::new(net)?)?;
     }
 
-    // Command line and boot information.
+    // Command line and boot information (a restored guest booted with the template's).
     let mut cmdline = Cmdline::new(layout::CMDLINE_MAX_SIZE)?;
     cmdline.insert_str(config.cmdline_prefix())?;
     devices.add_to_cmdline(&mut cmdline)?;
+    let transports = devices.transports();
     let (mmio_bus, device_subscribers) = devices.into_parts();
+    if let Some(r) = &restore {
+        for (i, (t, s)) in transports.iter().zip(&r.state.devices).enumerate() {
+            t.locked()
+                .restore_state(s)
+                .map_err(|e| SnapshotError::Mismatch(format!("virtio device {i}: {e}")))?;
+        }
+    }
     if !config.cmdline.trim().is_empty() {
         cmdline.insert_str(config.cmdline.trim())?;
     }
     let cmdline_len = cmdline.as_cstring()?.as_bytes().len();
-    tracing::debug!("kernel command line: {:?}", cmdline.as_cstring()?);
-    boot::write_cmdline(&mem, &cmdline)?;
-    mptable::setup(&mem, vcpu_count)?;
+    if restore.is_none() {
+        tracing::debug!("kernel command line: {:?}", cmdline.as_cstring()?);
+        boot::write_cmdline(&mem, &cmdline)?;
+        mptable::setup(&mem, vcpu_count)?;
+    }
     phase("devices and command line");
 
     // vCPUs.
-    let base_cpuid = vm.supported_cpuid()?;
     let host = vm.host_features();
     tracing::debug!("host features beyond the supported CPUID: {host:?}");
     let mut vcpu_list = Vec::with_capacity(vcpus as usize);
     for id in 0..vcpu_count {
         let v = Vcpu::new(&vm, id)?;
-        v.configure(&base_cpuid, host, vcpu_count)?;
+        match &restore {
+            Some(r) => v.restore_state(&r.state.vcpu_states[usize::from(id)])?,
+            None => v.configure(&base_cpuid, host, vcpu_count)?,
+        }
         vcpu_list.push(v);
     }
-    phase("vCPU set-up");
-
-    // The kernel, then where the initramfs goes above it, then the boot information.
-    let entry = kernel_load.wait()?;
-    tracing::debug!("kernel entry: {:?} at {:#x}", entry.protocol, entry.entry);
-    phase("kernel load (from its own thread)");
-    let (initrd, initrd_load) = match initrd_load {
-        Some(Ok(load)) => {
-            let load = load.place(&mem, mem_size, &entry)?;
-            (Some(load.info()), Some(load))
-        }
-        // Too big for the top of low RAM: load_initrd names the error.
-        Some(Err(mut file)) => (
-            Some(boot::load_initrd(&mem, mem_size, &entry, &mut file)?),
-            None,
-        ),
-        None => (None, None),
+    phase(if restore.is_some() {
+        "vCPU state restore"
+    } else {
+        "vCPU set-up"
+    });
+    let msr_list = match &snapshot_target {
+        Some(_) => Some(Arc::from(vm.msr_index_list()?)),
+        None => None,
     };
-    boot::write_boot_info(&mem, mem_size, &entry, cmdline_len, initrd)?;
-    if let Some(boot_vcpu) = vcpu_list.first() {
-        boot_vcpu.set_boot_entry(&mem, entry.protocol, entry.entry)?;
-    }
-    if let Some(load) = initrd_load {
-        load.wait()?;
-        phase("initramfs load (from its own thread)");
-    }
 
+    if let Some(kernel_load) = kernel_load {
+        boot_payload(
+            &mem,
+            mem_size,
+            &vcpu_list,
+            kernel_load,
+            initrd_load,
+            cmdline_len,
+            &phase,
+        )?;
+    }
     // Control plane.
     let control = Arc::new(VcpuControl::default());
     let threads = Arc::new(VcpuThreads::default());
@@ -226,6 +292,16 @@ pub(crate) fn build(config: &VmConfig) -> Result<Vmm, VmmError> {
     let handle = Arc::new(VmmHandle {
         vcpus,
         memory_mib: config.memory_mib,
+        snapshot: snapshot_target.map(|target| {
+            Mutex::new(Some(SnapshotParts {
+                target,
+                vm: vm.clone(),
+                mem: mem.clone(),
+                transports,
+                serial: serial.clone(),
+                host: host_identity,
+            }))
+        }),
         start,
         control: control.clone(),
         threads: threads.clone(),
@@ -261,6 +337,7 @@ pub(crate) fn build(config: &VmConfig) -> Result<Vmm, VmmError> {
     let paths = JailPaths {
         socket_dirs,
         xattr: config.fs.iter().any(|f| f.xattr),
+        snapshot: config.snapshot_to.is_some(),
     };
     let summary = jail::enter(&config.jail, &paths, &socket_dirfds)?;
     tracing::info!("jail: {summary}");
@@ -278,6 +355,7 @@ pub(crate) fn build(config: &VmConfig) -> Result<Vmm, VmmError> {
         control: control.clone(),
         counters,
         started: start,
+        msr_list,
     };
     Ok(Vmm {
         start,
@@ -292,4 +370,42 @@ pub(crate) fn build(config: &VmConfig) -> Result<Vmm, VmmError> {
         _mem: mem,
         _sockets: sockets,
     })
+}
+
+/// Loads the kernel and initramfs and writes the boot information: what a cold boot does that
+/// a restore does not.
+fn boot_payload(
+    mem: &crate::devices::virtio::GuestMemory,
+    mem_size: u64,
+    vcpu_list: &[Vcpu],
+    kernel_load: boot::KernelLoad,
+    initrd_load: Option<Result<boot::InitrdLoad, File>>,
+    cmdline_len: usize,
+    phase: &dyn Fn(&str),
+) -> Result<(), VmmError> {
+    let entry = kernel_load.wait()?;
+    tracing::debug!("kernel entry: {:?} at {:#x}", entry.protocol, entry.entry);
+    phase("kernel load (from its own thread)");
+    let (initrd, initrd_load) = match initrd_load {
+        Some(Ok(load)) => {
+            let load = load.place(mem, mem_size, &entry)?;
+            (Some(load.info()), Some(load))
+        }
+        // Too big for the top of low RAM: load_initrd names the error.
+        Some(Err(mut file)) => (
+            Some(boot::load_initrd(mem, mem_size, &entry, &mut file)?),
+            None,
+        ),
+        None => (None, None),
+    };
+    boot::write_boot_info(mem, mem_size, &entry, cmdline_len, initrd)?;
+    if let Some(boot_vcpu) = vcpu_list.first() {
+        boot_vcpu.set_boot_entry(mem, entry.protocol, entry.entry)?;
+    }
+    if let Some(load) = initrd_load {
+        load.wait()?;
+        phase("initramfs load (from its own thread)");
+    }
+
+    Ok(())
 }

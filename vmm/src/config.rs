@@ -51,6 +51,8 @@ pub enum ConfigError {
     Vcpus(u32),
     #[error("memory_mib must be between {MIN_MEMORY_MIB} and {MAX_MEMORY_MIB}, got {0}")]
     Memory(u64),
+    #[error("{0}")]
+    Snapshot(String),
     #[error("the kernel command line contains a NUL byte")]
     CmdlineNul,
     #[error(
@@ -164,6 +166,24 @@ impl Validate for VmConfig {
     fn validate(&self) -> Result<(), ConfigError> {
         if self.vcpus == 0 || self.vcpus > MAX_VCPUS {
             return Err(ConfigError::Vcpus(self.vcpus));
+        }
+        if self.snapshot_to.is_some() && self.restore_from.is_some() {
+            return Err(ConfigError::Snapshot(
+                "snapshot_to and restore_from exclude each other (a template is booted)".into(),
+            ));
+        }
+        for (what, dir) in [
+            ("snapshot_to", &self.snapshot_to),
+            ("restore_from", &self.restore_from),
+        ] {
+            if let Some(dir) = dir {
+                if !std::fs::metadata(dir).is_ok_and(|m| m.is_dir()) {
+                    return Err(ConfigError::Snapshot(format!(
+                        "{what} {} is not a directory",
+                        dir.display()
+                    )));
+                }
+            }
         }
         if !(MIN_MEMORY_MIB..=MAX_MEMORY_MIB).contains(&self.memory_mib) {
             return Err(ConfigError::Memory(self.memory_mib));

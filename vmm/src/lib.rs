@@ -17,7 +17,8 @@
 //! - `devices`: port-I/O/MMIO buses, legacy serial and i8042, virtio-mmio transport and devices;
 //! - `api`: the control socket; `config`: the configuration; `exit`: why a VM stopped;
 //! - `jail`: how hull-vmm confines itself before the guest runs (namespaces, capabilities,
-//!   seccomp per thread kind).
+//!   seccomp per thread kind);
+//! - `snapshot`: a template run's snapshot and the restore that starts a VM from it.
 
 pub mod api;
 pub mod arch;
@@ -29,6 +30,7 @@ pub mod exit;
 pub mod jail;
 pub mod logger;
 mod rpc_interface;
+pub mod snapshot;
 pub mod sync;
 pub mod vmm;
 pub mod vstate;

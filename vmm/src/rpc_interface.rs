@@ -13,13 +13,30 @@ use vmm_sys_util::timerfd::TimerFd;
 
 use crate::api::{ExitCounts, VmController, VmStats};
 use crate::devices::legacy::i8042::I8042;
+use crate::devices::legacy::serial::SerialDevice;
+use crate::devices::virtio::mmio::MmioTransport;
+use crate::devices::virtio::GuestMemory;
 use crate::exit::{ExitReason, ExitState};
+use crate::snapshot::{HostIdentity, SnapshotTarget, VmSnapshot};
 use crate::sync::LockExt;
 use crate::vmm::{VcpuThreads, VmmError};
 use crate::vstate::vcpu::{ExitCounters, RunState, VcpuControl};
+use crate::vstate::vm::{self, Vm};
 
 /// How long pause waits for every vCPU to park.
 const PAUSE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a snapshot waits for the parked vCPUs to save their state.
+const SAVE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// What a template run's snapshot reads and where it writes (taken by the one `snapshot`).
+pub(crate) struct SnapshotParts {
+    pub target: SnapshotTarget,
+    pub vm: Arc<Vm>,
+    pub mem: GuestMemory,
+    pub transports: Vec<Arc<Mutex<MmioTransport>>>,
+    pub serial: Arc<Mutex<SerialDevice>>,
+    pub host: HostIdentity,
+}
 
 /// What the API (and the event loop) control the VM through.
 pub(crate) struct VmmHandle {
@@ -34,6 +51,47 @@ pub(crate) struct VmmHandle {
     pub shutdown_timer: Arc<Mutex<TimerFd>>,
     /// `VmConfig::test_hooks`.
     pub test_hooks: bool,
+    /// A template run's snapshot (None: not a template run; Some(None): already taken).
+    pub snapshot: Option<Mutex<Option<SnapshotParts>>>,
+}
+
+impl VmmHandle {
+    /// Saves the paused VM into the template's files; the VM then stops.
+    fn write_snapshot(&self, p: &SnapshotParts) -> Result<String, String> {
+        let started = Instant::now();
+        let vcpu_states = self.control.save_all(self.vcpus as usize, SAVE_TIMEOUT)?;
+        let vm_state = p.vm.save_state().map_err(|e| e.to_string())?;
+        let devices = p
+            .transports
+            .iter()
+            .enumerate()
+            .map(|(i, t)| {
+                t.locked()
+                    .save_state()
+                    .map_err(|e| format!("virtio device {i}: {e}"))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let snapshot = VmSnapshot {
+            vmm_version: env!("CARGO_PKG_VERSION").into(),
+            host: p.host.clone(),
+            vcpus: self.vcpus,
+            memory_mib: self.memory_mib,
+            vm: vm_state,
+            vcpu_states,
+            serial: p.serial.locked().state(),
+            i8042: self.i8042.locked().state(),
+            devices,
+        };
+        let mem_bytes = vm::save_memory(&p.mem, &p.target.memory).map_err(|e| e.to_string())?;
+        let state_bytes = p.target.write_state(&snapshot).map_err(|e| e.to_string())?;
+        Ok(format!(
+            "snapshot in {}: state {state_bytes} bytes, memory {} MiB written of {} MiB, {} ms",
+            p.target.dir.display(),
+            mem_bytes >> 20,
+            self.memory_mib,
+            started.elapsed().as_millis()
+        ))
+    }
 }
 
 impl VmController for VmmHandle {
@@ -48,6 +106,29 @@ impl VmController for VmmHandle {
         Err(format!(
             "the call ran (returned {n}): this thread is not under seccomp"
         ))
+    }
+
+    fn snapshot(&self) -> Result<(), String> {
+        let Some(slot) = &self.snapshot else {
+            return Err("this VM was not started as a template (snapshot_to)".into());
+        };
+        let Some(parts) = slot.locked().take() else {
+            return Err("the snapshot was taken already".into());
+        };
+        self.pause()?;
+        match self.write_snapshot(&parts) {
+            Ok(summary) => {
+                tracing::info!("{summary}");
+                self.exit.request(ExitReason::Snapshot);
+                Ok(())
+            }
+            Err(e) => {
+                // A half-written template is of no use: the VM stops, the caller removes it.
+                self.exit
+                    .request(ExitReason::Internal(format!("snapshot failed: {e}")));
+                Err(format!("snapshot failed: {e}"))
+            }
+        }
     }
 
     fn pause(&self) -> Result<(), String> {

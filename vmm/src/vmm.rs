@@ -80,6 +80,8 @@ pub enum VmmError {
     Net(#[from] crate::devices::virtio::net::NetError),
     #[error(transparent)]
     Jail(#[from] crate::jail::JailError),
+    #[error("snapshot: {0}")]
+    Snapshot(#[from] crate::snapshot::SnapshotError),
 }
 
 /// Removes the sockets the VMM created, however `run` ends. Each is removed through an fd of
@@ -194,7 +196,7 @@ pub struct Vmm {
     pub(crate) serial: Arc<Mutex<SerialDevice>>,
     // Dropped in this order: the VM, then its memory, then the sockets (after the event loop,
     // which owns the listeners, is gone).
-    pub(crate) _vm: Vm,
+    pub(crate) _vm: Arc<Vm>,
     pub(crate) _mem: GuestMemory,
     pub(crate) _sockets: SocketCleanup,
 }

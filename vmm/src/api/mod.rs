@@ -28,6 +28,10 @@ pub trait VmController: Send + Sync {
     fn pause(&self) -> Result<(), String>;
     fn resume(&self) -> Result<(), String>;
     fn shutdown(&self, timeout_ms: u64) -> Result<(), String>;
+    /// A template run's snapshot (see `ApiRequest::Snapshot`).
+    fn snapshot(&self) -> Result<(), String> {
+        Err("this VM was not started as a template (snapshot_to)".into())
+    }
     /// The `seccomp_probe` test hook (see `ApiRequest::SeccompProbe`).
     fn seccomp_probe(&self) -> Result<(), String> {
         Err("seccomp_probe is a test hook this VM was not configured with".into())
@@ -62,6 +66,7 @@ pub fn handle_line(ctl: &dyn VmController, line: &[u8]) -> ApiResponse {
             done(ctl.shutdown(t))
         }
         ApiRequest::SeccompProbe {} => done(ctl.seccomp_probe()),
+        ApiRequest::Snapshot {} => done(ctl.snapshot()),
         ApiRequest::Stats {} => ApiResponse {
             stats: Some(ctl.stats()),
             ..ApiResponse::ok()

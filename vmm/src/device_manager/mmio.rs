@@ -87,6 +87,7 @@ pub struct MmioDeviceManager {
     bus: Bus,
     slots: Vec<MmioSlot>,
     subscribers: Vec<Subscriber>,
+    transports: Vec<Arc<Mutex<MmioTransport>>>,
 }
 
 impl MmioDeviceManager {
@@ -134,14 +135,18 @@ impl MmioDeviceManager {
             kvm.register_ioevent(evt, slot.base + REG_QUEUE_NOTIFY, i as u32)
                 .map_err(kvm_err("KVM_IOEVENTFD"))?;
         }
-        self.bus.insert(
-            slot.base,
-            layout::VIRTIO_MMIO_SIZE,
-            Arc::new(Mutex::new(transport)),
-        )?;
+        let transport = Arc::new(Mutex::new(transport));
+        self.bus
+            .insert(slot.base, layout::VIRTIO_MMIO_SIZE, transport.clone())?;
+        self.transports.push(transport);
         self.slots.push(slot);
         self.subscribers.push(device);
         Ok(slot)
+    }
+
+    /// The transports, in slot order (what a snapshot saves and a restore fills in).
+    pub fn transports(&self) -> Vec<Arc<Mutex<MmioTransport>>> {
+        self.transports.clone()
     }
 
     /// Where the devices sit, in the order they were added.

@@ -126,6 +126,9 @@ pub struct JailPaths {
     /// Whether a share passes extended attributes through (the workers then keep
     /// CAP_SYS_ADMIN, which `trusted.*` and `security.*` need).
     pub xattr: bool,
+    /// A template run (`snapshot_to`): the vCPUs and the event loop may read KVM's state (see
+    /// `seccomp::SNAPSHOT_VCPU_IOCTLS`).
+    pub snapshot: bool,
 }
 
 /// Step 1 (see the module documentation). `socket_dirfds` are the directories the event loop
@@ -166,7 +169,7 @@ pub fn enter(
     let filters = if cfg.seccomp {
         seccomp::install_sigsys_handler()?;
         parts.push(format!("seccomp={}", seccomp::mode_name()));
-        Some(seccomp::Filters::new(socket_dirfds)?)
+        Some(seccomp::Filters::new(socket_dirfds, paths.snapshot)?)
     } else {
         None
     };

@@ -168,6 +168,85 @@ const VMM_IOCTLS: &[u64] = &[libc::TUNSETOFFLOAD, libc::FIONBIO, libc::FIONREAD]
 /// writes its registers.
 const VCPU_IOCTLS: &[u64] = &[KVM_RUN, libc::TUNSETOFFLOAD, libc::FIONBIO, libc::FIONREAD];
 
+/// `_IOC(dir, KVMIO, nr, size)` (asm-generic/ioctl.h).
+const fn kvm_ioc(dir: u64, nr: u64, size: usize) -> u64 {
+    (dir << 30) | ((size as u64) << 16) | (0xAE << 8) | nr
+}
+const IOC_READ: u64 = 2;
+const IOC_RW: u64 = 3;
+
+/// A template run's vCPU threads save their own state (`Vcpu::save_state`): these reads, and
+/// nothing that writes KVM state. Only in a VM configured with `snapshot_to`, whose guest is
+/// hull's own kernel and agent with no container yet.
+pub const SNAPSHOT_VCPU_IOCTLS: &[u64] = &[
+    kvm_ioc(
+        IOC_READ,
+        0x81,
+        std::mem::size_of::<kvm_bindings::kvm_regs>(),
+    ),
+    kvm_ioc(
+        IOC_READ,
+        0x83,
+        std::mem::size_of::<kvm_bindings::kvm_sregs>(),
+    ),
+    kvm_ioc(IOC_RW, 0x88, std::mem::size_of::<kvm_bindings::kvm_msrs>()),
+    kvm_ioc(
+        IOC_READ,
+        0x8e,
+        std::mem::size_of::<kvm_bindings::kvm_lapic_state>(),
+    ),
+    kvm_ioc(
+        IOC_RW,
+        0x91,
+        std::mem::size_of::<kvm_bindings::kvm_cpuid2>(),
+    ),
+    kvm_ioc(
+        IOC_READ,
+        0x98,
+        std::mem::size_of::<kvm_bindings::kvm_mp_state>(),
+    ),
+    kvm_ioc(
+        IOC_READ,
+        0x9f,
+        std::mem::size_of::<kvm_bindings::kvm_vcpu_events>(),
+    ),
+    kvm_ioc(
+        IOC_READ,
+        0xa1,
+        std::mem::size_of::<kvm_bindings::kvm_debugregs>(),
+    ),
+    kvm_ioc(0, 0xa3, 0), // KVM_GET_TSC_KHZ
+    kvm_ioc(
+        IOC_READ,
+        0xa4,
+        std::mem::size_of::<kvm_bindings::kvm_xsave>(),
+    ),
+    kvm_ioc(
+        IOC_READ,
+        0xa6,
+        std::mem::size_of::<kvm_bindings::kvm_xcrs>(),
+    ),
+];
+
+/// ... and the event loop the VM's: KVM_GET_IRQCHIP, KVM_GET_PIT2, KVM_GET_CLOCK.
+pub const SNAPSHOT_VMM_IOCTLS: &[u64] = &[
+    kvm_ioc(
+        IOC_RW,
+        0x62,
+        std::mem::size_of::<kvm_bindings::kvm_irqchip>(),
+    ),
+    kvm_ioc(
+        IOC_READ,
+        0x9f,
+        std::mem::size_of::<kvm_bindings::kvm_pit_state2>(),
+    ),
+    kvm_ioc(
+        IOC_READ,
+        0x7c,
+        std::mem::size_of::<kvm_bindings::kvm_clock_data>(),
+    ),
+];
+
 /// The compiled filters, one per thread kind.
 pub struct Filters {
     vmm: BpfProgram,
@@ -227,8 +306,9 @@ fn compile(map: BTreeMap<i64, Vec<SeccompRule>>) -> Result<BpfProgram, JailError
 }
 
 impl Filters {
-    /// Compiles the three filters; the event loop may `unlinkat` only in `socket_dirfds`.
-    pub fn new(socket_dirfds: &[i32]) -> Result<Filters, JailError> {
+    /// Compiles the three filters; the event loop may `unlinkat` only in `socket_dirfds`;
+    /// `snapshot`: a template run (see [`SNAPSHOT_VCPU_IOCTLS`]).
+    pub fn new(socket_dirfds: &[i32], snapshot: bool) -> Result<Filters, JailError> {
         let mut vmm = rules(&[COMMON, VMM]);
         vmm.insert(
             libc::SYS_socket,
@@ -247,9 +327,22 @@ impl Filters {
             }
             vmm.insert(libc::SYS_unlinkat, unlink);
         }
-        vmm.insert(libc::SYS_ioctl, ioctl_rules(VMM_IOCTLS)?);
+        let with = |base: &[u64], extra: &[u64]| {
+            let mut v = base.to_vec();
+            if snapshot {
+                v.extend_from_slice(extra);
+            }
+            v
+        };
+        vmm.insert(
+            libc::SYS_ioctl,
+            ioctl_rules(&with(VMM_IOCTLS, SNAPSHOT_VMM_IOCTLS))?,
+        );
         let mut vcpu = rules(&[COMMON, VCPU]);
-        vcpu.insert(libc::SYS_ioctl, ioctl_rules(VCPU_IOCTLS)?);
+        vcpu.insert(
+            libc::SYS_ioctl,
+            ioctl_rules(&with(VCPU_IOCTLS, SNAPSHOT_VCPU_IOCTLS))?,
+        );
         Ok(Filters {
             vmm: compile(vmm)?,
             vcpu: compile(vcpu)?,
@@ -354,11 +447,31 @@ extern "C" fn on_sigsys(_sig: libc::c_int, info: *mut libc::siginfo_t, _ctx: *mu
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn the_snapshot_ioctl_numbers_are_linux_s() {
+        // linux/kvm.h on x86-64, as `strace -e raw=ioctl` prints them.
+        for (got, want) in [
+            (SNAPSHOT_VCPU_IOCTLS[0], 0x8090_ae81u64), // KVM_GET_REGS
+            (SNAPSHOT_VCPU_IOCTLS[1], 0x8138_ae83),    // KVM_GET_SREGS
+            (SNAPSHOT_VCPU_IOCTLS[2], 0xc008_ae88),    // KVM_GET_MSRS
+            (SNAPSHOT_VCPU_IOCTLS[3], 0x8400_ae8e),    // KVM_GET_LAPIC
+            (SNAPSHOT_VCPU_IOCTLS[6], 0x8040_ae9f),    // KVM_GET_VCPU_EVENTS
+            (SNAPSHOT_VCPU_IOCTLS[8], 0xaea3),         // KVM_GET_TSC_KHZ
+            (SNAPSHOT_VCPU_IOCTLS[9], 0x9000_aea4),    // KVM_GET_XSAVE
+            (SNAPSHOT_VMM_IOCTLS[0], 0xc208_ae62),     // KVM_GET_IRQCHIP
+            (SNAPSHOT_VMM_IOCTLS[1], 0x8070_ae9f),     // KVM_GET_PIT2
+            (SNAPSHOT_VMM_IOCTLS[2], 0x8030_ae7c),     // KVM_GET_CLOCK
+        ] {
+            assert_eq!(got, want, "{got:#x} != {want:#x}");
+        }
+    }
+
     use super::*;
 
     #[test]
     fn the_filters_compile() {
-        Filters::new(&[7, 9]).unwrap();
+        Filters::new(&[7, 9], false).unwrap();
+        Filters::new(&[7, 9], true).unwrap();
     }
 
     #[test]
@@ -377,7 +490,7 @@ mod tests {
     /// what it wrote to stderr. The child exits 0 if `call` returned.
     fn in_child(kind: ThreadKind, call: impl FnOnce()) -> (i32, String) {
         use std::io::Read;
-        let filters = Filters::new(&[]).unwrap();
+        let filters = Filters::new(&[], false).unwrap();
         let (mut r, w) = std::io::pipe().unwrap();
         // SAFETY: fork in a test; the child only calls async-signal-safe functions, the filter
         // installation (a prctl/seccomp pair on its only thread) and `call` before _exit.

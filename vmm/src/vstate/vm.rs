@@ -5,12 +5,16 @@ use std::fs::File;
 use std::os::fd::{AsRawFd, FromRawFd};
 
 use kvm_bindings::{
-    kvm_pit_config, kvm_userspace_memory_region, CpuId, KVM_MAX_CPUID_ENTRIES,
-    KVM_PIT_SPEAKER_DUMMY,
+    kvm_clock_data, kvm_irqchip, kvm_pit_config, kvm_pit_state2, kvm_userspace_memory_region,
+    CpuId, KVM_IRQCHIP_IOAPIC, KVM_IRQCHIP_PIC_MASTER, KVM_IRQCHIP_PIC_SLAVE,
+    KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY,
 };
 use kvm_ioctls::{Cap, Kvm, VmFd};
+use serde::{Deserialize, Serialize};
 use vm_memory::mmap::{MmapRegion, MmapRegionBuilder};
-use vm_memory::{FileOffset, GuestAddress, GuestMemory as _, GuestMemoryRegion, GuestRegionMmap};
+use vm_memory::{
+    Address, FileOffset, GuestAddress, GuestMemory as _, GuestMemoryRegion, GuestRegionMmap,
+};
 
 use crate::arch::x86_64::cpuid::HostFeatures;
 use crate::arch::x86_64::layout;
@@ -38,6 +42,105 @@ pub enum VmError {
     TooManyVcpus { max: usize, asked: u32 },
     #[error("cannot allocate {size_mib} MiB of guest memory: {reason}")]
     Memory { size_mib: u64, reason: String },
+    #[error("snapshot memory file: {0}")]
+    SnapshotMemory(String),
+}
+
+/// What KVM holds of the VM beside its vCPUs: the two PICs, the IOAPIC, the PIT and the
+/// kvmclock (Firecracker's `VmState`).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct VmState {
+    pub pic_master: kvm_irqchip,
+    pub pic_slave: kvm_irqchip,
+    pub ioapic: kvm_irqchip,
+    pub pit: kvm_pit_state2,
+    pub clock: kvm_clock_data,
+}
+
+/// Writes guest RAM to `file` (empty, opened for writing): every range in guest-physical
+/// order, each 4 KiB page that is all zero left as a hole, so the file takes on disk what the
+/// guest has written and a restore maps the holes as zero pages. Returns the bytes written.
+pub fn save_memory(mem: &GuestMemory, file: &File) -> Result<u64, VmError> {
+    use std::os::unix::fs::FileExt;
+    use vm_memory::Bytes;
+    let err = |e: String| VmError::SnapshotMemory(format!("writing: {e}"));
+    const PAGE: usize = 4096;
+    const CHUNK: usize = 2 << 20;
+    let total: u64 = mem.iter().map(|r| r.len()).sum();
+    file.set_len(total).map_err(|e| err(e.to_string()))?;
+    let mut buf = vec![0u8; CHUNK];
+    let mut file_offset = 0u64;
+    let mut written = 0u64;
+    for region in mem.iter() {
+        let mut done = 0u64;
+        while done < region.len() {
+            let n = usize::try_from((region.len() - done).min(CHUNK as u64))
+                .map_err(|e| err(e.to_string()))?;
+            // Copied out through vm-memory (volatile accesses): guest memory is shared with
+            // the guest and the devices, never borrowed as a plain slice.
+            mem.read_slice(&mut buf[..n], region.start_addr().unchecked_add(done))
+                .map_err(|e| err(e.to_string()))?;
+            let is_zero = |p: usize| buf[p..(p + PAGE).min(n)].iter().all(|&b| b == 0);
+            let mut page = 0;
+            while page < n {
+                if is_zero(page) {
+                    page += PAGE;
+                    continue;
+                }
+                let start = page;
+                while page < n && !is_zero(page) {
+                    page += PAGE;
+                }
+                let end = page.min(n);
+                file.write_all_at(&buf[start..end], file_offset + done + start as u64)
+                    .map_err(|e| err(e.to_string()))?;
+                written += (end - start) as u64;
+            }
+            done += n as u64;
+        }
+        file_offset += region.len();
+    }
+    file.sync_all().map_err(|e| err(e.to_string()))?;
+    Ok(written)
+}
+
+/// Maps guest RAM (`mem_size` bytes, laid out as `layout::ram_ranges`) copy-on-write from a
+/// snapshot's memory file: every VM restored from one file shares the pages none of them has
+/// written (the host's page cache), and a write makes a private copy for that VM alone.
+pub fn map_snapshot_memory(mem_size: u64, file: &File) -> Result<GuestMemory, VmError> {
+    let err = |reason: String| VmError::SnapshotMemory(reason);
+    let ranges = layout::ram_ranges(mem_size);
+    let total: u64 = ranges.iter().map(|&(_, size)| size).sum();
+    let len = file
+        .metadata()
+        .map_err(|e| err(format!("stat: {e}")))?
+        .len();
+    if len != total {
+        return Err(err(format!(
+            "{len} bytes, the snapshot's guest RAM is {total} (a truncated or foreign file)"
+        )));
+    }
+    let mut regions = Vec::new();
+    let mut file_offset = 0u64;
+    for (start, size) in ranges {
+        let size_usize = usize::try_from(size).map_err(|e| err(e.to_string()))?;
+        let fo = FileOffset::new(
+            file.try_clone().map_err(|e| err(e.to_string()))?,
+            file_offset,
+        );
+        let mapping = map_aligned(
+            size_usize,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_NORESERVE,
+            Some(fo),
+        )
+        .map_err(err)?;
+        file_offset += size;
+        let region = GuestRegionMmap::new(mapping, GuestAddress(start))
+            .ok_or_else(|| err("region wraps the address space".into()))?;
+        regions.push(region);
+    }
+    GuestMemory::from_regions(regions).map_err(|e| err(e.to_string()))
 }
 
 /// Allocates guest RAM (see `layout::ram_ranges`), as a private anonymous mapping or on a
@@ -296,6 +399,55 @@ impl Vm {
     pub fn fd(&self) -> &VmFd {
         &self.fd
     }
+
+    /// The MSRs KVM can save and restore for a vCPU of this host.
+    pub fn msr_index_list(&self) -> Result<Vec<u32>, VmError> {
+        self.kvm
+            .get_msr_index_list()
+            .map(|l| l.as_slice().to_vec())
+            .map_err(|source| VmError::Kvm {
+                what: "KVM_GET_MSR_INDEX_LIST",
+                source,
+            })
+    }
+
+    /// Reads the VM's interrupt controllers, PIT and clock (the vCPUs paused).
+    pub fn save_state(&self) -> Result<VmState, VmError> {
+        let k = |what: &'static str| move |source| VmError::Kvm { what, source };
+        let chip = |id| -> Result<kvm_irqchip, VmError> {
+            let mut c = kvm_irqchip {
+                chip_id: id,
+                ..Default::default()
+            };
+            self.fd.get_irqchip(&mut c).map_err(k("KVM_GET_IRQCHIP"))?;
+            Ok(c)
+        };
+        let mut clock = self.fd.get_clock().map_err(k("KVM_GET_CLOCK"))?;
+        // Only the clock's value is kept: TSC_STABLE is KVM's to say, and REALTIME/HOST_TSC
+        // describe this host at this moment (set back, they would make KVM move the clock by
+        // the time the template waited).
+        clock.flags = 0;
+        clock.realtime = 0;
+        clock.host_tsc = 0;
+        Ok(VmState {
+            pic_master: chip(KVM_IRQCHIP_PIC_MASTER)?,
+            pic_slave: chip(KVM_IRQCHIP_PIC_SLAVE)?,
+            ioapic: chip(KVM_IRQCHIP_IOAPIC)?,
+            pit: self.fd.get_pit2().map_err(k("KVM_GET_PIT2"))?,
+            clock,
+        })
+    }
+
+    /// Gives a new VM (irqchip and PIT created, no vCPU yet) the state `s`.
+    pub fn restore_state(&self, s: &VmState) -> Result<(), VmError> {
+        let k = |what: &'static str| move |source| VmError::Kvm { what, source };
+        self.fd.set_pit2(&s.pit).map_err(k("KVM_SET_PIT2"))?;
+        self.fd.set_clock(&s.clock).map_err(k("KVM_SET_CLOCK"))?;
+        for chip in [&s.pic_master, &s.pic_slave, &s.ioapic] {
+            self.fd.set_irqchip(chip).map_err(k("KVM_SET_IRQCHIP"))?;
+        }
+        Ok(())
+    }
 }
 
 #[cfg(test)]
@@ -315,5 +467,61 @@ mod tests {
             let host = mem.get_host_address(GuestAddress(0)).unwrap() as usize;
             assert_eq!(host % HUGE_PAGE, 0, "{backing:?} at {host:#x}");
         }
+    }
+
+    #[test]
+    fn snapshot_memory_is_sparse_and_maps_back_copy_on_write() {
+        use std::os::unix::fs::MetadataExt;
+        let size = 64u64 << 20;
+        let mem = create_guest_memory(size, MemoryBacking::Anonymous).unwrap();
+        mem.write_obj(0x1122_3344u32, GuestAddress(0x1000)).unwrap();
+        mem.write_obj(0x55u8, GuestAddress(size - 1)).unwrap();
+        let dir = std::env::temp_dir().join(format!("hull-vm-mem-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("memory");
+        let f = File::create(&path).unwrap();
+        assert_eq!(
+            save_memory(&mem, &f).unwrap(),
+            2 * 4096,
+            "two non-zero pages"
+        );
+        let md = std::fs::metadata(&path).unwrap();
+        assert_eq!(md.len(), size);
+        assert!(
+            md.blocks() * 512 < 1 << 20,
+            "zero pages are holes: {} blocks",
+            md.blocks()
+        );
+
+        let f = File::open(&path).unwrap();
+        let a = map_snapshot_memory(size, &f).unwrap();
+        let b = map_snapshot_memory(size, &f).unwrap();
+        assert_eq!(
+            a.read_obj::<u32>(GuestAddress(0x1000)).unwrap(),
+            0x1122_3344
+        );
+        assert_eq!(a.read_obj::<u8>(GuestAddress(size - 1)).unwrap(), 0x55);
+        assert_eq!(a.read_obj::<u64>(GuestAddress(0x20_0000)).unwrap(), 0);
+        // A write is the writer's alone: not the other VM's, not the file's.
+        a.write_obj(7u32, GuestAddress(0x1000)).unwrap();
+        assert_eq!(
+            b.read_obj::<u32>(GuestAddress(0x1000)).unwrap(),
+            0x1122_3344
+        );
+        let host = a.get_host_address(GuestAddress(0)).unwrap() as usize;
+        assert_eq!(host % HUGE_PAGE, 0);
+        drop(f);
+        let again = map_snapshot_memory(size, &File::open(&path).unwrap()).unwrap();
+        assert_eq!(
+            again.read_obj::<u32>(GuestAddress(0x1000)).unwrap(),
+            0x1122_3344
+        );
+
+        // A file of another size is refused with the reason.
+        let short = dir.join("short");
+        std::fs::write(&short, [0u8; 4096]).unwrap();
+        let e = map_snapshot_memory(size, &File::open(&short).unwrap()).unwrap_err();
+        assert!(e.to_string().contains("truncated"), "{e}");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -62,7 +62,44 @@ pub struct I8042 {
     buf: VecDeque<u8>,
 }
 
+/// The controller's registers and output buffer, as a snapshot keeps them.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct I8042Snapshot {
+    pub status: u8,
+    pub control: u8,
+    pub outp: u8,
+    pub pending_cmd: Option<u8>,
+    pub buf: Vec<u8>,
+}
+
 impl I8042 {
+    /// The state, for a snapshot.
+    pub fn state(&self) -> I8042Snapshot {
+        I8042Snapshot {
+            status: self.status,
+            control: self.control,
+            outp: self.outp,
+            pending_cmd: self.pending_cmd,
+            buf: self.buf.iter().copied().collect(),
+        }
+    }
+
+    /// Takes a snapshot's state (an output buffer beyond the controller's size is refused).
+    pub fn restore(&mut self, s: &I8042Snapshot) -> Result<(), String> {
+        if s.buf.len() > BUF_CAP {
+            return Err(format!(
+                "i8042 state: {} buffered bytes, at most {BUF_CAP}",
+                s.buf.len()
+            ));
+        }
+        self.status = s.status;
+        self.control = s.control;
+        self.outp = s.outp;
+        self.pending_cmd = s.pending_cmd;
+        self.buf = s.buf.iter().copied().collect();
+        Ok(())
+    }
+
     pub fn new(irq: EventFdTrigger, exit: Arc<ExitState>) -> I8042 {
         I8042 {
             irq,

@@ -117,6 +117,22 @@ impl Write for SerialOut {
     }
 }
 
+/// The UART's registers and receive FIFO, as a snapshot keeps them (vm-superio's
+/// `SerialState`, which has no serde).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct SerialSnapshot {
+    pub baud_divisor_low: u8,
+    pub baud_divisor_high: u8,
+    pub interrupt_enable: u8,
+    pub interrupt_identification: u8,
+    pub line_control: u8,
+    pub line_status: u8,
+    pub modem_control: u8,
+    pub modem_status: u8,
+    pub scratch: u8,
+    pub in_buffer: Vec<u8>,
+}
+
 /// The 8250 UART on the port-I/O bus (8 registers).
 pub struct SerialDevice {
     serial: Serial<EventFdTrigger, NoEvents, SerialOut>,
@@ -126,6 +142,47 @@ impl SerialDevice {
     pub fn new(irq: EventFdTrigger, out: SerialOut) -> SerialDevice {
         SerialDevice {
             serial: Serial::new(irq, out),
+        }
+    }
+
+    /// A UART whose registers are `s` (a restored guest's driver finds it as it left it:
+    /// interrupt enables, line settings, unread input).
+    pub fn with_state(
+        irq: EventFdTrigger,
+        out: SerialOut,
+        s: &SerialSnapshot,
+    ) -> Result<SerialDevice, String> {
+        let state = vm_superio::serial::SerialState {
+            baud_divisor_low: s.baud_divisor_low,
+            baud_divisor_high: s.baud_divisor_high,
+            interrupt_enable: s.interrupt_enable,
+            interrupt_identification: s.interrupt_identification,
+            line_control: s.line_control,
+            line_status: s.line_status,
+            modem_control: s.modem_control,
+            modem_status: s.modem_status,
+            scratch: s.scratch,
+            in_buffer: s.in_buffer.clone(),
+        };
+        let serial = Serial::from_state(&state, irq, NoEvents, out)
+            .map_err(|e| format!("serial state: {e:?}"))?;
+        Ok(SerialDevice { serial })
+    }
+
+    /// The UART's state, for a snapshot.
+    pub fn state(&self) -> SerialSnapshot {
+        let s = self.serial.state();
+        SerialSnapshot {
+            baud_divisor_low: s.baud_divisor_low,
+            baud_divisor_high: s.baud_divisor_high,
+            interrupt_enable: s.interrupt_enable,
+            interrupt_identification: s.interrupt_identification,
+            line_control: s.line_control,
+            line_status: s.line_status,
+            modem_control: s.modem_control,
+            modem_status: s.modem_status,
+            scratch: s.scratch,
+            in_buffer: s.in_buffer,
         }
     }
 

@@ -14,10 +14,11 @@ use crate::sync::LockExt;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 
+use serde::{Deserialize, Serialize};
 use virtio_queue::{Queue, QueueT};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
-use super::{GuestMemory, VirtioDevice, VirtioInterrupt};
+use super::{GuestMemory, QueueSnapshot, VirtioDevice, VirtioInterrupt};
 use crate::devices::bus::BusDevice;
 
 /// "virt" in little-endian.
@@ -114,6 +115,24 @@ impl VirtioInterrupt for MmioInterrupt {
     fn signal_config_change(&self) -> std::io::Result<()> {
         self.raise(INT_CONFIG)
     }
+}
+
+/// A transport and its device as a snapshot keeps them: the registers the driver wrote, the
+/// queues' configuration, and (once activated) the device's queues with their positions.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TransportState {
+    pub device_type: u32,
+    pub avail_features: u64,
+    pub acked_features: u64,
+    pub device_features_sel: u32,
+    pub driver_features_sel: u32,
+    pub queue_sel: u32,
+    pub status: u32,
+    pub config_generation: u32,
+    pub interrupt_status: u32,
+    pub queues: Vec<QueueSnapshot>,
+    /// The device's own queues (None: not activated).
+    pub active_queues: Option<Vec<QueueSnapshot>>,
 }
 
 /// One virtio-mmio device window.
@@ -227,6 +246,127 @@ impl MmioTransport {
 
     pub fn is_activated(&self) -> bool {
         self.activated
+    }
+
+    /// The transport's and its device's state, for a snapshot (the vCPUs paused; called on
+    /// the event loop, which owns the device).
+    pub fn save_state(&self) -> Result<TransportState, String> {
+        let active_queues = if self.activated {
+            match lock(&self.device).queue_states() {
+                Ok(Some(q)) => Some(q.into_iter().map(QueueSnapshot::from).collect()),
+                Ok(None) => {
+                    return Err(format!(
+                        "device type {} is active but holds no queues",
+                        self.device_type
+                    ))
+                }
+                Err(e) => return Err(format!("device type {}: {e}", self.device_type)),
+            }
+        } else {
+            None
+        };
+        Ok(TransportState {
+            device_type: self.device_type,
+            avail_features: self.avail_features,
+            acked_features: self.acked_features,
+            device_features_sel: self.device_features_sel,
+            driver_features_sel: self.driver_features_sel,
+            queue_sel: self.queue_sel,
+            status: self.status,
+            config_generation: self.config_generation,
+            interrupt_status: self.interrupt.status(),
+            queues: self.queues.iter().map(QueueSnapshot::of).collect(),
+            active_queues,
+        })
+    }
+
+    /// Puts a new transport (and its new device) where `s` was: the same kind of device
+    /// offering the same features, the driver's registers, and, if it was active, the device
+    /// activated with the saved queues; the device is then told it was restored and looks at
+    /// each queue once (a notification may have been pending when the snapshot was taken).
+    pub fn restore_state(&mut self, s: &TransportState) -> Result<(), String> {
+        if s.device_type != self.device_type || s.avail_features != self.avail_features {
+            return Err(format!(
+                "the snapshot has device type {} offering {:#x} here, this VM device type {} \
+                 offering {:#x}",
+                s.device_type, s.avail_features, self.device_type, self.avail_features
+            ));
+        }
+        if s.queues.len() != self.queues.len()
+            || s.queues
+                .iter()
+                .zip(&self.queues)
+                .any(|(a, b)| a.max_size != b.max_size())
+        {
+            return Err(format!(
+                "device type {}: the snapshot's queues differ in number or size",
+                self.device_type
+            ));
+        }
+        if s.acked_features & !s.avail_features != 0 {
+            return Err(format!(
+                "device type {}: acknowledged features {:#x} were never offered",
+                self.device_type, s.acked_features
+            ));
+        }
+        self.queues = s
+            .queues
+            .iter()
+            .map(QueueSnapshot::to_queue)
+            .collect::<Result<_, _>>()?;
+        self.acked_features = s.acked_features;
+        self.device_features_sel = s.device_features_sel;
+        self.driver_features_sel = s.driver_features_sel;
+        self.queue_sel = s.queue_sel;
+        self.status = s.status;
+        self.config_generation = s.config_generation;
+        self.interrupt
+            .status
+            .store(s.interrupt_status, Ordering::SeqCst);
+        let Some(active) = &s.active_queues else {
+            if s.status & STATUS_FEATURES_OK != 0 {
+                lock(&self.device).set_acked_features(s.acked_features);
+            }
+            return Ok(());
+        };
+        if active.len() != self.queues.len() {
+            return Err(format!(
+                "device type {}: {} active queues saved, {} expected",
+                self.device_type,
+                active.len(),
+                self.queues.len()
+            ));
+        }
+        let queues = active
+            .iter()
+            .map(QueueSnapshot::to_queue)
+            .collect::<Result<Vec<_>, _>>()?;
+        if let Some(i) = queues.iter().position(|q| !q.is_valid(&self.mem)) {
+            return Err(format!(
+                "device type {}: saved queue {i} does not lie in guest memory",
+                self.device_type
+            ));
+        }
+        let evts = self
+            .queue_evts
+            .iter()
+            .map(|e| e.try_clone())
+            .collect::<std::io::Result<Vec<_>>>()
+            .map_err(|e| format!("cannot clone queue eventfds: {e}"))?;
+        let interrupt: Arc<dyn VirtioInterrupt> = self.interrupt.clone();
+        {
+            let mut d = lock(&self.device);
+            d.set_acked_features(s.acked_features);
+            d.activate(self.mem.clone(), interrupt, queues, evts)
+                .map_err(|e| format!("device type {}: {e}", self.device_type))?;
+            d.restored();
+        }
+        self.activated = true;
+        for evt in &self.queue_evts {
+            evt.write(1)
+                .map_err(|e| format!("cannot notify a restored queue: {e}"))?;
+        }
+        Ok(())
     }
 
     fn selected_queue(&mut self) -> Option<&mut Queue> {

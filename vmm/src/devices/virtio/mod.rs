@@ -16,7 +16,8 @@ pub mod vsock;
 
 use std::sync::Arc;
 
-use virtio_queue::Queue;
+use serde::{Deserialize, Serialize};
+use virtio_queue::{Queue, QueueState};
 use vmm_sys_util::eventfd::EventFd;
 
 /// Guest memory as devices see it. A VM's memory never changes after boot, so a clone is cheap
@@ -117,6 +118,68 @@ pub trait VirtioDevice: Send {
     /// The driver reset the device: drop the queues and return to the pre-activation state.
     /// Returns false when the device cannot be reset (the transport then sets NEEDS_RESET).
     fn reset(&mut self) -> bool;
+    /// For a snapshot: the activated queues as the device stands now, positions included
+    /// (`Ok(None)` before activation). The vCPUs are paused and the event loop is the caller;
+    /// a device that cannot be saved in its present state says why.
+    fn queue_states(&self) -> Result<Option<Vec<QueueState>>, String> {
+        Err("this device cannot be snapshotted".into())
+    }
+    /// Called once a restore has activated the device with its saved queues, before any guest
+    /// instruction runs: the device tells the guest what it lost (vsock: every connection).
+    fn restored(&mut self) {}
+}
+
+/// A queue as a snapshot keeps it (virtio-queue's `QueueState`, which has no serde).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QueueSnapshot {
+    pub max_size: u16,
+    pub next_avail: u16,
+    pub next_used: u16,
+    pub event_idx_enabled: bool,
+    pub size: u16,
+    pub ready: bool,
+    pub desc_table: u64,
+    pub avail_ring: u64,
+    pub used_ring: u64,
+}
+
+impl From<QueueState> for QueueSnapshot {
+    fn from(q: QueueState) -> Self {
+        QueueSnapshot {
+            max_size: q.max_size,
+            next_avail: q.next_avail,
+            next_used: q.next_used,
+            event_idx_enabled: q.event_idx_enabled,
+            size: q.size,
+            ready: q.ready,
+            desc_table: q.desc_table,
+            avail_ring: q.avail_ring,
+            used_ring: q.used_ring,
+        }
+    }
+}
+
+impl QueueSnapshot {
+    pub fn of(q: &Queue) -> QueueSnapshot {
+        q.state().into()
+    }
+
+    /// The queue again; virtio-queue checks the size and the ring addresses' alignment (the
+    /// file is checksummed, but it is still input: an error, never a panic).
+    pub fn to_queue(&self) -> Result<Queue, String> {
+        Queue::try_from(QueueState {
+            max_size: self.max_size,
+            next_avail: self.next_avail,
+            next_used: self.next_used,
+            event_idx_enabled: self.event_idx_enabled,
+            size: self.size,
+            ready: self.ready,
+            desc_table: self.desc_table,
+            avail_ring: self.avail_ring,
+            used_ring: self.used_ring,
+        })
+        .map_err(|e| format!("queue state: {e:?}"))
+    }
 }
 
 #[cfg(test)]

@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex};
 use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
 use virtio_bindings::virtio_ring::VIRTIO_RING_F_INDIRECT_DESC;
 use virtio_queue::Queue;
+use vm_memory::{Bytes, GuestAddress};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use super::worker::{Job, ServerSlot, Worker};
@@ -66,6 +67,8 @@ pub struct Fs {
     pub(super) activate_evt: EventFd,
     pub(super) pending: Option<Activation>,
     workers: FsWorkers,
+    /// The queues as the last activation gave them (for a snapshot, see `queue_states`).
+    activated_queues: Option<(GuestMemory, Vec<virtio_queue::QueueState>)>,
     /// The shared directory, opened once at start (`O_PATH`): every FUSE server of this
     /// device starts from it (see `ServerSlot`).
     root: Arc<OwnedFd>,
@@ -110,6 +113,7 @@ impl Fs {
                 tag,
                 workers: Arc::new(Mutex::new(Vec::new())),
             },
+            activated_queues: None,
             root,
         })
     }
@@ -225,6 +229,7 @@ impl VirtioDevice for Fs {
         queue_evts: Vec<EventFd>,
     ) -> Result<(), ActivateError> {
         check_activation(NUM_QUEUES, &queues, &queue_evts, self.acked_features)?;
+        self.activated_queues = Some((mem.clone(), queues.iter().map(Queue::state).collect()));
         self.pending = Some(Activation {
             mem,
             interrupt,
@@ -237,8 +242,34 @@ impl VirtioDevice for Fs {
 
     fn reset(&mut self) -> bool {
         self.pending = None;
+        self.activated_queues = None;
         self.stop_workers();
         self.acked_features = 0;
         true
+    }
+
+    /// The queues belong to the worker threads once served, so a snapshot is taken only
+    /// while the guest has made no request since activation (a template's guest has not
+    /// mounted its share yet): each queue's avail and used indexes in guest memory must still
+    /// be where activation left them, and the FUSE server holds no state then.
+    fn queue_states(&self) -> Result<Option<Vec<virtio_queue::QueueState>>, String> {
+        let Some((mem, states)) = &self.activated_queues else {
+            return Ok(None);
+        };
+        for (i, q) in states.iter().enumerate() {
+            let idx = |ring: u64| {
+                mem.read_obj::<u16>(GuestAddress(ring.wrapping_add(2)))
+                    .map(u16::from_le)
+                    .map_err(|e| format!("queue {i}: {e}"))
+            };
+            if idx(q.avail_ring)? != q.next_avail || idx(q.used_ring)? != q.next_used {
+                return Err(format!(
+                    "virtio-fs `{}`: the guest has used the share (queue {i}); a share is \
+                     snapshotted only before its first request",
+                    self.cfg.tag
+                ));
+            }
+        }
+        Ok(Some(states.clone()))
     }
 }

@@ -586,4 +586,13 @@ impl VirtioDevice for Net {
         self.acked_features = 0;
         true
     }
+
+    fn queue_states(&self) -> Result<Option<Vec<virtio_queue::QueueState>>, String> {
+        // A frame read from the tap and not yet delivered is not kept: the restored guest
+        // has a new tap, and a lost frame is what a network may do.
+        Ok(self
+            .active
+            .as_ref()
+            .map(|a| a.queues.iter().map(Queue::state).collect()))
+    }
 }

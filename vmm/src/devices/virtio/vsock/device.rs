@@ -6,15 +6,21 @@ use std::sync::Arc;
 
 use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
 use virtio_queue::{Queue, QueueOwnedT, QueueT};
+use vm_memory::Bytes;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use super::packet::{parse_rx, parse_tx, PKT_HEADER_SIZE};
 use super::unix::muxer::VsockMuxer;
-use super::{VsockError, NUM_QUEUES, QUEUE_SIZE, RXQ_INDEX, TXQ_INDEX, VSOCK_DEVICE_ID};
+use super::{VsockError, EVQ_INDEX, NUM_QUEUES, QUEUE_SIZE, RXQ_INDEX, TXQ_INDEX, VSOCK_DEVICE_ID};
 use crate::devices::virtio::{
     check_activation, ignore_config_write, read_config_space, ActivateError, GuestMemory,
     VirtioDevice, VirtioInterrupt,
 };
+
+/// `struct virtio_vsock_event`: one little-endian u32, the event's id.
+const VSOCK_EVENT_SIZE: u32 = 4;
+/// VIRTIO_VSOCK_EVENT_TRANSPORT_RESET.
+const VIRTIO_VSOCK_EVENT_TRANSPORT_RESET: u32 = 0;
 
 /// What the device holds between activation and reset.
 pub(super) struct Active {
@@ -39,6 +45,11 @@ pub struct Vsock {
     pub(super) muxer: VsockMuxer,
     /// The TX queue was left unread because the muxer could not take more packets.
     pub(super) tx_stalled: bool,
+    /// A transport reset was sent and the guest has not yet taken it: the event queue's avail
+    /// index when it was sent. The guest posts the buffer again once it has handled the event
+    /// (and kicks the queue); until then nothing is delivered to it, as a host connection set
+    /// up before the guest handles the reset would be reset with the template's.
+    pub(super) reset_unacked: Option<u16>,
 }
 
 impl Vsock {
@@ -59,6 +70,7 @@ impl Vsock {
             stale_evts: Vec::new(),
             muxer,
             tx_stalled: false,
+            reset_unacked: None,
         })
     }
 
@@ -82,6 +94,9 @@ impl Vsock {
     /// Fills the guest's RX buffers with pending packets. Returns whether any buffer was used
     /// (the guest was then interrupted).
     pub fn process_rx(&mut self) -> bool {
+        if self.reset_unacked.is_some() {
+            return false;
+        }
         let Some(active) = self.active.as_mut() else {
             return false;
         };
@@ -168,6 +183,62 @@ impl Vsock {
         }
     }
 
+    /// Tells the guest that every connection it had is gone (VIRTIO_VSOCK_EVENT_TRANSPORT_RESET
+    /// on the event queue): after a restore, the host side of each belongs to another VMM.
+    /// The guest resets its connected sockets, keeps its listeners and reads the CID again.
+    /// Returns whether the event was delivered (the guest had an event buffer posted).
+    pub fn send_transport_reset(&mut self) -> bool {
+        let Some(active) = self.active.as_mut() else {
+            return false;
+        };
+        let mem = &active.mem;
+        let queue = &mut active.queues[EVQ_INDEX];
+        let Some(chain) = queue.pop_descriptor_chain(mem) else {
+            tracing::warn!("vsock: no event buffer for the transport reset");
+            return false;
+        };
+        let head = chain.head_index();
+        let mut len = 0;
+        for d in chain {
+            if d.is_write_only() && d.len() >= VSOCK_EVENT_SIZE {
+                if let Err(e) = mem.write_obj(VIRTIO_VSOCK_EVENT_TRANSPORT_RESET, d.addr()) {
+                    tracing::warn!(error = %e, "vsock: cannot write the transport reset event");
+                } else {
+                    len = VSOCK_EVENT_SIZE;
+                }
+                break;
+            }
+        }
+        if let Err(e) = queue.add_used(mem, head, len) {
+            tracing::warn!(error = %e, "vsock: cannot return an event buffer");
+            return false;
+        }
+        Self::signal(&active.interrupt);
+        if len != 0 {
+            self.reset_unacked = queue
+                .avail_idx(mem, std::sync::atomic::Ordering::Acquire)
+                .ok()
+                .map(|i| i.0);
+        }
+        len != 0
+    }
+
+    /// Whether the guest has taken the transport reset (it posted an event buffer again);
+    /// queued packets then go.
+    pub(super) fn check_reset_taken(&mut self) {
+        let (Some(sent), Some(active)) = (self.reset_unacked, self.active.as_ref()) else {
+            return;
+        };
+        let now = active.queues[EVQ_INDEX]
+            .avail_idx(&active.mem, std::sync::atomic::Ordering::Acquire)
+            .map(|i| i.0);
+        if now.is_ok_and(|n| n != sent) {
+            tracing::debug!("vsock: the guest took the transport reset");
+            self.reset_unacked = None;
+            self.process_queues(true);
+        }
+    }
+
     fn signal(interrupt: &Arc<dyn VirtioInterrupt>) {
         if let Err(e) = interrupt.signal_used_queue() {
             tracing::warn!(error = %e, "vsock: cannot interrupt the guest");
@@ -231,6 +302,20 @@ impl VirtioDevice for Vsock {
         self.muxer.reset();
         self.acked_features = 0;
         self.tx_stalled = false;
+        self.reset_unacked = None;
         true
+    }
+
+    fn queue_states(&self) -> Result<Option<Vec<virtio_queue::QueueState>>, String> {
+        // The muxer's connections are not kept: the restored device starts without any and
+        // tells the guest so (`restored`).
+        Ok(self
+            .active
+            .as_ref()
+            .map(|a| a.queues.iter().map(Queue::state).collect()))
+    }
+
+    fn restored(&mut self) {
+        self.send_transport_reset();
     }
 }

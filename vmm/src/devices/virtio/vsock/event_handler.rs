@@ -67,8 +67,9 @@ impl MutEventSubscriber for Vsock {
                 match events.data() {
                     RXQ => self.process_queues(false),
                     TXQ => self.process_queues(true),
-                    // The device sends no events (no live migration), so event buffers stay.
-                    _ => {}
+                    // The only event the device sends is a restore's transport reset: the
+                    // guest kicks this queue once it has handled it (see `reset_unacked`).
+                    _ => self.check_reset_taken(),
                 }
             }
             BACKEND => {

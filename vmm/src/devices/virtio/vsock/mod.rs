@@ -40,6 +40,7 @@ pub const VSOCK_HOST_CID: u64 = 2;
 /// Queue indices.
 pub(crate) const RXQ_INDEX: usize = 0;
 pub(crate) const TXQ_INDEX: usize = 1;
+pub(crate) const EVQ_INDEX: usize = 2;
 /// Maximum size of each of the three queues.
 pub(crate) const QUEUE_SIZE: u16 = 256;
 pub(crate) const NUM_QUEUES: usize = 3;

@@ -86,6 +86,9 @@ const TX_BASE: u64 = 0x40_0000;
 const TX_SLOT_SIZE: u64 = 0x1_1000;
 /// Descriptor indices above this are free for hand-made (malformed) chains.
 const RAW_DESC_BASE: u16 = 2 * TX_SLOTS;
+/// The event queue's one buffer, and its descriptor.
+const EV_BUF: u64 = 0xf0_0000;
+const EV_DESC: u16 = 250;
 
 /// A packet as the guest sees it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -240,6 +243,17 @@ impl Driver {
 
     fn kick(&self, q: usize) {
         self.kicks[q].write(1).unwrap();
+    }
+
+    /// Posts an event buffer (poisoned) on the event queue and kicks it, as the driver does at
+    /// probe and again after handling an event.
+    pub fn post_event(&mut self) {
+        self.mem
+            .write_obj(0xffff_ffffu32, GuestAddress(EV_BUF))
+            .unwrap();
+        self.evq
+            .add_chain(EV_DESC, &[(EV_BUF, 8, VRING_DESC_F_WRITE as u16, 0)]);
+        self.kick(EVQ_INDEX);
     }
 
     /// Posts every free RX buffer.
@@ -1545,4 +1559,42 @@ fn guest_close_with_a_host_that_never_reads_times_out() {
     assert_eq!(got.last().unwrap().hdr.dst_port, 40_003);
     assert_eq!(d.conn_count(), 0);
     drop(h);
+}
+
+#[test]
+fn a_restored_device_resets_the_guest_s_connections_and_delivers_nothing_until_it_took_that() {
+    let mut d = Driver::new("restored");
+    d.post_rx();
+    d.post_event();
+    d.run_once(10);
+    let irqs = d.irq_count();
+    // What a restore does once the device is active with the template's queues.
+    d.dev.lock().unwrap().restored();
+    assert_eq!(d.evq.used_idx(), 1);
+    assert_eq!(d.evq.used_elem(0), (u32::from(EV_DESC), 4));
+    let id: u32 = d.mem.read_obj(GuestAddress(EV_BUF)).unwrap();
+    assert_eq!(id, 0, "VIRTIO_VSOCK_EVENT_TRANSPORT_RESET");
+    assert!(d.irq_count() > irqs, "the guest is interrupted");
+
+    // A host connection made now waits: the guest would reset it with the template's.
+    let _s = d.dial(b"CONNECT 1024\n");
+    assert!(d.pump_rounds(20).is_empty());
+    // A kick of the event queue without a new buffer changes nothing.
+    d.kick(EVQ_INDEX);
+    assert!(d.pump_rounds(10).is_empty());
+    // The guest handled the event: it posts the buffer again and kicks; the request goes.
+    d.post_event();
+    let got = d.pump_until(Duration::from_secs(5), |p| !p.is_empty());
+    assert_eq!(got[0].hdr.op, VSOCK_OP_REQUEST);
+    assert_eq!(got[0].hdr.dst_port, 1024);
+}
+
+#[test]
+fn a_transport_reset_without_an_event_buffer_is_not_waited_for() {
+    let mut d = Driver::new("restored-nobuf");
+    d.post_rx();
+    assert!(!d.dev.lock().unwrap().send_transport_reset());
+    let _s = d.dial(b"CONNECT 1024\n");
+    let got = d.pump_until(Duration::from_secs(5), |p| !p.is_empty());
+    assert_eq!(got[0].hdr.op, VSOCK_OP_REQUEST);
 }
