@@ -194,6 +194,72 @@ fn parse_time(t: &str) -> Option<(i64, u32)> {
     Some((secs, nanos))
 }
 
+/// Checks a `set_identity` request before anything changes: a hostname the kernel takes
+/// (1 to 64 bytes, no NUL or `/`), and between `MIN_IDENTITY_ENTROPY` and
+/// `MAX_IDENTITY_ENTROPY` bytes of entropy.
+pub fn check_identity(hostname: &str, entropy: &[u8]) -> Result<(), AgentError> {
+    use hull_agent_protocol::{MAX_HOSTNAME, MAX_IDENTITY_ENTROPY, MIN_IDENTITY_ENTROPY};
+    let bad = |m: String| Err(AgentError::new(ErrorKind::InvalidArgument, m));
+    if hostname.is_empty() || hostname.len() > MAX_HOSTNAME || hostname.contains(['\0', '/']) {
+        return bad(format!(
+            "hostname {hostname:?}: 1 to {MAX_HOSTNAME} bytes, without NUL or '/'"
+        ));
+    }
+    if !(MIN_IDENTITY_ENTROPY..=MAX_IDENTITY_ENTROPY).contains(&entropy.len()) {
+        return bad(format!(
+            "{} bytes of entropy: between {MIN_IDENTITY_ENTROPY} and {MAX_IDENTITY_ENTROPY} are taken",
+            entropy.len()
+        ));
+    }
+    Ok(())
+}
+
+/// `RNDADDENTROPY`: `_IOW('R', 0x03, int[2])` (linux/random.h).
+const RNDADDENTROPY: libc::c_ulong = 0x4008_5203;
+/// `RNDRESEEDCRNG`: `_IO('R', 0x07)`.
+const RNDRESEEDCRNG: libc::c_ulong = 0x5207;
+
+/// Adds `entropy` to the kernel's input pool, credited in full (it comes from the host's
+/// `getrandom`), then reseeds the CRNG from the pool at once: every number drawn afterwards
+/// depends on it. A guest restored from a template shares the template's pool and CRNG state
+/// until this runs.
+pub fn reseed(entropy: &[u8]) -> Result<(), AgentError> {
+    let io = |what: &str, e: std::io::Error| AgentError::new(ErrorKind::Io, format!("{what}: {e}"));
+    let random = std::fs::OpenOptions::new()
+        .write(true)
+        .open("/dev/random")
+        .map_err(|e| io("open /dev/random", e))?;
+    // struct rand_pool_info { int entropy_count; int buf_size; __u32 buf[]; }
+    let count =
+        i32::try_from(entropy.len() * 8).map_err(|e| io("entropy", std::io::Error::other(e)))?;
+    let size = i32::try_from(entropy.len()).map_err(|e| io("entropy", std::io::Error::other(e)))?;
+    let mut info = Vec::with_capacity(8 + entropy.len() + 3);
+    info.extend_from_slice(&count.to_ne_bytes());
+    info.extend_from_slice(&size.to_ne_bytes());
+    info.extend_from_slice(entropy);
+    // buf[] is __u32: a whole number of words (the kernel reads buf_size bytes).
+    while info.len() % 4 != 0 {
+        info.push(0);
+    }
+    // The buffer as u32 words, so that its alignment is what the kernel's struct has.
+    let words: Vec<u32> = info
+        .chunks_exact(4)
+        .map(|c| u32::from_ne_bytes([c[0], c[1], c[2], c[3]]))
+        .collect();
+    // SAFETY: RNDADDENTROPY reads a rand_pool_info: two ints and then buf_size bytes, all of
+    // which `words` holds (8 + entropy.len() bytes, rounded up), alive for the call.
+    let r = unsafe { libc::ioctl(random.as_raw_fd(), RNDADDENTROPY, words.as_ptr()) };
+    if r != 0 {
+        return Err(io("RNDADDENTROPY", std::io::Error::last_os_error()));
+    }
+    // SAFETY: RNDRESEEDCRNG takes no argument.
+    let r = unsafe { libc::ioctl(random.as_raw_fd(), RNDRESEEDCRNG) };
+    if r != 0 {
+        return Err(io("RNDRESEEDCRNG", std::io::Error::last_os_error()));
+    }
+    Ok(())
+}
+
 /// Sets CLOCK_REALTIME.
 pub fn set_clock(seconds: i64, nanos: u32) -> Result<(), AgentError> {
     if seconds < 0 || nanos >= 1_000_000_000 {
@@ -260,5 +326,23 @@ mod tests {
         assert_eq!(parse_time("x"), None);
         assert!(set_clock(-1, 0).is_err());
         assert!(set_clock(0, 1_000_000_000).is_err());
+    }
+
+    #[test]
+    fn an_identity_is_checked_whole() {
+        let e = [7u8; 32];
+        assert!(check_identity("pod-1", &e).is_ok());
+        assert!(check_identity(&"h".repeat(64), &[0; 512]).is_ok());
+        for (host, n) in [
+            ("", 32),
+            ("a/b", 32),
+            ("a\0b", 32),
+            (&"h".repeat(65)[..], 32),
+            ("pod", 31),
+            ("pod", 513),
+        ] {
+            let err = check_identity(host, &vec![1; n]).unwrap_err();
+            assert_eq!(err.kind, ErrorKind::InvalidArgument, "{host:?} {n}");
+        }
     }
 }

@@ -112,6 +112,12 @@ impl Agent {
             }),
             Request::Stats => self.stats().map(Response::Stats),
             Request::SetTime { seconds, nanos } => done(self.set_time(seconds, nanos)),
+            Request::SetIdentity {
+                hostname,
+                seconds,
+                nanos,
+                entropy,
+            } => done(self.set_identity(&hostname, seconds, nanos, &entropy)),
             Request::Mount(req) => done(self.mount(req).await),
             Request::Unmount { target, lazy } => done(self.unmount(target, lazy).await),
             Request::Shutdown { grace_ms } => return self.shutdown(grace_ms),
@@ -254,6 +260,32 @@ impl Agent {
             ));
         }
         crate::init::set_clock(seconds, nanos)
+    }
+
+    /// A restored guest's own identity (see `Request::SetIdentity`): the request is checked
+    /// whole before anything changes; the entropy goes first, so that nothing the guest does
+    /// afterwards draws from the template's generator state.
+    pub fn set_identity(
+        &self,
+        hostname: &str,
+        seconds: i64,
+        nanos: u32,
+        entropy: &[u8],
+    ) -> Result<(), AgentError> {
+        if self.mode == AgentMode::Host {
+            return Err(AgentError::new(
+                ErrorKind::Unsupported,
+                "set_identity is refused in host mode: the agent does not change its host",
+            ));
+        }
+        crate::init::check_identity(hostname, entropy)?;
+        crate::init::reseed(entropy)?;
+        crate::init::set_clock(seconds, nanos)?;
+        nix::unistd::sethostname(hostname).map_err(|e| {
+            AgentError::new(ErrorKind::Io, format!("sethostname {hostname:?}: {e}"))
+        })?;
+        tracing::info!("identity: hostname {hostname}, clock {seconds}.{nanos:09}, {} bytes of entropy, CRNG reseeded", entropy.len());
+        Ok(())
     }
 
     pub async fn mount(&self, req: MountRequest) -> Result<(), AgentError> {

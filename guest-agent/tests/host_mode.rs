@@ -92,6 +92,12 @@ async fn version_health_stats_and_set_time() {
     // Host mode never touches the host's clock.
     let err = c.set_time(std::time::SystemTime::now()).await.unwrap_err();
     assert_eq!(kind(err), ErrorKind::Unsupported);
+    // Nor its hostname or random number generator.
+    let err = c
+        .set_identity("h", std::time::SystemTime::now(), vec![1; 32])
+        .await
+        .unwrap_err();
+    assert_eq!(kind(err), ErrorKind::Unsupported);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -8,7 +8,7 @@ mod common;
 
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use common::{run, CALL_LIMIT};
 use hull_agent_protocol::SpawnRequest;
@@ -113,6 +113,7 @@ fn restored_vms_resume_the_template_and_bad_snapshots_are_refused() {
         })
         .collect();
     let started = Instant::now();
+    let mut seen = Vec::new();
     rt.block_on(async {
         for (name, v) in restored.iter_mut() {
             let a = agent(&dir.path().join(format!("{name}.sock")), v).await;
@@ -121,26 +122,55 @@ fn restored_vms_resume_the_template_and_bad_snapshots_are_refused() {
                 started.elapsed()
             );
             a.health().await.unwrap();
+            // What the runtime does first with a restored guest: its own identity.
+            let mut entropy = vec![0u8; 64];
+            std::fs::File::open("/dev/urandom")
+                .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut entropy))
+                .unwrap();
+            a.set_identity(name, SystemTime::now(), entropy)
+                .await
+                .unwrap();
+            let before = SystemTime::now();
             let (status, out, err) = run(
                 &a,
                 sh(&format!(
                     "cat /run/mark; hostname; echo {name} > /run/mine; cat /run/mine; \
-                     cat /proc/uptime"
+                     cat /proc/uptime; cat /proc/sys/kernel/random/uuid; \
+                     head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \\n'; echo; date +%s"
                 )),
             )
             .await;
+            let after = SystemTime::now();
             assert_eq!(status.code(), Some(0), "{err}");
             let lines: Vec<&str> = out.lines().collect();
+            assert_eq!(lines.len(), 7, "{out}");
             assert_eq!(
                 lines[..3],
-                ["made-in-the-template", "template", name.as_str()],
+                ["made-in-the-template", name.as_str(), name.as_str()],
                 "{out}"
             );
             // The guest's clock went on from the template's, it did not start again.
             let uptime: f64 = lines[3].split_whitespace().next().unwrap().parse().unwrap();
             assert!(uptime > 1.0, "uptime {uptime}: the guest booted again?");
+            // Its wall clock is the host's, within a second.
+            let secs = |t: SystemTime| t.duration_since(UNIX_EPOCH).unwrap().as_secs();
+            let guest: u64 = lines[6].parse().unwrap();
+            assert!(
+                (secs(before).saturating_sub(1)..=secs(after) + 1).contains(&guest),
+                "guest clock {guest}, host {}..{}",
+                secs(before),
+                secs(after)
+            );
+            seen.push((lines[4].to_string(), lines[5].to_string()));
         }
     });
+    // Two guests from one template draw different numbers once reseeded.
+    assert_ne!(seen[0].0, seen[1].0, "the same random UUID in both VMs");
+    assert_ne!(
+        seen[0].1, seen[1].1,
+        "the same /dev/urandom bytes in both VMs"
+    );
+    assert_eq!(seen[0].1.len(), 64, "{:?}", seen[0]);
     for (name, v) in &restored {
         let log = v.log();
         assert!(!log.contains("ERROR"), "{name}:\n{log}");

@@ -160,6 +160,12 @@ pub const MAX_LISTENING_PORTS: usize = 256;
 
 /// Longest a `listening_ports` call may wait for a change, in milliseconds.
 pub const MAX_PORTS_WAIT_MS: u32 = 60_000;
+/// Least entropy a `set_identity` brings (bytes): the CRNG's 256-bit key.
+pub const MIN_IDENTITY_ENTROPY: usize = 32;
+/// Most entropy a `set_identity` brings (bytes).
+pub const MAX_IDENTITY_ENTROPY: usize = 512;
+/// Longest hostname (the kernel's `__NEW_UTS_LEN`).
+pub const MAX_HOSTNAME: usize = 64;
 
 /// Limits on a spawn request (beyond the frame size).
 pub const MAX_ARGV: usize = 4096;

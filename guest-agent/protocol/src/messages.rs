@@ -173,6 +173,18 @@ pub enum Request {
     Stats,
     /// Set the guest's realtime clock. Reply: [`Response::Done`].
     SetTime { seconds: i64, nanos: u32 },
+    /// A guest restored from a template snapshot takes its own identity, before anything else
+    /// (the network, the share): fresh entropy for the kernel's random number generator
+    /// (added, credited and the CRNG reseeded, so no two sandboxes from one template draw the
+    /// same numbers), the wall clock, and the hostname. `entropy` holds
+    /// [`crate::MIN_IDENTITY_ENTROPY`] to [`crate::MAX_IDENTITY_ENTROPY`] bytes from the
+    /// host's `getrandom`. Reply: [`Response::Done`].
+    SetIdentity {
+        hostname: String,
+        seconds: i64,
+        nanos: u32,
+        entropy: Vec<u8>,
+    },
     /// Mount a file system (creating the target directory if missing). Reply:
     /// [`Response::Done`].
     Mount(MountRequest),
@@ -252,6 +264,7 @@ impl Request {
         "list_processes",
         "stats",
         "set_time",
+        "set_identity",
         "shutdown",
         "mount",
         "unmount",
@@ -284,6 +297,7 @@ impl Request {
             Request::ListProcesses => "list_processes",
             Request::Stats => "stats",
             Request::SetTime { .. } => "set_time",
+            Request::SetIdentity { .. } => "set_identity",
             Request::Shutdown { .. } => "shutdown",
             Request::Mount(_) => "mount",
             Request::Unmount { .. } => "unmount",

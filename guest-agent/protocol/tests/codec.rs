@@ -53,6 +53,12 @@ fn all_requests() -> Vec<Request> {
             seconds: 1_700_000_000,
             nanos: 5,
         },
+        Request::SetIdentity {
+            hostname: "pod-1".into(),
+            seconds: 1_700_000_000,
+            nanos: 7,
+            entropy: vec![0xa5; 64],
+        },
         Request::Shutdown {
             grace_ms: Some(100),
         },

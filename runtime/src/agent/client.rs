@@ -426,6 +426,30 @@ impl AgentClient {
         .await
     }
 
+    /// Gives a guest restored from a template its own identity (`set_identity`): `hostname`,
+    /// the clock set to `t`, and `entropy` (32 to 512 bytes from the host's `getrandom`) for
+    /// its random number generator.
+    pub async fn set_identity(
+        &self,
+        hostname: &str,
+        t: SystemTime,
+        entropy: Vec<u8>,
+    ) -> Result<(), Error> {
+        let d = t
+            .duration_since(UNIX_EPOCH)
+            .map_err(|_| Error::Protocol("time before 1970".into()))?;
+        self.done(
+            "set_identity",
+            Request::SetIdentity {
+                hostname: hostname.to_string(),
+                seconds: d.as_secs() as i64,
+                nanos: d.subsec_nanos(),
+                entropy,
+            },
+        )
+        .await
+    }
+
     /// Asks the agent to stop everything and power the VM off (host mode: exit).
     pub async fn shutdown(&self, grace: Option<Duration>) -> Result<(), Error> {
         self.done(
