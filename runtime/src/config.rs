@@ -11,7 +11,14 @@
 //! memory_mib = 256                                  # default guest memory of a sandbox
 //! log_level = "warn"                                # hull-vmm's log level (HULL_LOG)
 //! jail = true                                       # hull-vmm confines itself (default)
+//! start = "snapshot"                                # restore from a template, or "boot"
+//! template_dir = "/var/lib/hull/templates"          # where templates are kept
 //! ```
+//!
+//! `start`: how a sandbox's VM starts. `"snapshot"` (the default) restores it from a template
+//! (a VM booted once to its agent and snapshotted, made on first use, see `crate::template`);
+//! `"boot"` boots the kernel every time. A template that cannot be made or used gives a log
+//! line and a boot, never a failed sandbox.
 //!
 //! `jail` is `true` (the default: every part on), `false` (nothing confined: for debugging a
 //! VMM problem only), or a table that turns parts off or bounds the open files (see
@@ -79,6 +86,25 @@ pub struct RuntimeConfig {
     pub log_level: String,
     /// How hull-vmm confines itself (see the module docs).
     pub jail: JailSetting,
+    /// How a sandbox's VM starts (see the module docs).
+    pub start: StartPath,
+    /// Where templates are kept (root's, on disk: a template's memory file is mapped by every
+    /// sandbox restored from it, so it is in the page cache once, not in a tmpfs as well).
+    pub template_dir: PathBuf,
+}
+
+/// Where templates are kept by default.
+pub const DEFAULT_TEMPLATE_DIR: &str = "/var/lib/hull/templates";
+
+/// How a sandbox's VM starts.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StartPath {
+    /// Restored from a template snapshot (made on first use).
+    #[default]
+    Snapshot,
+    /// A cold boot of the kernel.
+    Boot,
 }
 
 /// `jail = true|false`, or a `[jail]` table.
@@ -132,6 +158,8 @@ impl Default for RuntimeConfig {
             memory_mib: 256,
             log_level: "warn".into(),
             jail: JailSetting::default(),
+            start: StartPath::default(),
+            template_dir: PathBuf::from(DEFAULT_TEMPLATE_DIR),
         }
     }
 }
@@ -196,6 +224,7 @@ impl RuntimeConfig {
             ("kernel", &c.kernel),
             ("initrd", &c.initrd),
             ("vmm", &c.vmm),
+            ("template_dir", &c.template_dir),
         ] {
             if !p.is_absolute() {
                 return Err(bad(key, "an absolute path", p.display().to_string()));
@@ -223,6 +252,12 @@ mod tests {
         assert_eq!((c.vcpus, c.memory_mib), (2, 512));
         assert_eq!(c.kernel, Path::new("/k"));
         assert_eq!(c.initrd, RuntimeConfig::default().initrd);
+        assert_eq!(c.start, StartPath::Snapshot);
+        assert_eq!(parse("start = \"boot\"\n").unwrap().start, StartPath::Boot);
+        let e = parse("start = \"warm\"\n").unwrap_err().to_string();
+        assert!(e.contains("warm"), "{e}");
+        let e = parse("template_dir = \"t\"\n").unwrap_err().to_string();
+        assert!(e.contains("template_dir must be an absolute path"), "{e}");
     }
 
     #[test]

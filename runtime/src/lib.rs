@@ -18,4 +18,5 @@ pub mod network;
 pub mod process;
 pub mod sandbox;
 pub mod share;
+pub mod template;
 pub mod vmm;

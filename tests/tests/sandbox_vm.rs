@@ -471,3 +471,106 @@ fn a_vm_not_yet_on_record_is_found_by_its_cgroup() {
         assert!(mounts_below(&sb_dir).is_empty(), "a mount is left");
     });
 }
+
+/// Whether the sandbox's VM was restored from a template (its hull-vmm configuration says).
+fn restored(sb: &Sandbox) -> bool {
+    let vm: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(sb.dir().join("vm.json")).unwrap()).unwrap();
+    vm.get("restore_from").is_some()
+}
+
+#[test]
+fn sandboxes_start_from_one_template_made_once_and_a_bad_one_is_booted_past() {
+    require_kvm();
+    let dir = TempDir::new("hull-templates");
+    let root = dir.path().join("root");
+    let cfg = RuntimeConfig {
+        template_dir: dir.path().join("templates"),
+        ..config()
+    };
+    let uuid = "mount -t proc proc /proc; cat /proc/sys/kernel/random/uuid; hostname";
+    let t0 = std::time::Instant::now();
+    let phase = |what: &str| eprintln!("{:>7.1} s: {what}", t0.elapsed().as_secs_f64());
+    runtime().block_on(async {
+        let _ = tracing_subscriber::fmt()
+            .with_writer(std::io::stderr)
+            .try_init();
+        // Three sandboxes at once, none with a template yet: one is made, all three use it.
+        let opts = all_calls();
+        let (a, b, c) = tokio::join!(
+            Sandbox::create(&cfg, &root, "t1", &opts),
+            Sandbox::create(&cfg, &root, "t2", &opts),
+            Sandbox::create(&cfg, &root, "t3", &opts),
+        );
+        let sbs: Vec<Sandbox> = [a, b, c]
+            .into_iter()
+            .map(|r| r.unwrap_or_else(|e| panic!("create: {e}")))
+            .collect();
+        phase("three sandboxes created");
+        let templates = hull_runtime::template::list(&cfg).unwrap();
+        assert_eq!(templates.len(), 1, "{templates:?}");
+        assert!(templates[0].1, "the template fits the current files");
+        let mut seen = Vec::new();
+        for sb in &sbs {
+            assert!(restored(sb), "{} booted", sb.id());
+            busybox_root(&sb.share_dir().join("rootfs"), &["proc", "tmp"]);
+            let (status, out, err) = run(sb.agent().unwrap(), sh_in_share(uuid)).await;
+            assert_eq!(status.code(), Some(0), "{err}");
+            let lines: Vec<&str> = out.lines().collect();
+            assert_eq!(lines[1], sb.id(), "the hostname is the sandbox's");
+            seen.push(lines[0].to_string());
+        }
+        seen.sort();
+        seen.dedup();
+        assert_eq!(seen.len(), 3, "random UUIDs repeat across sandboxes");
+        phase("three sandboxes ran a process");
+        for sb in sbs {
+            sb.destroy(Duration::from_secs(60)).await.unwrap();
+            phase("a sandbox destroyed");
+        }
+
+        // A damaged template: the next sandbox boots (with a log line), the template goes,
+        // and the one after makes it again.
+        let t = &templates[0].0;
+        let state = t.snapshot_dir().join("vmstate");
+        let mut bytes = std::fs::read(&state).unwrap();
+        let mid = bytes.len() / 2;
+        bytes[mid] ^= 1;
+        std::fs::write(&state, bytes).unwrap();
+        let sb = Sandbox::create(&cfg, &root, "t4", &all_calls())
+            .await
+            .unwrap_or_else(|e| panic!("create past a damaged template: {e}"));
+        assert!(!restored(&sb), "restored from a damaged template");
+        assert!(!t.dir.exists(), "the damaged template is still there");
+        sb.destroy(Duration::from_secs(60)).await.unwrap();
+        let sb = Sandbox::create(&cfg, &root, "t5", &all_calls())
+            .await
+            .unwrap();
+        assert!(restored(&sb));
+        assert!(t.dir.exists(), "the template was made again");
+        sb.destroy(Duration::from_secs(60)).await.unwrap();
+
+        // start = "boot": no template is used.
+        let boot = RuntimeConfig {
+            start: hull_runtime::config::StartPath::Boot,
+            ..cfg.clone()
+        };
+        let sb = Sandbox::create(&boot, &root, "t6", &all_calls())
+            .await
+            .unwrap();
+        assert!(!restored(&sb));
+        busybox_root(&sb.share_dir().join("rootfs"), &["proc", "tmp"]);
+        let (status, out, _) = run(sb.agent().unwrap(), sh_in_share(uuid)).await;
+        assert_eq!(status.code(), Some(0));
+        assert!(out.ends_with("t6\n"), "{out}");
+        sb.destroy(Duration::from_secs(60)).await.unwrap();
+    });
+    // Nothing of the template builds is left: no temporary directory, no network namespace.
+    let left: Vec<_> = std::fs::read_dir(dir.path().join("templates"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with('.'))
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+}

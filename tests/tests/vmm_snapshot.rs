@@ -56,6 +56,11 @@ fn config(initrd: &Path, dir: &Path, name: &str) -> VmConfig {
         guest_cid: 3,
     });
     c.api_socket = Some(dir.join(format!("{name}.api")));
+    // A share of its own (the template's guest never mounts it; a restored one does).
+    let share = dir.join(format!("{name}.share"));
+    std::fs::create_dir_all(&share).unwrap();
+    std::fs::write(share.join("who"), name).unwrap();
+    c.fs = vec![vm::FsConfig::new("share", share)];
     c
 }
 
@@ -130,6 +135,18 @@ fn restored_vms_resume_the_template_and_bad_snapshots_are_refused() {
             a.set_identity(name, SystemTime::now(), entropy)
                 .await
                 .unwrap();
+            // The share is this VM's: virtio-fs came back with the new directory.
+            a.mount(hull_agent_protocol::MountRequest::virtiofs("share", "/mnt"))
+                .await
+                .unwrap();
+            let (_, who, _) = run(&a, sh("cat /mnt/who")).await;
+            assert_eq!(who, name.as_str());
+            // The guest's timers fire (a TSC deadline restored before the LAPIC's timer mode
+            // was dropped, and every sleep in the guest hung).
+            let t = Instant::now();
+            let (status, out, _) = run(&a, sh("sleep 1; echo slept")).await;
+            assert_eq!((status.code(), out.as_str()), (Some(0), "slept\n"));
+            assert!(t.elapsed() < Duration::from_secs(60), "{:?}", t.elapsed());
             let before = SystemTime::now();
             let (status, out, err) = run(
                 &a,
@@ -243,7 +260,7 @@ fn restored_vms_resume_the_template_and_bad_snapshots_are_refused() {
             "dev",
             snap.clone(),
             Box::new(|c| c.vsock = None),
-            "1 virtio devices in the snapshot, 0 configured",
+            "2 virtio devices in the snapshot, 1 configured",
         ),
     ];
     for (name, from, change, reason) in cases {

@@ -168,6 +168,11 @@ pub(crate) fn build(config: &VmConfig) -> Result<Vmm, VmmError> {
     };
     let serial_irq = new_evt()?;
     irqfd(vm.as_ref(), &serial_irq, layout::COM1_IRQ)?;
+    // Raised again once a restored VM's vCPUs have their state (see below).
+    let serial_kick = serial_irq.try_clone().map_err(|source| VmmError::Io {
+        what: "eventfd",
+        source,
+    })?;
     let serial_out = SerialOut::new(serial_sink(&config.serial, config.serial_max_bytes)?);
     let serial = Arc::new(Mutex::new(match &restore {
         Some(r) => {
@@ -263,6 +268,20 @@ pub(crate) fn build(config: &VmConfig) -> Result<Vmm, VmmError> {
     } else {
         "vCPU set-up"
     });
+    if restore.is_some() {
+        // The UART raised its pending interrupt when its state was restored, before the
+        // interrupt controllers had theirs: once more now (a spurious one is read and
+        // dropped by the guest's driver; a lost one would stall its console writes).
+        serial_kick.write(1).map_err(|source| VmmError::Io {
+            what: "serial interrupt",
+            source,
+        })?;
+        for (i, t) in transports.iter().enumerate() {
+            t.locked()
+                .resume()
+                .map_err(|e| SnapshotError::Mismatch(format!("virtio device {i}: {e}")))?;
+        }
+    }
     let msr_list = match &snapshot_target {
         Some(_) => Some(Arc::from(vm.msr_index_list()?)),
         None => None,

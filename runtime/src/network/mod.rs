@@ -189,9 +189,26 @@ pub fn teardown(netns: &Path) -> Result<(), NetworkError> {
 /// `lo` up and the persistent tap `tap0_hull` (down) the VM boots with: its NIC gets
 /// [`PLACEHOLDER_MAC`]. On error nothing is left (no mount, no file).
 pub fn create_own(netns: &Path) -> Result<TapDevice, NetworkError> {
+    let mut taps = create_taps(netns, 1)?;
+    taps.pop()
+        .ok_or_else(|| NetworkError::NotFound(plumb::tap_name(0)))
+}
+
+/// The MAC the `i`-th NIC of a VM with placeholder NICs gets (a sandbox's own network, a
+/// template): [`PLACEHOLDER_MAC`] with `i` added to its last byte.
+pub fn placeholder_mac(i: usize) -> String {
+    format!("02:68:75:6c:6c:{:02x}", i % 256)
+}
+
+/// [`create_own`] with `n` taps (`tap<i>_hull`, each given [`placeholder_mac`]`(i)` in the
+/// returned devices): what a template's VM boots with. On error nothing is left.
+pub fn create_taps(netns: &Path, n: usize) -> Result<Vec<TapDevice>, NetworkError> {
+    if n > hull_agent_protocol::network::MAX_INTERFACES {
+        return Err(NetworkError::TooMany(n));
+    }
     netns::create(netns)?;
     let made = netns::open(netns).and_then(|ns| {
-        netns::run_in(ns, netns, |h| async move {
+        netns::run_in(ns, netns, move |h| async move {
             let lo = h
                 .link()
                 .get()
@@ -210,7 +227,10 @@ pub fn create_own(netns: &Path) -> Result<TapDevice, NetworkError> {
                 .execute()
                 .await
                 .map_err(|e| NetworkError::netlink("bringing lo up", e))?;
-            plumb::create_tap(&h, &plumb::tap_name(0)).await
+            for i in 0..n {
+                plumb::create_tap(&h, &plumb::tap_name(i)).await?;
+            }
+            Ok(())
         })
     });
     if let Err(e) = made {
@@ -219,11 +239,13 @@ pub fn create_own(netns: &Path) -> Result<TapDevice, NetworkError> {
         }
         return Err(e);
     }
-    Ok(TapDevice {
-        name: plumb::tap_name(0),
-        mac: PLACEHOLDER_MAC.to_string(),
-        mtu: 1500,
-    })
+    Ok((0..n)
+        .map(|i| TapDevice {
+            name: plumb::tap_name(i),
+            mac: placeholder_mac(i),
+            mtu: 1500,
+        })
+        .collect())
 }
 
 /// After the prestart hooks of a sandbox made by [`create_own`]: reads the namespace as

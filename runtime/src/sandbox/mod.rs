@@ -29,7 +29,8 @@ use nix::sys::signal::Signal;
 use nix::unistd::Pid;
 
 use crate::agent::{AgentClient, Endpoint};
-use crate::config::RuntimeConfig;
+use crate::config::{RuntimeConfig, StartPath};
+use crate::template;
 use crate::vmm::{Launch, VmmProcess};
 pub use layout::{
     sandbox_name, Layout, LOCK_FILE, MAX_SOCKET_PATH, SHARE_DIR, SHARE_RW_DIR, SOCKET_ROOT,
@@ -189,6 +190,43 @@ fn net_config(tap: &crate::network::TapDevice) -> Result<NetConfig, SandboxError
     Ok(net)
 }
 
+/// The hostname a template's guest boots with (a restored guest is given its own).
+const TEMPLATE_HOSTNAME: &str = "hull";
+
+/// The guest's kernel command line: the console, `quiet` (every console byte is a VM exit),
+/// `dummy.numdummies=0` (the guest kernel's dummy driver is built in, since a privileged
+/// container may add dummy links, and would otherwise make a `dummy0` at boot, which a stock
+/// kernel's module only does when it is loaded), the hostname and the agent's call policy.
+fn guest_cmdline(hostname: &str, opts: &SandboxOptions) -> String {
+    format!(
+        "console=ttyS0 quiet dummy.numdummies=0 hull.hostname={hostname} {}={}",
+        hull_agent_protocol::CALL_POLICY_PARAM,
+        opts.agent_calls.policy().as_param()
+    )
+}
+
+/// The sandbox's id as a guest hostname (the kernel takes at most 64 bytes).
+fn guest_hostname(id: &str) -> String {
+    let mut end = id.len().min(hull_agent_protocol::MAX_HOSTNAME);
+    while !id.is_char_boundary(end) {
+        end -= 1;
+    }
+    id[..end].to_string()
+}
+
+/// 64 bytes from the host's random number generator, for a restored guest's.
+fn host_entropy() -> Result<Vec<u8>, SandboxError> {
+    let mut b = vec![0u8; 64];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut b))
+        .map_err(|source| SandboxError::Io {
+            what: "cannot read",
+            path: PathBuf::from("/dev/urandom"),
+            source,
+        })?;
+    Ok(b)
+}
+
 fn now_secs() -> u64 {
     SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
@@ -300,7 +338,6 @@ impl Sandbox {
         id: &str,
         opts: &SandboxOptions,
     ) -> Result<(SandboxState, AgentClient), SandboxError> {
-        let dir = layout.dir();
         // The host's side, and the guest's read-only view of it that virtio-fs exports.
         let share = layout.share();
         share.create()?;
@@ -323,11 +360,7 @@ impl Sandbox {
         // `dummy.numdummies=0`: the guest kernel's dummy driver is built in (a privileged
         // container may add dummy links), and would otherwise make a `dummy0` at boot, which a
         // stock kernel's module only does when it is loaded.
-        vm.cmdline = format!(
-            "console=ttyS0 quiet dummy.numdummies=0 hull.hostname={id} {}={}",
-            hull_agent_protocol::CALL_POLICY_PARAM,
-            opts.agent_calls.policy().as_param()
-        );
+        vm.cmdline = guest_cmdline(id, opts);
         vm.vsock = Some(VsockConfig {
             uds_path: uds.clone(),
             guest_cid: GUEST_CID,
@@ -368,18 +401,103 @@ impl Sandbox {
             }
             SandboxNetwork::Loopback => (NetworkConfig::default(), None),
         };
+        let mut network = network;
+        let template = if config.start == StartPath::Snapshot {
+            Self::template_for(config, id, opts, &vm).await
+        } else {
+            None
+        };
+        let start = |vm: VmConfig| {
+            let (netns, own) = (netns.clone(), own_network.clone());
+            async move { Self::start_vm(config, layout, id, opts, &vm, netns.as_deref(), own).await }
+        };
+        let mut restored = false;
+        let started = match &template {
+            Some(t) => {
+                let mut warm = vm.clone();
+                warm.restore_from = Some(t.snapshot_dir());
+                warm.cmdline = t.meta.spec.cmdline.clone();
+                // The guest's NICs have the template's MACs: the agent finds each by it.
+                for (i, n) in warm.net.iter_mut().enumerate() {
+                    n.mac = template::placeholder_mac(i).parse().ok();
+                }
+                match start(warm).await {
+                    Err(SandboxError::VmmDied { exit, log }) => {
+                        // Refused (damaged, or made on another CPU or by another hull-vmm):
+                        // this sandbox boots, the next one makes the template again.
+                        tracing::warn!(
+                            "sandbox {id}: template {} refused ({exit}: {}); booting instead",
+                            t.meta.key,
+                            log.trim()
+                        );
+                        if let Err(e) = template::remove(config, &t.meta.key).await {
+                            tracing::warn!("removing template {}: {e}", t.meta.key);
+                        }
+                        None
+                    }
+                    other => {
+                        restored = true;
+                        Some(other?)
+                    }
+                }
+            }
+            None => None,
+        };
+        let (vmm, state, agent) = match started {
+            Some(s) => s,
+            None => start(vm).await?,
+        };
+        if restored {
+            for (i, nic) in network.interfaces.iter_mut().enumerate() {
+                nic.device_mac = Some(template::placeholder_mac(i));
+            }
+        }
+        if restored {
+            // Before anything else: a restored guest shares the template's RNG state, clock
+            // and hostname until it is told its own.
+            agent
+                .set_identity(&guest_hostname(id), SystemTime::now(), host_entropy()?)
+                .await?;
+        } else {
+            agent.set_time(SystemTime::now()).await?;
+        }
+        // A shared mount in the guest, as the host's volumes under the kubelet are: a
+        // container's bind of it takes `shared`/`slave`/`private`/`unbindable` as under runc.
+        let mut share = MountRequest::virtiofs(SHARE_TAG, GUEST_SHARE_DIR);
+        share.options.push(MountOption::Shared);
+        agent.mount(share).await?;
+        // Before any container: the guest's NICs as the namespace had them (or loopback only).
+        agent.configure_network(network).await?;
+        // From here on the VMM runs on its own: the state file is how it is found again.
+        vmm.detach();
+        Ok((state, agent))
+    }
+
+    /// Launches hull-vmm with `vm` and waits for the agent (not past hull-vmm's end: then
+    /// [`SandboxError::VmmDied`] with its log). hull-vmm is on record (the state file) before
+    /// the guest runs.
+    async fn start_vm(
+        config: &RuntimeConfig,
+        layout: &Layout,
+        id: &str,
+        opts: &SandboxOptions,
+        vm: &VmConfig,
+        netns: Option<&Path>,
+        own_network: Option<OwnNetwork>,
+    ) -> Result<(VmmProcess, SandboxState, AgentClient), SandboxError> {
+        let dir = layout.dir();
         let mut vmm = VmmProcess::launch_with(
             &config.vmm,
-            &vm,
+            vm,
             dir,
             &Launch {
                 env: &[("HULL_LOG", config.log_level.as_str())],
                 cgroup: opts.host_cgroup.as_deref(),
-                netns: netns.as_deref(),
+                netns,
             },
         )?;
 
-        // hull-vmm is on record before the guest boots: whatever kills this process from here
+        // hull-vmm is on record before the guest runs: whatever kills this process from here
         // on (a Ctrl-C, containerd's create timeout), `delete --force` or `cleanup` finds the
         // VM and removes it.
         let pid = vmm.pid();
@@ -387,8 +505,8 @@ impl Sandbox {
             id: id.to_string(),
             vmm_pid: pid,
             vmm_start_time: process_start_time(pid).ok_or(SandboxError::NotRunning)?,
-            vcpus,
-            memory_mib,
+            vcpus: vm.vcpus,
+            memory_mib: vm.memory_mib,
             created: now_secs(),
             own_network,
             host_cgroup: opts.host_cgroup.clone(),
@@ -397,7 +515,7 @@ impl Sandbox {
 
         // Wait for the agent, but not past the VMM's death.
         let deadline = opts.boot_timeout.unwrap_or(DEFAULT_BOOT_TIMEOUT);
-        let connect = AgentClient::connect_retry(Endpoint::vm(&uds), deadline);
+        let connect = AgentClient::connect_retry(Endpoint::vm(layout.vsock_socket()), deadline);
         tokio::pin!(connect);
         let agent = loop {
             tokio::select! {
@@ -409,17 +527,35 @@ impl Sandbox {
                 }
             }
         };
-        agent.set_time(SystemTime::now()).await?;
-        // A shared mount in the guest, as the host's volumes under the kubelet are: a
-        // container's bind of it takes `shared`/`slave`/`private`/`unbindable` as under runc.
-        let mut share = MountRequest::virtiofs(SHARE_TAG, GUEST_SHARE_DIR);
-        share.options.push(MountOption::Shared);
-        agent.mount(share).await?;
-        // Before any container: the guest's NICs as the namespace had them (or loopback only).
-        agent.configure_network(network).await?;
-        // From here on the VMM runs on its own: the state file is how it is found again.
-        vmm.detach();
-        Ok((state, agent))
+        Ok((vmm, state, agent))
+    }
+
+    /// The template this sandbox's VM is restored from (made now if it is the first), or None
+    /// with a log line saying why it boots instead.
+    async fn template_for(
+        config: &RuntimeConfig,
+        id: &str,
+        opts: &SandboxOptions,
+        vm: &VmConfig,
+    ) -> Option<template::Template> {
+        let spec = template::TemplateSpec::new(
+            config,
+            vm.vcpus,
+            vm.memory_mib,
+            guest_cmdline(TEMPLATE_HOSTNAME, opts),
+            vm.net.iter().map(|n| n.mtu).collect(),
+        );
+        let made = match spec {
+            Ok(spec) => template::ensure(config, &spec).await,
+            Err(e) => Err(e),
+        };
+        match made {
+            Ok(t) => Some(t),
+            Err(e) => {
+                tracing::warn!("sandbox {id}: no template, booting: {e}");
+                None
+            }
+        }
     }
 
     /// Attaches to sandbox `id` under `root` (waiting for another command that holds its

@@ -419,9 +419,9 @@ impl Vcpu {
         })
     }
 
-    /// Gives a new vCPU the state `s` (Firecracker's order: TSC rate, CPUID, MSRs, registers,
-    /// FPU/XSAVE, XCRs, debug registers, LAPIC, MP state, pending events). Every MSR must be
-    /// taken.
+    /// Gives a new vCPU the state `s` (Firecracker's order: TSC rate, CPUID, registers,
+    /// FPU/XSAVE, XCRs, debug registers, LAPIC, MSRs, MP state, pending events). Every MSR must
+    /// be taken.
     pub fn restore_state(&self, s: &VcpuState) -> Result<(), VcpuError> {
         let id = self.id;
         let kvm = |what: &'static str| {
@@ -447,6 +447,20 @@ impl Vcpu {
             what: format!("CPUID: {e:?}"),
         })?;
         self.fd.set_cpuid2(&cpuid).map_err(kvm("KVM_SET_CPUID2"))?;
+        self.fd.set_regs(&s.regs).map_err(kvm("KVM_SET_REGS"))?;
+        self.fd.set_sregs(&s.sregs).map_err(kvm("KVM_SET_SREGS"))?;
+        // SAFETY: `s.xsave` is a whole `kvm_xsave` (4 KiB), what KVM_SET_XSAVE reads; the
+        // snapshot's CPUID (set above) is this host's (checked before the restore), so its
+        // XSAVE layout is one KVM accepts for this vCPU.
+        unsafe { self.fd.set_xsave(&s.xsave) }.map_err(kvm("KVM_SET_XSAVE"))?;
+        self.fd.set_xcrs(&s.xcrs).map_err(kvm("KVM_SET_XCRS"))?;
+        self.fd
+            .set_debug_regs(&s.debugregs)
+            .map_err(kvm("KVM_SET_DEBUGREGS"))?;
+        self.fd.set_lapic(&s.lapic).map_err(kvm("KVM_SET_LAPIC"))?;
+        // After the LAPIC: KVM takes a TSC deadline only while the LAPIC timer is in
+        // TSC-deadline mode, so set before it, the deadline is dropped and the guest's timer
+        // never fires again.
         for chunk in s.msrs.chunks(MSR_CHUNK) {
             let msrs = Msrs::from_entries(chunk).map_err(|e| VcpuError::State {
                 id,
@@ -460,17 +474,6 @@ impl Vcpu {
                 });
             }
         }
-        self.fd.set_regs(&s.regs).map_err(kvm("KVM_SET_REGS"))?;
-        self.fd.set_sregs(&s.sregs).map_err(kvm("KVM_SET_SREGS"))?;
-        // SAFETY: `s.xsave` is a whole `kvm_xsave` (4 KiB), what KVM_SET_XSAVE reads; the
-        // snapshot's CPUID (set above) is this host's (checked before the restore), so its
-        // XSAVE layout is one KVM accepts for this vCPU.
-        unsafe { self.fd.set_xsave(&s.xsave) }.map_err(kvm("KVM_SET_XSAVE"))?;
-        self.fd.set_xcrs(&s.xcrs).map_err(kvm("KVM_SET_XCRS"))?;
-        self.fd
-            .set_debug_regs(&s.debugregs)
-            .map_err(kvm("KVM_SET_DEBUGREGS"))?;
-        self.fd.set_lapic(&s.lapic).map_err(kvm("KVM_SET_LAPIC"))?;
         self.fd
             .set_mp_state(s.mp_state)
             .map_err(kvm("KVM_SET_MP_STATE"))?;

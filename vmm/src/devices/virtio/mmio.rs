@@ -282,8 +282,8 @@ impl MmioTransport {
 
     /// Puts a new transport (and its new device) where `s` was: the same kind of device
     /// offering the same features, the driver's registers, and, if it was active, the device
-    /// activated with the saved queues; the device is then told it was restored and looks at
-    /// each queue once (a notification may have been pending when the snapshot was taken).
+    /// activated with the saved queues. Once the vCPUs have their state too, `resume` tells
+    /// the device.
     pub fn restore_state(&mut self, s: &TransportState) -> Result<(), String> {
         if s.device_type != self.device_type || s.avail_features != self.avail_features {
             return Err(format!(
@@ -359,9 +359,20 @@ impl MmioTransport {
             d.set_acked_features(s.acked_features);
             d.activate(self.mem.clone(), interrupt, queues, evts)
                 .map_err(|e| format!("device type {}: {e}", self.device_type))?;
-            d.restored();
         }
         self.activated = true;
+        Ok(())
+    }
+
+    /// After a restore, once the vCPUs and interrupt controllers have their state (an
+    /// interrupt raised before would be lost with the LAPIC state set over it): the device is
+    /// told it was restored, and looks at each queue once (a notification may have been
+    /// pending when the snapshot was taken).
+    pub fn resume(&mut self) -> Result<(), String> {
+        if !self.activated {
+            return Ok(());
+        }
+        lock(&self.device).restored();
         for evt in &self.queue_evts {
             evt.write(1)
                 .map_err(|e| format!("cannot notify a restored queue: {e}"))?;

@@ -20,8 +20,9 @@ impl MutEventSubscriber for Fs {
         )) {
             tracing::error!(error = ?e, "virtio-fs: cannot watch the activate eventfd");
         }
-        // Activated before the loop ran (unlikely, but harmless).
-        self.start_workers();
+        // An activation before the loop ran (a restored VM's, made while hull-vmm is built)
+        // left the activate eventfd readable: `process` starts the workers on the loop's first
+        // pass, inside the jail. Starting them here would make threads before the jail.
     }
 
     fn process(&mut self, events: Events, _ops: &mut EventOps) {
