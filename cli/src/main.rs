@@ -68,6 +68,8 @@ enum Command {
     Spec(liboci_cli::Spec),
     /// Report what this host has and lacks to run hull, each with a fix.
     Check(commands::check::Check),
+    /// List, make or remove the templates sandboxes start from.
+    Template(commands::template::Template),
     /// Checkpoint a running container (not supported).
     Checkpoint(commands::unsupported::Anything),
     /// Restore a container from a checkpoint (not supported).
@@ -107,6 +109,7 @@ fn main() -> ExitCode {
         Command::Features(_) => commands::features::run(),
         Command::Spec(s) => commands::spec::run(&s),
         Command::Check(c) => commands::check::run(&c),
+        Command::Template(t) => commands::template::run(&t),
         Command::Checkpoint(_) => commands::unsupported::checkpoint("checkpoint"),
         Command::Restore(_) => commands::unsupported::checkpoint("restore"),
         Command::Monitor(_) => unreachable!("handled above"),

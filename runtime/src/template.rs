@@ -167,6 +167,8 @@ impl Template {
 struct KeyLock(#[allow(dead_code)] File);
 
 impl KeyLock {
+    /// Lock files are never removed: a process waiting on one must lock the file the next
+    /// one will lock too.
     async fn acquire(dir: &Path, key: &str) -> Result<KeyLock, TemplateError> {
         let path = dir.join(format!("{key}.lock"));
         let f = std::fs::OpenOptions::new()
@@ -175,22 +177,75 @@ impl KeyLock {
             .write(true)
             .open(&path)
             .map_err(io("cannot open", &path))?;
-        let fd = f.as_raw_fd();
         // Blocks while another process makes or removes this template: off the async threads.
+        // The file moves into the task, so its descriptor stays open for the call whatever
+        // happens to this future.
         let locked = tokio::task::spawn_blocking(move || {
-            // SAFETY: flock(2) on the descriptor of `f`, which the closure's caller keeps open
-            // until the blocking call has returned (it awaits the task before using `f`).
-            let r = unsafe { libc::flock(fd, libc::LOCK_EX) };
+            // SAFETY: flock(2) on the descriptor of `f`, which the closure owns for the call.
+            let r = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) };
             if r == 0 {
-                Ok(())
+                Ok(f)
             } else {
                 Err(std::io::Error::last_os_error())
             }
         })
         .await
         .map_err(|e| TemplateError::Build(format!("lock task: {e}")))?;
-        locked.map_err(io("cannot lock", &path))?;
-        Ok(KeyLock(f))
+        Ok(KeyLock(locked.map_err(io("cannot lock", &path))?))
+    }
+}
+
+/// A template being made: its temporary directory and network namespace, removed when this is
+/// dropped (a failed build, or a future dropped halfway) unless the directory was moved into
+/// place. Its hull-vmm dies with the thread that launched it (`die_with_parent`), and
+/// [`sweep`] removes what a killed process left.
+struct Building {
+    tmp: PathBuf,
+    netns: Option<PathBuf>,
+}
+
+impl Drop for Building {
+    fn drop(&mut self) {
+        if let Some(ns) = self.netns.take() {
+            if let Err(e) = crate::network::remove_own(&ns) {
+                tracing::warn!(
+                    "removing a template's network namespace {}: {e}",
+                    ns.display()
+                );
+            }
+        }
+        if self.tmp.exists() {
+            if let Err(e) = std::fs::remove_dir_all(&self.tmp) {
+                tracing::warn!("removing {}: {e}", self.tmp.display());
+            }
+        }
+    }
+}
+
+/// Removes what builds of processes that are gone left under `root` (`.b<pid>-<n>`
+/// directories: a network namespace, sockets, a half-written snapshot).
+fn sweep(root: &Path) {
+    let Ok(entries) = std::fs::read_dir(root) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let Some(pid) = name
+            .strip_prefix(".b")
+            .and_then(|r| r.split('-').next())
+            .and_then(|p| p.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if Path::new(&format!("/proc/{pid}")).exists() {
+            continue;
+        }
+        tracing::info!("removing {name}, left by a template build of process {pid}");
+        let netns = e.path().join("netns");
+        drop(Building {
+            tmp: e.path(),
+            netns: netns.exists().then_some(netns),
+        });
     }
 }
 
@@ -234,6 +289,7 @@ pub async fn ensure(
     if let Some(meta) = read_meta(&dir).filter(|m| &m.spec == spec) {
         return Ok(Template { dir, meta });
     }
+    sweep(root);
     // A directory without a usable description is a leftover: made again.
     if dir.exists() {
         std::fs::remove_dir_all(&dir).map_err(io("cannot remove", &dir))?;
@@ -243,14 +299,11 @@ pub async fn ensure(
     let n = BUILDS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let tmp = root.join(format!(".b{}-{n}", std::process::id()));
     let _ = std::fs::remove_dir_all(&tmp);
-    let made = build(config, spec, &key, &tmp).await;
-    let meta = match made {
-        Ok(m) => m,
-        Err(e) => {
-            let _ = std::fs::remove_dir_all(&tmp);
-            return Err(e);
-        }
+    let mut building = Building {
+        tmp: tmp.clone(),
+        netns: None,
     };
+    let meta = build(config, spec, &key, &mut building).await?;
     std::fs::rename(&tmp, &dir).map_err(io("cannot move the template to", &dir))?;
     tracing::info!(
         "template {key} made: boot to agent {} ms, snapshot {} ms",
@@ -258,6 +311,20 @@ pub async fn ensure(
         meta.snapshot_ms
     );
     Ok(Template { dir, meta })
+}
+
+/// Removes `t` if it is still the template under its key (a template made since by another
+/// sandbox is left alone). Returns whether it removed it.
+pub async fn remove_if_same(config: &RuntimeConfig, t: &Template) -> Result<bool, TemplateError> {
+    let root = template_root(config)?;
+    let _lock = KeyLock::acquire(root, &t.meta.key).await?;
+    match read_meta(&t.dir) {
+        Some(m) if m.made == t.meta.made && m.spec == t.meta.spec => {
+            std::fs::remove_dir_all(&t.dir).map_err(io("cannot remove", &t.dir))?;
+            Ok(true)
+        }
+        _ => Ok(false),
+    }
 }
 
 /// Removes the template `key` (under its lock). Sandboxes restored from it keep their mapping
@@ -275,7 +342,6 @@ pub async fn remove(config: &RuntimeConfig, key: &str) -> Result<bool, TemplateE
         return Ok(false);
     }
     std::fs::remove_dir_all(&dir).map_err(io("cannot remove", &dir))?;
-    let _ = std::fs::remove_file(root.join(format!("{key}.lock")));
     Ok(true)
 }
 
@@ -312,8 +378,10 @@ async fn build(
     config: &RuntimeConfig,
     spec: &TemplateSpec,
     key: &str,
-    tmp: &Path,
+    building: &mut Building,
 ) -> Result<TemplateMeta, TemplateError> {
+    let tmp = building.tmp.clone();
+    let tmp = tmp.as_path();
     use std::os::unix::fs::DirBuilderExt;
     let mkdir = |p: &Path| {
         std::fs::DirBuilder::new()
@@ -350,8 +418,10 @@ async fn build(
     let taps = if spec.net_mtus.is_empty() {
         Vec::new()
     } else {
-        crate::network::create_taps(&netns, spec.net_mtus.len())
-            .map_err(|e| TemplateError::Build(format!("the template's taps: {e}")))?
+        let taps = crate::network::create_taps(&netns, spec.net_mtus.len())
+            .map_err(|e| TemplateError::Build(format!("the template's taps: {e}")))?;
+        building.netns = Some(netns.clone());
+        taps
     };
     for (tap, mtu) in taps.iter().zip(&spec.net_mtus) {
         let mut net = NetConfig::new(tap.name.clone());
@@ -368,10 +438,11 @@ async fn build(
         (!taps.is_empty()).then_some(netns.as_path()),
     )
     .await;
-    if !taps.is_empty() {
-        if let Err(e) = crate::network::remove_own(&netns) {
-            tracing::warn!("template {key}: removing its network namespace: {e}");
-        }
+    // The namespace goes now (a template keeps none); a failure to remove it fails the build.
+    if let Some(ns) = building.netns.take() {
+        crate::network::remove_own(&ns).map_err(|e| {
+            TemplateError::Build(format!("removing the template's network namespace: {e}"))
+        })?;
     }
     let (boot_ms, snapshot_ms) = result?;
     let meta = TemplateMeta {
@@ -409,6 +480,7 @@ async fn boot_and_snapshot(
             env: &[("HULL_LOG", config.log_level.as_str())],
             cgroup: None,
             netns,
+            die_with_parent: true,
         },
     )
     .map_err(|e| build(e.to_string()))?;
@@ -580,5 +652,22 @@ mod tests {
             .filter(|n| !n.to_string_lossy().ends_with(".lock"))
             .collect();
         assert!(left.is_empty(), "{left:?}");
+    }
+
+    #[test]
+    fn what_a_dead_build_left_is_swept_and_a_live_one_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        // No process has this pid (above the kernel's pid_max limit of 2^22).
+        let dead = dir.path().join(".b4194305-0");
+        let live = dir.path().join(format!(".b{}-7", std::process::id()));
+        for d in [&dead, &live] {
+            std::fs::create_dir_all(d.join("snapshot")).unwrap();
+            std::fs::write(d.join("snapshot/memory"), "x").unwrap();
+        }
+        let other = dir.path().join("0123");
+        std::fs::create_dir(&other).unwrap();
+        sweep(dir.path());
+        assert!(!dead.exists());
+        assert!(live.exists() && other.exists());
     }
 }

@@ -150,13 +150,24 @@ pub fn sha256(path: &Path) -> String {
         .to_string()
 }
 
+/// The start path VM tests use: `HULL_TEST_START=boot` runs them with every sandbox booted
+/// (`start = "boot"`); otherwise the default, restored from a template.
+pub fn test_start() -> hull_runtime::config::StartPath {
+    match std::env::var("HULL_TEST_START").as_deref() {
+        Ok("boot") => hull_runtime::config::StartPath::Boot,
+        Ok("snapshot") | Err(_) => hull_runtime::config::StartPath::Snapshot,
+        Ok(other) => panic!("HULL_TEST_START must be boot or snapshot, not {other:?}"),
+    }
+}
+
 /// hull's runtime configuration for VM tests: the built guest kernel, agent initramfs and
-/// hull-vmm, every other key at its default.
+/// hull-vmm, the start path of [`test_start`], every other key at its default.
 pub fn runtime_config() -> hull_runtime::config::RuntimeConfig {
     hull_runtime::config::RuntimeConfig {
         kernel: kernel(),
         initrd: agent_initrd(),
         vmm: bin("hull-vmm"),
+        start: test_start(),
         ..Default::default()
     }
 }
@@ -167,10 +178,14 @@ pub fn write_runtime_config(path: &Path) {
     std::fs::write(
         path,
         format!(
-            "kernel = {:?}\ninitrd = {:?}\nvmm = {:?}\n",
+            "kernel = {:?}\ninitrd = {:?}\nvmm = {:?}\nstart = \"{}\"\n",
             kernel(),
             agent_initrd(),
-            bin("hull-vmm")
+            bin("hull-vmm"),
+            match test_start() {
+                hull_runtime::config::StartPath::Boot => "boot",
+                hull_runtime::config::StartPath::Snapshot => "snapshot",
+            }
         ),
     )
     .unwrap_or_else(|e| panic!("write {}: {e}", path.display()));

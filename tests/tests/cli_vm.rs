@@ -1620,3 +1620,83 @@ fn host_mounts_propagate_into_rshared_and_rslave_volumes() {
     }
     env.assert_gone("prop-hull");
 }
+
+#[test]
+fn hull_template_makes_lists_and_removes_the_template_containers_start_from() {
+    let env = Env::new("template");
+    let templates = env.dir.path().join("templates");
+    // This test's own templates, and the template start path whatever HULL_TEST_START says.
+    let mut cfg = std::fs::read_to_string(&env.config)
+        .unwrap()
+        .replace("start = \"boot\"", "start = \"snapshot\"");
+    cfg.push_str(&format!("template_dir = {:?}\n", templates));
+    std::fs::write(&env.config, cfg).unwrap();
+    let lines = |out: &Output| -> Vec<String> {
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+        text(&out.stdout).lines().map(str::to_string).collect()
+    };
+    assert_eq!(
+        lines(&env.hull(&["template", "list"])).len(),
+        1,
+        "a header only"
+    );
+
+    // Made ahead of the first container (one NIC: a container's network of its own).
+    let made = lines(&env.hull_within(&["template", "build"], Duration::from_secs(300)));
+    let dir = PathBuf::from(&made[0]);
+    assert!(dir.join("snapshot/vmstate").exists(), "{made:?}");
+    let key = dir.file_name().unwrap().to_string_lossy().into_owned();
+    let list = lines(&env.hull(&["template", "list"]));
+    assert_eq!(list.len(), 2, "{list:?}");
+    assert!(
+        list[1].starts_with(&key) && list[1].ends_with("yes"),
+        "{list:?}"
+    );
+
+    // A container starts from it, and runs.
+    let b = env.bundle("b", &["sh", "-c", "echo ran"], |_| {});
+    let out = env.hull_within(
+        &["create", "--bundle", b.to_str().unwrap(), "t1"],
+        Duration::from_secs(300),
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let vm: Value =
+        serde_json::from_slice(&std::fs::read(env.root.join("t1/vm.json")).unwrap()).unwrap();
+    assert_eq!(
+        vm["restore_from"].as_str(),
+        Some(dir.join("snapshot").to_str().unwrap()),
+        "{vm}"
+    );
+    let out = env.hull_within(&["delete", "--force", "t1"], Duration::from_secs(300));
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    env.assert_gone("t1");
+    let out = env.hull_within(
+        &["run", "--bundle", b.to_str().unwrap(), "t2"],
+        Duration::from_secs(300),
+    );
+    assert_eq!(text(&out.stdout), "ran\n", "{}", text(&out.stderr));
+    env.assert_gone("t2");
+    assert_eq!(
+        lines(&env.hull(&["template", "list"])).len(),
+        2,
+        "one template"
+    );
+
+    // Removed: by key, or all of them; a key that names none is an error.
+    let out = env.hull(&["template", "rm"]);
+    assert_ne!(out.status.code(), Some(0));
+    assert!(text(&out.stderr).contains("--all"), "{}", text(&out.stderr));
+    assert_eq!(
+        lines(&env.hull(&["template", "rm", "--all"])),
+        [format!("removed {key}")]
+    );
+    assert!(!dir.exists());
+    assert_eq!(lines(&env.hull(&["template", "list"])).len(), 1);
+    let out = env.hull(&["template", "rm", "0123abcd"]);
+    assert_ne!(out.status.code(), Some(0));
+    assert!(
+        text(&out.stderr).contains("no template 0123abcd"),
+        "{}",
+        text(&out.stderr)
+    );
+}

@@ -486,6 +486,7 @@ fn sandboxes_start_from_one_template_made_once_and_a_bad_one_is_booted_past() {
     let root = dir.path().join("root");
     let cfg = RuntimeConfig {
         template_dir: dir.path().join("templates"),
+        start: hull_runtime::config::StartPath::Snapshot,
         ..config()
     };
     let uuid = "mount -t proc proc /proc; cat /proc/sys/kernel/random/uuid; hostname";

@@ -268,7 +268,7 @@ fn restored_vms_resume_the_template_and_bad_snapshots_are_refused() {
         c.restore_from = Some(from);
         change(&mut c);
         let mut v = vm::launch(&c, &dir.path().join(name));
-        expect_exit(&mut v, VM_LIMIT, 1, reason);
+        expect_exit(&mut v, VM_LIMIT, 6, reason);
         for sock in [format!("{name}.sock"), format!("{name}.api")] {
             assert!(!dir.path().join(&sock).exists(), "{sock} left behind");
         }

@@ -10,6 +10,7 @@
 //! | 3 | guest triple fault (KVM_EXIT_SHUTDOWN) |
 //! | 4 | VMM or KVM internal error |
 //! | 5 | a hull-vmm thread made a system call outside its seccomp allowlist (stderr names it) |
+//! | 6 | `restore_from`: the snapshot was refused (damaged, or not made for this hull-vmm, CPU or VM; stderr says why), before any VM existed |
 //! | 128+N | stopped by signal N (SIGTERM, SIGINT) |
 
 /// The guest stopped (reboot, power-off, API shutdown).
@@ -24,6 +25,8 @@ pub const EXIT_TRIPLE_FAULT: i32 = 3;
 pub const EXIT_INTERNAL: i32 = 4;
 /// A hull-vmm thread made a system call outside its seccomp allowlist.
 pub const EXIT_SECCOMP: i32 = 5;
+/// A snapshot to restore from was refused, before any VM existed.
+pub const EXIT_SNAPSHOT_REFUSED: i32 = 6;
 /// Stopped by signal N: exit status 128+N.
 pub const EXIT_SIGNAL_BASE: i32 = 128;
 
@@ -100,6 +103,8 @@ pub enum VmmExit {
     Internal,
     /// Status 5: a hull-vmm thread made a system call outside its seccomp allowlist.
     Seccomp,
+    /// Status 6: the snapshot to restore from was refused (stderr says why).
+    SnapshotRefused,
     /// Status 128+N: hull-vmm stopped on signal N (SIGTERM, SIGINT).
     Signal(i32),
     /// Killed by signal N without a chance to exit (SIGKILL); not a status hull-vmm returns.
@@ -118,6 +123,7 @@ impl VmmExit {
             (Some(EXIT_TRIPLE_FAULT), _) => VmmExit::TripleFault,
             (Some(EXIT_INTERNAL), _) => VmmExit::Internal,
             (Some(EXIT_SECCOMP), _) => VmmExit::Seccomp,
+            (Some(EXIT_SNAPSHOT_REFUSED), _) => VmmExit::SnapshotRefused,
             (Some(c), _) if c > EXIT_SIGNAL_BASE && c < EXIT_SIGNAL_BASE + 65 => {
                 VmmExit::Signal(c - EXIT_SIGNAL_BASE)
             }
@@ -142,6 +148,9 @@ impl std::fmt::Display for VmmExit {
                 "hull-vmm made a system call outside its seccomp allowlist and was stopped \
                  (its log names the call; see docs/security.md)",
             ),
+            VmmExit::SnapshotRefused => {
+                f.write_str("hull-vmm refused the snapshot it was to restore from")
+            }
             VmmExit::Signal(n) => write!(f, "hull-vmm stopped on signal {n}"),
             VmmExit::Killed(n) => write!(f, "hull-vmm was killed by signal {n}"),
             VmmExit::Unknown(c) => write!(f, "hull-vmm exited with undocumented status {c}"),
@@ -173,6 +182,7 @@ mod tests {
             VmmExit::Seccomp
         );
         assert!(VmmExit::Seccomp.to_string().contains("seccomp allowlist"));
+        assert_eq!(VmmExit::from_wait(Some(6), None), VmmExit::SnapshotRefused);
         assert_eq!(VmmExit::from_wait(None, Some(9)), VmmExit::Killed(9));
         assert_eq!(VmmExit::from_wait(Some(77), None), VmmExit::Unknown(77));
     }

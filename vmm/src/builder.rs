@@ -99,7 +99,8 @@ pub(crate) fn build(config: &VmConfig) -> Result<Vmm, VmmError> {
 
     // Memory and VM.
     let mem = match &restore {
-        Some(r) => vm::map_snapshot_memory(mem_size, &r.memory)?,
+        Some(r) => vm::map_snapshot_memory(mem_size, &r.memory)
+            .map_err(|e| SnapshotError::Mismatch(e.to_string()))?,
         None => vm::create_guest_memory(mem_size, config.memory_backing)?,
     };
     let vm = Arc::new(Vm::new(vcpus)?);
@@ -128,7 +129,6 @@ pub(crate) fn build(config: &VmConfig) -> Result<Vmm, VmmError> {
             ))
             .into());
         }
-        vm.restore_state(&r.state.vm)?;
     }
     phase("guest memory and KVM VM");
 
@@ -258,7 +258,9 @@ pub(crate) fn build(config: &VmConfig) -> Result<Vmm, VmmError> {
     for id in 0..vcpu_count {
         let v = Vcpu::new(&vm, id)?;
         match &restore {
-            Some(r) => v.restore_state(&r.state.vcpu_states[usize::from(id)])?,
+            Some(r) => v
+                .restore_state(&r.state.vcpu_states[usize::from(id)])
+                .map_err(|e| SnapshotError::Mismatch(e.to_string()))?,
             None => v.configure(&base_cpuid, host, vcpu_count)?,
         }
         vcpu_list.push(v);
@@ -268,7 +270,11 @@ pub(crate) fn build(config: &VmConfig) -> Result<Vmm, VmmError> {
     } else {
         "vCPU set-up"
     });
-    if restore.is_some() {
+    if let Some(r) = &restore {
+        // The interrupt controllers, PIT and clock once the vCPUs exist (as Firecracker
+        // does): an interrupt the IOAPIC still holds is delivered to a LAPIC, not to none.
+        vm.restore_state(&r.state.vm)
+            .map_err(|e| SnapshotError::Mismatch(e.to_string()))?;
         // The UART raised its pending interrupt when its state was restored, before the
         // interrupt controllers had theirs: once more now (a spurious one is read and
         // dropped by the guest's driver; a lost one would stall its console writes).
@@ -283,7 +289,7 @@ pub(crate) fn build(config: &VmConfig) -> Result<Vmm, VmmError> {
         }
     }
     let msr_list = match &snapshot_target {
-        Some(_) => Some(Arc::from(vm.msr_index_list()?)),
+        Some(_) => Some(Arc::from(vcpu::snapshot_msr_list(&vm.msr_index_list()?))),
         None => None,
     };
 

@@ -15,6 +15,7 @@ pub mod ps;
 pub mod spec;
 pub mod start;
 pub mod state;
+pub mod template;
 pub mod unsupported;
 pub mod update;
 

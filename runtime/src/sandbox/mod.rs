@@ -31,6 +31,7 @@ use nix::unistd::Pid;
 use crate::agent::{AgentClient, Endpoint};
 use crate::config::{RuntimeConfig, StartPath};
 use crate::template;
+use crate::vmm::api::exit::VmmExit;
 use crate::vmm::{Launch, VmmProcess};
 pub use layout::{
     sandbox_name, Layout, LOCK_FILE, MAX_SOCKET_PATH, SHARE_DIR, SHARE_RW_DIR, SOCKET_ROOT,
@@ -202,6 +203,24 @@ fn guest_cmdline(hostname: &str, opts: &SandboxOptions) -> String {
         "console=ttyS0 quiet dummy.numdummies=0 hull.hostname={hostname} {}={}",
         hull_agent_protocol::CALL_POLICY_PARAM,
         opts.agent_calls.policy().as_param()
+    )
+}
+
+/// What the template of a sandbox with `opts`, `vcpus`, `memory_mib` and NICs of `net_mtus`
+/// is made for (`hull template build` makes one ahead of the first sandbox).
+pub fn template_spec(
+    config: &RuntimeConfig,
+    opts: &SandboxOptions,
+    vcpus: u32,
+    memory_mib: u64,
+    net_mtus: Vec<Option<u16>>,
+) -> Result<template::TemplateSpec, template::TemplateError> {
+    template::TemplateSpec::new(
+        config,
+        vcpus,
+        memory_mib,
+        guest_cmdline(TEMPLATE_HOSTNAME, opts),
+        net_mtus,
     )
 }
 
@@ -421,23 +440,40 @@ impl Sandbox {
                 for (i, n) in warm.net.iter_mut().enumerate() {
                     n.mac = template::placeholder_mac(i).parse().ok();
                 }
-                match start(warm).await {
-                    Err(SandboxError::VmmDied { exit, log }) => {
-                        // Refused (damaged, or made on another CPU or by another hull-vmm):
-                        // this sandbox boots, the next one makes the template again.
+                // Before anything else: a restored guest shares the template's RNG state,
+                // clock and hostname until it is told its own.
+                let attempt = async {
+                    let (vmm, state, agent) = start(warm).await?;
+                    agent
+                        .set_identity(&guest_hostname(id), SystemTime::now(), host_entropy()?)
+                        .await?;
+                    Ok::<_, SandboxError>((vmm, state, agent))
+                };
+                match attempt.await {
+                    Ok(s) => {
+                        restored = true;
+                        Some(s)
+                    }
+                    Err(e) => {
+                        // Whatever failed (the snapshot refused, the VMM gone, the guest not
+                        // answering), this sandbox boots: its VMM from the attempt is gone
+                        // (killed with its handle), and so are its sockets.
+                        let refused = matches!(&e, SandboxError::VmmDied { exit, .. }
+                            if *exit == VmmExit::SnapshotRefused.to_string());
                         tracing::warn!(
-                            "sandbox {id}: template {} refused ({exit}: {}); booting instead",
-                            t.meta.key,
-                            log.trim()
+                            "sandbox {id}: not restored from template {}, booting instead: {e}",
+                            t.meta.key
                         );
-                        if let Err(e) = template::remove(config, &t.meta.key).await {
-                            tracing::warn!("removing template {}: {e}", t.meta.key);
+                        for sock in [layout.vsock_socket(), layout.api_socket()] {
+                            let _ = std::fs::remove_file(sock);
+                        }
+                        // A template hull-vmm refuses is made again by the next sandbox.
+                        if refused {
+                            if let Err(e) = template::remove_if_same(config, t).await {
+                                tracing::warn!("removing template {}: {e}", t.meta.key);
+                            }
                         }
                         None
-                    }
-                    other => {
-                        restored = true;
-                        Some(other?)
                     }
                 }
             }
@@ -445,21 +481,16 @@ impl Sandbox {
         };
         let (vmm, state, agent) = match started {
             Some(s) => s,
-            None => start(vm).await?,
+            None => {
+                let s = start(vm).await?;
+                s.2.set_time(SystemTime::now()).await?;
+                s
+            }
         };
         if restored {
             for (i, nic) in network.interfaces.iter_mut().enumerate() {
                 nic.device_mac = Some(template::placeholder_mac(i));
             }
-        }
-        if restored {
-            // Before anything else: a restored guest shares the template's RNG state, clock
-            // and hostname until it is told its own.
-            agent
-                .set_identity(&guest_hostname(id), SystemTime::now(), host_entropy()?)
-                .await?;
-        } else {
-            agent.set_time(SystemTime::now()).await?;
         }
         // A shared mount in the guest, as the host's volumes under the kubelet are: a
         // container's bind of it takes `shared`/`slave`/`private`/`unbindable` as under runc.
@@ -494,6 +525,7 @@ impl Sandbox {
                 env: &[("HULL_LOG", config.log_level.as_str())],
                 cgroup: opts.host_cgroup.as_deref(),
                 netns,
+                die_with_parent: false,
             },
         )?;
 
@@ -538,11 +570,11 @@ impl Sandbox {
         opts: &SandboxOptions,
         vm: &VmConfig,
     ) -> Option<template::Template> {
-        let spec = template::TemplateSpec::new(
+        let spec = template_spec(
             config,
+            opts,
             vm.vcpus,
             vm.memory_mib,
-            guest_cmdline(TEMPLATE_HOSTNAME, opts),
             vm.net.iter().map(|n| n.mtu).collect(),
         );
         let made = match spec {

@@ -144,6 +144,9 @@ pub struct Launch<'a> {
     /// A network namespace it runs in (where the taps of its `net` devices are). Not being able
     /// to enter it fails the launch.
     pub netns: Option<&'a Path>,
+    /// SIGKILL it when the thread that launched it ends (`PR_SET_PDEATHSIG`): for a VM that
+    /// must not outlive its launcher (a template being made), unlike a sandbox's.
+    pub die_with_parent: bool,
 }
 
 impl VmmProcess {
@@ -248,6 +251,19 @@ impl VmmProcess {
             // SAFETY: the closure runs in the child between fork and exec and makes only the
             // async-signal-safe call above; it allocates nothing and takes no lock.
             unsafe { cmd.pre_exec(enter) };
+        }
+        if how.die_with_parent {
+            let die = || -> std::io::Result<()> {
+                // SAFETY: prctl(2) (async-signal-safe) with integer arguments; it changes only
+                // the child's own parent-death signal.
+                if unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) } != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            };
+            // SAFETY: the closure runs in the child between fork and exec and makes only the
+            // async-signal-safe call above; it allocates nothing and takes no lock.
+            unsafe { cmd.pre_exec(die) };
         }
         let child = cmd.spawn().map_err(|source| match (cgroup, how.netns) {
             (None, None) => VmmError::Spawn {

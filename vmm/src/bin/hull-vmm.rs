@@ -180,7 +180,11 @@ fn main() {
         }
         Err(e) => {
             eprintln!("hull-vmm: {e}");
-            std::process::exit(1);
+            let code = match e {
+                hull_vmm::VmmError::Snapshot(_) => hull_vmm_api::exit::EXIT_SNAPSHOT_REFUSED,
+                _ => 1,
+            };
+            std::process::exit(code);
         }
     }
 }

@@ -262,6 +262,23 @@ const MSR_CHUNK: usize = 128;
 const MSR_IA32_TSC: u32 = 0x10;
 const MSR_IA32_TSC_DEADLINE: u32 = 0x6e0;
 
+/// MSRs a snapshot keeps beyond KVM_GET_MSR_INDEX_LIST, which leaves out the MTRRs (QEMU and
+/// Firecracker save them too): the default type (0x2ff, set at boot: MTRRs on, write-back),
+/// the fixed ranges, and the variable ranges' base/mask pairs.
+pub fn snapshot_msr_list(kvm_list: &[u32]) -> Vec<u32> {
+    let mtrrs = [0x2ff, 0x250, 0x258, 0x259]
+        .into_iter()
+        .chain(0x268..=0x26f)
+        .chain(0x200..=0x20f);
+    let mut all: Vec<u32> = kvm_list.to_vec();
+    for m in mtrrs {
+        if !all.contains(&m) {
+            all.push(m);
+        }
+    }
+    all
+}
+
 /// Everything KVM holds of one vCPU, as a snapshot keeps it (Firecracker's `VcpuState`): what
 /// `KVM_GET_*` return, in the order `restore` gives them back.
 #[derive(Debug, Serialize, Deserialize)]
@@ -486,17 +503,20 @@ impl Vcpu {
     /// Lets KVM finish the instruction of the last MMIO or port exit (its result is written
     /// to the guest's registers only on the next KVM_RUN): one KVM_RUN that returns at once
     /// (`immediate_exit`), as the KVM API asks before the state is read.
-    fn complete_pending_exit(&mut self) {
+    fn complete_pending_exit(&mut self) -> Result<(), VcpuError> {
         self.fd.set_kvm_immediate_exit(1);
-        match self.fd.run() {
-            Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {}
-            Err(e) => tracing::warn!("vCPU {}: KVM_RUN to complete an exit: {e}", self.id),
-            Ok(exit) => tracing::warn!(
-                "vCPU {}: KVM_RUN with immediate_exit returned an exit: {exit:?}",
-                self.id
-            ),
-        }
+        let r = match self.fd.run() {
+            Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => Ok(()),
+            Err(e) => Err(format!("KVM_RUN to complete an exit: {e}")),
+            // A new exit (the rest of a split access, a string I/O): the instruction is not
+            // complete, and a snapshot now would resume it half done.
+            Ok(exit) => Err(format!(
+                "KVM_RUN with immediate_exit returned an exit ({exit:?}): an instruction is \
+                 half done"
+            )),
+        };
         self.fd.set_kvm_immediate_exit(0);
+        r.map_err(|what| VcpuError::State { id: self.id, what })
     }
 
     /// The vCPU thread's body: runs the guest until the VM stops.
@@ -512,10 +532,10 @@ impl Vcpu {
         let control = ctx.control.clone();
         loop {
             let mut save = || match &msr_list {
-                Some(list) => {
-                    self.complete_pending_exit();
-                    self.save_state(list).map_err(|e| e.to_string())
-                }
+                Some(list) => self
+                    .complete_pending_exit()
+                    .and_then(|()| self.save_state(list))
+                    .map_err(|e| e.to_string()),
                 None => Err("this VM was not started as a template (snapshot_to)".to_string()),
             };
             if !control.vcpu_checkpoint(&mut save) || ctx.exit.is_requested() {
@@ -713,6 +733,16 @@ mod tests {
         assert!(e.contains("not all paused"), "{e}");
         ctl.set_state(RunState::Stopping);
         assert!(!t.join().unwrap());
+    }
+
+    #[test]
+    fn the_mtrrs_are_saved_with_what_kvm_lists() {
+        let l = snapshot_msr_list(&[0x10, 0x2ff, 0x174]);
+        assert_eq!(&l[..3], &[0x10, 0x2ff, 0x174]);
+        assert_eq!(l.iter().filter(|&&m| m == 0x2ff).count(), 1);
+        for m in [0x250, 0x258, 0x259, 0x268, 0x26f, 0x200, 0x20f] {
+            assert!(l.contains(&m), "{m:#x}");
+        }
     }
 
     #[test]

@@ -31,6 +31,25 @@ const TIMER_TOKEN: u64 = u64::MAX - 1;
 /// Host-initiated connections get local ports from here up (as in Firecracker), well away from
 /// the ports host services listen on.
 const FIRST_LOCAL_PORT: u32 = 1 << 30;
+
+/// Where a muxer's host-initiated ports start: a random point of their range. A VM restored
+/// from a template may still hold closing sockets of the template's connections (host ports
+/// from the template's muxer); a new connection on one of those ports would be refused by the
+/// guest. Starting anywhere in 3 * 2^30 ports makes that as unlikely as it can be.
+fn first_local_port() -> u32 {
+    let mut b = [0u8; 4];
+    // SAFETY: getrandom(2) writes at most `b.len()` bytes into `b`, alive for the call.
+    let n = unsafe { libc::getrandom(b.as_mut_ptr().cast(), b.len(), 0) };
+    let r = if n == 4 {
+        u32::from_ne_bytes(b)
+    } else {
+        // No randomness (never seen): the clock's nanoseconds serve the same purpose.
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos())
+    };
+    FIRST_LOCAL_PORT + r % (u32::MAX - 1 - FIRST_LOCAL_PORT)
+}
 /// Events handled per `notify` (the epoll is level-triggered: the rest come next time).
 const EVENTS_PER_NOTIFY: usize = 64;
 
@@ -120,7 +139,7 @@ impl VsockMuxer {
             fd_to_key: HashMap::new(),
             pending_hosts: HashMap::new(),
             rxq: MuxerRxQ::default(),
-            next_local_port: FIRST_LOCAL_PORT,
+            next_local_port: first_local_port(),
         })
     }
 
