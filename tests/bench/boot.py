@@ -54,9 +54,11 @@ def smaps(pid):
 
 def guest_ram(maps, guest_mib):
     """Indices of the mappings that are guest RAM: one anonymous mapping of the guest's size
-    (QEMU may add up to 2 MiB for its own alignment)."""
+    (QEMU may add up to 2 MiB for its own alignment), or hull-vmm's private mapping of a
+    template's memory file (a restored VM)."""
     guest_kib = guest_mib * 1024
-    return {i for i, m in enumerate(maps) if not m["path"] and guest_kib <= m["Size"] <= guest_kib + 2048}
+    return {i for i, m in enumerate(maps)
+            if (not m["path"] or m["path"].endswith("/memory")) and guest_kib <= m["Size"] <= guest_kib + 2048}
 
 
 def own_memory_kib(pid, guest_mib):
@@ -336,6 +338,67 @@ def hull_phases(log, started_wall):
     return phases
 
 
+def make_template(a, work):
+    """A template as the runtime makes one (runtime/src/template.rs): hull-vmm booted with
+    `snapshot_to`, its agent answers, the API's `snapshot`; returns the snapshot directory."""
+    snap = os.path.join(work, "template")
+    os.makedirs(snap)
+    uds, api = os.path.join(work, "t.sock"), os.path.join(work, "t.api")
+    config = {"kernel": a.kernel, "initrd": a.initrd, "cmdline": GUEST_CMDLINE, "vcpus": a.vcpus,
+              "memory_mib": a.memory_mib, "serial": "stdout", "vsock": {"uds_path": uds, "guest_cid": CID},
+              "api_socket": api, "snapshot_to": snap}
+    path = os.path.join(work, "template.json")
+    with open(path, "w") as f:
+        json.dump(config, f)
+    t = Vmm("template", work, None, [])
+    p = t.start([a.hull_vmm, "--config", path])
+    try:
+        deadline = time.monotonic() + a.timeout
+        while True:
+            try:
+                s = connect_hybrid(uds)
+                break
+            except (OSError, ConnectionError):
+                if time.monotonic() > deadline or p.poll() is not None:
+                    raise t.failed("the template's agent did not answer")
+                time.sleep(0.05)
+        with s:
+            agent_health(s)
+        c = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        c.settimeout(a.timeout)
+        c.connect(api)
+        c.sendall(b'{"action":"snapshot"}\n')
+        reply = c.makefile().readline()
+        c.close()
+        if '"ok":true' not in reply:
+            raise t.failed(f"snapshot: {reply}")
+        if p.wait(timeout=a.timeout) != 0:
+            raise t.failed(f"hull-vmm exited {p.returncode} after the snapshot")
+    finally:
+        stop(p)
+    return snap
+
+
+def restored_vmm(a, work, snap):
+    """hull-vmm starting from the template `snap` (`restore_from`), with a socket of its own."""
+    uds = os.path.join(work, "r.sock")
+
+    def argv(initrd):
+        config = {"kernel": a.kernel, "initrd": initrd, "cmdline": GUEST_CMDLINE, "vcpus": a.vcpus,
+                  "memory_mib": a.memory_mib, "serial": "stdout", "vsock": {"uds_path": uds, "guest_cid": CID},
+                  "restore_from": snap}
+        if os.path.exists(uds):
+            os.unlink(uds)
+        path = os.path.join(work, "restore.json")
+        with open(path, "w") as f:
+            json.dump(config, f)
+        return [a.hull_vmm, "--config", path]
+
+    v = Vmm("hull-vmm-restore", work, argv, ["virtio-vsock (hybrid, Unix socket)"])
+    v.connect = lambda: connect_hybrid(uds)
+    return v
+
+
 def boot_userspace(vmm, a):
     """(seconds to the marker line, (own rss, own pss) KiB at that moment)."""
     argv = vmm.argv(a.initrd)
@@ -466,12 +529,13 @@ def report_initcalls(a, hull, qemu):
         print()
 
 
-def rounds(a, hull, qemu, measure, show):
+def rounds(a, hull, qemu, measure, show, more=()):
     """A warm-up round, then a.rounds rounds alternating the order; {name: [result]}."""
-    results = {hull.name: [], qemu.name: []}
+    vmms = (hull, *more, qemu)
+    results = {v.name: [] for v in vmms}
     for r in range(a.rounds + 1):
         # Round 0 is the warm-up; round 1 starts with hull-vmm, round 2 with QEMU, ...
-        order = (qemu, hull) if r > 0 and r % 2 == 0 else (hull, qemu)
+        order = tuple(reversed(vmms)) if r > 0 and r % 2 == 0 else vmms
         label = "warm-up" if r == 0 else f"round {r}"
         for v in order:
             res = measure(v, a)
@@ -516,12 +580,13 @@ def main():
             return
         setup = f"{a.rounds} rounds after a discarded warm-up, {a.vcpus} vCPU, {a.memory_mib} MiB, same kernel, initramfs and command line"
         if a.until == "agent":
+            restored = restored_vmm(a, work, make_template(a, work))
             res = rounds(a, hull, qemu, boot_agent,
                          lambda r: f"{r['wall'] * 1000:8.0f} ms to the agent's first health answer; guest clock: "
                                    f"agent started at {r['guest_init']:5d} ms, answered at {r['guest_ready']:5d} ms; "
                                    f"guest RAM touched {r['guest_ram'] / 1024:5.1f} MiB"
                                    + (f"; first guest entry at {dict(r['phases']).get('vCPU 0 first guest entry', float('nan')):6.0f} ms"
-                                      if r["phases"] else ""))
+                                      if r["phases"] else ""), more=(restored,))
             print(f"Boot to agent ready (first health answer): {setup}")
             print(f"{'VMM':14s} {'median ms':>10s} {'min ms':>8s} {'max ms':>8s} {'guest: init ms':>15s} {'agent ready ms':>15s} {'guest RAM MiB':>14s}")
             med = {}
@@ -532,6 +597,9 @@ def main():
                       f"{med[n]['guest_init']:15.0f} {med[n]['guest_ready']:15.0f} {med[n]['guest_ram'] / 1024:14.1f}")
             h, q = med[hull.name], med[qemu.name]
             print(f"ratio hull-vmm / qemu-microvm (agent ready, median): {h['wall'] / q['wall']:.2f}")
+            rs = med[restored.name]
+            print(f"ratio hull-vmm restored from a template / hull-vmm cold boot (agent ready, median): "
+                  f"{rs['wall'] / h['wall']:.2f}  (goal: <= 0.20)")
             print(f"ratio hull-vmm / qemu-microvm (guest clock at agent start, median): {h['guest_init'] / q['guest_init']:.2f}"
                   "  (goal: <= 1.00: the guest boots at least as fast under hull-vmm)")
             print(f"guest RAM touched by an idle sandbox (agent ready, no container, {a.memory_mib} MiB VM): "

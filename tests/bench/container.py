@@ -13,14 +13,17 @@ Then each run must have exited 0 and left nothing: no state dir, no mount below 
 hull-vmm. A run still going after --timeout is killed with its process group, `hull delete -f`
 / `runc delete -f` clean up, and the bench fails naming it.
 
+hull runs twice: with its default start path (`hull`: restored from a template, which the
+warm-up round makes) and with `start = "boot"` (`hull-boot`: the kernel booted every time).
+
 One warm-up round (discarded) and --rounds measured rounds, hull first in odd rounds, runc first
-in even ones. Prints every round, per-runtime median/min/max and the ratios hull / runc.
+in even ones. Prints every round, per-runtime median/min/max and the ratios to runc.
 """
 import argparse, os, select, shutil, signal, statistics, subprocess, sys, tempfile, time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from oci import (BenchError, become_subreaper, run_main, busybox_bundle, check_tools, leftovers,  # noqa: E402
-                 reap_orphans, write_hull_config)
+                 reap_orphans, write_start_configs)
 
 LINE = b"ready"
 
@@ -119,33 +122,37 @@ def main():
     become_subreaper()
     work = tempfile.mkdtemp(prefix="hull-bench-ctr.", dir="/var/tmp")
     try:
-        config = os.path.join(work, "hull.toml")
-        write_hull_config(config, tools)
+        config, boot_config = write_start_configs(work, tools)
         bundle = os.path.join(work, "bundle")
         busybox_bundle(tools["hull"], bundle, ["echo", LINE.decode()])
         hull = Runtime("hull", tools["hull"], os.path.join(work, "hull-root"), dict(os.environ, HULL_CONFIG=config))
+        hull_boot = Runtime("hull-boot", tools["hull"], os.path.join(work, "hull-boot-root"),
+                            dict(os.environ, HULL_CONFIG=boot_config))
         runc = Runtime("runc", tools["runc"], os.path.join(work, "runc-root"), dict(os.environ))
-        times = {hull.name: [], runc.name: []}
+        times = {hull.name: [], hull_boot.name: [], runc.name: []}
         for r in range(a.rounds + 1):
-            order = (runc, hull) if r > 0 and r % 2 == 0 else (hull, runc)
+            order = (runc, hull_boot, hull) if r > 0 and r % 2 == 0 else (hull, hull_boot, runc)
             label = "warm-up" if r == 0 else f"round {r}"
             for rt in order:
                 first, done = one_run(rt, bundle, f"bench{r}", work, a.timeout)
-                print(f"{label:8s} {rt.name:5s} {first * 1000:8.0f} ms to the first line  {done * 1000:8.0f} ms to exit"
+                print(f"{label:8s} {rt.name:9s} {first * 1000:8.0f} ms to the first line  {done * 1000:8.0f} ms to exit"
                       f"{'  (discarded)' if r == 0 else ''}", flush=True)
                 if r > 0:
                     times[rt.name].append((first, done))
         print()
         print(f"Container start, bundle to the container's first output line: `run` of the same bundle "
               f"(busybox `echo {LINE.decode()}`), {a.rounds} rounds after a discarded warm-up")
-        print(f"{'runtime':8s} {'first line: median ms':>22s} {'min ms':>8s} {'max ms':>8s} {'exit: median ms':>16s}")
+        print(f"{'runtime':9s} {'first line: median ms':>22s} {'min ms':>8s} {'max ms':>8s} {'exit: median ms':>16s}")
         for name, ts in times.items():
             f = [t[0] for t in ts]
-            print(f"{name:8s} {statistics.median(f) * 1000:22.0f} {min(f) * 1000:8.0f} {max(f) * 1000:8.0f} "
+            print(f"{name:9s} {statistics.median(f) * 1000:22.0f} {min(f) * 1000:8.0f} {max(f) * 1000:8.0f} "
                   f"{statistics.median(t[1] for t in ts) * 1000:16.0f}")
         med = {n: (statistics.median(t[0] for t in ts), statistics.median(t[1] for t in ts)) for n, ts in times.items()}
-        print(f"ratio hull / runc (first line, median): {med['hull'][0] / med['runc'][0]:.2f}")
-        print(f"ratio hull / runc (to exit, median):    {med['hull'][1] / med['runc'][1]:.2f}")
+        print(f"ratio hull / runc (first line, median):      {med['hull'][0] / med['runc'][0]:.2f}")
+        print(f"ratio hull-boot / runc (first line, median): {med['hull-boot'][0] / med['runc'][0]:.2f}")
+        print(f"ratio hull / hull-boot (first line, median): {med['hull'][0] / med['hull-boot'][0]:.2f}")
+        print(f"ratio hull / runc (to exit, median):         {med['hull'][1] / med['runc'][1]:.2f}")
+        print(f"ratio hull-boot / runc (to exit, median):    {med['hull-boot'][1] / med['runc'][1]:.2f}")
         print("nothing left after any run (state dirs, mounts, hull-vmm)")
     finally:
         shutil.rmtree(work, ignore_errors=True)

@@ -69,6 +69,20 @@ def write_hull_config(path, tools):
         f.write(f'kernel = "{tools["vmlinux"]}"\ninitrd = "{tools["initrd"]}"\nvmm = "{tools["hull-vmm"]}"\n')
 
 
+def write_start_configs(work, tools):
+    """Two hull configs in `work`: the default start path (`snapshot`, templates kept in
+    `work/templates`) and `start = "boot"`. Returns their paths."""
+    config = os.path.join(work, "hull.toml")
+    write_hull_config(config, tools)
+    with open(config, "a") as f:
+        f.write(f'template_dir = "{work}/templates"\n')
+    boot_config = os.path.join(work, "hull-boot.toml")
+    shutil.copy(config, boot_config)
+    with open(boot_config, "a") as f:
+        f.write('start = "boot"\n')
+    return config, boot_config
+
+
 def busybox_bundle(hull, bundle, args):
     """An OCI bundle at `bundle` running `args`: runc's default spec, busybox root."""
     shutil.rmtree(bundle, ignore_errors=True)

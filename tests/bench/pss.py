@@ -4,8 +4,11 @@
 - `guest_ram(pid, memory_mib)`: the part of a hull-vmm that is guest RAM, from /proc/PID/smaps.
   Guest RAM is found as hull-vmm allocates it (vmm/src/vstate/vm.rs `create_guest_memory`):
   one mapping per range of `layout::ram_ranges(memory)`, exactly that size, anonymous (the
-  default backing) or on the memfd `hull-guest-ram`; the guest's size is the sandbox's
-  state.json `memory_mib`. It fails (BenchError) unless exactly those mappings are found.
+  default backing), on the memfd `hull-guest-ram`, or (a VM restored from a template,
+  `vm::map_snapshot_memory`) a private mapping of the template's `snapshot/memory` file, whose
+  pages the sandboxes restored from it share until they write them; the guest's size is the
+  sandbox's state.json `memory_mib`. It fails (BenchError) unless exactly those mappings are
+  found.
 """
 from oci import BenchError
 
@@ -13,6 +16,12 @@ from oci import BenchError
 MMIO_GAP_START = 0xC000_0000
 MMIO_GAP_END = 0x1_0000_0000
 MEMFD_NAME = "/memfd:hull-guest-ram"
+SNAPSHOT_MEMORY = "/snapshot/memory"
+
+
+def is_guest_ram_path(path):
+    path = path.removesuffix(" (deleted)")
+    return path in ("", MEMFD_NAME) or path.endswith(SNAPSHOT_MEMORY)
 
 
 def pss_kib(pid):
@@ -45,10 +54,10 @@ def guest_ram(pid, memory_mib):
             elif head and head[0] in ("Rss:", "Pss:") and maps:
                 maps[-1][2 if head[0] == "Rss:" else 3] = int(head[1])
     want = sorted(s >> 10 for s in ram_ranges(memory_mib << 20))
-    found = [m for m in maps if m[1] in want and m[0] in ("", MEMFD_NAME, MEMFD_NAME + " (deleted)")]
+    found = [m for m in maps if m[1] in want and is_guest_ram_path(m[0])]
     if sorted(m[1] for m in found) != want:
         raise BenchError(f"hull-vmm {pid}: guest RAM of {memory_mib} MiB should be mappings of {want} KiB, "
-                         f"anonymous or {MEMFD_NAME}; found {[(m[0], m[1]) for m in found]}")
+                         f"anonymous, {MEMFD_NAME} or a template's {SNAPSHOT_MEMORY}; found {[(m[0], m[1]) for m in found]}")
     return tuple(sum(m[i] for m in found) for i in (1, 2, 3))
 
 
