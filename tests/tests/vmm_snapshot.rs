@@ -142,11 +142,9 @@ fn restored_vms_resume_the_template_and_bad_snapshots_are_refused() {
             let (_, who, _) = run(&a, sh("cat /mnt/who")).await;
             assert_eq!(who, name.as_str());
             // The guest's timers fire (a TSC deadline restored before the LAPIC's timer mode
-            // was dropped, and every sleep in the guest hung).
-            let t = Instant::now();
+            // was dropped, and every sleep in the guest hung): the call's own limit bounds it.
             let (status, out, _) = run(&a, sh("sleep 1; echo slept")).await;
             assert_eq!((status.code(), out.as_str()), (Some(0), "slept\n"));
-            assert!(t.elapsed() < Duration::from_secs(60), "{:?}", t.elapsed());
             let before = SystemTime::now();
             let (status, out, err) = run(
                 &a,
