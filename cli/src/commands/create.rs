@@ -115,6 +115,7 @@ async fn create_in(
     let mut c = Container::create(sb, a.id, bundle, &opts)
         .await
         .with_context(|| format!("cannot create container \"{}\"", a.id))?;
+    tracing::debug!("container {} created in the guest", a.id);
     let m = monitor::spawn(
         &ctx.globals,
         &MonitorArgs {
@@ -162,6 +163,7 @@ pub fn run(ctx: &Ctx, c: &liboci_cli::Create) -> anyhow::Result<ExitCode> {
 /// `hull run`.
 pub fn run_cmd(ctx: &Ctx, r: &liboci_cli::Run) -> anyhow::Result<ExitCode> {
     let id = r.container_id.as_str();
+    let t0 = std::time::Instant::now();
     let m = create(
         ctx,
         &CreateArgs {
@@ -172,6 +174,7 @@ pub fn run_cmd(ctx: &Ctx, r: &liboci_cli::Run) -> anyhow::Result<ExitCode> {
             foreground: !r.detach,
         },
     )?;
+    tracing::debug!("run {id}: created after {:?}", t0.elapsed());
     if let Err(e) = super::start::start(ctx, id) {
         let _ = super::delete::delete(ctx, id, true);
         return Err(e);
@@ -179,9 +182,12 @@ pub fn run_cmd(ctx: &Ctx, r: &liboci_cli::Run) -> anyhow::Result<ExitCode> {
     if r.detach {
         return Ok(ExitCode::SUCCESS);
     }
+    tracing::debug!("run {id}: started after {:?}", t0.elapsed());
     let code = super::foreground::wait(m.child)?;
+    tracing::debug!("run {id}: exited after {:?}", t0.elapsed());
     if !r.keep {
         super::delete::delete(ctx, id, true)?;
+        tracing::debug!("run {id}: deleted after {:?}", t0.elapsed());
     }
     Ok(ExitCode::from(code))
 }

@@ -31,6 +31,10 @@ pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 pub const MAX_RUN_OUTPUT: u64 = 256 << 20;
 const BACKOFF_START: Duration = Duration::from_millis(10);
 const BACKOFF_MAX: Duration = Duration::from_millis(250);
+/// For this long after the first try, [`AgentClient::connect_retry`] tries every
+/// [`BACKOFF_START`] (a VM restored from a template answers within a few hundred ms, and a
+/// doubling backoff would overshoot that by up to as much again); only then does it back off.
+const FAST_RETRY: Duration = Duration::from_secs(1);
 
 /// What a call receives: the agent's reply, or why there is none (the agent's error, a reply
 /// this client cannot decode, a broken connection).
@@ -172,11 +176,16 @@ impl AgentClient {
             let left = deadline.saturating_sub(start.elapsed());
             let attempt = DEFAULT_CONNECT_TIMEOUT.min(left.max(Duration::from_millis(1)));
             match AgentClient::connect(endpoint.clone(), attempt).await {
-                Ok(c) => return Ok(c),
+                Ok(c) => {
+                    tracing::trace!("agent at {endpoint} connected after {:?}", start.elapsed());
+                    return Ok(c);
+                }
                 Err(e) if e.is_retryable() && start.elapsed() < deadline => {
                     tracing::debug!("agent at {endpoint} not up yet: {e}");
                     tokio::time::sleep(backoff.min(deadline.saturating_sub(start.elapsed()))).await;
-                    backoff = (backoff * 2).min(BACKOFF_MAX);
+                    if start.elapsed() >= FAST_RETRY {
+                        backoff = (backoff * 2).min(BACKOFF_MAX);
+                    }
                 }
                 Err(e) if e.is_retryable() => {
                     return Err(Error::NotReady {
@@ -252,6 +261,7 @@ impl AgentClient {
                 }
             },
         };
+        tracing::trace!("{what} call: reply after {:?}", started.elapsed());
         reply.unwrap_or(Err(Error::Closed))
     }
 
