@@ -18,8 +18,8 @@
 //! Made on first use, once under concurrent first use: the lock is taken, the directory looked
 //! for again, the template made in `.b<pid>-<n>` (short: its VM's sockets are made there) and
 //! renamed into place. The
-//! template's VM has the sandbox's devices: the vsock device, the share (an empty directory:
-//! a template's guest never mounts it) and one tap per NIC, made in a network namespace of
+//! template's VM has the sandbox's devices: the vsock device, the two shares (empty directories:
+//! a template's guest never mounts them) and one tap per NIC, made in a network namespace of
 //! its own and removed with it; NIC `i` has [`placeholder_mac`]`(i)`, by which the restored
 //! guest's agent finds it.
 
@@ -29,7 +29,7 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime};
 
-use hull_vmm_api::config::{CachePolicy, FsConfig, NetConfig, SerialConfig, VmConfig, VsockConfig};
+use hull_vmm_api::config::{NetConfig, SerialConfig, VmConfig, VsockConfig};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
@@ -38,8 +38,9 @@ use crate::config::RuntimeConfig;
 pub use crate::network::placeholder_mac;
 use crate::vmm::{Launch, VmmProcess};
 
-/// Bumped when what a template holds or how it is keyed changes meaning.
-pub const TEMPLATE_FORMAT: u32 = 1;
+/// Bumped when what a template holds or how it is keyed changes meaning (2: the root file
+/// systems' share, a second virtio-fs device).
+pub const TEMPLATE_FORMAT: u32 = 2;
 /// The template's description in its directory.
 pub const META_FILE: &str = "template.json";
 /// hull-vmm's snapshot in the template's directory.
@@ -409,9 +410,10 @@ async fn build(
     let api = tmp.join("api.sock");
     vm.api_socket = Some(api.clone());
     vm.serial = SerialConfig::File(tmp.join("console.log"));
-    let mut fs = FsConfig::new(crate::sandbox::SHARE_TAG, share);
-    fs.cache = CachePolicy::Never;
-    vm.fs = vec![fs];
+    // The sandbox's devices, as a sandbox has them (a restore needs the same set).
+    let rootfs = share.join(crate::share::SHARE_ROOTFS);
+    mkdir(&rootfs)?;
+    vm.fs = crate::sandbox::share_devices(&share, &rootfs);
     vm.snapshot_to = Some(snapshot);
 
     let netns = tmp.join("netns");
@@ -455,6 +457,7 @@ async fn build(
     // Only what a restore needs stays: the console and hull-vmm's files go.
     let _ = std::fs::remove_file(tmp.join("console.log"));
     let _ = std::fs::remove_dir_all(tmp.join("vmm"));
+    let _ = std::fs::remove_dir(tmp.join("share").join(crate::share::SHARE_ROOTFS));
     let _ = std::fs::remove_dir(tmp.join("share"));
     let path = tmp.join(META_FILE);
     let json = serde_json::to_vec_pretty(&meta).map_err(|e| TemplateError::Build(e.to_string()))?;

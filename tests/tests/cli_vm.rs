@@ -761,8 +761,8 @@ const ALL_CAPS: &[&str] = &[
     "CAP_CHECKPOINT_RESTORE",
 ];
 
-/// The trust boundary of the share: a privileged container mounts the sandbox's share itself
-/// (the tag the agent mounts) and tries to plant links at every path the host works at, to
+/// The trust boundary of the share: a privileged container mounts the sandbox's shares itself
+/// (the tags the agent mounts) and tries to plant links at every path the host works at, to
 /// rename the host's directories away and to fill the host's memory. Every attempt fails with a
 /// read-only file system; its root file system and its volume stay writable; the host tree the
 /// links point at is unchanged after the run and the delete, and nothing is left.
@@ -775,9 +775,12 @@ fn a_privileged_container_cannot_redirect_the_host_through_the_share() {
     std::fs::create_dir(&volume).unwrap();
     let v = victim.dir.display();
     let script = format!(
-        r#"mkdir -p /share && mount -t virtiofs hull-shared /share || {{ echo NO-MOUNT; exit 1; }}
+        r#"mkdir -p /share /roots && mount -t virtiofs hull-shared /share || {{ echo NO-MOUNT; exit 1; }}
+mount -t virtiofs hull-rootfs /roots || {{ echo NO-ROOTFS-MOUNT; exit 1; }}
 c=/share/containers/hostile
 [ -f $c/config.json ] || {{ echo NOT-THE-SHARE; ls -la /share $c; exit 1; }}
+r=$(ls -d /roots/hostile@*)
+[ -d "$r/tmp" ] || {{ echo NOT-THE-ROOT; ls -la /roots; exit 1; }}
 try() {{ if "$@" 2>/dev/null; then echo "ESCAPED: $*"; else echo "refused: $*"; fi; }}
 try ln -s {v} /share/containers/next
 try mkdir /share/containers/next
@@ -786,14 +789,20 @@ try ln -s {v} /share/planted
 try ln -s {v} $c/mounts/9
 try mv $c/mounts $c/mounts.old
 try rm -rf $c/mounts
-try ln -s {v} $c/rootfs.new
-try mv $c/rootfs $c/rootfs.old
+try ln -s {v} /share/rootfs/next@0000000000000000
+try mkdir /share/rootfs/next@0000000000000000
+try mv /share/rootfs /share/rootfs.old
+try mv /share/rootfs/${{r#/roots/}} /share/rootfs/moved
+try ln -s {v} /roots/next@0000000000000000
+try mkdir /roots/next@0000000000000000
+try mv $r /roots/moved
+try dd if=/dev/zero of=/roots/fill bs=1M count=8
 try rm -f $c/config.json
 try ln -s {v}/precious $c/config.json.new
 try sh -c 'echo {{}} > '$c/config.json
 try dd if=/dev/zero of=/share/fill bs=1M count=8
 try dd if=/dev/zero of=$c/fill bs=1M count=8
-echo guest > $c/rootfs/tmp/guest-wrote && echo ROOTFS-WRITABLE
+echo guest > $r/tmp/guest-wrote && echo ROOTFS-WRITABLE
 m=$(ls -d $c/mounts/* | head -n 1)
 echo guest > $m/guest-wrote && echo VOLUME-WRITABLE
 echo DONE"#
@@ -813,7 +822,7 @@ echo DONE"#
         text(&out.stderr)
     );
     assert!(!stdout.contains("ESCAPED"), "{stdout}");
-    assert_eq!(stdout.matches("refused:").count(), 14, "{stdout}");
+    assert_eq!(stdout.matches("refused:").count(), 20, "{stdout}");
     for want in ["ROOTFS-WRITABLE", "VOLUME-WRITABLE", "DONE"] {
         assert!(stdout.contains(want), "{want}: {stdout}");
     }

@@ -34,7 +34,7 @@ fn config() -> RuntimeConfig {
 fn sh_in_share(script: &str) -> SpawnRequest {
     let mut r = SpawnRequest::new(["/bin/sh", "-c", script]);
     r.env = vec!["PATH=/bin".into()];
-    r.root = Some(format!("{GUEST_SHARE_DIR}/rootfs"));
+    r.root = Some(format!("{GUEST_SHARE_DIR}/testroot"));
     r
 }
 
@@ -85,9 +85,9 @@ fn create_run_reattach_destroy() {
             }
         }
         // The host puts a root file system in the share after boot; the guest runs in it.
-        busybox_root(&sb.share_dir().join("rootfs"), &["proc", "tmp"]);
+        busybox_root(&sb.share_dir().join("testroot"), &["proc", "tmp"]);
         let marker = nonce();
-        std::fs::write(sb.share_dir().join("rootfs/marker"), &marker).unwrap();
+        std::fs::write(sb.share_dir().join("testroot/marker"), &marker).unwrap();
         let (status, out, err) = run(
             sb.agent().unwrap(),
             sh_in_share("uname -r; hostname; cat /marker"),
@@ -302,15 +302,17 @@ round() {{
     try mkdir /share/containers/$id
     try ln -s {v} $c/mounts.new
     try ln -s {v} $c/mounts/9
-    try ln -s {v} $c/rootfs.new
+    try ln -s {v} /share/rootfs/$id@0000000000000000
     try ln -s {v}/precious $c/config.json.new
     try rm $c/config.json
     try mv $c/mounts $c/mounts.old
-    try mv $c/rootfs $c/rootfs.old
+    try mkdir /share/rootfs/$id@1111111111111111
     try mv $c /share/moved-$id
   done
   try mv /share/containers /share/moved
   try ln -s {v} /share/containers.new
+  try mv /share/rootfs /share/rootfs.old
+  for r in /share/rootfs/*@*; do try mv $r $r.old; done
 }}
 round > /data/first
 touch /data/planting
@@ -380,7 +382,8 @@ done"#
         }
         let first = std::fs::read_to_string(volume.join("first")).unwrap();
         assert!(!first.contains("ESCAPED"), "{first}");
-        assert_eq!(first.matches("refused:").count(), 22, "{first}");
+        // 10 per id, 3 for the share's directories, 1 for `a`'s own root file system.
+        assert_eq!(first.matches("refused:").count(), 24, "{first}");
         let rounds = || {
             std::fs::read_to_string(volume.join("rounds"))
                 .ok()
@@ -514,7 +517,7 @@ fn sandboxes_start_from_one_template_made_once_and_a_bad_one_is_booted_past() {
         let mut seen = Vec::new();
         for sb in &sbs {
             assert!(restored(sb), "{} booted", sb.id());
-            busybox_root(&sb.share_dir().join("rootfs"), &["proc", "tmp"]);
+            busybox_root(&sb.share_dir().join("testroot"), &["proc", "tmp"]);
             let (status, out, err) = run(sb.agent().unwrap(), sh_in_share(uuid)).await;
             assert_eq!(status.code(), Some(0), "{err}");
             let lines: Vec<&str> = out.lines().collect();
@@ -560,7 +563,7 @@ fn sandboxes_start_from_one_template_made_once_and_a_bad_one_is_booted_past() {
             .await
             .unwrap();
         assert!(!restored(&sb));
-        busybox_root(&sb.share_dir().join("rootfs"), &["proc", "tmp"]);
+        busybox_root(&sb.share_dir().join("testroot"), &["proc", "tmp"]);
         let (status, out, _) = run(sb.agent().unwrap(), sh_in_share(uuid)).await;
         assert_eq!(status.code(), Some(0));
         assert!(out.ends_with("t6\n"), "{out}");

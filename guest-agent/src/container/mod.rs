@@ -488,6 +488,7 @@ impl Containers {
         let idc = id.to_string();
         let r = blocking(move || {
             discard(&idc);
+            forget_unused_entries();
             Ok(())
         })
         .await;
@@ -562,6 +563,17 @@ fn apply_sysctl(key: &str, value: &str) -> Result<(), AgentError> {
             format!("linux.sysctl: cannot set {key} = {value:?}: {e}"),
         )
     })
+}
+
+/// Drops the guest's unused cached names and inodes (`vm.drop_caches = 2`). The root file
+/// systems' share is cached (entries for a second, then kept until memory runs short), and
+/// every inode the guest keeps is an open handle in the VMM: once a container is gone, this
+/// makes the guest forget its root file system's, so the host's mount of it is not held after
+/// the host removed it. Page cache is kept. Best effort: a failure is logged.
+fn forget_unused_entries() {
+    if let Err(e) = std::fs::write("/proc/sys/vm/drop_caches", b"2") {
+        tracing::warn!("dropping the guest's cached names after a delete: {e}");
+    }
 }
 
 /// Removes libcontainer's state and the cgroup of container `id`, whatever state it is in.

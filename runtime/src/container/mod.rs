@@ -6,9 +6,10 @@
 //! ```text
 //! <sandbox dir>/containers/<id>.json        ContainerRecord (state.rs), written atomically
 //! <sandbox dir>/shared/containers/<id>/     guest /run/hull/shared/containers/<id>/
-//!   rootfs/        the bundle's rootfs, bind-mounted (rbind)
 //!   mounts/<n>     the source of the spec's n-th mount, if it is a bind mount
 //!   config.json    the spec translated for the guest (spec.rs)
+//! <sandbox dir>/shared/rootfs/<id>@<nonce>/ guest /run/hull/rootfs/<id>@<nonce>/: the bundle's
+//!                  rootfs, bind-mounted (rbind), on the cached share (see crate::share)
 //! ```
 //!
 //! Hooks run on the host (hooks.rs): prestart and createRuntime after the agent created the
@@ -199,7 +200,9 @@ impl Container {
         };
         let stdio = spec::init_stdio(b, opts.stdio)?;
         let binds = bind_mounts(b)?;
-        let guest_spec = translate(&b.spec, id, join, &binds);
+        let rootfs_name = crate::share::rootfs_name(id);
+        let guest_root = spec::guest_rootfs(&rootfs_name);
+        let guest_spec = translate(&b.spec, id, join, &binds, &guest_root);
         let agent = sandbox.agent()?;
         let hooks = b.spec.hooks().clone();
         hooks::skip(hooks.as_ref(), HookKind::CreateContainer, id);
@@ -207,7 +210,7 @@ impl Container {
 
         let dir = sandbox
             .share()
-            .prepare(id, &b.rootfs, &binds, &guest_spec)?;
+            .prepare(id, &rootfs_name, &b.rootfs, &binds, &guest_spec)?;
         let guest_bundle = guest_dir(id);
         let mut created = false;
         let result = async {
@@ -236,7 +239,7 @@ impl Container {
                 guest_pid: p.pid,
                 host_pid: None,
                 share: dir.clone(),
-                guest_rootfs: format!("{guest_bundle}/rootfs"),
+                guest_rootfs: guest_root.clone(),
                 guest_bundle: guest_bundle.clone(),
                 hooks: hooks.clone(),
             };

@@ -1,7 +1,8 @@
 //! Reading an OCI bundle and translating its spec for the guest.
 //!
 //! The guest's `config.json` is the bundle's with host-only parts rewritten or removed (each
-//! rule is a function below, each tested): the root is `rootfs` in the share, bind mount
+//! rule is a function below, each tested): the root is its own in the root file systems'
+//! share (`/run/hull/rootfs/<id>@<nonce>`, see [`crate::share`]), bind mount
 //! sources are their copies in the share, the cgroup is `/hull/<id>`, namespaces the guest
 //! cannot use are dropped (or rewritten to another container's in the same sandbox), host
 //! device nodes and LSM labels are dropped, and hooks are taken out (they run on the host).
@@ -343,13 +344,25 @@ pub fn guest_namespaces(
     out
 }
 
-/// The spec the guest runs: see the module docs. `binds` are [`bind_mounts`] of the same spec.
-pub fn translate(spec: &Spec, id: &str, join: Option<(&str, i32)>, binds: &[BindMount]) -> Spec {
+/// The guest path of root file system `name` (a [`crate::share::rootfs_name`]).
+pub fn guest_rootfs(name: &str) -> String {
+    format!("{}/{name}", crate::sandbox::GUEST_ROOTFS_DIR)
+}
+
+/// The spec the guest runs: see the module docs. `binds` are [`bind_mounts`] of the same spec;
+/// `guest_root` is where the guest finds the root file system ([`guest_rootfs`]).
+pub fn translate(
+    spec: &Spec,
+    id: &str,
+    join: Option<(&str, i32)>,
+    binds: &[BindMount],
+    guest_root: &str,
+) -> Spec {
     let mut g = spec.clone();
     let share = guest_dir(id);
 
     let readonly = spec.root().as_ref().and_then(|r| r.readonly());
-    let root = serde_json::json!({"path": "rootfs", "readonly": readonly});
+    let root = serde_json::json!({"path": guest_root, "readonly": readonly});
     g.set_root(serde_json::from_value(root).ok());
 
     if let Some(mounts) = g.mounts_mut() {
@@ -413,6 +426,8 @@ mod tests {
     use super::*;
     use serde_json::{json, Value};
 
+    const ROOT: &str = "/run/hull/rootfs/c1@0123456789abcdef";
+
     fn spec(v: Value) -> Spec {
         serde_json::from_value(v).unwrap()
     }
@@ -432,14 +447,14 @@ mod tests {
 
     #[test]
     fn root_and_cgroup() {
-        let g = to_json(&translate(&spec(minimal()), "c1", None, &[]));
-        assert_eq!(g["root"], json!({"path": "rootfs", "readonly": true}));
+        let g = to_json(&translate(&spec(minimal()), "c1", None, &[], ROOT));
+        assert_eq!(g["root"], json!({"path": ROOT, "readonly": true}));
         assert_eq!(g["linux"]["cgroupsPath"], "/hull/c1");
         let mut v = minimal();
         v["root"] = json!({"path": "rootfs"});
         v.as_object_mut().unwrap().remove("linux");
-        let g = to_json(&translate(&spec(v), "c1", None, &[]));
-        assert_eq!(g["root"], json!({"path": "rootfs"}));
+        let g = to_json(&translate(&spec(v), "c1", None, &[], ROOT));
+        assert_eq!(g["root"], json!({"path": ROOT}));
         // No linux section: one with just the cgroup, no default namespaces.
         assert_eq!(g["linux"], json!({"cgroupsPath": "/hull/c1"}));
     }
@@ -508,10 +523,10 @@ mod tests {
             {"type": "network"},
         ]);
         let s = spec(v);
-        let g = to_json(&translate(&s, "c1", None, &[]));
+        let g = to_json(&translate(&s, "c1", None, &[], ROOT));
         // Without join, host paths are dropped; new namespaces stay; network always goes.
         assert_eq!(g["linux"]["namespaces"], json!([{"type": "user"}]));
-        let g = to_json(&translate(&s, "c2", Some(("sb", 42)), &[]));
+        let g = to_json(&translate(&s, "c2", Some(("sb", 42)), &[], ROOT));
         assert_eq!(
             g["linux"]["namespaces"],
             json!([
@@ -523,7 +538,7 @@ mod tests {
                 {"type": "user"},
             ])
         );
-        let g = to_json(&translate(&spec(minimal()), "c1", None, &[]));
+        let g = to_json(&translate(&spec(minimal()), "c1", None, &[], ROOT));
         assert_eq!(
             g["linux"]["namespaces"],
             json!([{"type": "pid"}, {"type": "mount"}])
@@ -551,7 +566,7 @@ mod tests {
         v["linux"]["sysctl"] = json!({"net.ipv4.ip_forward": "1"});
         v["linux"]["seccomp"] = json!({"defaultAction": "SCMP_ACT_ALLOW"});
         let before = to_json(&spec(v));
-        let g = to_json(&translate(&spec(before.clone()), "c1", None, &[]));
+        let g = to_json(&translate(&spec(before.clone()), "c1", None, &[], ROOT));
         assert!(g.get("hooks").is_none(), "{g}");
         assert!(g["process"].get("apparmorProfile").is_none(), "{g}");
         assert!(g["process"].get("selinuxLabel").is_none(), "{g}");
@@ -612,7 +627,7 @@ mod tests {
                 },
             ]
         );
-        let g = to_json(&translate(&bundle.spec, "c1", None, &binds));
+        let g = to_json(&translate(&bundle.spec, "c1", None, &binds, ROOT));
         let m = &g["mounts"];
         assert_eq!(
             m[0],

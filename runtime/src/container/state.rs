@@ -36,7 +36,8 @@ pub struct ContainerRecord {
     #[serde(default)]
     pub host_pid: Option<u32>,
     /// The share's directory on the host (`<sandbox>/shared/containers/<id>`) and in the guest
-    /// (the bundle the agent was given; the rootfs is `rootfs/` in it).
+    /// (the bundle the agent was given), and the rootfs in the guest
+    /// (`/run/hull/rootfs/<id>@<nonce>`, on the root file systems' share).
     pub share: PathBuf,
     pub guest_bundle: String,
     pub guest_rootfs: String,

@@ -96,11 +96,18 @@ fn fake_call(g: &mut Guest, share: &Path, call: Request) -> Result<Response, Age
                     .unwrap(),
             );
             let cfg = std::fs::read(host.join("config.json")).unwrap();
-            g.configs.push(serde_json::from_slice(&cfg).unwrap());
+            let cfg: serde_json::Value = serde_json::from_slice(&cfg).unwrap();
+            // The root is the container's own in the root file systems' share.
+            let root = cfg["root"]["path"].as_str().unwrap();
+            let name = root
+                .strip_prefix(&format!("{}/", crate::sandbox::GUEST_ROOTFS_DIR))
+                .unwrap();
+            assert!(name.starts_with(&format!("{}@", c.id)), "{root}");
             assert!(
-                host.join("rootfs/bin/sh").exists(),
+                share.join("rootfs").join(name).join("bin/sh").exists(),
                 "the rootfs is in the share"
             );
+            g.configs.push(cfg);
             g.containers.insert(c.id, ContainerStatus::Created);
             Ok(Response::Spawned {
                 process: ProcessId(10 + g.containers.len() as u64),
@@ -234,10 +241,12 @@ async fn create_start_exec_delete() {
         assert_eq!(c.id(), "c1");
         assert_eq!(c.bundle(), std::fs::canonicalize(&b).unwrap());
         assert_eq!((c.init_process(), c.guest_pid()), (ProcessId(11), 101));
-        assert!(mounted_below(&share.join("rootfs")));
         assert!(mounted_below(&share.join("mounts/0")) && mounted_below(&share.join("mounts/1")));
         let cfg = guest.lock().unwrap().configs[0].clone();
-        assert_eq!(cfg["root"], json!({"path": "rootfs"}));
+        let root = cfg["root"]["path"].as_str().unwrap().to_string();
+        let name = root.strip_prefix("/run/hull/rootfs/").unwrap();
+        assert!(mounted_below(&sb.share_dir().join("rootfs").join(name)));
+        assert_eq!(cfg["root"], json!({"path": root}));
         assert_eq!(
             cfg["mounts"][0]["source"],
             "/run/hull/shared/containers/c1/mounts/0"
@@ -474,8 +483,9 @@ fn sandbox_cleanup_unmounts_container_shares() {
     sh.create().unwrap();
     let share = root.join("sb");
     let spec: oci_spec::runtime::Spec = serde_json::from_value(json!({})).unwrap();
-    sh.prepare("c1", &src, &[], &spec).unwrap();
-    assert!(mounted_below(&sh.view().join("containers/c1/rootfs")));
+    let name = crate::share::rootfs_name("c1");
+    sh.prepare("c1", &name, &src, &[], &spec).unwrap();
+    assert!(mounted_below(&sh.rootfs_view().join(&name)));
     let rec_dir = root.join("sb");
     std::fs::create_dir_all(rec_dir.join(CONTAINERS_DIR)).unwrap();
     std::fs::write(record_path(&rec_dir, "c1"), b"{}").unwrap();

@@ -47,6 +47,10 @@ pub use watch::VmmWatch;
 pub const SHARE_TAG: &str = "hull-shared";
 /// Where the agent mounts the share in the guest.
 pub const GUEST_SHARE_DIR: &str = "/run/hull/shared";
+/// The tag of the root file systems' share (see [`crate::share`]).
+pub const ROOTFS_TAG: &str = "hull-rootfs";
+/// Where the guest mounts the root file systems' share.
+pub const GUEST_ROOTFS_DIR: &str = "/run/hull/rootfs";
 /// The guest's vsock context id.
 const GUEST_CID: u64 = 3;
 /// Longest a sandbox id may be.
@@ -127,6 +131,20 @@ pub struct Sandbox {
     /// any more, stopping it is a SIGKILL.
     vmm_hung: bool,
     _lock: StateLock,
+}
+
+/// The sandbox's virtio-fs devices: the share (`view`, tag [`SHARE_TAG`]) and the root file
+/// systems' share (`rootfs_view`, tag [`ROOTFS_TAG`]); see [`crate::share`].
+pub(crate) fn share_devices(view: &Path, rootfs_view: &Path) -> Vec<FsConfig> {
+    // The host changes the share (volumes, bundles) while the guest runs: nothing cached.
+    let mut share = FsConfig::new(SHARE_TAG, view);
+    share.cache = CachePolicy::Never;
+    // A root file system is the guest's own (the host writes there only to copy files in, and
+    // never reuses a name): names and attributes cached for a second, file data kept while
+    // the file is unchanged (close-to-open), as virtiofsd's and Kata's `auto`.
+    let mut rootfs = FsConfig::new(ROOTFS_TAG, rootfs_view);
+    rootfs.cache = CachePolicy::Auto;
+    vec![share, rootfs]
 }
 
 /// Checks a sandbox id: the same set as a container id ([`hull_agent_protocol::check_container_id`],
@@ -357,6 +375,7 @@ impl Sandbox {
         id: &str,
         opts: &SandboxOptions,
     ) -> Result<(SandboxState, AgentClient), SandboxError> {
+        let t0 = Instant::now();
         // The host's side, and the guest's read-only view of it that virtio-fs exports.
         let share = layout.share();
         share.create()?;
@@ -388,10 +407,7 @@ impl Sandbox {
         // A file hull-vmm caps (serial_max_bytes), so a guest printing forever cannot fill the
         // host's disk.
         vm.serial = SerialConfig::File(layout.console_log());
-        let mut fs = FsConfig::new(SHARE_TAG, share.view());
-        // The host changes the share (mounts, bundles) while the guest runs.
-        fs.cache = CachePolicy::Never;
-        vm.fs = vec![fs];
+        vm.fs = share_devices(share.view(), &share.rootfs_view());
         let mut own_network = None;
         let (network, netns) = match &opts.network {
             SandboxNetwork::Join(ns) => {
@@ -421,6 +437,10 @@ impl Sandbox {
             SandboxNetwork::Loopback => (NetworkConfig::default(), None),
         };
         let mut network = network;
+        tracing::debug!(
+            "sandbox {id}: share and network prepared after {:?}",
+            t0.elapsed()
+        );
         let template = if config.start == StartPath::Snapshot {
             Self::template_for(config, id, opts, &vm).await
         } else {
@@ -442,8 +462,13 @@ impl Sandbox {
                 }
                 // Before anything else: a restored guest shares the template's RNG state,
                 // clock and hostname until it is told its own.
+                tracing::debug!("sandbox {id}: template ready after {:?}", t0.elapsed());
                 let attempt = async {
                     let (vmm, state, agent) = start(warm).await?;
+                    tracing::debug!(
+                        "sandbox {id}: agent of the restored VM after {:?}",
+                        t0.elapsed()
+                    );
                     agent
                         .set_identity(&guest_hostname(id), SystemTime::now(), host_entropy()?)
                         .await?;
@@ -487,6 +512,10 @@ impl Sandbox {
                 s
             }
         };
+        tracing::debug!(
+            "sandbox {id}: VM up with its identity after {:?}",
+            t0.elapsed()
+        );
         if restored {
             for (i, nic) in network.interfaces.iter_mut().enumerate() {
                 nic.device_mac = Some(template::placeholder_mac(i));
@@ -494,11 +523,15 @@ impl Sandbox {
         }
         // A shared mount in the guest, as the host's volumes under the kubelet are: a
         // container's bind of it takes `shared`/`slave`/`private`/`unbindable` as under runc.
-        let mut share = MountRequest::virtiofs(SHARE_TAG, GUEST_SHARE_DIR);
-        share.options.push(MountOption::Shared);
-        agent.mount(share).await?;
+        for (tag, dir) in [(SHARE_TAG, GUEST_SHARE_DIR), (ROOTFS_TAG, GUEST_ROOTFS_DIR)] {
+            let mut share = MountRequest::virtiofs(tag, dir);
+            share.options.push(MountOption::Shared);
+            agent.mount(share).await?;
+        }
         // Before any container: the guest's NICs as the namespace had them (or loopback only).
+        tracing::debug!("sandbox {id}: share mounted after {:?}", t0.elapsed());
         agent.configure_network(network).await?;
+        tracing::debug!("sandbox {id}: network configured after {:?}", t0.elapsed());
         // From here on the VMM runs on its own: the state file is how it is found again.
         vmm.detach();
         Ok((state, agent))

@@ -4,12 +4,24 @@
 //! ```text
 //! <sandbox>/share-rw/          the host's side, 0700, a shared bind mount of itself: the host
 //!   containers/<id>/           makes, binds and removes everything here, and nothing else
-//!     rootfs/                  does (the guest never sees this path)
-//!     mounts/<n>
+//!     mounts/<n>               does (the guest never sees this path)
 //!     config.json
+//!   rootfs/<id>@<nonce>/       container <id>'s root file system
 //! <sandbox>/shared/            a read-only, nosuid, nodev slave bind of share-rw: what
-//!                              virtio-fs exports (tag hull-shared, /run/hull/shared in the guest)
+//!                              virtio-fs exports (tag hull-shared, /run/hull/shared in the guest,
+//!                              nothing cached: the host changes volumes while the guest runs)
+//! <sandbox>/shared/rootfs/     what a second virtio-fs device exports (tag hull-rootfs,
+//!                              /run/hull/rootfs in the guest), cached in the guest
 //! ```
+//!
+//! The root file systems have a share of their own because the guest may cache it: a
+//! container's root file system is written by the guest alone (the host writes into it only
+//! when asked to copy files in, and then sees its change in the guest within the cache's
+//! timeout), while a volume is the host's as much as the container's, so the guest caches
+//! nothing of `shared` (see `docs/performance.md`, "The shares' caches"). A cached name stays
+//! valid for the cache's timeout even after the host removed it, so a root file system's name
+//! is never used twice in one sandbox: it carries a random nonce, and a container made again
+//! with the same id is never sent to its predecessor's directory.
 //!
 //! Mounts the host makes below `share-rw` (a container's rootfs, its bind sources) propagate
 //! into the view as they are: they are the only places the guest can write, and they are on the
@@ -72,6 +84,44 @@ pub struct BindMount {
 
 /// The share's directory of containers.
 pub const SHARE_CONTAINERS: &str = "containers";
+/// The share's directory of root file systems (exported by a device of its own).
+pub const SHARE_ROOTFS: &str = "rootfs";
+
+/// The name of a new root file system of container `id` in [`SHARE_ROOTFS`]: `<id>@<nonce>`,
+/// never used before in this sandbox (see the module docs). `@` is not in a container id.
+pub fn rootfs_name(id: &str) -> String {
+    let mut nonce = [0u8; 8];
+    if getrandom(&mut nonce).is_err() {
+        // A clock's nanoseconds are unique enough here: the names only must not repeat within
+        // one sandbox's life.
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        nonce = (t.as_nanos() as u64).to_le_bytes();
+    }
+    format!("{id}@{:016x}", u64::from_le_bytes(nonce))
+}
+
+fn getrandom(buf: &mut [u8]) -> std::io::Result<()> {
+    use std::io::Read;
+    std::fs::File::open("/dev/urandom")?.read_exact(buf)
+}
+
+/// The container id of `name` in [`SHARE_ROOTFS`], if it is a [`rootfs_name`]: a valid id,
+/// `@`, 16 lowercase hex digits.
+fn rootfs_owner(name: &std::ffi::OsStr) -> Option<&str> {
+    let (id, nonce) = name.to_str()?.split_once('@')?;
+    let hex = nonce.len() == 16
+        && nonce
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+    (hex && hull_agent_protocol::check_container_id(id).is_ok()).then_some(id)
+}
+
+/// Whether `name` in [`SHARE_ROOTFS`] is one of container `id`'s.
+fn is_rootfs_of(name: &std::ffi::OsStr, id: &str) -> bool {
+    rootfs_owner(name) == Some(id)
+}
 
 fn io<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> ShareError + 'a {
     move |source| ShareError::Io {
@@ -104,6 +154,11 @@ impl Share {
         &self.view
     }
 
+    /// What the root file systems' device exports: [`SHARE_ROOTFS`] in the view.
+    pub fn rootfs_view(&self) -> PathBuf {
+        self.view.join(SHARE_ROOTFS)
+    }
+
     /// The host directory of container `id`.
     pub fn container_dir(&self, id: &str) -> PathBuf {
         self.rw.join(SHARE_CONTAINERS).join(id)
@@ -119,7 +174,13 @@ impl Share {
                 .create(p)
                 .map_err(io("cannot create the share", p))?;
         }
-        let r = self.tie();
+        // Before the view is tied: the root file systems' device exports it from the start.
+        let rootfs = self.rw.join(SHARE_ROOTFS);
+        let r = std::fs::DirBuilder::new()
+            .mode(0o755)
+            .create(&rootfs)
+            .map_err(io("cannot create the share's rootfs directory", &rootfs))
+            .and_then(|()| self.tie());
         if r.is_err() {
             if let Err(e) = self.destroy() {
                 tracing::warn!("undoing the share: {e}");
@@ -188,6 +249,17 @@ impl Share {
                     "cannot remove the share's containers directory",
                     &self.rw,
                 ))?;
+                // Anything left there is not the runtime's (see `remove_rootfs`): the
+                // directory stays with it, as the host's side does below.
+                match root.remove(SHARE_ROOTFS) {
+                    Ok(()) => {}
+                    Err(e) if e.raw_os_error() == Some(libc::ENOTEMPTY) => {}
+                    Err(e) => {
+                        return Err(io("cannot remove the share's rootfs directory", &self.rw)(
+                            e,
+                        ))
+                    }
+                }
             }
         }
         for p in [&self.view, &self.rw] {
@@ -235,15 +307,24 @@ impl Share {
         Ok(())
     }
 
-    /// Makes container `id`'s directory: binds `rootfs` and the `binds`, writes `guest_spec` as
-    /// `config.json`. On failure, whatever was made is undone.
+    /// Makes container `id`'s directory: binds `rootfs` at `rootfs/<rootfs_name>` (a
+    /// [`rootfs_name`] of `id`) and the `binds`, writes `guest_spec` as `config.json`. On
+    /// failure, whatever was made is undone.
     pub fn prepare(
         &self,
         id: &str,
+        rootfs_name: &str,
         rootfs: &Path,
         binds: &[BindMount],
         guest_spec: &Spec,
     ) -> Result<PathBuf, ShareError> {
+        if !is_rootfs_of(std::ffi::OsStr::new(rootfs_name), id) {
+            return Err(
+                io("not a root file system name of the container", &self.rw)(
+                    std::io::Error::from_raw_os_error(libc::EINVAL),
+                ),
+            );
+        }
         let dir = self.container_dir(id);
         let root = Dir::open(&self.rw).map_err(io("cannot open the share", &self.rw))?;
         let containers = root
@@ -262,7 +343,15 @@ impl Share {
         containers
             .mkdir(id, 0o755)
             .map_err(io("cannot create the container's share directory", &dir))?;
-        match self.fill(&containers, id, rootfs, binds, guest_spec) {
+        match self.fill(
+            &root,
+            &containers,
+            id,
+            rootfs_name,
+            rootfs,
+            binds,
+            guest_spec,
+        ) {
             Ok(()) => Ok(dir),
             Err(e) => {
                 if let Err(c) = self.remove(id) {
@@ -273,10 +362,13 @@ impl Share {
         }
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn fill(
         &self,
+        root: &Dir,
         containers: &Dir,
         id: &str,
+        rootfs_name: &str,
         rootfs: &Path,
         binds: &[BindMount],
         guest_spec: &Spec,
@@ -285,10 +377,15 @@ impl Share {
             "cannot open the container's share directory",
             containers.path(),
         ))?;
-        let target = dir.path().join("rootfs");
-        dir.mkdir("rootfs", 0o755)
+        let roots = root
+            .mkdir_open(SHARE_ROOTFS, 0o755)
+            .map_err(io("cannot open the share's rootfs directory", &self.rw))?;
+        let target = roots.path().join(rootfs_name);
+        roots
+            .mkdir(rootfs_name, 0o755)
             .map_err(io("cannot create the rootfs mount point", &target))?;
-        dir.entry("rootfs")
+        roots
+            .entry(rootfs_name)
             .and_then(|e| e.bind(rootfs, true))
             .map_err(io("cannot bind the root file system", &target))?;
         if !binds.is_empty() {
@@ -378,6 +475,7 @@ impl Share {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
             Err(e) => return Err(io(what, &self.rw)(e)),
         };
+        self.remove_rootfs(&root, Some(id))?;
         let Some(containers) = root
             .dir_or_drop(SHARE_CONTAINERS)
             .map_err(io(what, &path))?
@@ -424,6 +522,49 @@ impl Share {
         containers.remove(id).map_err(io(what, &path))
     }
 
+    /// Takes off and removes the root file systems of container `id` (every one, if `None`),
+    /// the view's copy of each mount first (see [`Share::remove`]).
+    fn remove_rootfs(&self, root: &Dir, id: Option<&str>) -> Result<(), ShareError> {
+        let what =
+            "cannot remove a root file system from the share (is something still mounted there?)";
+        let path = self.rw.join(SHARE_ROOTFS);
+        let Some(roots) = root.dir_or_drop(SHARE_ROOTFS).map_err(io(what, &path))? else {
+            return Ok(());
+        };
+        let view = match Dir::open(&self.view).and_then(|v| v.dir(SHARE_ROOTFS)) {
+            Ok(v) => Some(v),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => return Err(io(what, &self.view)(e)),
+        };
+        for n in roots.entries().map_err(io(what, &path))? {
+            match (rootfs_owner(&n), id) {
+                (Some(owner), Some(id)) if owner != id => continue,
+                (Some(_), _) => {}
+                // Not a name the runtime makes: not its to remove (the sandbox's removal
+                // leaves the directory, as it leaves anything else it did not make).
+                (None, _) => {
+                    tracing::warn!(
+                        "share: leaving {}: not a root file system",
+                        path.join(&n).display()
+                    );
+                    continue;
+                }
+            }
+            let p = path.join(&n);
+            // A link or a file under a root file system's name (nothing the host made) goes as
+            // it is, never followed.
+            if roots.dir_or_drop(&n).map_err(io(what, &p))?.is_none() {
+                continue;
+            }
+            if let Some(v) = &view {
+                v.unmount(&n).map_err(io(what, &v.path().join(&n)))?;
+            }
+            roots.unmount(&n).map_err(io(what, &p))?;
+            roots.remove(&n).map_err(io(what, &p))?;
+        }
+        Ok(())
+    }
+
     /// Removes every container's directory ([`Share::remove`] for each), whatever state they
     /// are in: what a sandbox's cleanup does before it removes its own directory.
     pub fn remove_all(&self) -> Result<(), ShareError> {
@@ -432,6 +573,8 @@ impl Share {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
             Err(e) => return Err(io("cannot open the share", &self.rw)(e)),
         };
+        // Every root file system, whether its container's directory is there or not.
+        self.remove_rootfs(&root, None)?;
         let Some(containers) = root
             .dir_or_drop(SHARE_CONTAINERS)
             .map_err(io("cannot open the share", &self.rw))?

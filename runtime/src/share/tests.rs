@@ -78,12 +78,19 @@ fn the_view_is_read_only_but_for_the_rootfs_and_writable_binds() {
         bind(2, "/ro", &ro, true, true),
         bind(3, "/etc/hosts", &hosts, false, false),
     ];
-    let dir = f.share.prepare("c1", &rootfs, &binds, &spec()).unwrap();
+    let name = rootfs_name("c1");
+    let dir = f
+        .share
+        .prepare("c1", &name, &rootfs, &binds, &spec())
+        .unwrap();
     assert_eq!(dir, f.share.host_dir().join("containers/c1"));
     let view = f.share.view().join("containers/c1");
+    // The root file systems' device exports the view's rootfs/, where this one is.
+    let view_root = f.share.rootfs_view().join(&name);
+    assert_eq!(f.share.rootfs_view(), f.share.view().join("rootfs"));
     // What the host made is in the view.
     assert_eq!(
-        std::fs::read(view.join("rootfs/etc/os-release")).unwrap(),
+        std::fs::read(view_root.join("etc/os-release")).unwrap(),
         b"hull"
     );
     assert_eq!(std::fs::read(view.join("mounts/0/f")).unwrap(), b"keep me");
@@ -95,7 +102,7 @@ fn the_view_is_read_only_but_for_the_rootfs_and_writable_binds() {
         serde_json::from_slice(&std::fs::read(view.join("config.json")).unwrap()).unwrap();
     assert_eq!(cfg["ociVersion"], "1.0.2");
     // The guest writes in its rootfs and its writable volume: on the host's disk, in place.
-    std::fs::write(view.join("rootfs/new"), b"guest").unwrap();
+    std::fs::write(view_root.join("new"), b"guest").unwrap();
     assert_eq!(std::fs::read(rootfs.join("new")).unwrap(), b"guest");
     std::fs::write(view.join("mounts/0/g"), b"guest").unwrap();
     assert_eq!(std::fs::read(data.join("g")).unwrap(), b"guest");
@@ -146,11 +153,23 @@ fn the_view_is_read_only_but_for_the_rootfs_and_writable_binds() {
         "a file at the root",
     );
     erofs(std::fs::create_dir(view.join("x")), "a directory");
-
+    // Nor the root file systems' directory: no link for a next container's root, no root
+    // renamed away.
+    erofs(
+        symlink(&outside, f.share.rootfs_view().join("c2@0000000000000000")),
+        "a link for a next root file system",
+    );
+    erofs(
+        std::fs::rename(&view_root, f.share.rootfs_view().join("moved")),
+        "renaming a root file system away",
+    );
     f.share.remove("c1").unwrap();
     assert!(!dir.exists());
     assert!(!view.exists());
-    for p in ["rootfs", "mounts/0", "mounts/2", "mounts/3"] {
+    assert!(!view_root.exists());
+    assert!(!mounted(&view_root));
+    assert!(!mounted(&f.share.host_dir().join("rootfs").join(&name)));
+    for p in ["mounts/0", "mounts/2", "mounts/3"] {
         assert!(!mounted(&dir.join(p)), "{p} is still mounted");
         assert!(!mounted(&view.join(p)), "{p} is still mounted in the view");
     }
@@ -181,11 +200,17 @@ fn a_failed_bind_undoes_everything() {
         recursive: false,
         readonly: false,
     }];
-    let e = f.share.prepare("c1", &rootfs, &binds, &spec()).unwrap_err();
+    let name = rootfs_name("c1");
+    let e = f
+        .share
+        .prepare("c1", &name, &rootfs, &binds, &spec())
+        .unwrap_err();
     assert!(matches!(e, ShareError::MountSource { .. }), "{e}");
     assert!(e.to_string().contains("/data"), "{e}");
     assert!(!f.share.container_dir("c1").exists());
-    assert!(!mounted(&f.share.container_dir("c1").join("rootfs")));
+    let root = f.share.host_dir().join("rootfs").join(&name);
+    assert!(!mounted(&root));
+    assert!(!root.exists());
 }
 
 #[test]
@@ -218,7 +243,9 @@ fn removal_refuses_to_delete_through_a_mount_or_a_link() {
     let rootfs = f.t.join("rootfs");
     std::fs::create_dir(&rootfs).unwrap();
     assert!(
-        f.share.prepare("c3", &rootfs, &[], &spec()).is_err(),
+        f.share
+            .prepare("c3", &rootfs_name("c3"), &rootfs, &[], &spec())
+            .is_err(),
         "a link for containers/ is not followed"
     );
     assert_eq!(std::fs::read_dir(&outside).unwrap().count(), 1);
@@ -251,7 +278,9 @@ fn removal_keeps_the_host_s_mounts_under_a_shared_volume() {
         recursive: true,
         readonly: false,
     }];
-    f.share.prepare("c1", &rootfs, &binds, &spec()).unwrap();
+    f.share
+        .prepare("c1", &rootfs_name("c1"), &rootfs, &binds, &spec())
+        .unwrap();
     mnt(
         Some(Path::new("hostmount")),
         &vol.join("sub"),
@@ -269,4 +298,72 @@ fn removal_keeps_the_host_s_mounts_under_a_shared_volume() {
     removed.unwrap();
     assert!(kept, "removing the container unmounted the host's mount");
     assert!(!f.share.host_dir().join("containers/c1").exists());
+}
+
+/// Root file system names: never the same twice for one id, each only its container's, and a
+/// root file system left without its container directory is removed with the rest.
+#[test]
+fn root_file_system_names_are_never_reused_and_are_each_their_container_s() {
+    let a = rootfs_name("c1");
+    let b = rootfs_name("c1");
+    assert_ne!(
+        a, b,
+        "a container made again must get a name the guest never cached"
+    );
+    assert!(a.starts_with("c1@") && a.len() == "c1@".len() + 16, "{a}");
+    let os = |s: &str| std::ffi::OsString::from(s);
+    assert!(is_rootfs_of(&os(&a), "c1"));
+    assert!(!is_rootfs_of(&os(&a), "c"));
+    assert!(!is_rootfs_of(&os("c1.x@0123456789abcdef"), "c1"));
+    for not_a_name in [
+        "c1",
+        "c1@0",
+        "c1@0123456789ABCDEF",
+        "c1@0123456789abcdef@",
+        "..@0123456789abcdef",
+        "@0123456789abcdef",
+    ] {
+        assert_eq!(rootfs_owner(&os(not_a_name)), None, "{not_a_name}");
+    }
+
+    let f = Fixture::new();
+    let rootfs = f.t.join("rootfs");
+    std::fs::create_dir(&rootfs).unwrap();
+    std::fs::write(rootfs.join("precious"), b"x").unwrap();
+    // Another container's name is refused.
+    let other = rootfs_name("c2");
+    assert!(f
+        .share
+        .prepare("c1", &other, &rootfs, &[], &spec())
+        .is_err());
+    assert!(!f.share.host_dir().join("rootfs").join(&other).exists());
+    // c1 and c10 side by side: removing c1 leaves c10's root.
+    let (n1, n10) = (rootfs_name("c1"), rootfs_name("c10"));
+    f.share.prepare("c1", &n1, &rootfs, &[], &spec()).unwrap();
+    f.share.prepare("c10", &n10, &rootfs, &[], &spec()).unwrap();
+    f.share.remove("c1").unwrap();
+    assert!(!f.share.rootfs_view().join(&n1).exists());
+    assert!(f.share.rootfs_view().join(&n10).join("precious").exists());
+    // A root whose container directory is gone goes with remove_all, unmounted, its source
+    // untouched. What the runtime did not make there (a link, a directory with content) is
+    // neither followed nor removed, and does not stop the rest.
+    let dir = f.share.container_dir("c10");
+    std::fs::remove_file(dir.join("config.json")).unwrap();
+    std::fs::remove_dir(&dir).unwrap();
+    let roots = f.share.host_dir().join("rootfs");
+    let outside = f.t.join("outside");
+    std::fs::create_dir(&outside).unwrap();
+    std::fs::write(outside.join("precious"), b"x").unwrap();
+    symlink(&outside, roots.join("c9@0123456789abcdef")).unwrap();
+    std::fs::create_dir_all(roots.join("stray/sub")).unwrap();
+    f.share.remove_all().unwrap();
+    assert!(!roots.join(&n10).exists());
+    assert!(!mounted(&f.share.rootfs_view().join(&n10)));
+    assert!(rootfs.join("precious").exists());
+    assert!(roots.join("stray/sub").exists());
+    assert!(outside.join("precious").exists());
+    assert!(std::fs::symlink_metadata(roots.join("c9@0123456789abcdef")).is_err());
+    f.share.destroy().unwrap();
+    assert!(outside.join("precious").exists());
+    assert!(!mounted(f.share.view()) && !mounted(f.share.host_dir()));
 }
