@@ -2,8 +2,8 @@
 //! buffers are the fuzzer's bytes; the device gathers the chains into its frame buffer and
 //! writes the frames to a fake tap. Bytes past the guest image, if any, are one frame the tap
 //! hands to the device, delivered into a well-formed RX queue (mergeable buffers), so both
-//! paths run with every feature acknowledged. The device runs in a real event loop, as in the
-//! VMM.
+//! paths run with every feature acknowledged (EVENT_IDX on odd-length inputs only, so both
+//! notification modes run). The device runs in a real event loop, as in the VMM.
 //!
 //! Guest memory layout (64 KiB):
 //!   0x0000..0x8000  fuzzer bytes: TX desc table (16 x 16 bytes) at 0x0, avail ring at 0x100,
@@ -152,14 +152,26 @@ fuzz_target!(|data: &[u8]| {
                 .push_back(data[IMAGE..].to_vec());
             h.tap_evt.write(1).unwrap();
         }
-        let queues = vec![queue(0x8000, 0x8100, 0x8200), queue(0x0, 0x100, 0x200)];
+        // Event index mode on odd-length inputs: the fuzzer runs both (used_event, in the
+        // avail ring, is the fuzzer's too).
+        let event_idx = data.len() % 2 == 1;
+        let queues: Vec<Queue> = vec![queue(0x8000, 0x8100, 0x8200), queue(0x0, 0x100, 0x200)]
+            .into_iter()
+            .map(|mut q| {
+                q.set_event_idx(event_idx);
+                q
+            })
+            .collect();
         let evts: Vec<EventFd> = (0..2)
             .map(|_| EventFd::new(EFD_NONBLOCK).unwrap())
             .collect();
         let kicks: Vec<EventFd> = evts.iter().map(|e| e.try_clone().unwrap()).collect();
         let before = {
             let mut dev = h.dev.lock().unwrap();
-            let f = dev.avail_features();
+            let mut f = dev.avail_features();
+            if !event_idx {
+                f &= !(1u64 << 29);
+            }
             dev.set_acked_features(f);
             dev.activate(mem.clone(), Arc::new(NoIrq), queues, evts)
                 .unwrap();

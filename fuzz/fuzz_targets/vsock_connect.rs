@@ -57,7 +57,7 @@ fuzz_target!(|data: &[u8]| {
     DIR.with(|dir| {
         let mut d = Device::new(dir);
         sane_rx(&d.mem, 0x0, RX_BUFS, 4);
-        d.activate(vec![
+        d.activate(data.len() % 2 == 1, vec![
             queue(0x0, 0x100, 0x200),
             queue(0x8000, 0x8100, 0x8200),
             queue(0xc000, 0xc100, 0xc200),

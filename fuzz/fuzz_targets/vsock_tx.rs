@@ -24,6 +24,7 @@ use event_manager::{EventManager, SubscriberOps};
 use hull_vmm::devices::virtio::vsock::Vsock;
 use hull_vmm::devices::virtio::VirtioDevice;
 use libfuzzer_sys::fuzz_target;
+use virtio_queue::QueueT;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 use vsock::{queue, sane_rx, NoIrq, GUEST_CID, MEM_SIZE};
@@ -69,18 +70,29 @@ fuzz_target!(|data: &[u8]| {
 
     HARNESS.with(|h| {
         let mut h = h.borrow_mut();
+        // Event index mode on odd-length inputs: the fuzzer runs both.
+        let event_idx = data.len() % 2 == 1;
         let queues = vec![
             queue(0x8000, 0x8100, 0x8200),
             queue(0x0, 0x100, 0x200),
             queue(0xc000, 0xc100, 0xc200),
-        ];
+        ]
+        .into_iter()
+        .map(|mut q| {
+            q.set_event_idx(event_idx);
+            q
+        })
+        .collect();
         let evts: Vec<EventFd> = (0..3)
             .map(|_| EventFd::new(EFD_NONBLOCK).unwrap())
             .collect();
         let kicks: Vec<EventFd> = evts.iter().map(|e| e.try_clone().unwrap()).collect();
         {
             let mut dev = h.dev.lock().unwrap();
-            let f = dev.avail_features();
+            let mut f = dev.avail_features();
+            if !event_idx {
+                f &= !(1u64 << 29);
+            }
             dev.set_acked_features(f);
             dev.activate(mem.clone(), Arc::new(NoIrq), queues, evts)
                 .unwrap();

@@ -85,9 +85,23 @@ fn create_run_reattach_destroy() {
             }
         }
         // The host puts a root file system in the share after boot; the guest runs in it.
-        busybox_root(&sb.share_dir().join("testroot"), &["proc", "tmp"]);
+        busybox_root(&sb.share_dir().join("testroot"), &["proc", "tmp", "sys"]);
         let marker = nonce();
         std::fs::write(sb.share_dir().join("testroot/marker"), &marker).unwrap();
+        // Every virtio device took VIRTIO_RING_F_EVENT_IDX (bit 29 of what the guest shows):
+        // vsock and both shares.
+        let (status, out, err) = run(
+            sb.agent().unwrap(),
+            sh_in_share(
+                "mount -t sysfs sys /sys && for d in /sys/bus/virtio/devices/*; do \
+                 echo \"$(cat $d/device) $(cut -c30 $d/features)\"; done",
+            ),
+        )
+        .await;
+        assert_eq!(status.code(), Some(0), "stderr: {err}");
+        let mut devices: Vec<&str> = out.lines().map(str::trim).collect();
+        devices.sort();
+        assert_eq!(devices, ["0x0013 1", "0x001a 1", "0x001a 1"], "{out}");
         let (status, out, err) = run(
             sb.agent().unwrap(),
             sh_in_share("uname -r; hostname; cat /marker"),

@@ -190,7 +190,7 @@ fn send(server: &FsServer, mem: &GuestMemory, q: &mut Queue, req: &[u8]) {
     .unwrap();
     mem.write_obj(idx.wrapping_add(1), GuestAddress(HQ_AVAIL + 2))
         .unwrap();
-    server.process_queue(mem, q, &NoIrq);
+    server.process_queue(mem, q, &NoIrq, None);
 }
 
 fn init_request() -> Vec<u8> {
@@ -237,7 +237,9 @@ pub fn run(data: &[u8], read_only: bool) {
             let image = &data[1..data.len().min(0x8001)];
             mem.write_slice(image, GuestAddress(0)).unwrap();
             let mut q = queue(0, 0x100, 0x200, FUZZ_QSIZE);
-            server.process_queue(&mem, &mut q, &NoIrq);
+            // Event index mode on odd-length inputs: the fuzzer runs both.
+            q.set_event_idx(data.len() % 2 == 1);
+            server.process_queue(&mem, &mut q, &NoIrq, None);
         }
         drop(server);
         h.check_outside();

@@ -28,6 +28,9 @@ impl VirtioInterrupt for NoIrq {
     }
 }
 
+/// VIRTIO_RING_F_EVENT_IDX.
+pub const EVENT_IDX: u64 = 1 << 29;
+
 pub fn queue(desc: u64, avail: u64, used: u64) -> Queue {
     let mut q = Queue::new(QSIZE).unwrap();
     q.set_size(QSIZE);
@@ -111,13 +114,25 @@ impl Device {
     }
 
     /// Activates the device with these RX, TX and event queues.
-    pub fn activate(&mut self, queues: Vec<Queue>) {
+    /// Activates the device with `queues`, in event index mode (EVENT_IDX acknowledged) if
+    /// `event_idx`: the targets take it from the input's length, so the fuzzer runs both.
+    pub fn activate(&mut self, event_idx: bool, queues: Vec<Queue>) {
         let evts: Vec<EventFd> = (0..3)
             .map(|_| EventFd::new(EFD_NONBLOCK).unwrap())
             .collect();
         self.kicks = evts.iter().map(|e| e.try_clone().unwrap()).collect();
+        let queues = queues
+            .into_iter()
+            .map(|mut q| {
+                q.set_event_idx(event_idx);
+                q
+            })
+            .collect();
         let mut dev = self.dev.lock().unwrap();
-        let f = dev.avail_features();
+        let mut f = dev.avail_features();
+        if !event_idx {
+            f &= !EVENT_IDX;
+        }
         dev.set_acked_features(f);
         dev.activate(self.mem.clone(), Arc::new(NoIrq), queues, evts)
             .unwrap();

@@ -32,6 +32,52 @@ pub trait VirtioInterrupt: Send + Sync {
     fn signal_config_change(&self) -> std::io::Result<()>;
 }
 
+/// How often one call of a device's queue handler drains again after [`rearm`] said buffers
+/// arrived: a bound, since the driver's index is the guest's to move (a device past it yields
+/// and comes back through an eventfd of its own).
+pub const MAX_REARMS: usize = 16;
+
+/// Notifications both ways, with or without `VIRTIO_RING_F_EVENT_IDX` (the transport sets the
+/// queue's event index mode from the acknowledged features). Every device drains a queue, then
+/// calls [`rearm`] (or [`rearm_after`] if it gave buffers back unused) and drains again while
+/// it says buffers arrived meanwhile; it interrupts the guest through [`notify_used`], once per
+/// batch of used buffers. Under EVENT_IDX the driver kicks only when it adds a buffer past the
+/// index the device last wrote (`avail_event`) and wants an interrupt only once the used index
+/// passes its `used_event`, which saves a VM exit per frame or request both ways; a device that
+/// did not rearm would never be kicked again.
+///
+/// Errors reading or writing the rings (addresses the guest made bad) count as "nothing more":
+/// the device stops rather than loops.
+pub fn rearm(queue: &mut Queue, mem: &GuestMemory) -> bool {
+    use virtio_queue::QueueT;
+    queue.enable_notification(mem).unwrap_or(false)
+}
+
+/// [`rearm`] for a device that looked at the buffers up to avail index `seen` and gave some
+/// back (rewound `next_avail`) because they were not enough: the driver is asked to kick on a
+/// buffer past `seen`, not past `next_avail` (which it has already passed, so it would never
+/// kick); returns whether it added any since.
+pub fn rearm_after(queue: &mut Queue, mem: &GuestMemory, seen: u16) -> bool {
+    use virtio_queue::QueueT;
+    let next = queue.next_avail();
+    queue.set_next_avail(seen);
+    let more = queue.enable_notification(mem).unwrap_or(false);
+    queue.set_next_avail(next);
+    more
+}
+
+/// Interrupts the guest for the used buffers of `queue` if its driver wants it now (always
+/// without EVENT_IDX; with it, once the used index passed `used_event`). Call once per batch:
+/// the check remembers what it signalled.
+pub fn notify_used(queue: &mut Queue, mem: &GuestMemory, interrupt: &dyn VirtioInterrupt) {
+    use virtio_queue::QueueT;
+    if queue.needs_notification(mem).unwrap_or(true) {
+        if let Err(e) = interrupt.signal_used_queue() {
+            tracing::warn!(error = %e, "virtio: cannot interrupt the guest");
+        }
+    }
+}
+
 /// Why a device refused to activate.
 #[derive(Debug, thiserror::Error)]
 pub enum ActivateError {

@@ -155,6 +155,18 @@ impl TestQueue {
         self.set_avail_idx(idx.wrapping_add(1));
     }
 
+    /// `avail_event` (VIRTIO_RING_F_EVENT_IDX): the avail index past which the device wants a
+    /// kick, written by the device at the end of the used ring.
+    pub fn avail_event(&self) -> u16 {
+        self.read(self.used.unchecked_add(4 + 8 * u64::from(self.size)))
+    }
+
+    /// Sets `used_event` (VIRTIO_RING_F_EVENT_IDX): the driver wants an interrupt once the
+    /// used index passes it; it lives at the end of the avail ring.
+    pub fn set_used_event(&self, idx: u16) {
+        self.write(idx, self.avail.unchecked_add(4 + 2 * u64::from(self.size)));
+    }
+
     /// The used ring's index.
     pub fn used_idx(&self) -> u16 {
         self.read(self.used.unchecked_add(2))

@@ -131,7 +131,7 @@ impl Guest {
     /// Lets the device serve the queue; returns the used elements that appeared.
     fn run(&mut self) -> Vec<(u32, u32)> {
         self.server
-            .process_queue(&self.mem, &mut self.queue, &self.irq);
+            .process_queue(&self.mem, &mut self.queue, &self.irq, None);
         self.ring.take_used(&mut self.used_seen)
     }
 
@@ -1686,4 +1686,33 @@ impl Driverless<'_> {
             data,
         }
     }
+}
+
+/// EVENT_IDX: after serving its requests the worker asks for a kick on the next one
+/// (avail_event is the avail index it reached) and interrupts only when the driver's
+/// used_event says so.
+#[test]
+fn event_idx_rearms_the_queue_and_interrupts_only_when_asked() {
+    use virtio_queue::QueueT;
+    let dev = Fs::new(FsConfig::new("t", std::env::temp_dir())).unwrap();
+    assert!(
+        dev.avail_features() & (1u64 << virtio_bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX) != 0,
+        "EVENT_IDX is offered"
+    );
+    let mut g = share("evidx");
+    g.queue.set_event_idx(true);
+    fs::write(g.share.join("f"), b"x").unwrap();
+    g.init();
+    assert_eq!(g.ring.avail_event(), g.ring.avail_idx());
+    let irqs = g.irq.count();
+    // The driver wants an interrupt once the used index passes 100 only.
+    g.ring.set_used_event(100);
+    g.lookup(ROOT, "f").unwrap();
+    g.lookup(ROOT, "f").unwrap();
+    assert_eq!(g.ring.avail_event(), g.ring.avail_idx());
+    assert_eq!(g.irq.count(), irqs, "no interrupt before used_event");
+    // Now at the next reply.
+    g.ring.set_used_event(g.ring.used_idx());
+    g.lookup(ROOT, "f").unwrap();
+    assert_eq!(g.irq.count(), irqs + 1);
 }

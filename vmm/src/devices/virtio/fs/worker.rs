@@ -21,7 +21,7 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use super::guard::GuardedFs;
 use super::{CachePolicy, FsConfig, FsError};
-use crate::devices::virtio::{GuestMemory, VirtioInterrupt};
+use crate::devices::virtio::{notify_used, rearm, GuestMemory, VirtioInterrupt, MAX_REARMS};
 
 /// The FUSE server of one share: fuse-backend-rs's `Server` over the guarded passthrough file
 /// system. It is the whole request path without the threads, which is what the unit tests and
@@ -87,16 +87,34 @@ impl FsServer {
     }
 
     /// Serves every request the driver made available on `queue`, returning each chain to the
-    /// used ring with the length of its reply. Returns how many chains were used. Interrupts
-    /// the guest after each reply (requests can be slow; the guest should not wait for a batch).
+    /// used ring with the length of its reply, then rearms the queue's notifications (see
+    /// [`rearm`]) and serves what arrived meanwhile. Returns how many chains were used.
+    /// Interrupts the guest after each reply if it asks for it (requests can be slow; the guest
+    /// should not wait for a batch). It drains again at most [`MAX_REARMS`] times; past that
+    /// (a guest moving its index without requests to show for it) it signals `again`, the
+    /// queue's eventfd, so the worker comes back after a look at its kill eventfd.
     pub fn process_queue(
         &self,
         mem: &GuestMemory,
         queue: &mut Queue,
         interrupt: &dyn VirtioInterrupt,
+        again: Option<&EventFd>,
     ) -> usize {
         let mut used = 0;
-        while let Some(chain) = queue.pop_descriptor_chain(mem) {
+        let mut rearms = 0usize;
+        loop {
+            let Some(chain) = queue.pop_descriptor_chain(mem) else {
+                if rearm(queue, mem) {
+                    if rearms < MAX_REARMS {
+                        rearms += 1;
+                        continue;
+                    }
+                    if let Some(evt) = again {
+                        let _ = evt.write(1);
+                    }
+                }
+                break;
+            };
             let head = chain.head_index();
             let len = self.handle_chain(mem, chain);
             if let Err(e) = queue.add_used(mem, head, len) {
@@ -104,14 +122,7 @@ impl FsServer {
                 break;
             }
             used += 1;
-            match queue.needs_notification(mem) {
-                Ok(false) => {}
-                Ok(true) | Err(_) => {
-                    if let Err(e) = interrupt.signal_used_queue() {
-                        tracing::warn!(error = %e, "virtio-fs: cannot interrupt the guest");
-                    }
-                }
-            }
+            notify_used(queue, mem, interrupt);
         }
         used
     }
@@ -371,7 +382,7 @@ fn run(
         }
     }
     // Requests made available before the thread started (the driver may notify at once).
-    server.process_queue(mem, &mut queue, interrupt);
+    server.process_queue(mem, &mut queue, interrupt, Some(queue_evt));
     let mut events = [EpollEvent::default(); 2];
     loop {
         let n = match epoll.wait(-1, &mut events) {
@@ -387,7 +398,7 @@ fn run(
                 EV_KILL => return,
                 _ => {
                     let _ = queue_evt.read();
-                    server.process_queue(mem, &mut queue, interrupt);
+                    server.process_queue(mem, &mut queue, interrupt, Some(queue_evt));
                 }
             }
         }

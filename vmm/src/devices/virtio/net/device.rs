@@ -9,6 +9,7 @@ use virtio_bindings::virtio_net::{
     VIRTIO_NET_F_HOST_TSO4, VIRTIO_NET_F_HOST_TSO6, VIRTIO_NET_F_MAC, VIRTIO_NET_F_MRG_RXBUF,
     VIRTIO_NET_F_MTU, VIRTIO_NET_F_STATUS, VIRTIO_NET_S_LINK_UP,
 };
+use virtio_bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX;
 use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT};
 use vm_memory::{Address, Bytes, GuestAddress};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
@@ -16,11 +17,12 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 use super::tap::{offload_flags, Tap, TapIo};
 use super::{
     NetConfig, NetError, CONFIG_SPACE_SIZE, FRAME_BUF_SIZE, MAX_TX_DESCS, NET_DEVICE_ID,
-    NUM_BUFFERS_OFFSET, NUM_QUEUES, QUEUE_SIZE, RXQ_INDEX, RX_BUDGET, TXQ_INDEX, VNET_HDR_LEN,
+    NUM_BUFFERS_OFFSET, NUM_QUEUES, QUEUE_SIZE, RXQ_INDEX, RX_BUDGET, TXQ_INDEX, TX_BUDGET,
+    VNET_HDR_LEN,
 };
 use crate::devices::virtio::{
-    check_activation, ignore_config_write, read_config_space, ActivateError, GuestMemory,
-    VirtioDevice, VirtioInterrupt,
+    check_activation, ignore_config_write, notify_used, read_config_space, rearm, rearm_after,
+    ActivateError, GuestMemory, VirtioDevice, VirtioInterrupt, MAX_REARMS,
 };
 
 /// An Ethernet header: the least a frame carries after its vnet header.
@@ -85,7 +87,8 @@ enum RxOutcome {
     /// the queue holds): dropped, the chains left to the next frame.
     Dropped,
     /// Not enough RX buffers yet: the frame stays, the chains are left in the queue.
-    Deferred,
+    /// Too few buffers; the avail index up to which the device looked.
+    Deferred(u16),
 }
 
 /// A virtio-net device whose host side is a tap interface.
@@ -129,6 +132,7 @@ impl Net {
             VIRTIO_NET_F_HOST_TSO6,
             VIRTIO_NET_F_MRG_RXBUF,
             VIRTIO_NET_F_STATUS,
+            VIRTIO_RING_F_EVENT_IDX,
         ]
         .iter()
         .fold(0u64, |f, &bit| f | (1u64 << bit));
@@ -188,8 +192,9 @@ impl Net {
         self.acked_features & (1u64 << bit) != 0
     }
 
-    /// Sends the frames the guest queued to the tap. Returns whether any chain was used (the
-    /// guest was then interrupted).
+    /// Sends the frames the guest queued to the tap, at most [`TX_BUDGET`] per call (then the
+    /// TX queue's eventfd brings the device back). Returns whether any chain was used (the
+    /// guest was then interrupted if it asked for it).
     pub fn process_tx(&mut self) -> bool {
         let Some(active) = self.active.as_mut() else {
             return false;
@@ -199,8 +204,25 @@ impl Net {
             return false;
         };
         let mut used = false;
+        let mut served = 0usize;
+        let mut rearms = 0usize;
         let size = queue.size();
-        while let Some(chain) = queue.pop_descriptor_chain(mem) {
+        loop {
+            if served >= TX_BUDGET || rearms > MAX_REARMS {
+                // Not rearmed: the guest need not kick, the eventfd brings the device back.
+                if let Some(evt) = active.queue_evts.get(TXQ_INDEX) {
+                    let _ = evt.write(1);
+                }
+                break;
+            }
+            let Some(chain) = queue.pop_descriptor_chain(mem) else {
+                if rearm(queue, mem) {
+                    rearms += 1;
+                    continue;
+                }
+                break;
+            };
+            served += 1;
             let head = chain.head_index();
             if head >= size {
                 // Nothing to gather and nothing the used ring can take back: skipped, and the
@@ -234,7 +256,7 @@ impl Net {
             used = true;
         }
         if used {
-            signal(&active.interrupt);
+            notify_used(queue, mem, active.interrupt.as_ref());
         }
         used
     }
@@ -254,6 +276,7 @@ impl Net {
         };
         let mut used = false;
         let mut frames = 0usize;
+        let mut rearms = 0usize;
         loop {
             let len = match self.rx.pending {
                 Some(len) => len,
@@ -300,25 +323,30 @@ impl Net {
                     self.rx.pending = None;
                     self.counters.rx_dropped = self.counters.rx_dropped.saturating_add(1);
                 }
-                RxOutcome::Deferred => {
+                RxOutcome::Deferred(seen) => {
                     if self.rx.pending.is_none() {
                         self.counters.rx_deferred = self.counters.rx_deferred.saturating_add(1);
                         self.rx.pending = Some(len);
+                    }
+                    // Too few buffers: the guest is asked to kick when it adds one past those
+                    // the device saw; if it did meanwhile, the frame is tried again.
+                    if rearm_after(queue, mem, seen) {
+                        rearms += 1;
+                        if rearms <= MAX_REARMS {
+                            continue;
+                        }
+                        // A guest that keeps moving its index without buffers to show for it
+                        // gets the device back on the next round of the event loop.
+                        let _ = self.rx_continue_evt.write(1);
                     }
                     break;
                 }
             }
         }
         if used {
-            signal(&active.interrupt);
+            notify_used(queue, mem, active.interrupt.as_ref());
         }
         used
-    }
-}
-
-fn signal(interrupt: &Arc<dyn VirtioInterrupt>) {
-    if let Err(e) = interrupt.signal_used_queue() {
-        tracing::warn!(error = %e, "virtio-net: cannot interrupt the guest");
     }
 }
 
@@ -437,8 +465,10 @@ fn deliver_frame(
             return RxOutcome::Dropped;
         }
         let Some(chain) = queue.pop_descriptor_chain(mem) else {
+            // Every buffer up to here was looked at (next_avail is the avail index).
+            let seen = queue.next_avail();
             rewind(queue, popped);
-            return RxOutcome::Deferred;
+            return RxOutcome::Deferred(seen);
         };
         let head = chain.head_index();
         let start = off;

@@ -52,6 +52,9 @@ pub const MAX_TX_DESCS: usize = 64;
 /// Most frames moved from the tap to the guest per event before the device yields the event
 /// loop to the other devices (it resumes on its own eventfd).
 pub const RX_BUDGET: usize = 256;
+/// Most TX chains served per event before the device yields the event loop to the other
+/// devices (it resumes through its TX queue's own eventfd, which it signals itself).
+pub const TX_BUDGET: usize = 256;
 /// Config space: mac[6], status (le16), max_virtqueue_pairs (le16), mtu (le16).
 pub const CONFIG_SPACE_SIZE: usize = 12;
 

@@ -22,6 +22,7 @@ const W: u16 = VRING_DESC_F_WRITE as u16;
 const QSIZE: u16 = 256;
 const BUF_BASE: u64 = 0x10_0000;
 const MRG: u64 = 1 << VIRTIO_NET_F_MRG_RXBUF;
+const EVENT_IDX: u64 = 1 << virtio_bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX;
 
 /// What the fake tap saw and holds.
 #[derive(Default)]
@@ -98,11 +99,13 @@ impl Harness {
         }
     }
 
+    /// Every feature but EVENT_IDX: a driver that kicks and wants an interrupt every time.
     fn new() -> Harness {
-        Harness::with_features(|f| f)
+        Harness::with_features(|f| f & !EVENT_IDX)
     }
 
-    /// A device activated with the features `ack(offered)` (VERSION_1 kept).
+    /// A device activated with the features `ack(offered)` (VERSION_1 kept); the queues in
+    /// event index mode if EVENT_IDX is among them, as the transport hands them over.
     fn with_features(ack: impl Fn(u64) -> u64) -> Harness {
         let mem = test_mem();
         let tap = Arc::new(Mutex::new(TapState::default()));
@@ -131,7 +134,10 @@ impl Harness {
             .map(|_| EventFd::new(EFD_NONBLOCK).unwrap())
             .collect();
         h.kicks = evts.iter().map(|e| e.try_clone().unwrap()).collect();
-        let queues: Vec<Queue> = vec![h.rxq.queue(), h.txq.queue()];
+        let mut queues: Vec<Queue> = vec![h.rxq.queue(), h.txq.queue()];
+        for q in &mut queues {
+            q.set_event_idx(f & EVENT_IDX != 0);
+        }
         h.dev
             .activate(h.mem.clone(), h.irq.clone(), queues, evts)
             .unwrap();
@@ -242,12 +248,12 @@ fn features_and_config_space() {
         VIRTIO_NET_F_HOST_TSO6,
         VIRTIO_NET_F_MRG_RXBUF,
         VIRTIO_NET_F_STATUS,
+        29, // VIRTIO_RING_F_EVENT_IDX
     ] {
         assert_ne!(f & (1 << bit), 0, "feature {bit} must be offered");
     }
-    // No event index, indirect descriptors, control queue, multiqueue or UFO.
+    // No indirect descriptors, control queue, multiqueue or UFO.
     for bit in [
-        29,
         28,
         VIRTIO_NET_F_CTRL_VQ,
         VIRTIO_NET_F_MQ,
@@ -654,4 +660,79 @@ fn nothing_moves_before_activation_or_after_reset() {
     assert!(!h.dev.process_tx());
     assert_eq!(h.tap.lock().unwrap().to_guest.len(), 1);
     assert!(h.written().is_empty());
+}
+
+/// EVENT_IDX, TX: after each pass the device asks for a kick on the next frame (avail_event is
+/// the avail index it reached) and interrupts only when the driver's used_event says so.
+#[test]
+fn tx_with_event_idx_rearms_and_interrupts_only_when_asked() {
+    let mut h = Harness::with_features(|f| f);
+    assert!(
+        h.dev.avail_features() & EVENT_IDX != 0,
+        "EVENT_IDX is offered"
+    );
+    h.send_split(0, &frame(60, 1), &[60]);
+    h.send_split(1, &frame(61, 2), &[61]);
+    assert!(h.dev.process_tx());
+    assert_eq!(h.written(), vec![frame(60, 1), frame(61, 2)]);
+    assert_eq!(h.txq.avail_event(), 2, "kick me on the next frame");
+    assert_eq!(h.irq.count(), 1, "one interrupt for the batch");
+    // The driver wants an interrupt only once the used index passes 4.
+    h.txq.set_used_event(4);
+    h.send_split(2, &frame(62, 3), &[62]);
+    h.send_split(3, &frame(63, 4), &[63]);
+    assert!(h.dev.process_tx());
+    assert_eq!(h.txq.used_idx(), 4);
+    assert_eq!(h.irq.count(), 1, "used index 4 has not passed used_event 4");
+    h.send_split(4, &frame(64, 5), &[64]);
+    assert!(h.dev.process_tx());
+    assert_eq!(h.irq.count(), 2, "used index 5 passed used_event 4");
+    assert_eq!(h.txq.avail_event(), 5);
+    assert_eq!(h.tx_used().len(), 5);
+}
+
+/// TX budget: a pass serves at most TX_BUDGET chains, then yields through its own kick
+/// eventfd; the next pass serves the rest and rearms.
+#[test]
+fn tx_yields_after_its_budget_and_comes_back_through_its_eventfd() {
+    assert!(TX_BUDGET <= usize::from(QSIZE));
+    let mut h = Harness::with_features(|f| f);
+    let _ = h.kicks[TXQ_INDEX].read();
+    for i in 0..QSIZE {
+        let addr = BUF_BASE + 0x100 * u64::from(i);
+        h.mem
+            .write_slice(&frame(60, i as u8), GuestAddress(addr))
+            .unwrap();
+        h.post_tx(i, &[(addr, 60, 0)]);
+    }
+    assert!(h.dev.process_tx());
+    assert_eq!(h.written().len(), TX_BUDGET);
+    assert_eq!(
+        h.kicks[TXQ_INDEX].read().unwrap(),
+        1,
+        "the device comes back on its own"
+    );
+    h.dev.process_tx();
+    assert_eq!(h.written().len(), usize::from(QSIZE) - TX_BUDGET);
+    assert_eq!(h.txq.avail_event(), QSIZE);
+    assert_eq!(h.tx_used().len(), usize::from(QSIZE));
+}
+
+/// EVENT_IDX, RX: too few buffers for a frame (mergeable, two needed, one posted): the buffer
+/// goes back to the ring and the driver is asked to kick on a buffer past the one the device
+/// saw, not past the rewound position (which it has passed already: it would never kick).
+#[test]
+fn rx_with_event_idx_waiting_for_buffers_asks_for_a_kick_past_what_it_saw() {
+    let mut h = Harness::with_features(|f| f);
+    h.post_rx(0, &[(BUF_BASE, 1000)]);
+    h.push_frame(frame(1500, 6));
+    assert!(!h.dev.process_rx());
+    assert!(h.dev.rx_frame_waiting());
+    assert_eq!(h.rxq.used_idx(), 0);
+    assert_eq!(h.rxq.avail_event(), 1, "kick me past the buffer I saw");
+    h.post_rx(1, &[(BUF_BASE + 0x1000, 1000)]);
+    assert!(h.dev.process_rx());
+    assert_eq!(h.rx_used(), vec![(0, 1000), (1, 500)]);
+    // RX asks for kicks only while it lacks buffers (the tap's events drive it otherwise).
+    assert_eq!(h.rxq.avail_event(), 1);
 }

@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
+use virtio_bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX;
 use virtio_queue::{Queue, QueueOwnedT, QueueT};
 use vm_memory::Bytes;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
@@ -13,8 +14,8 @@ use super::packet::{parse_rx, parse_tx, PKT_HEADER_SIZE};
 use super::unix::muxer::VsockMuxer;
 use super::{VsockError, EVQ_INDEX, NUM_QUEUES, QUEUE_SIZE, RXQ_INDEX, TXQ_INDEX, VSOCK_DEVICE_ID};
 use crate::devices::virtio::{
-    check_activation, ignore_config_write, read_config_space, ActivateError, GuestMemory,
-    VirtioDevice, VirtioInterrupt,
+    check_activation, ignore_config_write, notify_used, read_config_space, rearm, rearm_after,
+    ActivateError, GuestMemory, VirtioDevice, VirtioInterrupt, MAX_REARMS,
 };
 
 /// `struct virtio_vsock_event`: one little-endian u32, the event's id.
@@ -103,8 +104,15 @@ impl Vsock {
         let mem = &active.mem;
         let queue = &mut active.queues[RXQ_INDEX];
         let mut used = false;
+        let mut rearms = 0usize;
         while self.muxer.has_pending_rx() {
             let Some(mut chain) = queue.pop_descriptor_chain(mem) else {
+                // No buffer for what is pending: the guest kicks when it posts one (the
+                // muxer's own events bring the device back too).
+                if rearm(queue, mem) && rearms < MAX_REARMS {
+                    rearms += 1;
+                    continue;
+                }
                 break;
             };
             let head = chain.head_index();
@@ -128,7 +136,7 @@ impl Vsock {
             used = true;
         }
         if used {
-            Self::signal(&active.interrupt);
+            notify_used(queue, mem, active.interrupt.as_ref());
         }
         // Packets the muxer could not take before may fit now.
         used
@@ -143,8 +151,20 @@ impl Vsock {
         let mem = &active.mem;
         let queue = &mut active.queues[TXQ_INDEX];
         let mut used = false;
+        let mut rearms = 0usize;
         self.tx_stalled = false;
-        while let Some(mut chain) = queue.pop_descriptor_chain(mem) {
+        loop {
+            let Some(mut chain) = queue.pop_descriptor_chain(mem) else {
+                if rearm(queue, mem) {
+                    if rearms < MAX_REARMS {
+                        rearms += 1;
+                        continue;
+                    }
+                    // Back on the next round of the event loop.
+                    let _ = active.queue_evts[TXQ_INDEX].write(1);
+                }
+                break;
+            };
             if !self.muxer.can_accept_tx() {
                 queue.go_to_previous_position();
                 self.tx_stalled = true;
@@ -164,7 +184,7 @@ impl Vsock {
             used = true;
         }
         if used {
-            Self::signal(&active.interrupt);
+            notify_used(queue, mem, active.interrupt.as_ref());
         }
         used
     }
@@ -213,12 +233,19 @@ impl Vsock {
             tracing::warn!(error = %e, "vsock: cannot return an event buffer");
             return false;
         }
-        Self::signal(&active.interrupt);
+        notify_used(queue, mem, active.interrupt.as_ref());
+        let avail = queue
+            .avail_idx(mem, std::sync::atomic::Ordering::Acquire)
+            .ok()
+            .map(|i| i.0);
+        // The guest posts an event buffer again once it took the reset, and must kick for it
+        // (`check_reset_taken`): with EVENT_IDX only if asked to, past every buffer it had
+        // posted (Linux posts eight), not past the one taken.
+        if let Some(seen) = avail {
+            rearm_after(queue, mem, seen);
+        }
         if len != 0 {
-            self.reset_unacked = queue
-                .avail_idx(mem, std::sync::atomic::Ordering::Acquire)
-                .ok()
-                .map(|i| i.0);
+            self.reset_unacked = avail;
         }
         len != 0
     }
@@ -238,12 +265,6 @@ impl Vsock {
             self.process_queues(true);
         }
     }
-
-    fn signal(interrupt: &Arc<dyn VirtioInterrupt>) {
-        if let Err(e) = interrupt.signal_used_queue() {
-            tracing::warn!(error = %e, "vsock: cannot interrupt the guest");
-        }
-    }
 }
 
 impl VirtioDevice for Vsock {
@@ -256,7 +277,7 @@ impl VirtioDevice for Vsock {
     }
 
     fn avail_features(&self) -> u64 {
-        1u64 << VIRTIO_F_VERSION_1
+        (1u64 << VIRTIO_F_VERSION_1) | (1u64 << VIRTIO_RING_F_EVENT_IDX)
     }
 
     fn set_acked_features(&mut self, features: u64) {

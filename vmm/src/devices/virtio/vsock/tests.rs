@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use super::*;
 use crate::devices::virtio::test_utils::{test_mem, Desc, TempDir, TestIrq, TestQueue, MEM_SIZE};
 use crate::devices::virtio::VirtioDevice;
+use virtio_queue::QueueT;
 
 #[test]
 fn new_binds_and_drop_removes_the_socket() {
@@ -164,11 +165,19 @@ pub(super) struct Driver {
     /// RX buffers used with length 0 (dropped as malformed), by head index.
     pub rx_dropped: Vec<u32>,
     pub uds: PathBuf,
+    /// Whether the queues are in event index mode (EVENT_IDX acknowledged). The driver kicks
+    /// after every post either way (more kicks than the device asks for are allowed) and
+    /// reads the used rings without waiting for interrupts.
+    event_idx: bool,
     _dir: TempDir,
 }
 
 impl Driver {
     pub fn new(tag: &str) -> Driver {
+        Driver::with_event_idx(tag, false)
+    }
+
+    pub fn with_event_idx(tag: &str, event_idx: bool) -> Driver {
         let dir = TempDir::new(tag);
         let uds = dir.0.join("v.sock");
         let dev = Arc::new(Mutex::new(Vsock::new(GUEST_CID, uds.clone()).unwrap()));
@@ -193,6 +202,7 @@ impl Driver {
             tx_used: Vec::new(),
             rx_dropped: Vec::new(),
             uds,
+            event_idx,
             _dir: dir,
         };
         d.activate();
@@ -202,7 +212,11 @@ impl Driver {
     fn activate(&mut self) {
         let queues: Vec<Queue> = [&self.rxq, &self.txq, &self.evq]
             .iter()
-            .map(|q| q.queue())
+            .map(|q| {
+                let mut q = q.queue();
+                q.set_event_idx(self.event_idx);
+                q
+            })
             .collect();
         let evts: Vec<EventFd> = (0..3)
             .map(|_| EventFd::new(libc::EFD_NONBLOCK).unwrap())
@@ -210,7 +224,10 @@ impl Driver {
         self.kicks = evts.iter().map(|e| e.try_clone().unwrap()).collect();
         {
             let mut dev = self.dev.lock().unwrap();
-            let f = dev.avail_features();
+            let mut f = dev.avail_features();
+            if !self.event_idx {
+                f &= !(1u64 << virtio_bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX);
+            }
             dev.set_acked_features(f);
             dev.activate(self.mem.clone(), self.irq.clone(), queues, evts)
                 .unwrap();
@@ -1595,6 +1612,84 @@ fn a_transport_reset_without_an_event_buffer_is_not_waited_for() {
     d.post_rx();
     assert!(!d.dev.lock().unwrap().send_transport_reset());
     let _s = d.dial(b"CONNECT 1024\n");
+    let got = d.pump_until(Duration::from_secs(5), |p| !p.is_empty());
+    assert_eq!(got[0].hdr.op, VSOCK_OP_REQUEST);
+}
+
+/// EVENT_IDX: a connection both ways with the queues in event index mode. Each queue the
+/// device drained asks for a kick on the next buffer (avail_event is the avail index it
+/// reached), and the bytes arrive whole.
+#[test]
+fn event_idx_connection_both_ways_rearms_every_queue() {
+    let mut d = Driver::with_event_idx("evidx", true);
+    assert!(
+        d.dev.lock().unwrap().avail_features()
+            & (1u64 << virtio_bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX)
+            != 0,
+        "EVENT_IDX is offered"
+    );
+    let (mut h, mut g) = host_connect(&mut d, 1234, 64 * 1024);
+    let host_data = pattern(5, 200 * 1024 + 5);
+    let guest_data = pattern(6, 300 * 1024 + 7);
+    h.out = host_data.clone();
+    g.tx = guest_data.clone();
+    pump_pair(&mut d, &mut g, &mut h, Duration::from_secs(20), |g, h| {
+        g.rx.len() == host_data.len() && h.input.len() == guest_data.len()
+    });
+    assert!(g.rx == host_data, "host->guest bytes differ");
+    assert!(h.input == guest_data, "guest->host bytes differ");
+    assert_eq!(
+        d.txq.avail_event(),
+        d.txq.avail_idx(),
+        "TX asks for the next kick"
+    );
+}
+
+/// EVENT_IDX, RX: with packets pending and no buffer left, the device asks for a kick past
+/// every buffer it saw, and delivers once one comes.
+#[test]
+fn event_idx_rx_without_buffers_asks_for_a_kick_past_what_it_saw() {
+    let mut d = Driver::with_event_idx("evidx-rx", true);
+    // One RX buffer in all: the driver posts it, and again once it took its packet.
+    d.rx_free.truncate(1);
+    let _a = d.dial(b"CONNECT 1024\n");
+    let got = d.pump_until(Duration::from_secs(5), |p| !p.is_empty());
+    assert_eq!(got[0].hdr.op, VSOCK_OP_REQUEST);
+    let _b = d.dial(b"CONNECT 1025\n");
+    for _ in 0..20 {
+        d.run_once(10);
+    }
+    assert_eq!(d.rxq.used_idx(), 1, "no buffer for the second request");
+    assert_eq!(d.rxq.avail_event(), 1, "kick me past the buffer I saw");
+    d.post_rx_n(1);
+    let got = d.pump_until(Duration::from_secs(5), |p| !p.is_empty());
+    assert_eq!(
+        (got[0].hdr.op, got[0].hdr.dst_port),
+        (VSOCK_OP_REQUEST, 1025)
+    );
+}
+
+/// EVENT_IDX after a restore: the transport reset took the event buffer, and the device asks
+/// for a kick when the guest posts it again, which is how it learns the guest took the reset.
+#[test]
+fn event_idx_restored_device_asks_for_the_event_buffer_kick() {
+    let mut d = Driver::with_event_idx("evidx-restored", true);
+    d.post_rx();
+    // Several event buffers, as Linux posts them.
+    for _ in 0..3 {
+        d.post_event();
+    }
+    d.run_once(10);
+    d.dev.lock().unwrap().restored();
+    assert_eq!(d.evq.used_idx(), 1);
+    assert_eq!(
+        d.evq.avail_event(),
+        3,
+        "kick me when a buffer comes back, past the ones I saw"
+    );
+    let _s = d.dial(b"CONNECT 1024\n");
+    assert!(d.pump_rounds(20).is_empty());
+    d.post_event();
     let got = d.pump_until(Duration::from_secs(5), |p| !p.is_empty());
     assert_eq!(got[0].hdr.op, VSOCK_OP_REQUEST);
 }
