@@ -46,11 +46,32 @@ pub const MAX_REARMS: usize = 16;
 /// passes its `used_event`, which saves a VM exit per frame or request both ways; a device that
 /// did not rearm would never be kicked again.
 ///
-/// Errors reading or writing the rings (addresses the guest made bad) count as "nothing more":
-/// the device stops rather than loops.
+/// Errors reading or writing the rings (addresses the guest made bad) count as "nothing more",
+/// and so does an avail index more than the queue's size past what the device saw (no chain can
+/// be popped then, whatever the device does): the device stops rather than loops, as it stops
+/// on such a ring without EVENT_IDX.
 pub fn rearm(queue: &mut Queue, mem: &GuestMemory) -> bool {
     use virtio_queue::QueueT;
-    queue.enable_notification(mem).unwrap_or(false)
+    let next = queue.next_avail();
+    let more = queue.enable_notification(mem).unwrap_or(false);
+    more && avail_within_reach(queue, mem, next)
+}
+
+/// Whether the driver's avail index is at most the queue's size past `from`.
+fn avail_within_reach(queue: &Queue, mem: &GuestMemory, from: u16) -> bool {
+    use virtio_queue::QueueT;
+    match queue.avail_idx(mem, std::sync::atomic::Ordering::Acquire) {
+        Ok(avail) if avail.0.wrapping_sub(from) <= queue.size() => true,
+        Ok(avail) => {
+            tracing::debug!(
+                avail = avail.0,
+                from,
+                "virtio: the driver's avail index is past the ring; the queue stops"
+            );
+            false
+        }
+        Err(_) => false,
+    }
 }
 
 /// [`rearm`] for a device that looked at the buffers up to avail index `seen` and gave some
@@ -63,7 +84,7 @@ pub fn rearm_after(queue: &mut Queue, mem: &GuestMemory, seen: u16) -> bool {
     queue.set_next_avail(seen);
     let more = queue.enable_notification(mem).unwrap_or(false);
     queue.set_next_avail(next);
-    more
+    more && avail_within_reach(queue, mem, seen)
 }
 
 /// Interrupts the guest for the used buffers of `queue` if its driver wants it now (always
@@ -72,6 +93,41 @@ pub fn rearm_after(queue: &mut Queue, mem: &GuestMemory, seen: u16) -> bool {
 pub fn notify_used(queue: &mut Queue, mem: &GuestMemory, interrupt: &dyn VirtioInterrupt) {
     use virtio_queue::QueueT;
     if queue.needs_notification(mem).unwrap_or(true) {
+        if let Err(e) = interrupt.signal_used_queue() {
+            tracing::warn!(error = %e, "virtio: cannot interrupt the guest");
+        }
+    }
+}
+
+/// [`notify_used`] for a batch that moved the used index from `old` by more than the number
+/// of `add_used` calls (virtio-net returns a frame's buffers under one index update, and
+/// virtio-queue's own check counts calls): interrupts if the driver's `used_event` lies in
+/// `old..next_used` (always without EVENT_IDX, unless the driver asked for no interrupts).
+pub fn notify_used_since(
+    queue: &mut Queue,
+    mem: &GuestMemory,
+    interrupt: &dyn VirtioInterrupt,
+    old: u16,
+) {
+    use virtio_queue::QueueT;
+    use vm_memory::Bytes;
+    if !queue.event_idx_enabled() {
+        notify_used(queue, mem, interrupt);
+        return;
+    }
+    // The used index is published (add_used's release store); its used_event is read after it.
+    std::sync::atomic::fence(std::sync::atomic::Ordering::SeqCst);
+    let at = queue
+        .avail_ring()
+        .checked_add(4 + 2 * u64::from(queue.size()));
+    let used_event = at.and_then(|a| mem.read_obj::<u16>(vm_memory::GuestAddress(a)).ok());
+    let new = queue.next_used();
+    let wanted = match used_event {
+        // vring_need_event: new - used_event - 1 < new - old.
+        Some(ue) => new.wrapping_sub(ue).wrapping_sub(1) < new.wrapping_sub(old),
+        None => true,
+    };
+    if wanted {
         if let Err(e) = interrupt.signal_used_queue() {
             tracing::warn!(error = %e, "virtio: cannot interrupt the guest");
         }

@@ -21,8 +21,8 @@ use super::{
     VNET_HDR_LEN,
 };
 use crate::devices::virtio::{
-    check_activation, ignore_config_write, notify_used, read_config_space, rearm, rearm_after,
-    ActivateError, GuestMemory, VirtioDevice, VirtioInterrupt, MAX_REARMS,
+    check_activation, ignore_config_write, notify_used, notify_used_since, read_config_space,
+    rearm, rearm_after, ActivateError, GuestMemory, VirtioDevice, VirtioInterrupt, MAX_REARMS,
 };
 
 /// An Ethernet header: the least a frame carries after its vnet header.
@@ -277,6 +277,9 @@ impl Net {
         let mut used = false;
         let mut frames = 0usize;
         let mut rearms = 0usize;
+        // A frame's buffers go back under one used index update (`publish_used`): whether the
+        // driver wants an interrupt is decided over the whole batch's index range.
+        let first_used = queue.next_used();
         loop {
             let len = match self.rx.pending {
                 Some(len) => len,
@@ -344,7 +347,7 @@ impl Net {
             }
         }
         if used {
-            notify_used(queue, mem, active.interrupt.as_ref());
+            notify_used_since(queue, mem, active.interrupt.as_ref(), first_used);
         }
         used
     }

@@ -736,3 +736,44 @@ fn rx_with_event_idx_waiting_for_buffers_asks_for_a_kick_past_what_it_saw() {
     // RX asks for kicks only while it lacks buffers (the tap's events drive it otherwise).
     assert_eq!(h.rxq.avail_event(), 1);
 }
+
+/// EVENT_IDX, RX: a frame spread over two buffers moves the used index by two under one
+/// update; the driver waiting at used_event 0 is interrupted (a check that counted updates
+/// instead of entries would see only 1..2 and stay silent, and the guest's RX would stall).
+#[test]
+fn rx_with_event_idx_interrupts_for_a_frame_over_several_buffers() {
+    let mut h = Harness::with_features(|f| f);
+    h.rxq.set_used_event(0);
+    h.post_rx(0, &[(BUF_BASE, 1000)]);
+    h.post_rx(1, &[(BUF_BASE + 0x1000, 1000)]);
+    h.push_frame(frame(1500, 7));
+    assert!(h.dev.process_rx());
+    assert_eq!(h.rx_used(), vec![(0, 1000), (1, 500)]);
+    assert_eq!(
+        h.irq.count(),
+        1,
+        "the driver waiting at used_event 0 is interrupted"
+    );
+    // Waiting at 5 now: the next two-buffer frame (used index 2..4) does not interrupt.
+    h.rxq.set_used_event(5);
+    h.post_rx(2, &[(BUF_BASE + 0x2000, 1000)]);
+    h.post_rx(3, &[(BUF_BASE + 0x3000, 1000)]);
+    h.push_frame(frame(1500, 8));
+    assert!(h.dev.process_rx());
+    assert_eq!(h.irq.count(), 1);
+}
+
+/// EVENT_IDX with an avail index the guest moved past the ring: nothing can be popped, and the
+/// device stops instead of draining again forever (no self-kick either).
+#[test]
+fn an_avail_index_past_the_ring_stops_the_queue_instead_of_spinning() {
+    let mut h = Harness::with_features(|f| f);
+    let _ = h.kicks[TXQ_INDEX].read();
+    h.txq.set_avail_idx(1000);
+    assert!(!h.dev.process_tx());
+    assert!(
+        h.kicks[TXQ_INDEX].read().is_err(),
+        "no self-kick: the queue stops"
+    );
+    assert!(h.written().is_empty());
+}

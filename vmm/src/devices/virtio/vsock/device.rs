@@ -109,9 +109,13 @@ impl Vsock {
             let Some(mut chain) = queue.pop_descriptor_chain(mem) else {
                 // No buffer for what is pending: the guest kicks when it posts one (the
                 // muxer's own events bring the device back too).
-                if rearm(queue, mem) && rearms < MAX_REARMS {
-                    rearms += 1;
-                    continue;
+                if rearm(queue, mem) {
+                    if rearms < MAX_REARMS {
+                        rearms += 1;
+                        continue;
+                    }
+                    // Back on the next round of the event loop: the guest may not kick.
+                    let _ = active.queue_evts[RXQ_INDEX].write(1);
                 }
                 break;
             };
