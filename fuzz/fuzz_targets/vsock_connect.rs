@@ -57,11 +57,14 @@ fuzz_target!(|data: &[u8]| {
     DIR.with(|dir| {
         let mut d = Device::new(dir);
         sane_rx(&d.mem, 0x0, RX_BUFS, 4);
-        d.activate(data.len() % 2 == 1, vec![
-            queue(0x0, 0x100, 0x200),
-            queue(0x8000, 0x8100, 0x8200),
-            queue(0xc000, 0xc100, 0xc200),
-        ]);
+        d.activate(
+            data.len() % 2 == 1,
+            vec![
+                queue(0x0, 0x100, 0x200),
+                queue(0x8000, 0x8100, 0x8200),
+                queue(0xc000, 0xc100, 0xc200),
+            ],
+        );
         let mut client = UnixStream::connect(&d.uds).unwrap();
         client.write_all(data).unwrap();
         // The muxer reads what is there, then sees the end of the line (or of the stream).

@@ -79,11 +79,14 @@ fuzz_target!(|data: &[u8]| {
         let mut client = UnixStream::connect(&d.uds).unwrap();
         client.write_all(b"CONNECT 52\nhello guest").unwrap();
 
-        d.activate(data.len() % 2 == 1, vec![
-            queue(0x0, 0x100, 0x200),
-            queue(0x8000, 0x8100, 0x8200),
-            queue(0xc000, 0xc100, 0xc200),
-        ]);
+        d.activate(
+            data.len() % 2 == 1,
+            vec![
+                queue(0x0, 0x100, 0x200),
+                queue(0x8000, 0x8100, 0x8200),
+                queue(0xc000, 0xc100, 0xc200),
+            ],
+        );
         d.run(2);
         let mut accepted = Vec::new();
         while let Ok((mut s, _)) = host.accept() {
