@@ -152,6 +152,7 @@ impl Shim for HullShim {
         let annotations = pod::bundle_annotations(&self.bundle).unwrap_or_default();
         let group = pod::group(&self.id, &annotations);
         let address = containerd_shim::socket_address(&self.address, &self.namespace, &group);
+        let mut failed = None;
         if group != self.id && shim_alive(&address) {
             tracing::info!(
                 "delete {}: the pod's shim still runs; only unmounting the rootfs",
@@ -164,16 +165,23 @@ impl Shim for HullShim {
             let res = tokio::task::spawn_blocking(move || task::runtime::cleanup(&r, &n))
                 .await
                 .map_err(|e| Error::Other(e.to_string()))?;
-            if let Err(e) = res {
-                tracing::error!("delete {}: cleaning up sandbox {name}: {e}", self.id);
-                return Err(Error::Other(format!("cleaning up sandbox {name}: {e}")));
+            match res {
+                Ok(()) => remove_dead_socket(&address),
+                Err(e) => {
+                    tracing::error!("delete {}: cleaning up sandbox {name}: {e}", self.id);
+                    failed = Some(format!("cleaning up sandbox {name}: {e}"));
+                }
             }
-            remove_dead_socket(&address);
         }
+        // The task's rootfs is unmounted whatever happened to the sandbox: it is the host's
+        // mount, and nothing else would take it off.
         let rootfs = self.bundle.join("rootfs");
         if let Err(e) = rootfs::unmount_all(&rootfs) {
             tracing::error!("delete {}: {e}", self.id);
-            return Err(Error::Other(e.to_string()));
+            failed.get_or_insert(e.to_string());
+        }
+        if let Some(e) = failed {
+            return Err(Error::Other(e));
         }
         Ok(DeleteResponse {
             pid: 0,

@@ -348,7 +348,14 @@ impl Cri {
             .dir
             .join("ctd/root/run/io.containerd.runtime.v2.task/k8s.io");
         let task_mounts: Vec<String> = mounts_below(&tasks);
-        assert_eq!(task_mounts, Vec::<String>::new(), "rootfs mounts left");
+        if !task_mounts.is_empty() {
+            // The shim's `delete` (after a dead shim) logs why into containerd's log.
+            let log = std::fs::read_to_string(&self.containerd.log).unwrap_or_default();
+            panic!(
+                "rootfs mounts left: {task_mounts:?}\ncontainerd's log (end):\n{}",
+                tail(&log, 80)
+            );
+        }
         let state: Vec<_> = std::fs::read_dir(self.shim_root.join("k8s.io"))
             .map(|d| d.flatten().map(|e| e.path()).collect())
             .unwrap_or_default();
