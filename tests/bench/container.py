@@ -17,7 +17,10 @@ hull runs twice: with its default start path (`hull`: restored from a template, 
 warm-up round makes) and with `start = "boot"` (`hull-boot`: the kernel booted every time).
 
 One warm-up round (discarded) and --rounds measured rounds, hull first in odd rounds, runc first
-in even ones. Prints every round, per-runtime median/min/max and the ratios to runc.
+in even ones, with --settle seconds (default 3) of quiet before every run: what a runtime leaves
+to the kernel after it exits (a network namespace's teardown runs in a kernel worker after
+the last reference is gone, page cache writeback) must not land in the next runtime's time.
+Prints every round, per-runtime median/min/max and the ratios to runc.
 """
 import argparse, os, select, shutil, signal, statistics, subprocess, sys, tempfile, time
 
@@ -115,6 +118,7 @@ def main():
     ap.add_argument("--build", required=True, help="the build dir (bin/hull, bin/hull-vmm, vmlinux, hull-initrd.img)")
     ap.add_argument("--rounds", type=int, default=7)
     ap.add_argument("--timeout", type=int, default=300, help="seconds one run may take")
+    ap.add_argument("--settle", type=float, default=3.0, help="seconds of quiet before each run")
     a = ap.parse_args()
     if a.rounds < 1:
         ap.error("--rounds must be at least 1")
@@ -134,6 +138,7 @@ def main():
             order = (runc, hull_boot, hull) if r > 0 and r % 2 == 0 else (hull, hull_boot, runc)
             label = "warm-up" if r == 0 else f"round {r}"
             for rt in order:
+                time.sleep(a.settle)
                 first, done = one_run(rt, bundle, f"bench{r}", work, a.timeout)
                 print(f"{label:8s} {rt.name:9s} {first * 1000:8.0f} ms to the first line  {done * 1000:8.0f} ms to exit"
                       f"{'  (discarded)' if r == 0 else ''}", flush=True)
