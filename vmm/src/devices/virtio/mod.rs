@@ -57,6 +57,35 @@ pub fn rearm(queue: &mut Queue, mem: &GuestMemory) -> bool {
     more && avail_within_reach(queue, mem, next)
 }
 
+/// What every device does when a drain found nothing more: rearms ([`rearm`], or
+/// [`rearm_after`] with the index `seen` if it gave buffers back) and says whether to drain
+/// again because buffers came meanwhile. Past [`MAX_REARMS`] (`rearms` counts them) it signals
+/// `again`, an eventfd of the device's own, instead: the device comes back on the next round of
+/// its loop, and the guest, which may not kick, is not waited for.
+pub fn rearm_or_yield(
+    queue: &mut Queue,
+    mem: &GuestMemory,
+    seen: Option<u16>,
+    rearms: &mut usize,
+    again: Option<&EventFd>,
+) -> bool {
+    let more = match seen {
+        Some(seen) => rearm_after(queue, mem, seen),
+        None => rearm(queue, mem),
+    };
+    if !more {
+        return false;
+    }
+    if *rearms < MAX_REARMS {
+        *rearms += 1;
+        return true;
+    }
+    if let Some(evt) = again {
+        let _ = evt.write(1);
+    }
+    false
+}
+
 /// Whether the driver's avail index is at most the queue's size past `from`.
 fn avail_within_reach(queue: &Queue, mem: &GuestMemory, from: u16) -> bool {
     use virtio_queue::QueueT;

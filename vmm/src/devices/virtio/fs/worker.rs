@@ -21,7 +21,7 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use super::guard::GuardedFs;
 use super::{CachePolicy, FsConfig, FsError};
-use crate::devices::virtio::{notify_used, rearm, GuestMemory, VirtioInterrupt, MAX_REARMS};
+use crate::devices::virtio::{notify_used, rearm_or_yield, GuestMemory, VirtioInterrupt};
 
 /// The FUSE server of one share: fuse-backend-rs's `Server` over the guarded passthrough file
 /// system. It is the whole request path without the threads, which is what the unit tests and
@@ -88,9 +88,10 @@ impl FsServer {
 
     /// Serves every request the driver made available on `queue`, returning each chain to the
     /// used ring with the length of its reply, then rearms the queue's notifications (see
-    /// [`rearm`]) and serves what arrived meanwhile. Returns how many chains were used.
+    /// [`crate::devices::virtio::rearm`]) and serves what arrived meanwhile. Returns how many chains were used.
     /// Interrupts the guest after each reply if it asks for it (requests can be slow; the guest
-    /// should not wait for a batch). It drains again at most [`MAX_REARMS`] times; past that
+    /// should not wait for a batch). It drains again at most
+    /// [`crate::devices::virtio::MAX_REARMS`] times; past that
     /// (a guest moving its index without requests to show for it) it signals `again`, the
     /// queue's eventfd, so the worker comes back after a look at its kill eventfd.
     pub fn process_queue(
@@ -104,14 +105,8 @@ impl FsServer {
         let mut rearms = 0usize;
         loop {
             let Some(chain) = queue.pop_descriptor_chain(mem) else {
-                if rearm(queue, mem) {
-                    if rearms < MAX_REARMS {
-                        rearms += 1;
-                        continue;
-                    }
-                    if let Some(evt) = again {
-                        let _ = evt.write(1);
-                    }
+                if rearm_or_yield(queue, mem, None, &mut rearms, again) {
+                    continue;
                 }
                 break;
             };

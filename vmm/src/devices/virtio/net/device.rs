@@ -22,7 +22,7 @@ use super::{
 };
 use crate::devices::virtio::{
     check_activation, ignore_config_write, notify_used, notify_used_since, read_config_space,
-    rearm, rearm_after, ActivateError, GuestMemory, VirtioDevice, VirtioInterrupt, MAX_REARMS,
+    rearm_or_yield, ActivateError, GuestMemory, VirtioDevice, VirtioInterrupt,
 };
 
 /// An Ethernet header: the least a frame carries after its vnet header.
@@ -208,7 +208,7 @@ impl Net {
         let mut rearms = 0usize;
         let size = queue.size();
         loop {
-            if served >= TX_BUDGET || rearms > MAX_REARMS {
+            if served >= TX_BUDGET {
                 // Not rearmed: the guest need not kick, the eventfd brings the device back.
                 if let Some(evt) = active.queue_evts.get(TXQ_INDEX) {
                     let _ = evt.write(1);
@@ -216,8 +216,8 @@ impl Net {
                 break;
             }
             let Some(chain) = queue.pop_descriptor_chain(mem) else {
-                if rearm(queue, mem) {
-                    rearms += 1;
+                let again = active.queue_evts.get(TXQ_INDEX);
+                if rearm_or_yield(queue, mem, None, &mut rearms, again) {
                     continue;
                 }
                 break;
@@ -333,14 +333,9 @@ impl Net {
                     }
                     // Too few buffers: the guest is asked to kick when it adds one past those
                     // the device saw; if it did meanwhile, the frame is tried again.
-                    if rearm_after(queue, mem, seen) {
-                        rearms += 1;
-                        if rearms <= MAX_REARMS {
-                            continue;
-                        }
-                        // A guest that keeps moving its index without buffers to show for it
-                        // gets the device back on the next round of the event loop.
-                        let _ = self.rx_continue_evt.write(1);
+                    let again = Some(&self.rx_continue_evt);
+                    if rearm_or_yield(queue, mem, Some(seen), &mut rearms, again) {
+                        continue;
                     }
                     break;
                 }

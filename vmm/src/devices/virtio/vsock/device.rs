@@ -14,8 +14,8 @@ use super::packet::{parse_rx, parse_tx, PKT_HEADER_SIZE};
 use super::unix::muxer::VsockMuxer;
 use super::{VsockError, EVQ_INDEX, NUM_QUEUES, QUEUE_SIZE, RXQ_INDEX, TXQ_INDEX, VSOCK_DEVICE_ID};
 use crate::devices::virtio::{
-    check_activation, ignore_config_write, notify_used, read_config_space, rearm, rearm_after,
-    ActivateError, GuestMemory, VirtioDevice, VirtioInterrupt, MAX_REARMS,
+    check_activation, ignore_config_write, notify_used, read_config_space, rearm_after,
+    rearm_or_yield, ActivateError, GuestMemory, VirtioDevice, VirtioInterrupt,
 };
 
 /// `struct virtio_vsock_event`: one little-endian u32, the event's id.
@@ -109,13 +109,9 @@ impl Vsock {
             let Some(mut chain) = queue.pop_descriptor_chain(mem) else {
                 // No buffer for what is pending: the guest kicks when it posts one (the
                 // muxer's own events bring the device back too).
-                if rearm(queue, mem) {
-                    if rearms < MAX_REARMS {
-                        rearms += 1;
-                        continue;
-                    }
-                    // Back on the next round of the event loop: the guest may not kick.
-                    let _ = active.queue_evts[RXQ_INDEX].write(1);
+                let again = active.queue_evts.get(RXQ_INDEX);
+                if rearm_or_yield(queue, mem, None, &mut rearms, again) {
+                    continue;
                 }
                 break;
             };
@@ -159,13 +155,9 @@ impl Vsock {
         self.tx_stalled = false;
         loop {
             let Some(mut chain) = queue.pop_descriptor_chain(mem) else {
-                if rearm(queue, mem) {
-                    if rearms < MAX_REARMS {
-                        rearms += 1;
-                        continue;
-                    }
-                    // Back on the next round of the event loop.
-                    let _ = active.queue_evts[TXQ_INDEX].write(1);
+                let again = active.queue_evts.get(TXQ_INDEX);
+                if rearm_or_yield(queue, mem, None, &mut rearms, again) {
+                    continue;
                 }
                 break;
             };
