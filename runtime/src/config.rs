@@ -13,6 +13,7 @@
 //! jail = true                                       # hull-vmm confines itself (default)
 //! start = "snapshot"                                # restore from a template, or "boot"
 //! template_dir = "/var/lib/hull/templates"          # where templates are kept
+//! net_backend = "auto"                              # virtio-net: "auto", "vhost", "userspace"
 //! ```
 //!
 //! `start`: how a sandbox's VM starts. `"snapshot"` (the default) restores it from a template
@@ -34,11 +35,18 @@
 //! (It is not under the `vmm` key, which is the binary's path.) `hull check` prints what is in
 //! force.
 //!
+//! `net_backend`: what moves a sandbox's frames. `"auto"` (the default) is the host kernel's
+//! vhost-net where `/dev/vhost-net` can be opened, hull-vmm's own device otherwise (hull-vmm
+//! logs why); `"vhost"` fails a sandbox whose host has no vhost-net; `"userspace"` is always
+//! hull-vmm's own device. Templates are always made on hull-vmm's own device (a vhost-net
+//! device's queues cannot be saved) and restored onto the chosen one.
+//!
 //! An unknown key is an error naming the key and the file.
 
 use std::path::{Path, PathBuf};
 
 use hull_vmm_api::config::JailConfig;
+use hull_vmm_api::NetBackend;
 use serde::Deserialize;
 
 /// Where the configuration is read from when `HULL_CONFIG` is not set.
@@ -91,6 +99,8 @@ pub struct RuntimeConfig {
     /// Where templates are kept (root's, on disk: a template's memory file is mapped by every
     /// sandbox restored from it, so it is in the page cache once, not in a tmpfs as well).
     pub template_dir: PathBuf,
+    /// What moves a sandbox's frames (see the module docs).
+    pub net_backend: NetBackend,
 }
 
 /// Where templates are kept by default.
@@ -160,6 +170,7 @@ impl Default for RuntimeConfig {
             jail: JailSetting::default(),
             start: StartPath::default(),
             template_dir: PathBuf::from(DEFAULT_TEMPLATE_DIR),
+            net_backend: NetBackend::default(),
         }
     }
 }
@@ -254,6 +265,13 @@ mod tests {
         assert_eq!(c.initrd, RuntimeConfig::default().initrd);
         assert_eq!(c.start, StartPath::Snapshot);
         assert_eq!(parse("start = \"boot\"\n").unwrap().start, StartPath::Boot);
+        assert_eq!(c.net_backend, NetBackend::Auto);
+        assert_eq!(
+            parse("net_backend = \"userspace\"\n").unwrap().net_backend,
+            NetBackend::Userspace
+        );
+        let e = parse("net_backend = \"dpdk\"\n").unwrap_err().to_string();
+        assert!(e.contains("dpdk"), "{e}");
         let e = parse("start = \"warm\"\n").unwrap_err().to_string();
         assert!(e.contains("warm"), "{e}");
         let e = parse("template_dir = \"t\"\n").unwrap_err().to_string();

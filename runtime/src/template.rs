@@ -429,6 +429,10 @@ async fn build(
         let mut net = NetConfig::new(tap.name.clone());
         net.mac = tap.mac.parse().ok();
         net.mtu = *mtu;
+        // A vhost-net device's queue positions are in the host kernel, where a snapshot
+        // cannot reach them: the template runs on hull-vmm's own device, and a sandbox
+        // restored from it on whichever backend its configuration chooses.
+        net.backend = hull_vmm_api::NetBackend::Userspace;
         vm.net.push(net);
     }
     let result = boot_and_snapshot(

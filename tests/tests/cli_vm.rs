@@ -921,6 +921,27 @@ fn a_container_s_vmm_is_jailed_in_a_cgroup_of_its_own() {
             .any(|l| l.starts_with("ok   VMM jail: namespaces") && l.contains("seccomp")),
         "{out}"
     );
+    // Its NIC is on the host's vhost-net (the default where /dev/vhost-net opens, as it does
+    // in the emulated host), whose worker the kernel started for hull-vmm and put in its
+    // cgroup.
+    assert!(
+        out.lines()
+            .any(|l| l == "ok   virtio-net: the host kernel's vhost-net (/dev/vhost-net)"),
+        "{out}"
+    );
+    let vm: Value =
+        serde_json::from_slice(&std::fs::read(env.root.join("jailed").join("vm.json")).unwrap())
+            .unwrap();
+    assert_eq!(vm["net"].as_array().map(Vec::len), Some(1), "{vm}");
+    let worker = hull_tests::net::vhost_worker(vmm)
+        .unwrap_or_else(|| panic!("no vhost-{vmm} worker: the NIC is not on vhost-net"));
+    let worker_cg = std::fs::read_to_string(format!("/proc/{worker}/cgroup")).unwrap();
+    assert!(
+        worker_cg
+            .lines()
+            .any(|l| l.strip_prefix("0::") == Some(cg.as_str())),
+        "vhost-{vmm} ({worker})'s cgroup: {worker_cg} (hull-vmm's: {cg})"
+    );
 
     let out = env.hull(&["delete", "--force", "jailed"]);
     assert!(out.status.success(), "{}", text(&out.stderr));

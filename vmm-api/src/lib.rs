@@ -24,4 +24,4 @@ pub use config::{
 };
 pub use exit::ExitReason;
 pub use fs::{CachePolicy, FsConfig, FsSpecError};
-pub use net::{MacAddr, NetConfig, NetSpecError};
+pub use net::{MacAddr, NetBackend, NetConfig, NetSpecError};

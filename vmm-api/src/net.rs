@@ -74,6 +74,47 @@ impl From<MacAddr> for String {
     }
 }
 
+/// What moves a virtio-net device's frames between the guest's queues and the tap.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NetBackend {
+    /// vhost-net where `/dev/vhost-net` can be opened and offers what the device needs,
+    /// otherwise hull-vmm's own device (with a log line saying why).
+    #[default]
+    Auto,
+    /// The host kernel's vhost-net (`/dev/vhost-net`): the guest's kicks reach a kernel thread
+    /// through the queues' ioeventfds and its interrupts come back as the device's irqfd,
+    /// without hull-vmm's event loop. Fails if the host has no vhost-net. A VM on it cannot
+    /// be snapshotted.
+    Vhost,
+    /// hull-vmm's own device, on its event loop.
+    Userspace,
+}
+
+impl NetBackend {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NetBackend::Auto => "auto",
+            NetBackend::Vhost => "vhost",
+            NetBackend::Userspace => "userspace",
+        }
+    }
+}
+
+impl FromStr for NetBackend {
+    type Err = String;
+    fn from_str(s: &str) -> Result<NetBackend, String> {
+        match s {
+            "auto" => Ok(NetBackend::Auto),
+            "vhost" => Ok(NetBackend::Vhost),
+            "userspace" => Ok(NetBackend::Userspace),
+            _ => Err(format!(
+                "unknown network backend `{s}` (expected auto, vhost or userspace)"
+            )),
+        }
+    }
+}
+
 /// One virtio-net device backed by an existing host tap interface.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -87,6 +128,9 @@ pub struct NetConfig {
     /// The MTU offered to the guest (VIRTIO_NET_F_MTU); without it the guest uses 1500.
     #[serde(default)]
     pub mtu: Option<u16>,
+    /// What carries the frames (default `auto`).
+    #[serde(default)]
+    pub backend: NetBackend,
 }
 
 impl NetConfig {
@@ -96,11 +140,12 @@ impl NetConfig {
             tap: tap.into(),
             mac: None,
             mtu: None,
+            backend: NetBackend::Auto,
         }
     }
 
-    /// Parses the `--net` flag: `tap=NAME[,mac=aa:bb:cc:dd:ee:ff][,mtu=N]`. Errors name the
-    /// key or value they refuse.
+    /// Parses the `--net` flag: `tap=NAME[,mac=aa:bb:cc:dd:ee:ff][,mtu=N][,backend=B]`. Errors
+    /// name the key or value they refuse.
     pub fn parse_cli(s: &str) -> Result<NetConfig, NetSpecError> {
         let bad = |reason: String| NetSpecError::InvalidSpec {
             spec: s.to_string(),
@@ -109,6 +154,7 @@ impl NetConfig {
         let mut tap: Option<&str> = None;
         let mut mac = None;
         let mut mtu = None;
+        let mut backend = NetBackend::Auto;
         let mut seen: Vec<&str> = Vec::new();
         for opt in s.split(',') {
             if opt.is_empty() {
@@ -116,7 +162,7 @@ impl NetConfig {
             }
             let Some((key, value)) = opt.split_once('=') else {
                 return Err(bad(format!(
-                    "`{opt}` is not KEY=VALUE (keys: tap, mac, mtu)"
+                    "`{opt}` is not KEY=VALUE (keys: tap, mac, mtu, backend)"
                 )));
             };
             if seen.contains(&key) {
@@ -139,9 +185,10 @@ impl NetConfig {
                         ))
                     })?)
                 }
+                "backend" => backend = value.parse().map_err(bad)?,
                 _ => {
                     return Err(bad(format!(
-                        "unknown key `{key}` (expected tap, mac or mtu)"
+                        "unknown key `{key}` (expected tap, mac, mtu or backend)"
                     )))
                 }
             }
@@ -153,6 +200,7 @@ impl NetConfig {
             tap: tap.to_string(),
             mac,
             mtu,
+            backend,
         };
         cfg.validate().map_err(|e| bad(e.to_string()))?;
         Ok(cfg)
@@ -213,11 +261,16 @@ mod tests {
         let c = NetConfig::parse_cli("mtu=9000,mac=02:00:0A:0b:00:01,tap=t").unwrap();
         assert_eq!(c.mac.unwrap().to_string(), "02:00:0a:0b:00:01");
         assert_eq!(c.mtu, Some(9000));
+        assert_eq!(c.backend, NetBackend::Auto);
+        for b in [NetBackend::Auto, NetBackend::Vhost, NetBackend::Userspace] {
+            let c = NetConfig::parse_cli(&format!("tap=t,backend={}", b.as_str())).unwrap();
+            assert_eq!(c.backend, b);
+        }
         assert_eq!(
             NetConfig::parse_cli("tap=x,mtu=68,mtu2=1")
                 .unwrap_err()
                 .to_string(),
-            "invalid --net `tap=x,mtu=68,mtu2=1`: unknown key `mtu2` (expected tap, mac or mtu)"
+            "invalid --net `tap=x,mtu=68,mtu2=1`: unknown key `mtu2` (expected tap, mac, mtu or backend)"
         );
         let name = "x".repeat(15);
         assert_eq!(
@@ -243,6 +296,7 @@ mod tests {
         assert!(err("tap=t,bogus=1").contains("unknown key `bogus`"));
         assert!(err("tap=t,tap=u").contains("key `tap` given twice"));
         assert!(err("tap=t,").contains("empty option"));
+        assert!(err("tap=t,backend=dpdk").contains("unknown network backend `dpdk`"));
         for mac in [
             "aa:bb:cc:dd:ee",
             "aa:bb:cc:dd:ee:ff:00",

@@ -26,7 +26,7 @@ use crate::devices::legacy::pvpanic::PvPanic;
 use crate::devices::legacy::serial::{CappedFile, SerialDevice, SerialOut, SerialSink};
 use crate::devices::legacy::EventFdTrigger;
 use crate::devices::virtio::fs::Fs;
-use crate::devices::virtio::net::Net;
+use crate::devices::virtio::net::{Net, NetBackend, NetError, VhostNet};
 use crate::devices::virtio::vsock::Vsock;
 use crate::exit::ExitState;
 use crate::jail::{self, JailPaths};
@@ -222,9 +222,35 @@ pub(crate) fn build(config: &VmConfig) -> Result<Vmm, VmmError> {
         fs_workers.push(fs.workers());
         devices.add(vm.as_ref(), &mem, fs)?;
     }
+    let mut uses_vhost = false;
     for net in &config.net {
-        // Net::new opens the tap; an error names it.
-        devices.add(vm.as_ref(), &mem, Net::new(net)?)?;
+        // Both open the tap; an error names it.
+        // A template run is snapshotted, and a vhost-net device's queue positions are in the
+        // host kernel: it gets hull-vmm's own device (`validate` refuses `vhost` there).
+        let backend = match (net.backend, &config.snapshot_to) {
+            (NetBackend::Auto, Some(_)) => NetBackend::Userspace,
+            (b, _) => b,
+        };
+        let vhost = match backend {
+            NetBackend::Userspace => None,
+            NetBackend::Vhost => Some(VhostNet::new(net, &mem)?),
+            NetBackend::Auto => match VhostNet::new(net, &mem) {
+                Ok(d) => Some(d),
+                Err(e @ NetError::Vhost(..)) => {
+                    tracing::info!(tap = %net.tap, reason = %e, "virtio-net: vhost-net cannot serve the device; hull-vmm's own device does");
+                    None
+                }
+                Err(e) => return Err(e.into()),
+            },
+        };
+        match vhost {
+            Some(d) => {
+                tracing::debug!(tap = %net.tap, "virtio-net on vhost-net");
+                uses_vhost = true;
+                devices.add(vm.as_ref(), &mem, d)?
+            }
+            None => devices.add(vm.as_ref(), &mem, Net::new(net)?)?,
+        };
     }
 
     // Command line and boot information (a restored guest booted with the template's).
@@ -232,6 +258,7 @@ pub(crate) fn build(config: &VmConfig) -> Result<Vmm, VmmError> {
     cmdline.insert_str(config.cmdline_prefix())?;
     devices.add_to_cmdline(&mut cmdline)?;
     let transports = devices.transports();
+    let late = transports.clone();
     let (mmio_bus, device_subscribers) = devices.into_parts();
     if let Some(r) = &restore {
         for (i, (t, s)) in transports.iter().zip(&r.state.devices).enumerate() {
@@ -363,9 +390,16 @@ pub(crate) fn build(config: &VmConfig) -> Result<Vmm, VmmError> {
         socket_dirs,
         xattr: config.fs.iter().any(|f| f.xattr),
         snapshot: config.snapshot_to.is_some(),
+        vhost: uses_vhost,
     };
     let summary = jail::enter(&config.jail, &paths, &socket_dirfds)?;
     tracing::info!("jail: {summary}");
+    for (i, t) in late.iter().enumerate() {
+        t.locked().after_jail().map_err(|e| VmmError::Device {
+            what: format!("virtio device {i}"),
+            reason: e,
+        })?;
+    }
     for w in &fs_workers {
         w.spawn().map_err(|source| VmmError::Io {
             what: "virtio-fs worker thread",

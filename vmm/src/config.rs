@@ -172,6 +172,18 @@ impl Validate for VmConfig {
                 "snapshot_to and restore_from exclude each other (a template is booted)".into(),
             ));
         }
+        if self.snapshot_to.is_some()
+            && self
+                .net
+                .iter()
+                .any(|n| n.backend == hull_vmm_api::NetBackend::Vhost)
+        {
+            return Err(ConfigError::Snapshot(
+                "snapshot_to with a NIC on backend vhost: its queue positions are in the host \
+                 kernel, out of a snapshot's reach (use backend auto or userspace)"
+                    .into(),
+            ));
+        }
         for (what, dir) in [
             ("snapshot_to", &self.snapshot_to),
             ("restore_from", &self.restore_from),
@@ -410,6 +422,13 @@ mod tests {
         c.net[1] = NetConfig::new("");
         let e = c.validate().unwrap_err().to_string();
         assert!(e.contains("tap name"), "{e}");
+        // A template run cannot have a NIC on vhost-net (auto is hull-vmm's own device there).
+        c.net = vec![NetConfig::new("tap0")];
+        c.snapshot_to = Some(t.0.clone());
+        c.validate().unwrap();
+        c.net[0].backend = hull_vmm_api::NetBackend::Vhost;
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("snapshot_to with a NIC on backend vhost"), "{e}");
     }
 
     #[test]

@@ -82,6 +82,8 @@ pub enum VmmError {
     Jail(#[from] crate::jail::JailError),
     #[error("snapshot: {0}")]
     Snapshot(#[from] crate::snapshot::SnapshotError),
+    #[error("{what}: {reason}")]
+    Device { what: String, reason: String },
 }
 
 /// Removes the sockets the VMM created, however `run` ends. Each is removed through an fd of

@@ -150,6 +150,43 @@ fn jail(c: &hull_vmm_api::config::JailConfig) -> Item {
     }
 }
 
+/// What will move a sandbox's frames: the host's vhost-net if `/dev/vhost-net` opens (as
+/// hull-vmm opens it), hull-vmm's own device otherwise (`net_backend`).
+fn net_backend(backend: hull_vmm_api::NetBackend) -> Item {
+    use hull_vmm_api::NetBackend;
+    const WHAT: &str = "virtio-net";
+    if backend == NetBackend::Userspace {
+        return item(
+            Status::Ok,
+            WHAT,
+            "hull-vmm's own device (net_backend = \"userspace\")",
+        );
+    }
+    match std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/vhost-net")
+    {
+        Ok(_) => item(
+            Status::Ok,
+            WHAT,
+            "the host kernel's vhost-net (/dev/vhost-net)",
+        ),
+        Err(e) if backend == NetBackend::Vhost => item(
+            Status::Fail,
+            WHAT,
+            format!("net_backend = \"vhost\", but /dev/vhost-net: {e}"),
+        )
+        .fix("modprobe vhost_net, or set net_backend = \"auto\""),
+        Err(e) => item(
+            Status::Warn,
+            WHAT,
+            format!("hull-vmm's own device (slower): /dev/vhost-net: {e}"),
+        )
+        .fix("modprobe vhost_net"),
+    }
+}
+
 fn root() -> Item {
     if nix::unistd::geteuid().is_root() {
         item(Status::Ok, "privileges", "running as root")
@@ -171,6 +208,7 @@ pub fn run(_: &Check) -> anyhow::Result<ExitCode> {
             items.push(file("guest initramfs", &c.initrd));
             items.push(file("hull-vmm", &c.vmm));
             items.push(jail(&c.jail.config()));
+            items.push(net_backend(c.net_backend));
         }
         Err(e) => items.push(
             item(Status::Fail, "configuration", e.to_string())

@@ -436,6 +436,9 @@ impl Sandbox {
             }
             SandboxNetwork::Loopback => (NetworkConfig::default(), None),
         };
+        for n in &mut vm.net {
+            n.backend = config.net_backend;
+        }
         let mut network = network;
         tracing::debug!(
             "sandbox {id}: share and network prepared after {:?}",

@@ -129,6 +129,9 @@ pub struct JailPaths {
     /// A template run (`snapshot_to`): the vCPUs and the event loop may read KVM's state (see
     /// `seccomp::SNAPSHOT_VCPU_IOCTLS`).
     pub snapshot: bool,
+    /// A NIC is on vhost-net: the vCPUs may make its activation's requests (see
+    /// `seccomp::VHOST_NET_IOCTLS`).
+    pub vhost: bool,
 }
 
 /// Step 1 (see the module documentation). `socket_dirfds` are the directories the event loop
@@ -169,7 +172,11 @@ pub fn enter(
     let filters = if cfg.seccomp {
         seccomp::install_sigsys_handler()?;
         parts.push(format!("seccomp={}", seccomp::mode_name()));
-        Some(seccomp::Filters::new(socket_dirfds, paths.snapshot)?)
+        Some(seccomp::Filters::new(
+            socket_dirfds,
+            paths.snapshot,
+            paths.vhost,
+        )?)
     } else {
         None
     };

@@ -11,7 +11,11 @@
 //! - the event loop's `socket` only `AF_UNIX` (guest-initiated vsock connections);
 //! - `ioctl` only with the requests a thread kind makes once the VM runs: `KVM_RUN` (vCPUs
 //!   only); `TUNSETOFFLOAD` (virtio-net activation and reset, made on the vCPU thread that
-//!   wrote the device's status); `FIONBIO` and `FIONREAD` (the API's and vsock's sockets). No
+//!   wrote the device's status); on that vCPU thread too, a vhost-net device's activation and
+//!   reset, in a VM with a NIC on vhost-net ([`VHOST_NET_IOCTLS`]: features, rings, kick and
+//!   call eventfds, the tap as backend; not the memory table or the owner, set on the main
+//!   thread once the jail is entered, before any filter); `FIONBIO` and `FIONREAD` (the
+//!   API's and vsock's sockets). No
 //!   other KVM request (memory slots, new vCPUs, device state), no other tap request (attaching
 //!   to another interface), no terminal request. The virtio-fs workers make none (the guard
 //!   answers the guest's FUSE ioctl with ENOSYS).
@@ -168,6 +172,28 @@ const VMM_IOCTLS: &[u64] = &[libc::TUNSETOFFLOAD, libc::FIONBIO, libc::FIONREAD]
 /// writes its registers.
 const VCPU_IOCTLS: &[u64] = &[KVM_RUN, libc::TUNSETOFFLOAD, libc::FIONBIO, libc::FIONREAD];
 
+/// `_IOC(dir, VHOST_VIRTIO, nr, size)` (linux/vhost.h; VHOST_VIRTIO is 0xAF).
+const fn vhost_ioc(dir: u64, nr: u64, size: usize) -> u64 {
+    (dir << 30) | ((size as u64) << 16) | (0xAF << 8) | nr
+}
+const IOC_WRITE: u64 = 1;
+/// `struct vhost_vring_state` and `struct vhost_vring_file`: two 32-bit words.
+const VRING_STATE: usize = 8;
+/// `struct vhost_vring_addr`: index, flags, four 64-bit addresses.
+const VRING_ADDR: usize = 40;
+
+/// What a vCPU thread asks of vhost-net when the guest activates or resets the device (only
+/// in a VM with a NIC on vhost-net).
+pub const VHOST_NET_IOCTLS: &[u64] = &[
+    vhost_ioc(IOC_WRITE, 0x00, 8),           // VHOST_SET_FEATURES
+    vhost_ioc(IOC_WRITE, 0x10, VRING_STATE), // VHOST_SET_VRING_NUM
+    vhost_ioc(IOC_WRITE, 0x11, VRING_ADDR),  // VHOST_SET_VRING_ADDR
+    vhost_ioc(IOC_WRITE, 0x12, VRING_STATE), // VHOST_SET_VRING_BASE
+    vhost_ioc(IOC_WRITE, 0x20, VRING_STATE), // VHOST_SET_VRING_KICK
+    vhost_ioc(IOC_WRITE, 0x21, VRING_STATE), // VHOST_SET_VRING_CALL
+    vhost_ioc(IOC_WRITE, 0x30, VRING_STATE), // VHOST_NET_SET_BACKEND
+];
+
 /// `_IOC(dir, KVMIO, nr, size)` (asm-generic/ioctl.h).
 const fn kvm_ioc(dir: u64, nr: u64, size: usize) -> u64 {
     (dir << 30) | ((size as u64) << 16) | (0xAE << 8) | nr
@@ -307,8 +333,9 @@ fn compile(map: BTreeMap<i64, Vec<SeccompRule>>) -> Result<BpfProgram, JailError
 
 impl Filters {
     /// Compiles the three filters; the event loop may `unlinkat` only in `socket_dirfds`;
-    /// `snapshot`: a template run (see [`SNAPSHOT_VCPU_IOCTLS`]).
-    pub fn new(socket_dirfds: &[i32], snapshot: bool) -> Result<Filters, JailError> {
+    /// `snapshot`: a template run (see [`SNAPSHOT_VCPU_IOCTLS`]); `vhost`: a NIC is on
+    /// vhost-net (see [`VHOST_NET_IOCTLS`]).
+    pub fn new(socket_dirfds: &[i32], snapshot: bool, vhost: bool) -> Result<Filters, JailError> {
         let mut vmm = rules(&[COMMON, VMM]);
         vmm.insert(
             libc::SYS_socket,
@@ -339,10 +366,11 @@ impl Filters {
             ioctl_rules(&with(VMM_IOCTLS, SNAPSHOT_VMM_IOCTLS))?,
         );
         let mut vcpu = rules(&[COMMON, VCPU]);
-        vcpu.insert(
-            libc::SYS_ioctl,
-            ioctl_rules(&with(VCPU_IOCTLS, SNAPSHOT_VCPU_IOCTLS))?,
-        );
+        let mut vcpu_ioctls = with(VCPU_IOCTLS, SNAPSHOT_VCPU_IOCTLS);
+        if vhost {
+            vcpu_ioctls.extend_from_slice(VHOST_NET_IOCTLS);
+        }
+        vcpu.insert(libc::SYS_ioctl, ioctl_rules(&vcpu_ioctls)?);
         Ok(Filters {
             vmm: compile(vmm)?,
             vcpu: compile(vcpu)?,
@@ -469,9 +497,27 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_vhost_ioctl_numbers_are_the_vhost_crate_s() {
+        use vhost::vhost_kern::vhost_binding as b;
+        let want: [u64; 7] = [
+            b::VHOST_SET_FEATURES(),
+            b::VHOST_SET_VRING_NUM(),
+            b::VHOST_SET_VRING_ADDR(),
+            b::VHOST_SET_VRING_BASE(),
+            b::VHOST_SET_VRING_KICK(),
+            b::VHOST_SET_VRING_CALL(),
+            b::VHOST_NET_SET_BACKEND(),
+        ];
+        assert_eq!(VHOST_NET_IOCTLS, want.as_slice());
+        assert_eq!(VHOST_NET_IOCTLS[0], 0x4008_af00);
+        assert_eq!(VHOST_NET_IOCTLS[2], 0x4028_af11);
+        assert_eq!(VHOST_NET_IOCTLS[3], 0x4008_af12);
+    }
+
+    #[test]
     fn the_filters_compile() {
-        Filters::new(&[7, 9], false).unwrap();
-        Filters::new(&[7, 9], true).unwrap();
+        Filters::new(&[7, 9], false, false).unwrap();
+        Filters::new(&[7, 9], true, true).unwrap();
     }
 
     #[test]
@@ -490,7 +536,7 @@ mod tests {
     /// what it wrote to stderr. The child exits 0 if `call` returned.
     fn in_child(kind: ThreadKind, call: impl FnOnce()) -> (i32, String) {
         use std::io::Read;
-        let filters = Filters::new(&[], false).unwrap();
+        let filters = Filters::new(&[], false, false).unwrap();
         let (mut r, w) = std::io::pipe().unwrap();
         // SAFETY: fork in a test; the child only calls async-signal-safe functions, the filter
         // installation (a prctl/seccomp pair on its only thread) and `call` before _exit.

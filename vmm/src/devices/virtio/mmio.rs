@@ -11,7 +11,7 @@
 //! way. The interrupt line is an eventfd the VMM registers as a KVM irqfd.
 
 use crate::sync::LockExt;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
@@ -90,6 +90,9 @@ pub enum MmioError {
 pub struct MmioInterrupt {
     status: AtomicU32,
     evt: EventFd,
+    /// Set by [`VirtioInterrupt::used_queue_irqfd`] (the host kernel raises used-queue
+    /// interrupts through `evt` without setting `status`), cleared by the transport's reset.
+    external_vring: AtomicBool,
 }
 
 impl MmioInterrupt {
@@ -104,7 +107,12 @@ impl MmioInterrupt {
     }
 
     pub fn status(&self) -> u32 {
-        self.status.load(Ordering::SeqCst)
+        let external = if self.external_vring.load(Ordering::SeqCst) {
+            INT_VRING
+        } else {
+            0
+        };
+        self.status.load(Ordering::SeqCst) | external
     }
 }
 
@@ -114,6 +122,11 @@ impl VirtioInterrupt for MmioInterrupt {
     }
     fn signal_config_change(&self) -> std::io::Result<()> {
         self.raise(INT_CONFIG)
+    }
+    fn used_queue_irqfd(&self) -> std::io::Result<EventFd> {
+        let evt = self.evt.try_clone()?;
+        self.external_vring.store(true, Ordering::SeqCst);
+        Ok(evt)
     }
 }
 
@@ -204,6 +217,7 @@ impl MmioTransport {
             interrupt: Arc::new(MmioInterrupt {
                 status: AtomicU32::new(0),
                 evt: EventFd::new(EFD_NONBLOCK).map_err(MmioError::EventFd)?,
+                external_vring: AtomicBool::new(false),
             }),
             queues,
             queue_evts,
@@ -368,6 +382,13 @@ impl MmioTransport {
     /// interrupt raised before would be lost with the LAPIC state set over it): the device is
     /// told it was restored, and looks at each queue once (a notification may have been
     /// pending when the snapshot was taken).
+    /// After the jail (see [`VirtioDevice::after_jail`]).
+    pub fn after_jail(&mut self) -> Result<(), String> {
+        lock(&self.device)
+            .after_jail()
+            .map_err(|e| format!("device type {}: {e}", self.device_type))
+    }
+
     pub fn resume(&mut self) -> Result<(), String> {
         if !self.activated {
             return Ok(());
@@ -427,6 +448,7 @@ impl MmioTransport {
         self.driver_features_sel = 0;
         self.queue_sel = 0;
         self.interrupt.status.store(0, Ordering::SeqCst);
+        self.interrupt.external_vring.store(false, Ordering::SeqCst);
         self.status = status;
     }
 
@@ -791,6 +813,33 @@ mod tests {
         assert_eq!(r(&mut t, REG_QUEUE_NUM_MAX), 32);
         w(&mut t, REG_QUEUE_SEL, 2);
         assert_eq!(r(&mut t, REG_QUEUE_NUM_MAX), 0);
+    }
+
+    /// A device served by the host kernel (vhost-net) raises used-queue interrupts through
+    /// the irqfd alone: the status reads as INT_VRING whatever the driver acks, until reset.
+    #[test]
+    fn an_external_used_queue_irqfd_keeps_the_vring_bit_until_reset() {
+        let (mut t, state) = transport();
+        negotiate(&mut t);
+        setup_queue(&mut t, 0, 0x1_0000);
+        setup_queue(&mut t, 1, 0x2_0000);
+        w(&mut t, REG_STATUS, ALL_OK);
+        assert_eq!(r(&mut t, REG_INTERRUPT_STATUS), 0);
+        let irq = state.lock().unwrap().interrupt.clone().unwrap();
+        let call = irq.used_queue_irqfd().unwrap();
+        // What the kernel does: writes the eventfd, never the status.
+        call.write(1).unwrap();
+        assert_eq!(t.interrupt().eventfd().read().unwrap(), 1);
+        assert_eq!(r(&mut t, REG_INTERRUPT_STATUS), INT_VRING);
+        w(&mut t, REG_INTERRUPT_ACK, INT_VRING);
+        assert_eq!(r(&mut t, REG_INTERRUPT_STATUS), INT_VRING);
+        // A config interrupt still shows, and its ack clears it.
+        irq.signal_config_change().unwrap();
+        assert_eq!(r(&mut t, REG_INTERRUPT_STATUS), INT_VRING | INT_CONFIG);
+        w(&mut t, REG_INTERRUPT_ACK, INT_CONFIG);
+        assert_eq!(r(&mut t, REG_INTERRUPT_STATUS), INT_VRING);
+        w(&mut t, REG_STATUS, 0);
+        assert_eq!(r(&mut t, REG_INTERRUPT_STATUS), 0);
     }
 
     #[test]

@@ -30,6 +30,18 @@ pub trait VirtioInterrupt: Send + Sync {
     fn signal_used_queue(&self) -> std::io::Result<()>;
     /// Tell the driver that the device configuration changed (interrupt status bit 1).
     fn signal_config_change(&self) -> std::io::Result<()>;
+    /// For a device whose queues the host kernel serves (vhost-net): an eventfd that, written,
+    /// interrupts the guest for its used queues, to give the kernel as every queue's call fd.
+    /// The kernel cannot set the transport's interrupt status, so from this call until the
+    /// device is reset the status the driver reads always has the used-queue bit (Linux's
+    /// virtio-mmio driver then looks at its queues on every interrupt of the device, which
+    /// costs it a read of each used index).
+    fn used_queue_irqfd(&self) -> std::io::Result<EventFd> {
+        Err(std::io::Error::new(
+            std::io::ErrorKind::Unsupported,
+            "this interrupt cannot be raised from outside the device",
+        ))
+    }
 }
 
 /// How often one call of a device's queue handler drains again after [`rearm`] said buffers
@@ -258,6 +270,14 @@ pub trait VirtioDevice: Send {
     /// Called once a restore has activated the device with its saved queues, before any guest
     /// instruction runs: the device tells the guest what it lost (vsock: every connection).
     fn restored(&mut self) {}
+    /// Called once, on the main thread, after hull-vmm has confined itself and before any
+    /// guest instruction runs or the event loop installs its seccomp filter: what must be done
+    /// inside the jail but needs more than the vCPUs' and the event loop's allowlists (vhost-net:
+    /// becoming the owner, whose worker the kernel then makes with the jail's root and
+    /// credentials). An error stops the VM before it starts.
+    fn after_jail(&mut self) -> Result<(), String> {
+        Ok(())
+    }
 }
 
 /// A queue as a snapshot keeps it (virtio-queue's `QueueState`, which has no serde).

@@ -111,6 +111,37 @@ pub struct Net {
     counters: NetCounters,
 }
 
+/// The features a virtio-net device offers and its config space, for `cfg`: the same whichever
+/// backend carries the frames (a snapshot made on one is restored on the other).
+pub(super) fn features_and_config(cfg: &NetConfig) -> (u64, [u8; CONFIG_SPACE_SIZE]) {
+    let mut avail_features = [
+        VIRTIO_F_VERSION_1,
+        VIRTIO_NET_F_CSUM,
+        VIRTIO_NET_F_GUEST_CSUM,
+        VIRTIO_NET_F_GUEST_TSO4,
+        VIRTIO_NET_F_GUEST_TSO6,
+        VIRTIO_NET_F_HOST_TSO4,
+        VIRTIO_NET_F_HOST_TSO6,
+        VIRTIO_NET_F_MRG_RXBUF,
+        VIRTIO_NET_F_STATUS,
+        VIRTIO_RING_F_EVENT_IDX,
+    ]
+    .iter()
+    .fold(0u64, |f, &bit| f | (1u64 << bit));
+    let mut config_space = [0u8; CONFIG_SPACE_SIZE];
+    if let Some(mac) = cfg.mac {
+        avail_features |= 1u64 << VIRTIO_NET_F_MAC;
+        config_space[0..6].copy_from_slice(&mac.0);
+    }
+    config_space[6..8].copy_from_slice(&(VIRTIO_NET_S_LINK_UP as u16).to_le_bytes());
+    config_space[8..10].copy_from_slice(&1u16.to_le_bytes());
+    if let Some(mtu) = cfg.mtu {
+        avail_features |= 1u64 << VIRTIO_NET_F_MTU;
+        config_space[10..12].copy_from_slice(&mtu.to_le_bytes());
+    }
+    (avail_features, config_space)
+}
+
 impl Net {
     /// Creates the device for `cfg`, attached to its tap. Fails, naming the tap, if the tap
     /// cannot be opened.
@@ -122,31 +153,7 @@ impl Net {
 
     /// Creates the device for `cfg` on an already open host side (`cfg.tap` only names it).
     pub fn with_tap(cfg: &NetConfig, tap: Box<dyn TapIo>) -> Result<Net, NetError> {
-        let mut avail_features = [
-            VIRTIO_F_VERSION_1,
-            VIRTIO_NET_F_CSUM,
-            VIRTIO_NET_F_GUEST_CSUM,
-            VIRTIO_NET_F_GUEST_TSO4,
-            VIRTIO_NET_F_GUEST_TSO6,
-            VIRTIO_NET_F_HOST_TSO4,
-            VIRTIO_NET_F_HOST_TSO6,
-            VIRTIO_NET_F_MRG_RXBUF,
-            VIRTIO_NET_F_STATUS,
-            VIRTIO_RING_F_EVENT_IDX,
-        ]
-        .iter()
-        .fold(0u64, |f, &bit| f | (1u64 << bit));
-        let mut config_space = [0u8; CONFIG_SPACE_SIZE];
-        if let Some(mac) = cfg.mac {
-            avail_features |= 1u64 << VIRTIO_NET_F_MAC;
-            config_space[0..6].copy_from_slice(&mac.0);
-        }
-        config_space[6..8].copy_from_slice(&(VIRTIO_NET_S_LINK_UP as u16).to_le_bytes());
-        config_space[8..10].copy_from_slice(&1u16.to_le_bytes());
-        if let Some(mtu) = cfg.mtu {
-            avail_features |= 1u64 << VIRTIO_NET_F_MTU;
-            config_space[10..12].copy_from_slice(&mtu.to_le_bytes());
-        }
+        let (avail_features, config_space) = features_and_config(cfg);
         let evt = || EventFd::new(EFD_NONBLOCK).map_err(|e| NetError::Setup("eventfd", e));
         Ok(Net {
             tap_name: cfg.tap.clone(),

@@ -5,6 +5,8 @@
 //!   targets use a fake).
 //! - `device.rs`: [`Net`], the virtio side: features, config space, activation, and the two
 //!   data paths. One RX and one TX queue, no control queue.
+//! - `vhost.rs`: [`VhostNet`], the same device with its queues served by the host kernel's
+//!   vhost-net (the default where `/dev/vhost-net` exists: `NetBackend::Auto`).
 //! - `event_handler.rs`: the device's side of the VMM's event loop (RX and TX queue events, the
 //!   tap's fd, edge-triggered).
 //!
@@ -24,13 +26,15 @@
 mod device;
 mod event_handler;
 mod tap;
+mod vhost;
 
 #[cfg(test)]
 mod tests;
 
 pub use device::{Net, NetCounters};
-pub use hull_vmm_api::net::{MacAddr, NetConfig};
+pub use hull_vmm_api::net::{MacAddr, NetBackend, NetConfig};
 pub use tap::{offload_flags, Tap, TapError, TapIo};
+pub use vhost::VhostNet;
 
 /// Virtio device ID of a network card.
 pub const NET_DEVICE_ID: u32 = 1;
@@ -67,4 +71,7 @@ pub enum NetError {
     Tap(#[from] TapError),
     #[error("virtio-net setup ({0}): {1}")]
     Setup(&'static str, #[source] std::io::Error),
+    /// The host's vhost-net cannot serve the device (what failed, and why).
+    #[error("vhost-net ({0}): {1}")]
+    Vhost(&'static str, String),
 }

@@ -105,6 +105,11 @@ impl Tap {
         &self.name
     }
 
+    /// The tap's open file (what vhost-net is given as its backend).
+    pub fn file(&self) -> &File {
+        &self.file
+    }
+
     fn check(&self, rc: libc::c_int, what: &'static str) -> Result<(), TapError> {
         if rc < 0 {
             return Err(TapError::Ioctl {

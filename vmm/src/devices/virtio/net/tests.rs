@@ -96,6 +96,7 @@ impl Harness {
             tap: "tap-test".into(),
             mac: Some(MacAddr([2, 0, 0, 0, 0, 7])),
             mtu: Some(1500),
+            ..NetConfig::new("")
         }
     }
 
