@@ -6,6 +6,8 @@
 #   - sequential read of a file of that size (dd bs=1M); every round's guest is a fresh VM, so
 #     its page cache is cold, and both sides read from the host's page cache,
 #   - HULL_BENCH_FS_FILES small files (default 500): create, stat (ls -ln), unlink (rm).
+# The guest sets its mount's read-ahead to HULL_BENCH_FS_READ_AHEAD_KB (default 1024, what
+# hull-agent sets on every virtio-fs mount: guest-agent/src/mounts.rs; 128 is the kernel's own).
 # HULL_BENCH_FS_ROUNDS rounds (default 5), each one guest run (a fresh VM) and one host run,
 # the guest first in odd rounds, the host first in even ones.
 # Both sides run the same busybox script. The clock is the kernel's monotonic clock in
@@ -20,6 +22,7 @@ top=$(cd "$(dirname "$0")/../.." && pwd)
 build=${HULL_BUILD_DIR:-$top/build}
 MIB=${HULL_BENCH_FS_MIB:-1024}
 FILES=${HULL_BENCH_FS_FILES:-500}
+READ_AHEAD_KB=${HULL_BENCH_FS_READ_AHEAD_KB:-1024}
 ROUNDS=${HULL_BENCH_FS_ROUNDS:-5}
 
 workload() {
@@ -64,6 +67,9 @@ cat > "$work/rd/init" <<EOF
 mount -t proc proc /proc
 mknod /dev/null c 1 3; mknod /dev/zero c 1 5
 mount -t virtiofs bench /mnt
+mkdir -p /sys && mount -t sysfs sys /sys
+# The share is the guest's only FUSE mount, so the only backing device named 0:N.
+for f in /sys/class/bdi/0:*/read_ahead_kb; do echo $READ_AHEAD_KB > \$f || echo BENCH-ERROR read-ahead \$f; done
 sh /work.sh /mnt $MIB $FILES
 echo BENCH-DONE
 reboot -f
@@ -84,6 +90,7 @@ EOF
   setsid -w "$build/bin/hull-vmm" --config "$vm/vm.json" < /dev/null > "$vm/console.log" 2> "$vm/vmm.log" || {
     echo "hull-vmm failed:"; cat "$vm/vmm.log" "$vm/console.log"; exit 1; }
   grep -q BENCH-DONE "$vm/console.log" || { echo "the guest did not finish:"; cat "$vm/console.log"; exit 1; }
+  ! grep -q BENCH-ERROR "$vm/console.log" || { echo "the guest's set-up failed:"; cat "$vm/console.log"; exit 1; }
   tr -d '\r' < "$vm/console.log" | grep '^BENCH ' | sed "s/^BENCH /guest $1 /" | tee -a "$results" > "$vm/bench"
   [ "$(wc -l < "$vm/bench")" = 5 ] || { echo "the guest's workload failed:"; cat "$vm/console.log"; exit 1; }
 }
@@ -110,7 +117,7 @@ for r in $(seq 1 "$ROUNDS"); do
 done
 
 echo
-echo "== virtio-fs: guest on a hull-vmm share vs the host directory ($MIB MiB, $FILES files, median of $ROUNDS rounds)"
+echo "== virtio-fs: guest on a hull-vmm share vs the host directory ($MIB MiB, $FILES files, median of $ROUNDS rounds, guest read-ahead $READ_AHEAD_KB KiB)"
 awk -v mib="$MIB" -v files="$FILES" '
   { n[$1, $3]++; t[$1, $3, n[$1, $3]] = $4 / 1e9 }
   function median(side, p,   m, i, j, x) {
