@@ -28,6 +28,14 @@
 //! message (never starting with a zero byte) instead and exits 1. [`spawn`] reads fd 3 to its
 //! end: a zero byte is success (it returns the monitor's pid), a message is the error, and
 //! nothing at all means the monitor died (its exit status is reported).
+//!
+//! [`prespawn`] starts the monitor before its process exists (`hull create` starts it while the
+//! VM and the container are made, so that starting a process on the host costs nothing on the
+//! way to the first line): `--process-on-fd` instead of `--process N`, and the read end of a
+//! second pipe as fd 4 ([`PROCESS_FD`]). The monitor blocks its signals, then reads fd 4 to its
+//! end: the process's number in decimal ([`Pending::go`]), after which it goes on as above; end
+//! of file with nothing (the create failed and dropped the [`Pending`]) makes it exit 1 at once,
+//! having touched nothing.
 
 use std::io::{ErrorKind, Read, Write};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
@@ -44,6 +52,10 @@ use hull_runtime::sandbox::Sandbox;
 
 /// The fd the monitor reports readiness on.
 pub const READY_FD: RawFd = 3;
+/// The fd a prespawned monitor reads its process's number from.
+pub const PROCESS_FD: RawFd = 4;
+/// Most bytes of that number (a u64 in decimal).
+const PROCESS_NUMBER_MAX: usize = 20;
 /// How long the output of an ended process is still copied, at most (as the shim's).
 const DRAIN_LIMIT: Duration = Duration::from_secs(30);
 /// The hidden subcommand's name.
@@ -59,8 +71,11 @@ pub struct MonitorArgs {
     #[arg(long)]
     pub container: String,
     /// The agent's handle of the process.
-    #[arg(long)]
-    pub process: u64,
+    #[arg(long, required_unless_present = "process_on_fd")]
+    pub process: Option<u64>,
+    /// The handle comes on fd 4 once the process exists ([`prespawn`]).
+    #[arg(long, conflicts_with = "process")]
+    pub process_on_fd: bool,
     /// The process is an exec'd process (signals go to it), not the container's init.
     #[arg(long)]
     pub exec: bool,
@@ -85,9 +100,11 @@ impl MonitorArgs {
             self.sandbox.clone(),
             "--container".into(),
             self.container.clone(),
-            "--process".into(),
-            self.process.to_string(),
         ];
+        match self.process {
+            Some(p) => v.extend(["--process".into(), p.to_string()]),
+            None => v.push("--process-on-fd".into()),
+        }
         if self.exec {
             v.push("--exec".into());
         }
@@ -142,6 +159,70 @@ pub struct Started {
 
 /// Starts a monitor for `args` and waits until it is ready (see the module docs).
 pub fn spawn(globals: &Globals, args: &MonitorArgs) -> anyhow::Result<Started> {
+    let (child, ready_r) = start(globals, args, None)?;
+    await_ready(child, ready_r)
+}
+
+/// A monitor started before its process exists (see the module docs): [`Pending::go`] gives it
+/// the process; dropped instead, it ends the monitor.
+#[derive(Debug)]
+pub struct Pending {
+    child: Option<std::process::Child>,
+    ready_r: Option<OwnedFd>,
+    process_w: Option<OwnedFd>,
+}
+
+/// Starts a monitor for `args` (whose `process` is `None`) that waits for its process's number.
+pub fn prespawn(globals: &Globals, args: &MonitorArgs) -> anyhow::Result<Pending> {
+    let (process_r, process_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
+        .context("cannot create the monitor's process pipe")?;
+    let mut args = args.clone();
+    args.process = None;
+    let (child, ready_r) = start(globals, &args, Some(process_r))?;
+    Ok(Pending {
+        child: Some(child),
+        ready_r: Some(ready_r),
+        process_w: Some(process_w),
+    })
+}
+
+impl Pending {
+    /// Gives the monitor its process and waits until it is ready, as [`spawn`] does.
+    pub fn go(mut self, process: u64) -> anyhow::Result<Started> {
+        let (Some(child), Some(ready_r), Some(w)) = (
+            self.child.take(),
+            self.ready_r.take(),
+            self.process_w.take(),
+        ) else {
+            bail!("the monitor was already given its process");
+        };
+        let sent = std::fs::File::from(w).write_all(process.to_string().as_bytes());
+        // Whatever the write did, the pipe is closed now: the monitor reads to its end.
+        if let Err(e) = sent {
+            tracing::debug!("the monitor's process pipe: {e}");
+        }
+        await_ready(child, ready_r)
+    }
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        // Closing the pipe first ends the monitor on its own; kill it anyway, then reap it.
+        self.process_w.take();
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Starts `hull __monitor` with the readiness pipe's write end as fd 3 and, for a prespawned
+/// monitor, `process_r` as fd 4. Returns the child and the readiness pipe's read end.
+fn start(
+    globals: &Globals,
+    args: &MonitorArgs,
+    process_r: Option<OwnedFd>,
+) -> anyhow::Result<(std::process::Child, OwnedFd)> {
     use std::os::unix::process::CommandExt;
 
     let exe = std::env::current_exe().context("cannot find the hull executable")?;
@@ -150,28 +231,51 @@ pub fn spawn(globals: &Globals, args: &MonitorArgs) -> anyhow::Result<Started> {
     let mut cmd = std::process::Command::new(exe);
     cmd.args(globals.to_args()).args(args.to_args());
     let w = ready_w.as_raw_fd();
+    let p = process_r.as_ref().map(|f| f.as_raw_fd());
     let pre_exec = move || {
         // SAFETY: setsid takes no arguments and is async-signal-safe.
         if unsafe { libc::setsid() } < 0 {
             return Err(std::io::Error::last_os_error());
         }
-        if w == READY_FD {
-            // dup2 onto itself keeps close-on-exec: clear it.
-            // SAFETY: fcntl on an integer fd; async-signal-safe.
-            if unsafe { libc::fcntl(w, libc::F_SETFD, 0) } < 0 {
+        // Each end is first copied above fd 9, so that placing one cannot overwrite the other
+        // (a pipe's end may itself be fd 3 or 4); the copies close at exec. Fixed arrays:
+        // nothing here allocates.
+        let pairs: [(RawFd, RawFd); 2] = [(w, READY_FD), (p.unwrap_or(-1), PROCESS_FD)];
+        let mut copies: [RawFd; 2] = [-1; 2];
+        for (copy, &(fd, _)) in copies.iter_mut().zip(&pairs) {
+            if fd < 0 {
+                continue;
+            }
+            // SAFETY: fcntl(F_DUPFD_CLOEXEC) on an integer fd; async-signal-safe.
+            *copy = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 10) };
+            if *copy < 0 {
                 return Err(std::io::Error::last_os_error());
             }
-        // SAFETY: dup2 on integer fds; async-signal-safe.
-        } else if unsafe { libc::dup2(w, READY_FD) } < 0 {
-            return Err(std::io::Error::last_os_error());
+        }
+        for (&copy, &(_, target)) in copies.iter().zip(&pairs) {
+            if copy < 0 {
+                continue;
+            }
+            // dup2 clears close-on-exec on the target.
+            // SAFETY: dup2 on integer fds; async-signal-safe.
+            if unsafe { libc::dup2(copy, target) } < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
         }
         Ok(())
     };
-    // SAFETY: the closure runs in the child between fork and exec and only makes
-    // async-signal-safe system calls (setsid, dup2, fcntl) on plain integers.
+    // SAFETY: the closure runs in the child between fork and exec; it allocates nothing, takes
+    // no lock and only makes async-signal-safe system calls (setsid, fcntl, dup2) on plain
+    // integers.
     unsafe { cmd.pre_exec(pre_exec) };
-    let mut child = cmd.spawn().context("cannot start the monitor process")?;
+    let child = cmd.spawn().context("cannot start the monitor process")?;
     drop(ready_w);
+    drop(process_r);
+    Ok((child, ready_r))
+}
+
+/// Reads the readiness pipe to its end (see the module docs).
+fn await_ready(mut child: std::process::Child, ready_r: OwnedFd) -> anyhow::Result<Started> {
     let mut reply = Vec::new();
     let read = std::fs::File::from(ready_r).read_to_end(&mut reply);
     let pid = child.id();
@@ -236,6 +340,19 @@ pub fn main(root: &Path, args: &MonitorArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    // A prespawned monitor's process pipe is claimed before anything else opens an fd (fd 4
+    // is then what hull gave it, or nothing).
+    let process_pipe = if args.process.is_none() {
+        match claim_process_pipe() {
+            Ok(f) => Some(f),
+            Err(e) => {
+                ready.fail(&e);
+                return ExitCode::FAILURE;
+            }
+        }
+    } else {
+        None
+    };
     let _ = std::env::set_current_dir("/");
     // Signals are blocked (in this, the only thread so far, so in every thread the runtime
     // starts) and read from a signalfd.
@@ -246,6 +363,20 @@ pub fn main(root: &Path, args: &MonitorArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    // A prespawned monitor learns its process now (signals that come meanwhile wait in the
+    // signalfd). Nothing on the pipe: the create it was started for failed.
+    let mut args = args.clone();
+    if let Some(pipe) = process_pipe {
+        match read_process_number(pipe) {
+            Ok(Some(p)) => args.process = Some(p),
+            Ok(None) => return ExitCode::FAILURE,
+            Err(e) => {
+                ready.fail(&e);
+                return ExitCode::FAILURE;
+            }
+        }
+    }
+    let args = &args;
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -264,7 +395,7 @@ pub fn main(root: &Path, args: &MonitorArgs) -> ExitCode {
         }
         Err(e) => {
             tracing::error!(
-                "monitor of container {} process {}: {e:#}",
+                "monitor of container {} process {:?}: {e:#}",
                 args.container,
                 args.process
             );
@@ -272,6 +403,42 @@ pub fn main(root: &Path, args: &MonitorArgs) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Takes fd 4 ([`PROCESS_FD`]), which must be a pipe.
+fn claim_process_pipe() -> anyhow::Result<std::fs::File> {
+    // SAFETY: F_GETFD only queries the descriptor table.
+    if unsafe { libc::fcntl(PROCESS_FD, libc::F_GETFD) } < 0 {
+        bail!("fd {PROCESS_FD} (the process pipe) is not open: the monitor is started by hull");
+    }
+    // SAFETY: fd 4 is open (checked above); this runs before the monitor opens any fd of its
+    // own besides fd 3's claim, so fd 4 is what the monitor was started with, and nothing
+    // else in this process uses it.
+    let f = std::fs::File::from(unsafe { OwnedFd::from_raw_fd(PROCESS_FD) });
+    let _ = nix::fcntl::fcntl(
+        f.as_raw_fd(),
+        nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
+    );
+    use std::os::unix::fs::FileTypeExt;
+    let is_pipe = f.metadata().is_ok_and(|m| m.file_type().is_fifo());
+    if !is_pipe {
+        bail!("fd {PROCESS_FD} (the process pipe) is not a pipe: the monitor is started by hull");
+    }
+    Ok(f)
+}
+
+/// Reads the process pipe to its end: the process's number, or `None` if nothing came.
+fn read_process_number(f: std::fs::File) -> anyhow::Result<Option<u64>> {
+    let mut text = String::new();
+    f.take(PROCESS_NUMBER_MAX as u64 + 1)
+        .read_to_string(&mut text)
+        .context("the process pipe")?;
+    if text.is_empty() {
+        return Ok(None);
+    }
+    text.parse()
+        .map(Some)
+        .map_err(|_| anyhow!("the process pipe gave {text:?}, not a process number"))
 }
 
 /// The signals a monitor handles: every catchable standard and real-time signal but SIGPIPE
@@ -551,7 +718,10 @@ async fn monitor(
     signals: Signals,
     ready: &mut Ready,
 ) -> anyhow::Result<u8> {
-    let id = ProcessId(args.process);
+    let id = ProcessId(
+        args.process
+            .context("the monitor has no process (neither --process nor its fd)")?,
+    );
     let process = if args.exec {
         ContainerProcess::exec(&args.container, id, args.terminal)
     } else {
@@ -909,7 +1079,8 @@ mod tests {
         let a = MonitorArgs {
             sandbox: "s".into(),
             container: "c".into(),
-            process: 7,
+            process: Some(7),
+            process_on_fd: false,
             exec: true,
             terminal: true,
             console_socket: Some("/tmp/x.sock".into()),
@@ -919,8 +1090,19 @@ mod tests {
         argv.extend(a.to_args());
         let T { c: C::M(b) } = T::parse_from(argv);
         assert_eq!(b.sandbox, "s");
-        assert_eq!(b.process, 7);
+        assert_eq!(b.process, Some(7));
         assert!(b.exec && b.terminal);
         assert_eq!(b.console_socket.as_deref(), Some(Path::new("/tmp/x.sock")));
+        // A prespawned monitor: no process on the command line, and one is required otherwise.
+        let pre = MonitorArgs { process: None, ..a };
+        let mut argv = vec!["hull".to_string()];
+        argv.extend(pre.to_args());
+        assert!(argv.contains(&"--process-on-fd".to_string()), "{argv:?}");
+        let T { c: C::M(b) } = T::parse_from(argv);
+        assert_eq!(b.process, None);
+        assert!(b.process_on_fd);
+        assert!(
+            T::try_parse_from(["hull", "__monitor", "--sandbox", "s", "--container", "c"]).is_err()
+        );
     }
 }

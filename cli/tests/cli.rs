@@ -105,6 +105,20 @@ fn check_reports_each_item_with_its_fix() {
         o.contains(&format!("ok   hull-vmm: {}", v.display())),
         "{o}"
     );
+    // The network backend: the host's vhost-net if /dev/vhost-net opens, else a warning.
+    let vhost = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/vhost-net")
+        .is_ok();
+    assert!(
+        o.contains(if vhost {
+            "ok   virtio-net: the host kernel's vhost-net (/dev/vhost-net)"
+        } else {
+            "warn virtio-net: hull-vmm's own device (slower): /dev/vhost-net:"
+        }),
+        "{o}"
+    );
     // The KVM line tells this host as it is.
     if Path::new("/sys/module/kvm_pvm").exists() {
         assert!(o.contains("FAIL KVM: /dev/kvm is backed by PVM"), "{o}");
@@ -133,6 +147,25 @@ fn check_reports_each_item_with_its_fix() {
         "{o}"
     );
     assert_eq!(out.status.code(), Some(1));
+}
+
+/// The command lines of the `hull __monitor` processes started with `--root root`.
+fn monitors_of(root: &Path) -> Vec<String> {
+    let root = root.to_str().unwrap();
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter_map(|pid| {
+            let argv = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+            let argv: Vec<String> = argv
+                .split(|&b| b == 0)
+                .map(|a| String::from_utf8_lossy(a).into_owned())
+                .collect();
+            let of_root = argv.windows(2).any(|w| w[0] == "--root" && w[1] == root);
+            (of_root && argv.iter().any(|a| a == "__monitor"))
+                .then(|| format!("{pid}: {}", argv.join(" ")))
+        })
+        .collect()
 }
 
 /// The entries under a directory (a temp --root must stay empty after a failed command).
@@ -275,10 +308,12 @@ fn create_rejects_bad_input_and_leaves_nothing_behind() {
     fails_with(&out, "root.path", &args);
     assert!(text(&out.stderr).contains("rootfs"));
     std::fs::rename(b.join("elsewhere"), b.join("rootfs")).unwrap();
-    // A good bundle, but the VM cannot start: its sandbox is removed again.
+    // A good bundle, but the VM cannot start: its sandbox is removed again, and so is the
+    // monitor create started before the VM (it never got a process).
     let out = hull_root(&root, &args, t.path(), &env);
     fails_with(&out, "no-such-vmlinux", &args);
     assert_eq!(entries(&root), Vec::<String>::new());
+    assert_eq!(monitors_of(&root), Vec::<String>::new());
     assert!(!t.path().join("p").exists());
     // `run` checks as create does.
     let rargs = ["run", "--bundle", bs, "c1"];

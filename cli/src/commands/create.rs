@@ -1,8 +1,9 @@
 //! `hull create` and `hull run`.
 //!
-//! create: checks the id and the bundle, creates the sandbox (the VM) and the container in it
-//! (its init held before the program runs), starts the monitor for the init (see
-//! [`crate::monitor`]), writes the monitor's pid to `--pid-file` and records it. Any failure
+//! create: checks the id and the bundle, starts the monitor (see [`crate::monitor`]; started
+//! first, it gets going while the VM is made, and is given the init once it exists), creates
+//! the sandbox (the VM) and the container in it (its init held before the program runs),
+//! writes the monitor's pid to `--pid-file` and records it. Any failure
 //! destroys the sandbox again: no VM, no mounts, no state directory.
 //!
 //! run: create, then start; without `--detach` it waits for the monitor (forwarding signals),
@@ -73,11 +74,24 @@ pub fn create(ctx: &Ctx, a: &CreateArgs<'_>) -> anyhow::Result<Started> {
     let config = RuntimeConfig::load().context("hull's configuration")?;
     // The VM's size, host cgroup and network, from the spec (hull_runtime::sandbox).
     let opts = SandboxOptions::from_spec(&bundle.spec)?;
+    let monitor = monitor::prespawn(
+        &ctx.globals,
+        &MonitorArgs {
+            sandbox: a.id.to_string(),
+            container: a.id.to_string(),
+            process: None,
+            process_on_fd: true,
+            exec: false,
+            terminal,
+            console_socket: a.console_socket.map(Path::to_path_buf),
+            agent_socket: None,
+        },
+    )?;
     block_on(async {
         let sb = Sandbox::create(&config, &ctx.root, a.id, &opts)
             .await
             .with_context(|| format!("cannot create the VM of container \"{}\"", a.id))?;
-        let r = create_in(ctx, a, &sb, &bundle, terminal).await;
+        let r = create_in(a, &sb, &bundle, terminal, monitor).await;
         if let Ok(m) = &r {
             // The pid-file process stands for the container on the host: it is accounted
             // with the VM.
@@ -97,11 +111,11 @@ pub fn create(ctx: &Ctx, a: &CreateArgs<'_>) -> anyhow::Result<Started> {
 }
 
 async fn create_in(
-    ctx: &Ctx,
     a: &CreateArgs<'_>,
     sb: &Sandbox,
     bundle: &Bundle,
     terminal: bool,
+    monitor: monitor::Pending,
 ) -> anyhow::Result<Started> {
     let stdio = crate::monitor::stdio_spec(
         terminal,
@@ -116,18 +130,7 @@ async fn create_in(
         .await
         .with_context(|| format!("cannot create container \"{}\"", a.id))?;
     tracing::debug!("container {} created in the guest", a.id);
-    let m = monitor::spawn(
-        &ctx.globals,
-        &MonitorArgs {
-            sandbox: a.id.to_string(),
-            container: c.id().to_string(),
-            process: c.init_process().0,
-            exec: false,
-            terminal,
-            console_socket: a.console_socket.map(Path::to_path_buf),
-            agent_socket: None,
-        },
-    )?;
+    let m = monitor.go(c.init_process().0)?;
     let recorded = (|| {
         if let Some(p) = a.pid_file {
             write_pid_file(p, m.pid)?;

@@ -166,7 +166,8 @@ pub fn run(ctx: &Ctx, e: &liboci_cli::Exec) -> anyhow::Result<ExitCode> {
             &MonitorArgs {
                 sandbox: id.to_string(),
                 container: c.id().to_string(),
-                process: process_id.0,
+                process: Some(process_id.0),
+                process_on_fd: false,
                 exec: true,
                 terminal: tty,
                 console_socket: e.console_socket.clone(),
