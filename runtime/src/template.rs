@@ -17,7 +17,12 @@
 //!
 //! Made on first use, once under concurrent first use: the lock is taken, the directory looked
 //! for again, the template made in `.b<pid>-<n>` (short: its VM's sockets are made there) and
-//! renamed into place. The
+//! renamed into place. After a template is made, every template made from a kernel, initramfs
+//! or hull-vmm that has changed since, or in another template format, is removed (each under
+//! its lock, [`remove_stale`]): nothing would ever use it again. (A sandbox restored from one
+//! keeps its mapping of the memory file; a restore that was starting from one at that moment
+//! fails and boots instead, with a log line.) Templates of other shapes made from the current
+//! files stay. The
 //! template's VM has the sandbox's devices: the vsock device, the two shares (empty directories:
 //! a template's guest never mounts them) and one tap per NIC, made in a network namespace of
 //! its own and removed with it; NIC `i` has [`placeholder_mac`]`(i)`, by which the restored
@@ -168,9 +173,9 @@ impl Template {
 struct KeyLock(#[allow(dead_code)] File);
 
 impl KeyLock {
-    /// Lock files are never removed: a process waiting on one must lock the file the next
-    /// one will lock too.
-    async fn acquire(dir: &Path, key: &str) -> Result<KeyLock, TemplateError> {
+    /// `<dir>/<key>.lock`, made if missing. Lock files are never removed: a process waiting
+    /// on one must lock the file the next one will lock too.
+    fn open(dir: &Path, key: &str) -> Result<(File, PathBuf), TemplateError> {
         let path = dir.join(format!("{key}.lock"));
         let f = std::fs::OpenOptions::new()
             .create(true)
@@ -178,6 +183,12 @@ impl KeyLock {
             .write(true)
             .open(&path)
             .map_err(io("cannot open", &path))?;
+        Ok((f, path))
+    }
+
+    /// The lock, waited for.
+    async fn acquire(dir: &Path, key: &str) -> Result<KeyLock, TemplateError> {
+        let (f, path) = Self::open(dir, key)?;
         // Blocks while another process makes or removes this template: off the async threads.
         // The file moves into the task, so its descriptor stays open for the call whatever
         // happens to this future.
@@ -194,6 +205,25 @@ impl KeyLock {
         .map_err(|e| TemplateError::Build(format!("lock task: {e}")))?;
         Ok(KeyLock(locked.map_err(io("cannot lock", &path))?))
     }
+
+    /// The lock if nobody holds it now (`LOCK_NB`), `None` if somebody does.
+    fn try_acquire(dir: &Path, key: &str) -> Result<Option<KeyLock>, TemplateError> {
+        let (f, path) = Self::open(dir, key)?;
+        // SAFETY: flock(2) on the descriptor of `f`, which lives across the call.
+        if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+            return Ok(Some(KeyLock(f)));
+        }
+        let e = std::io::Error::last_os_error();
+        if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
+            return Ok(None);
+        }
+        Err(io("cannot lock", &path)(e))
+    }
+}
+
+/// Whether `key` can name a template: hex digits only (never a path).
+fn is_key(key: &str) -> bool {
+    !key.is_empty() && key.bytes().all(|b| b.is_ascii_hexdigit())
 }
 
 /// A template being made: its temporary directory and network namespace, removed when this is
@@ -311,7 +341,41 @@ pub async fn ensure(
         meta.boot_ms,
         meta.snapshot_ms
     );
+    drop(_lock);
+    if let Err(e) = remove_stale(config).await {
+        tracing::warn!("removing stale templates: {e}");
+    }
     Ok(Template { dir, meta })
+}
+
+/// Removes every template that no longer fits the files it was made from (see [`list`]);
+/// returns their keys. A template whose lock is held (somebody makes or removes it now) is
+/// left for a later call rather than waited for; one whose description names another key
+/// than its directory is left alone.
+pub async fn remove_stale(config: &RuntimeConfig) -> Result<Vec<String>, TemplateError> {
+    let root = template_root(config)?;
+    let mut removed = Vec::new();
+    for (t, fits) in list(config)? {
+        let key = &t.meta.key;
+        if fits || !is_key(key) || t.dir.file_name() != Some(std::ffi::OsStr::new(key)) {
+            continue;
+        }
+        let Some(_lock) = KeyLock::try_acquire(root, key)? else {
+            continue;
+        };
+        match read_meta(&t.dir) {
+            Some(m) if m.made == t.meta.made && m.spec == t.meta.spec => {
+                std::fs::remove_dir_all(&t.dir).map_err(io("cannot remove", &t.dir))?;
+                tracing::info!(
+                    "template {key} removed: the kernel, initramfs or hull-vmm it was made from \
+                     changed"
+                );
+                removed.push(key.clone());
+            }
+            _ => {}
+        }
+    }
+    Ok(removed)
 }
 
 /// Removes `t` if it is still the template under its key (a template made since by another
@@ -331,7 +395,7 @@ pub async fn remove_if_same(config: &RuntimeConfig, t: &Template) -> Result<bool
 /// Removes the template `key` (under its lock). Sandboxes restored from it keep their mapping
 /// of its memory file; new ones make it again.
 pub async fn remove(config: &RuntimeConfig, key: &str) -> Result<bool, TemplateError> {
-    if key.is_empty() || !key.bytes().all(|b| b.is_ascii_hexdigit()) {
+    if !is_key(key) {
         return Err(TemplateError::Build(format!(
             "{key:?} is not a template key (hex digits, see `hull template list`)"
         )));
@@ -630,9 +694,34 @@ mod tests {
         let l = list(&config).unwrap();
         assert_eq!(l.len(), 1);
         assert!(l[0].1, "it fits the current files");
-        // The kernel changes: the template no longer fits.
+        // The kernel changes: the template no longer fits, and is collected as stale (a
+        // template of the current files stays).
         std::fs::write(dir.path().join("k"), "changed kernel").unwrap();
         assert!(!list(&config).unwrap()[0].1);
+        let s2 = spec(dir.path());
+        let t2 = config.template_dir.join(s2.key());
+        std::fs::create_dir_all(t2.join(SNAPSHOT_DIR)).unwrap();
+        let meta2 = TemplateMeta {
+            key: s2.key(),
+            spec: s2.clone(),
+            ..meta.clone()
+        };
+        std::fs::write(t2.join(META_FILE), serde_json::to_vec(&meta2).unwrap()).unwrap();
+        // Held by somebody (a build or a removal of it): left for later, not waited for.
+        let held = KeyLock::try_acquire(&config.template_dir, &s.key())
+            .unwrap()
+            .unwrap();
+        assert!(KeyLock::try_acquire(&config.template_dir, &s.key())
+            .unwrap()
+            .is_none());
+        assert!(remove_stale(&config).await.unwrap().is_empty());
+        assert!(t.exists());
+        drop(held);
+        assert_eq!(remove_stale(&config).await.unwrap(), vec![s.key()]);
+        assert!(!t.exists() && t2.exists());
+        assert!(remove_stale(&config).await.unwrap().is_empty());
+        std::fs::create_dir_all(t.join(SNAPSHOT_DIR)).unwrap();
+        std::fs::write(t.join(META_FILE), serde_json::to_vec(&meta).unwrap()).unwrap();
         let e = remove(&config, "../etc").await.unwrap_err();
         assert!(e.to_string().contains("not a template key"), "{e}");
         assert!(remove(&config, &s.key()).await.unwrap());

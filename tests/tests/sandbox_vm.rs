@@ -590,6 +590,40 @@ fn sandboxes_start_from_one_template_made_once_and_a_bad_one_is_booted_past() {
         assert_eq!(status.code(), Some(0));
         assert!(out.ends_with("t6\n"), "{out}");
         sb.destroy(Duration::from_secs(60)).await.unwrap();
+
+        // A new hull-vmm (a copy, then the copy rebuilt): each makes its template, and the
+        // second one's build removes the template of the copy it replaced (stale: nothing
+        // would use it again); the template of the files that did not change stays.
+        let vmm = dir.path().join("hull-vmm");
+        std::fs::copy(&cfg.vmm, &vmm).unwrap();
+        let new_vmm = RuntimeConfig {
+            vmm: vmm.clone(),
+            ..cfg.clone()
+        };
+        let sb = Sandbox::create(&new_vmm, &root, "t7", &all_calls())
+            .await
+            .unwrap();
+        assert!(restored(&sb));
+        sb.destroy(Duration::from_secs(60)).await.unwrap();
+        let before = hull_runtime::template::list(&cfg).unwrap();
+        assert_eq!(before.len(), 2, "{before:?}");
+        std::fs::remove_file(&vmm).unwrap();
+        std::fs::copy(&cfg.vmm, &vmm).unwrap();
+        let sb = Sandbox::create(&new_vmm, &root, "t8", &all_calls())
+            .await
+            .unwrap();
+        assert!(restored(&sb));
+        sb.destroy(Duration::from_secs(60)).await.unwrap();
+        let after = hull_runtime::template::list(&cfg).unwrap();
+        assert_eq!(after.len(), 2, "{after:?}");
+        assert!(after.iter().all(|(_, fits)| *fits), "{after:?}");
+        assert!(after
+            .iter()
+            .any(|(t, _)| t.dir == before[0].0.dir || t.dir == before[1].0.dir));
+        assert!(
+            before.iter().any(|(t, _)| !t.dir.exists()),
+            "the replaced copy's template is still there"
+        );
     });
     // Nothing of the template builds is left: no temporary directory, no network namespace.
     let left: Vec<_> = std::fs::read_dir(dir.path().join("templates"))
