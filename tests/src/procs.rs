@@ -74,6 +74,16 @@ pub fn shims() -> Vec<(i32, String)> {
         .collect()
 }
 
+/// Every running `containerd-shim-hull-v2` process, servers and one-shot invocations (`start`,
+/// `delete`) alike: pid and arguments.
+pub fn shim_processes() -> Vec<(i32, Vec<String>)> {
+    live()
+        .into_iter()
+        .filter(|p| program_is(p, "containerd-shim-hull-v2"))
+        .map(|p| (p.pid, p.args.clone()))
+        .collect()
+}
+
 /// Pids of the shim servers started for `id`.
 pub fn shim_pids(id: &str) -> Vec<i32> {
     shims()

@@ -7,7 +7,10 @@
 //!   UpdateContainerResources, StopContainer; StopPodSandbox + RemovePodSandbox leave no
 //!   process, mount, socket or state dir;
 //! - the pod of docs/kubernetes.md, as written there: its VM's size from its annotations;
-//! - faults: a shim killed with SIGKILL, and a VMM killed with SIGKILL (its containers exit 137).
+//! - faults: a shim killed with SIGKILL, and a VMM killed with SIGKILL (its containers exit 137);
+//! - pods on a CNI network, and 16 MiB each way between the host and a pod on each virtio-net
+//!   backend: the handler `hull` (the host's vhost-net) and `hull-userspace` (hull-vmm's own
+//!   device: the same shim run by a wrapper with `net_backend = "userspace"` in its config).
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -15,13 +18,21 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use hull_tests::daemons::{image, Containerd};
-use hull_tests::net::{http_get, netns_and_taps, nsfs_mounts};
+use hull_tests::net::{
+    assert_net_backend, check_transfers, http_get, netns_and_taps, nsfs_mounts,
+    write_config_wrapper, write_userspace_config,
+};
 use hull_tests::procs::{shims, vmm_pids};
 use hull_tests::vm::mounts_below;
 use hull_tests::{bin, require_kvm, workspace_root, TempDir};
 
 /// The runtime handler (the name under `containerd.runtimes` in docs/containerd.md).
 const HANDLER: &str = "hull";
+/// A second runtime handler: hull with `net_backend = "userspace"` (hull-vmm's own virtio-net
+/// device). Its runtime_type, `io.containerd.hulluserspace.v2`, makes containerd run
+/// `containerd-shim-hulluserspace-v2`: a wrapper the test writes, which runs hull's shim with a
+/// config of its own.
+const USERSPACE_HANDLER: &str = "hull-userspace";
 /// Longest the test waits for a state it polls for (the emulated host is slow).
 const WAIT_LIMIT: Duration = Duration::from_secs(300);
 /// Where containerd's shims put their sockets (containerd 1.6: fixed).
@@ -77,6 +88,8 @@ impl Cri {
         let t0 = Instant::now();
         let hull_config = dir.join("hull.toml");
         hull_tests::vm::write_runtime_config(&hull_config);
+        let userspace_config = dir.join("hull-userspace.toml");
+        write_userspace_config(&hull_config, &userspace_config);
         let shim_root = dir.join("shim");
         let cni = dir.join("cni");
         std::fs::create_dir_all(&cni).unwrap();
@@ -127,17 +140,28 @@ impl Cri {
   conf_dir = {cni:?}
 [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
   runtime_type = "io.containerd.runc.v2"
+[plugins."io.containerd.grpc.v1.cri".containerd.runtimes.{USERSPACE_HANDLER}]
+  runtime_type = "io.containerd.hulluserspace.v2"
+  pod_annotations = ["io.hull.vm.*"]
 {snippet}
 [debug]
   level = "debug"
 "#
         );
-        let shim_dir = bin("containerd-shim-hull-v2")
-            .parent()
-            .unwrap()
-            .to_path_buf();
+        let shim = bin("containerd-shim-hull-v2");
+        let shim_dir = shim.parent().unwrap().to_path_buf();
+        // containerd finds a runtime_type's shim by name in its PATH: the wrapper for
+        // USERSPACE_HANDLER's in a directory of the test's, before the real shim's.
+        let wrappers = dir.join("shim-wrappers");
+        std::fs::create_dir_all(&wrappers).unwrap();
+        write_config_wrapper(
+            &wrappers.join("containerd-shim-hulluserspace-v2"),
+            &userspace_config,
+            &shim,
+        );
         let path = format!(
-            "{}:{}",
+            "{}:{}:{}",
+            wrappers.display(),
             shim_dir.display(),
             std::env::var("PATH").unwrap_or_else(|_| "/usr/sbin:/usr/bin:/sbin:/bin".into())
         );
@@ -272,6 +296,11 @@ impl Cri {
     /// A host-network pod (no CNI here) with `extra` merged into its config: the pod's id and
     /// the path of its config file.
     fn run_pod(&self, name: &str, extra: serde_json::Value) -> (String, String) {
+        self.run_pod_on(HANDLER, name, extra)
+    }
+
+    /// `run_pod` with the runtime handler `handler`.
+    fn run_pod_on(&self, handler: &str, name: &str, extra: serde_json::Value) -> (String, String) {
         let mut pod = serde_json::json!({
             "metadata": {"name": name, "namespace": "default", "uid": format!("{name}-uid")},
             "log_directory": self.logs.join(name),
@@ -280,7 +309,7 @@ impl Cri {
         merge(&mut pod, extra);
         let file = self.write(&format!("{name}.pod.json"), &pod);
         let id = self
-            .ok(&["runp", "--runtime", HANDLER, &file])
+            .ok(&["runp", "--runtime", handler, &file])
             .trim()
             .to_string();
         assert_eq!(id.len(), 64, "a pod id: {id:?}");
@@ -339,6 +368,12 @@ impl Cri {
     fn assert_nothing_left(&self, sockets_before: &BTreeSet<String>) {
         wait_until("every hull-vmm gone", || vmm_pids(&self.dir).is_empty());
         wait_until("every shim of hull gone", || shims().is_empty());
+        // A dead shim's `delete` (containerd's cleanup) unmounts the task's root file system
+        // last, after the sandbox's own cleanup: what it leaves is checked once it has ended.
+        wait_until(
+            "every shim invocation of hull ended (delete included)",
+            || hull_tests::procs::shim_processes().is_empty(),
+        );
         assert_eq!(
             mounts_below(&self.shim_root),
             Vec::<String>::new(),
@@ -667,6 +702,8 @@ fn cri_pods_run_in_hull_vms() {
     phase("docs pod done");
     pod_network(&c);
     phase("pod network done");
+    pod_transfers_on_each_backend(&c);
+    phase("pod transfers on both backends done");
     c.assert_nothing_left(&sockets_before);
     phase("docs pod done");
 
@@ -882,6 +919,68 @@ fn pod_network(c: &Cri) {
     assert_eq!(nsfs_mounts(), before_mounts, "namespace mounts left");
     wait_until("the pods' VMs gone", || {
         vmm_pids(&c.dir).len() == before_vms
+    });
+}
+
+/// Bulk transfers with a pod on the CNI network on each virtio-net backend: for the handler
+/// `hull` (the host's vhost-net, what `net_backend = "auto"` picks here) and `hull-userspace`
+/// (hull-vmm's own device), one pod with one container whose VM is shown to be on that backend
+/// (the kernel's `vhost-<pid>` worker of its hull-vmm runs, or does not), then 16 MiB from the
+/// host (a server of the test's on the CNI bridge's address) to the container and 16 MiB
+/// back, each SHA-256-checked by both ends, from the pod IP. Removing the pods leaves no VM,
+/// shim, namespace or tap.
+fn pod_transfers_on_each_backend(c: &Cri) {
+    let before = netns_and_taps();
+    let before_mounts = nsfs_mounts();
+    let before_vms = vmm_pids(&c.dir);
+    for (handler, vhost) in [(HANDLER, true), (USERSPACE_HANDLER, false)] {
+        let name = format!("xfer-{handler}");
+        let what = format!("pod {name} (handler {handler})");
+        let pod = c.run_pod_on(
+            handler,
+            &name,
+            serde_json::json!({"linux": {"security_context": {"namespace_options": {"network": "POD"}}}}),
+        );
+        let ctr = c.run_container(&pod, "xfer", "exec sleep 1000");
+        let ip = c.json(&["inspectp", &pod.0])["status"]["network"]["ip"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        assert!(
+            ip.starts_with("10.99.0."),
+            "{what}: its IP from the CNI: {ip:?}"
+        );
+        // Its VM: the one hull-vmm that was not there before it.
+        let vmm: Vec<i32> = vmm_pids(&c.dir)
+            .into_iter()
+            .filter(|p| !before_vms.contains(p))
+            .collect();
+        assert_eq!(vmm.len(), 1, "{what}: one new hull-vmm: {vmm:?}");
+        // Its shim is hull's (the wrapper ran the real one) and was started for the pod.
+        assert!(
+            shims().iter().any(|(_, id)| *id == pod.0),
+            "{what}: no shim of hull's for the pod: {:?}",
+            shims()
+        );
+        assert_net_backend(vmm[0], vhost, &what);
+        check_transfers(CNI_GATEWAY, &ip, &what, &|script| {
+            c.exec_ok(&ctr, &["sh", "-c", script])
+        });
+        assert_net_backend(vmm[0], vhost, &what);
+        c.ok(&["stop", "--timeout", "5", &ctr]);
+        c.ok(&["rm", &ctr]);
+        c.ok(&["stopp", &pod.0]);
+        c.ok(&["rmp", &pod.0]);
+        wait_until(&format!("{what}'s VM gone"), || {
+            !vmm_pids(&c.dir).contains(&vmm[0])
+        });
+    }
+    wait_until("the transfer pods' namespaces and taps gone", || {
+        netns_and_taps() == before
+    });
+    assert_eq!(nsfs_mounts(), before_mounts, "namespace mounts left");
+    wait_until("the transfer pods' VMs gone", || {
+        vmm_pids(&c.dir) == before_vms
     });
 }
 

@@ -1,14 +1,19 @@
 //! `docker --runtime hull`: docker 20.10 (Debian's docker.io) on a containerd of the test's
 //! own, with hull registered as a runc-compatible runtime. docker drives `hull` through
-//! containerd-shim-runc-v2, exactly as it drives runc.
+//! containerd-shim-runc-v2, exactly as it drives runc. A second runtime, `hull-userspace`, is
+//! the same hull run by a wrapper script with a config of its own (`net_backend =
+//! "userspace"`), for bulk transfers on docker's bridge on each virtio-net backend.
 
 use std::path::Path;
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use hull_tests::daemons::{image, Containerd, Dockerd};
-use hull_tests::net::{host_links, http_get, nsfs_mounts};
-use hull_tests::procs::vmm_pids;
+use hull_tests::net::{
+    assert_net_backend, check_transfers, host_links, http_get, nsfs_mounts, write_config_wrapper,
+    write_userspace_config,
+};
+use hull_tests::procs::{live, vmm_pids};
 use hull_tests::terminal::interactive_shell;
 use hull_tests::vm::mounts_below;
 use hull_tests::{bin, require_kvm, TempDir};
@@ -90,21 +95,38 @@ fn kill(pid: i32, sig: Signal) {
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), sig).unwrap();
 }
 
-/// hull's runtime root for docker (`<exec-root>/runtime-hull/moby`) holds no container any
-/// more, and no mount is left below the exec root.
+/// The docker runtimes that are hull: `hull` (the test's config: virtio-net on the host's
+/// vhost-net, which `net_backend = "auto"` picks here) and `hull-userspace` (the same plus
+/// `net_backend = "userspace"`: hull-vmm's own device), each with whether its VMs' NICs are on
+/// vhost-net.
+const HULL_RUNTIMES: [(&str, bool); 2] = [("hull", true), ("hull-userspace", false)];
+
+/// The runtime roots below docker's exec root (`<exec-root>/runtime-NAME/moby`, where hull's
+/// sandbox directories are: docker 20.10 gave each runtime its own, later ones give every
+/// runc-compatible runtime `runtime-runc`) hold no container any more, and no mount is left
+/// below them.
 fn no_state_left(exec_root: &Path) {
-    let root = exec_root.join("runtime-hull/moby");
-    let left: Vec<_> = std::fs::read_dir(&root)
-        .map(|d| d.flatten().map(|e| e.file_name()).collect())
+    let roots: Vec<_> = std::fs::read_dir(exec_root)
+        .map(|d| {
+            d.flatten()
+                .filter(|e| e.file_name().to_string_lossy().starts_with("runtime-"))
+                .map(|e| e.path().join("moby"))
+                .collect()
+        })
         .unwrap_or_default();
-    assert!(
-        left.is_empty(),
-        "hull state left in {}: {left:?}",
-        root.display()
-    );
+    for root in roots {
+        let left: Vec<_> = std::fs::read_dir(&root)
+            .map(|d| d.flatten().map(|e| e.file_name()).collect())
+            .unwrap_or_default();
+        assert!(
+            left.is_empty(),
+            "hull state left in {}: {left:?}",
+            root.display()
+        );
+    }
     let mounts: Vec<_> = mounts_below(exec_root)
         .into_iter()
-        .filter(|m| m.contains("runtime-hull"))
+        .filter(|m| m.contains("/runtime-"))
         .collect();
     assert!(mounts.is_empty(), "mounts left: {mounts:?}");
 }
@@ -261,6 +283,106 @@ fn bridge_network(dockerd: &Dockerd, dir: &Path) {
     });
 }
 
+/// The hull-vmm of docker container `id`: a hull-vmm with an argument (its config file) below
+/// docker's exec root `exec_root` in a directory named by the container's id (hull's sandbox
+/// directory `<--root>/<id>`).
+fn container_vmm(exec_root: &Path, id: &str) -> Vec<i32> {
+    live()
+        .into_iter()
+        .filter(|p| {
+            p.args.first().is_some_and(|a| a.ends_with("hull-vmm"))
+                && p.args.iter().any(|a| {
+                    let a = Path::new(a);
+                    a.starts_with(exec_root) && a.components().any(|c| c.as_os_str() == id)
+                })
+        })
+        .map(|p| p.pid)
+        .collect()
+}
+
+/// Bulk transfers on docker's bridge on each virtio-net backend: for `hull` (vhost-net) and
+/// `hull-userspace` (hull-vmm's own device), one container on the default bridge whose VM is
+/// shown to be on that backend (the kernel's `vhost-<pid>` worker of its hull-vmm runs, or does
+/// not), then 16 MiB from the host (a server of the test's on the bridge's gateway address) to
+/// the container and 16 MiB back, each SHA-256-checked by both ends, from the container's
+/// address. Removing the containers leaves no VM, veth, namespace mount or state.
+fn bridge_transfers_on_each_backend(dockerd: &Dockerd) {
+    let docker = || dockerd.docker();
+    let before = (host_links(), nsfs_mounts());
+    for (runtime, vhost) in HULL_RUNTIMES {
+        let name = format!("xfer-{runtime}");
+        let what = format!("docker --runtime {runtime} container {name}");
+        let mut c = docker();
+        c.args([
+            "run",
+            "-d",
+            "--runtime",
+            runtime,
+            "--name",
+            &name,
+            "hull-test/busybox",
+            "sleep",
+            "1000",
+        ]);
+        let id = ok(c, &format!("docker run -d --runtime {runtime}"))
+            .trim()
+            .to_string();
+        assert_eq!(id.len(), 64, "{what}: a container id: {id:?}");
+        let mut c = docker();
+        c.args([
+            "inspect",
+            "-f",
+            "{{.NetworkSettings.IPAddress}} {{.NetworkSettings.Gateway}}",
+            &name,
+        ]);
+        let settings = ok(c, &format!("docker inspect {name}"));
+        let [ip, gateway] = settings.split_whitespace().collect::<Vec<_>>()[..] else {
+            panic!("{what}: docker's network settings: {settings:?}");
+        };
+        let vmm = container_vmm(&dockerd.exec_root, &id);
+        assert_eq!(
+            vmm.len(),
+            1,
+            "{what}: one hull-vmm with its files in a directory {id} below {}; hull-vmm \
+             processes: {:?}",
+            dockerd.exec_root.display(),
+            live()
+                .into_iter()
+                .filter(|p| p.args.first().is_some_and(|a| a.ends_with("hull-vmm")))
+                .map(|p| (p.pid, p.args))
+                .collect::<Vec<_>>()
+        );
+        eprintln!(
+            "{what}: hull-vmm {} {:?}",
+            vmm[0],
+            std::fs::read_to_string(format!("/proc/{}/cmdline", vmm[0])).unwrap_or_default()
+        );
+        assert_net_backend(vmm[0], vhost, &what);
+        check_transfers(gateway, ip, &what, &|script| {
+            let mut c = docker();
+            c.args(["exec", &name, "sh", "-c", script]);
+            ok(c, &format!("{what}: sh -c {script:?}"))
+        });
+        // Still the same VM on the same backend after the transfers.
+        assert_eq!(
+            container_vmm(&dockerd.exec_root, &id),
+            vmm,
+            "{what}: its hull-vmm"
+        );
+        assert_net_backend(vmm[0], vhost, &what);
+        let mut c = docker();
+        c.args(["rm", "-f", &name]);
+        ok(c, &format!("docker rm -f {name}"));
+        wait_until(&format!("{what}'s VM gone"), || {
+            vmm_pids(&dockerd.exec_root).is_empty()
+        });
+    }
+    no_state_left(&dockerd.exec_root);
+    wait_until("the transfer containers' veths and namespaces gone", || {
+        (host_links(), nsfs_mounts()) == before
+    });
+}
+
 #[test]
 fn docker_runs_containers_in_microvms() {
     require_kvm();
@@ -273,7 +395,18 @@ fn docker_runs_containers_in_microvms() {
         "",
     );
     let hull = bin("hull");
-    let dockerd = Dockerd::start(&dir.path().join("dkd"), &containerd, &[("hull", &hull)]);
+    // `hull-userspace`: hull with the test's config plus `net_backend = "userspace"`, as
+    // tests/bench/lib-docker.sh registers it (docker names a runtime by one binary: a wrapper
+    // that sets HULL_CONFIG over what containerd's environment has).
+    let userspace_config = dir.path().join("hull-userspace.toml");
+    write_userspace_config(&config, &userspace_config);
+    let hull_userspace = dir.path().join("hull-userspace");
+    write_config_wrapper(&hull_userspace, &userspace_config, &hull);
+    let dockerd = Dockerd::start(
+        &dir.path().join("dkd"),
+        &containerd,
+        &[("hull", &hull), ("hull-userspace", &hull_userspace)],
+    );
     let docker = || dockerd.docker();
     let busybox = image(dir.path(), "busybox");
     ok(
@@ -425,6 +558,8 @@ fn docker_runs_containers_in_microvms() {
 
     // docker's bridge network and -p.
     bridge_network(&dockerd, dir.path());
+    // 16 MiB each way on the bridge, on vhost-net and on hull-vmm's own device.
+    bridge_transfers_on_each_backend(&dockerd);
 
     // A container that handles signals: logs, kill -s USR1, stats, update, exec -it, stop (143).
     let script = "trap 'echo got-term; exit 143' TERM; trap 'echo got-usr1' USR1; echo started; \
