@@ -49,7 +49,8 @@ import hullcri  # noqa: E402  (exits naming scripts/install-cri-client.sh when g
 
 cri, grpc, json_format = hullcri.cri, hullcri.grpc, hullcri.json_format
 HANDLERS = ("hull", "runc")
-SHIM = {"hull": "containerd-shim-hull-v2", "runc": "containerd-shim-runc-v2"}
+SHIM = {"hull": "containerd-shim-hull-v2", "runc": "containerd-shim-runc-v2",
+        "hull-userspace": "containerd-shim-hull-v2"}
 PAUSE = "docker.io/hull-test/pause:latest"
 IMAGE = "docker.io/hull-test/busybox:latest"
 LINE = "ready"
@@ -57,6 +58,15 @@ CALL_TIMEOUT = 600
 HULL_RUNTIME = """
 [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.hull]
   runtime_type = "io.containerd.hull.v2"
+  pod_annotations = ["io.hull.vm.*"]
+"""
+# A second hull handler for benches that compare virtio-net backends (cri_net.py): hull with
+# `net_backend = "userspace"` (hull-vmm's own device, not the host's vhost-net). containerd runs
+# a runtime_type's shim by name from its PATH: containerd-shim-hulluserspace-v2 is a wrapper
+# (written by Bench.start) that runs hull's shim with a config of its own.
+USERSPACE_RUNTIME = """
+[plugins."io.containerd.grpc.v1.cri".containerd.runtimes.hull-userspace]
+  runtime_type = "io.containerd.hulluserspace.v2"
   pod_annotations = ["io.hull.vm.*"]
 """
 
@@ -243,6 +253,15 @@ class Bench:
         shim = os.path.join(build, "bin", "containerd-shim-hull-v2")
         if not os.access(shim, os.X_OK):
             raise BenchError(f"{shim} missing (make build)")
+        wrappers = os.path.join(work, "shim-wrappers")
+        os.makedirs(wrappers)
+        userspace_config = os.path.join(work, "hull-userspace.toml")
+        with open(hull_config) as f, open(userspace_config, "w") as g:
+            g.write(f.read() + '\nnet_backend = "userspace"\n')
+        wrapper = os.path.join(wrappers, "containerd-shim-hulluserspace-v2")
+        with open(wrapper, "w") as f:
+            f.write(f'#!/bin/sh\nHULL_CONFIG={userspace_config} exec {shim} "$@"\n')
+        os.chmod(wrapper, 0o755)
         extra = f"""
 [plugins."io.containerd.grpc.v1.cri"]
   sandbox_image = "{PAUSE}"
@@ -252,8 +271,8 @@ class Bench:
   conf_dir = "{work}/cni"
 [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
   runtime_type = "io.containerd.runc.v2"
-{HULL_RUNTIME}"""
-        env = dict(py_env, PATH=f"{os.path.dirname(shim)}:{py_env.get('PATH', '/usr/sbin:/usr/bin:/sbin:/bin')}",
+{HULL_RUNTIME}{USERSPACE_RUNTIME}"""
+        env = dict(py_env, PATH=f"{wrappers}:{os.path.dirname(shim)}:{py_env.get('PATH', '/usr/sbin:/usr/bin:/sbin:/bin')}",
                    HULL_CONFIG=hull_config, HULL_SHIM_ROOT=self.shim_root)
         self.ctd = Containerd(os.path.join(work, "ctd"), env, extra)
         for kind in images:

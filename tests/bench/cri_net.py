@@ -1,6 +1,8 @@
 #!/usr/bin/env python3
 """Pod networking on a real CNI: TCP throughput (iperf3) and round trip (ping) between the host
-and a pod, runtime handler `hull` against `runc`, on one containerd with one CNI network.
+and a pod, runtime handlers `hull` (virtio-net on the host's vhost-net, the default) and
+`hull-userspace` (hull with `net_backend = "userspace"`: hull-vmm's own device; cri.py's
+USERSPACE_RUNTIME) against `runc`, on one containerd with one CNI network.
 
 containerd is started as cri.py starts it (its Bench: own root on a tmpfs, own sockets, the CRI
 plugin, handlers `runc` and `hull`), with a CNI network written first into its conf dir: Debian's
@@ -16,16 +18,17 @@ round trip). Then StopPodSandbox + RemovePodSandbox and nothing may be left (cri
 An iperf3 run that reports an error (the one-test-at-a-time server still finishing the previous
 test) is shown and retried, up to 5 times.
 
-One warm-up round (discarded) and --rounds measured rounds, hull first in odd rounds, runc first
-in even ones. Prints every round, per-handler medians and the ratios hull / runc.
+One warm-up round (discarded) and --rounds measured rounds, hull, hull-userspace, runc in odd
+rounds, the reverse in even ones. Prints every round, per-handler medians and the ratios to runc.
 """
 import argparse, json, os, re, shutil, statistics, subprocess, tempfile, time
 
-from cri import Bench, HANDLERS, cri  # noqa: E402  (cri.py sets up the CRI stubs)
+from cri import Bench, cri  # noqa: E402  (cri.py sets up the CRI stubs)
 from oci import BenchError, check_tools, run_main  # noqa: E402
 
 IMAGE = "docker.io/hull-test/iperf:latest"
 BRIDGE, SUBNET, GATEWAY = "hullbench0", "10.98.0.0/24", "10.98.0.1"
+HANDLERS = ("hull", "hull-userspace", "runc")
 
 
 def cni_config(work):
@@ -112,7 +115,7 @@ def main():
             label = "warm-up" if r == 0 else f"round {r}"
             for h in order:
                 x = one(bench, h, f"{h}-{r}", a.seconds, a.pings)
-                print(f"{label:8s} {h:5s} host->pod {x['up'] / 1e6:8.1f} Mbit/s  pod->host {x['down'] / 1e6:8.1f} Mbit/s"
+                print(f"{label:8s} {h:14s} host->pod {x['up'] / 1e6:8.1f} Mbit/s  pod->host {x['down'] / 1e6:8.1f} Mbit/s"
                       f"  rtt {x['rtt']:7.3f} ms{'  (discarded)' if r == 0 else ''}", flush=True)
                 if r > 0:
                     rows[h].append(x)
@@ -120,12 +123,13 @@ def main():
         print()
         print(f"host <-> pod on the bridge CNI: iperf3 -t {a.seconds} (TCP, receiver's rate), ping x{a.pings}; "
               f"{a.rounds} rounds after a discarded warm-up")
-        print(f"{'handler':8s} {'host->pod Mbit/s':>17s} {'pod->host Mbit/s':>17s} {'rtt ms':>8s}")
+        print(f"{'handler':16s} {'host->pod Mbit/s':>17s} {'pod->host Mbit/s':>17s} {'rtt ms':>8s}")
         for h in HANDLERS:
-            print(f"{h:8s} {med(h, 'up') / 1e6:17.1f} {med(h, 'down') / 1e6:17.1f} {med(h, 'rtt'):8.3f}")
-        print(f"ratio hull / runc (medians): host->pod throughput {med('hull', 'up') / med('runc', 'up'):.2f}, "
-              f"pod->host throughput {med('hull', 'down') / med('runc', 'down'):.2f}, "
-              f"round trip {med('hull', 'rtt') / med('runc', 'rtt'):.2f}")
+            print(f"{h:16s} {med(h, 'up') / 1e6:17.1f} {med(h, 'down') / 1e6:17.1f} {med(h, 'rtt'):8.3f}")
+        for h, what in (("hull", "vhost-net"), ("hull-userspace", "hull-vmm's device")):
+            print(f"ratio {h} ({what}) / runc (medians): host->pod throughput {med(h, 'up') / med('runc', 'up'):.2f}, "
+                  f"pod->host throughput {med(h, 'down') / med('runc', 'down'):.2f}, "
+                  f"round trip {med(h, 'rtt') / med('runc', 'rtt'):.2f}")
         print("nothing left after any pod (CRI pods and containers, shims, hull-vmm, mounts, sandbox state)")
     finally:
         bench.close()

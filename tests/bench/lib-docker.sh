@@ -57,6 +57,12 @@ kernel = "$build/vmlinux"
 initrd = "$build/hull-initrd.img"
 vmm = "$build/bin/hull-vmm"
 EOF
+# A second hull runtime, `hull-userspace`: the same but for virtio-net on hull-vmm's own device
+# rather than the host's vhost-net (net_backend, runtime/src/config.rs), for benches that put
+# the two side by side. docker runs it as it runs `hull`; the wrapper gives it its own config.
+{ cat "$dir/hull.toml"; echo 'net_backend = "userspace"'; } > "$dir/hull-userspace.toml"
+printf '#!/bin/sh\nHULL_CONFIG=%s exec %s "$@"\n' "$dir/hull-userspace.toml" "$build/bin/hull" > "$dir/hull-userspace"
+chmod 755 "$dir/hull-userspace"
 
 mkdir -p "$dir/ctd/root" "$dir/data" "$exec_root"
 mount -t tmpfs tmpfs "$dir/ctd/root"
@@ -75,7 +81,7 @@ ctd_pid=$!
 wait_socket containerd "$dir/ctd/c.sock" "$ctd_pid" "$dir/containerd.log"
 dockerd --data-root "$dir/data" --exec-root "$exec_root" -H "unix://$dir/d.sock" --pidfile "$dir/dockerd.pid" \
   --containerd "$dir/ctd/c.sock" --iptables=false --ip6tables=false --ip-masq=false \
-  --storage-driver=overlay2 --add-runtime "hull=$build/bin/hull" < /dev/null > "$dir/dockerd.log" 2>&1 &
+  --storage-driver=overlay2 --add-runtime "hull=$build/bin/hull" --add-runtime "hull-userspace=$dir/hull-userspace" < /dev/null > "$dir/dockerd.log" 2>&1 &
 dkd_pid=$!
 wait_socket dockerd "$dir/d.sock" "$dkd_pid" "$dir/dockerd.log"
 docker() { command docker -H "unix://$dir/d.sock" "$@"; }
@@ -99,12 +105,14 @@ nothing_left() {
   fi
 }
 
-# Calls FN RUNTIME ROUND for a warm-up round (0) and rounds 1..$ROUNDS, hull first in odd
-# rounds and in the warm-up, runc first in even ones.
+# Calls FN RUNTIME ROUND for a warm-up round (0) and rounds 1..$ROUNDS, for each runtime of
+# $RUNTIMES (default "hull runc"): in that order in odd rounds and in the warm-up, in the
+# reverse order in even ones.
 alternate() {
-  local r rt order
+  local r rt order reversed=''
+  for rt in ${RUNTIMES:-hull runc}; do reversed="$rt $reversed"; done
   for r in $(seq 0 "$ROUNDS"); do
-    if [ "$r" -gt 0 ] && [ $((r % 2)) = 0 ]; then order="runc hull"; else order="hull runc"; fi
+    if [ "$r" -gt 0 ] && [ $((r % 2)) = 0 ]; then order=$reversed; else order=${RUNTIMES:-hull runc}; fi
     for rt in $order; do "$1" "$rt" "$r"; done
   done
 }

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Container networking: TCP throughput (iperf3) and round-trip latency (ping) between the host and
-# a container on docker's bridge network, `--runtime hull` against docker's default runtime
-# (runc), side by side on one dockerd (lib-docker.sh), reported as medians and ratios hull / runc.
+# a container on docker's bridge network, `--runtime hull` (virtio-net on the host's vhost-net,
+# the default) and `--runtime hull-userspace` (on hull-vmm's own device) against docker's
+# default runtime (runc), side by side on one dockerd (lib-docker.sh), reported as medians and
+# ratios to runc.
 # The same bridge, veth and address plumbing serve both; with hull the container's veth is
 # mirrored into its VM by tc (runtime/src/network) and the packets cross virtio-net.
 # Per runtime and round: `docker run -d --runtime R hull-test/iperf` (tests/images/build.sh
@@ -9,7 +11,7 @@
 # container's docker IP: `iperf3 -c IP -t T -J` (host -> container, the receiver's rate) and with
 # -R (container -> host), and `busybox ping -c N -i 0.2` (the average round trip); then
 # `docker rm -f`. One warm-up round (discarded), then HULL_BENCH_NET_ROUNDS rounds (default 3),
-# hull first in odd rounds, runc first in even ones. After each round no container and no
+# hull, hull-userspace, runc in odd rounds, the reverse in even ones. After each round no container and no
 # hull-vmm may be left. HULL_BENCH_NET_SECONDS (default 5): iperf3's -t; HULL_BENCH_NET_PINGS
 # (default 20).
 # Needs bin/hull, bin/hull-vmm, vmlinux and hull-initrd.img in HULL_BUILD_DIR (default build/;
@@ -58,7 +60,7 @@ rate() {
   fail "iperf3 ${*:3} with the $1 container ($2) failed 5 times"
 }
 one_round() {
-  # $1 runtime (hull|runc), $2 round (0: warm-up). Appends "runtime round metric value".
+  # $1 runtime (hull|hull-userspace|runc), $2 round (0: warm-up). Appends "runtime round metric value".
   local rt=$1 r=$2 ip j up down rtt
   docker run -d --runtime "$rt" --name "net-$rt" "$IMAGE" > /dev/null || fail "docker run --runtime $rt failed"
   ip=$(docker inspect -f '{{.NetworkSettings.IPAddress}}' "net-$rt")
@@ -78,12 +80,12 @@ one_round() {
   nothing_left "docker rm -f net-$rt" 300
   printf '%s %d up %s\n%s %d down %s\n%s %d rtt %s\n' "$rt" "$r" "$up" "$rt" "$r" "$down" "$rt" "$r" "$rtt" >> "$results"
   awk -v rt="$rt" -v r="$r" '$1 == rt && $2 == r { v[$3] = $4 } END {
-    printf "%-8s %-5s host->container %8.1f Mbit/s  container->host %8.1f Mbit/s  rtt %7.3f ms%s\n",
+    printf "%-8s %-15s host->container %8.1f Mbit/s  container->host %8.1f Mbit/s  rtt %7.3f ms%s\n",
       (r ? "round " r : "warm-up"), rt, v["up"] / 1e6, v["down"] / 1e6, v["rtt"], (r ? "" : "  (discarded)") }' "$results"
 }
 
 echo "docker $(docker version -f '{{.Server.Version}}'), $(iperf3 --version | head -1)"
-alternate one_round
+RUNTIMES="hull hull-userspace runc" alternate one_round
 
 echo
 echo "host <-> container on docker's bridge: iperf3 -t $SECONDS_T (TCP, receiver's rate), ping x$PINGS; $ROUNDS rounds after a discarded warm-up"
@@ -95,11 +97,12 @@ for line in open(sys.argv[1]):
     if int(r) > 0:
         v.setdefault((rt, m), []).append(float(x))
 med = lambda rt, m: statistics.median(v[(rt, m)])
-print(f"{'runtime':8s} {'host->ctr Mbit/s':>17s} {'ctr->host Mbit/s':>17s} {'rtt ms':>8s}")
-for rt in ("hull", "runc"):
-    print(f"{rt:8s} {med(rt, 'up') / 1e6:17.1f} {med(rt, 'down') / 1e6:17.1f} {med(rt, 'rtt'):8.3f}")
-print(f"ratio hull / runc (medians): host->container throughput {med('hull', 'up') / med('runc', 'up'):.2f}, "
-      f"container->host throughput {med('hull', 'down') / med('runc', 'down'):.2f}, "
-      f"round trip {med('hull', 'rtt') / med('runc', 'rtt'):.2f}")
+print(f"{'runtime':16s} {'host->ctr Mbit/s':>17s} {'ctr->host Mbit/s':>17s} {'rtt ms':>8s}")
+for rt in ("hull", "hull-userspace", "runc"):
+    print(f"{rt:16s} {med(rt, 'up') / 1e6:17.1f} {med(rt, 'down') / 1e6:17.1f} {med(rt, 'rtt'):8.3f}")
+for rt, what in (("hull", "vhost-net"), ("hull-userspace", "hull-vmm's device")):
+    print(f"ratio {rt} ({what}) / runc (medians): host->container throughput {med(rt, 'up') / med('runc', 'up'):.2f}, "
+          f"container->host throughput {med(rt, 'down') / med('runc', 'down'):.2f}, "
+          f"round trip {med(rt, 'rtt') / med('runc', 'rtt'):.2f}")
 PY
 echo "nothing left after any round (containers, hull-vmm)"
