@@ -22,7 +22,7 @@ BINS := hull hull-vmm containerd-shim-hull-v2
 # unpacked by the guest kernel on every sandbox start (docs/performance.md).
 GUEST_OUT := $(CARGO_TARGET_DIR)/$(TRIPLE)/guest
 
-.PHONY: install install-docker deps build kernel initrd lint fuzz fuzz-smoke unit-test testhost-selftest vm-test test demo bench soak clean
+.PHONY: install install-docker deps build kernel initrd lint fuzz fuzz-smoke unit-test testhost-selftest vm-test vm-test-boot vm-test-boot-cli test demo bench soak clean
 
 deps:
 	@scripts/install-deps.sh
@@ -92,7 +92,16 @@ testhost-selftest: deps
 vm-test: build kernel initrd
 	tests/run-vm-tests
 
-test: lint unit-test fuzz-smoke testhost-selftest vm-test
+# The same tests with every sandbox booted (start = "boot": the path of a host that turns
+# templates off, and the one a damaged template falls back to). `make test` runs the CLI's
+# test binary on it every time; vm-test-boot runs them all.
+vm-test-boot-cli: build kernel initrd
+	HULL_TEST_START=boot HULL_VM_TEST_ONLY=cli_vm tests/run-vm-tests
+
+vm-test-boot: build kernel initrd
+	HULL_TEST_START=boot tests/run-vm-tests
+
+test: lint unit-test fuzz-smoke testhost-selftest vm-test vm-test-boot-cli
 
 demo: build kernel initrd
 	scripts/demo.sh
