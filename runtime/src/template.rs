@@ -365,12 +365,17 @@ pub async fn remove_stale(config: &RuntimeConfig) -> Result<Vec<String>, Templat
         };
         match read_meta(&t.dir) {
             Some(m) if m.made == t.meta.made && m.spec == t.meta.spec => {
-                std::fs::remove_dir_all(&t.dir).map_err(io("cannot remove", &t.dir))?;
-                tracing::info!(
-                    "template {key} removed: the kernel, initramfs or hull-vmm it was made from \
-                     changed"
-                );
-                removed.push(key.clone());
+                // One that cannot be removed is named and the others are still collected.
+                match std::fs::remove_dir_all(&t.dir) {
+                    Ok(()) => {
+                        tracing::info!(
+                            "template {key} removed: the kernel, initramfs or hull-vmm it was \
+                             made from changed"
+                        );
+                        removed.push(key.clone());
+                    }
+                    Err(e) => tracing::warn!("cannot remove stale template {key}: {e}"),
+                }
             }
             _ => {}
         }

@@ -107,17 +107,17 @@ const HULL_RUNTIMES: [(&str, bool); 2] = [("hull", true), ("hull-userspace", fal
 /// below them.
 fn no_state_left(exec_root: &Path) {
     let roots: Vec<_> = std::fs::read_dir(exec_root)
-        .map(|d| {
-            d.flatten()
-                .filter(|e| e.file_name().to_string_lossy().starts_with("runtime-"))
-                .map(|e| e.path().join("moby"))
-                .collect()
-        })
-        .unwrap_or_default();
+        .unwrap_or_else(|e| panic!("docker's exec root {}: {e}", exec_root.display()))
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with("runtime-"))
+        .map(|e| e.path().join("moby"))
+        .collect();
     for root in roots {
-        let left: Vec<_> = std::fs::read_dir(&root)
-            .map(|d| d.flatten().map(|e| e.file_name()).collect())
-            .unwrap_or_default();
+        let left: Vec<_> = match std::fs::read_dir(&root) {
+            Ok(d) => d.flatten().map(|e| e.file_name()).collect(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+            Err(e) => panic!("{}: {e}", root.display()),
+        };
         assert!(
             left.is_empty(),
             "hull state left in {}: {left:?}",

@@ -394,16 +394,21 @@ pub(crate) fn build(config: &VmConfig) -> Result<Vmm, VmmError> {
     };
     let summary = jail::enter(&config.jail, &paths, &socket_dirfds)?;
     tracing::info!("jail: {summary}");
-    for (i, t) in late.iter().enumerate() {
-        t.locked().after_jail().map_err(|e| VmmError::Device {
-            what: format!("virtio device {i}"),
-            reason: e,
-        })?;
-    }
     for w in &fs_workers {
         w.spawn().map_err(|source| VmmError::Io {
             what: "virtio-fs worker thread",
             source,
+        })?;
+    }
+    // The workers have taken their capabilities with them; the main thread gives up its own
+    // before any device's late set-up, so that no thread the kernel starts for hull-vmm from
+    // here (vhost-net's worker since Linux 6.4 is one of its threads, with its credentials)
+    // has any.
+    jail::drop_thread_capabilities()?;
+    for (i, t) in late.iter().enumerate() {
+        t.locked().after_jail().map_err(|e| VmmError::Device {
+            what: format!("virtio device {i}"),
+            reason: e,
         })?;
     }
     phase("jail");

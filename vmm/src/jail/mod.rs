@@ -190,6 +190,19 @@ pub fn enter(
     Ok(parts.join(" "))
 }
 
+/// This thread's effective and permitted capabilities cleared, if [`enter`] dropped
+/// capabilities (a no-op otherwise). [`enter_thread`] does it too, for every kind but the
+/// virtio-fs workers; the main thread calls this earlier, once the workers are started and
+/// before the devices' `after_jail`.
+pub fn drop_thread_capabilities() -> Result<(), JailError> {
+    if POLICY.get().is_some_and(|p| p.capabilities) {
+        for set in [CapSet::Effective, CapSet::Permitted] {
+            caps::clear(None, set).map_err(|e| JailError::Caps(e.to_string()))?;
+        }
+    }
+    Ok(())
+}
+
 /// Step 2: this thread takes its own capabilities and allowlist. A no-op when [`enter`] was not
 /// called (unit tests) or turned the parts off.
 pub fn enter_thread(kind: ThreadKind) -> Result<(), JailError> {
@@ -197,10 +210,8 @@ pub fn enter_thread(kind: ThreadKind) -> Result<(), JailError> {
     let Some(policy) = POLICY.get() else {
         return Ok(());
     };
-    if policy.capabilities && kind != ThreadKind::Fs {
-        for set in [CapSet::Effective, CapSet::Permitted] {
-            caps::clear(None, set).map_err(|e| JailError::Caps(e.to_string()))?;
-        }
+    if kind != ThreadKind::Fs {
+        drop_thread_capabilities()?;
     }
     if let Some(f) = &policy.filters {
         f.apply(kind)?;

@@ -535,8 +535,12 @@ mod tests {
     /// Runs `call` in a child process that installed `kind`'s filter; its exit status and
     /// what it wrote to stderr. The child exits 0 if `call` returned.
     fn in_child(kind: ThreadKind, call: impl FnOnce()) -> (i32, String) {
+        in_child_with(&Filters::new(&[], false, false).unwrap(), kind, call)
+    }
+
+    /// [`in_child`] with the given filters.
+    fn in_child_with(filters: &Filters, kind: ThreadKind, call: impl FnOnce()) -> (i32, String) {
         use std::io::Read;
-        let filters = Filters::new(&[], false, false).unwrap();
         let (mut r, w) = std::io::pipe().unwrap();
         // SAFETY: fork in a test; the child only calls async-signal-safe functions, the filter
         // installation (a prctl/seccomp pair on its only thread) and `call` before _exit.
@@ -622,5 +626,42 @@ mod tests {
         }
         let (status, out) = in_child(ThreadKind::Fs, fionread);
         assert_eq!(status, EXIT_SECCOMP, "fs: {out}");
+    }
+
+    /// The vhost-net requests pass on a vCPU thread of a VM with a NIC on vhost-net (made
+    /// here on a pipe, which the kernel answers with ENOTTY: the filter let it through), and
+    /// stop a vCPU of a VM without one and the event loop of any VM.
+    #[test]
+    fn vhost_requests_pass_only_on_vcpu_threads_of_a_vhost_vm() {
+        let (r, _w) = std::io::pipe().unwrap();
+        let fd = {
+            use std::os::fd::AsRawFd;
+            r.as_raw_fd()
+        };
+        let set_num = move || {
+            let num = [0u32, 256u32];
+            // SAFETY: VHOST_SET_VRING_NUM reads a vhost_vring_state (two u32) through the
+            // pointer, which outlives the call; on a pipe the kernel reads nothing.
+            let rc = unsafe { libc::ioctl(fd, VHOST_NET_IOCTLS[1] as _, num.as_ptr()) };
+            let e = std::io::Error::last_os_error().raw_os_error();
+            assert!(rc == -1 && e == Some(libc::ENOTTY), "{rc} {e:?}");
+        };
+        let vhost = Filters::new(&[], false, true).unwrap();
+        assert_eq!(
+            in_child_with(&vhost, ThreadKind::Vcpu, set_num),
+            (0, String::new())
+        );
+        for (filters, kind) in [
+            (&vhost, ThreadKind::Vmm),
+            (&vhost, ThreadKind::Fs),
+            (&Filters::new(&[], false, false).unwrap(), ThreadKind::Vcpu),
+        ] {
+            let (status, out) = in_child_with(filters, kind, set_num);
+            assert_eq!(status, EXIT_SECCOMP, "{}: {out}", kind.name());
+            assert!(
+                out.contains(&format!("system call {} ", libc::SYS_ioctl)),
+                "{out}"
+            );
+        }
     }
 }

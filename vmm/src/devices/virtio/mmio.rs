@@ -378,10 +378,6 @@ impl MmioTransport {
         Ok(())
     }
 
-    /// After a restore, once the vCPUs and interrupt controllers have their state (an
-    /// interrupt raised before would be lost with the LAPIC state set over it): the device is
-    /// told it was restored, and looks at each queue once (a notification may have been
-    /// pending when the snapshot was taken).
     /// After the jail (see [`VirtioDevice::after_jail`]).
     pub fn after_jail(&mut self) -> Result<(), String> {
         lock(&self.device)
@@ -389,6 +385,10 @@ impl MmioTransport {
             .map_err(|e| format!("device type {}: {e}", self.device_type))
     }
 
+    /// After a restore, once the vCPUs and interrupt controllers have their state (an
+    /// interrupt raised before would be lost with the LAPIC state set over it): the device is
+    /// told it was restored, and looks at each queue once (a notification may have been
+    /// pending when the snapshot was taken).
     pub fn resume(&mut self) -> Result<(), String> {
         if !self.activated {
             return Ok(());

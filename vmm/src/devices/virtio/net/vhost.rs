@@ -5,11 +5,12 @@
 //! queues (a snapshot taken on one restores on the other). What differs is who serves the
 //! queues. hull-vmm opens `/dev/vhost-net` and the tap before it confines itself and checks
 //! what the kernel supports. Only once it is confined ([`VirtioDevice::after_jail`], on the
-//! main thread before any guest instruction and before the event loop's seccomp filter) does
-//! it make itself the owner and give the kernel the guest's memory map: the owner's worker is
-//! made then (a kernel thread in hull-vmm's cgroup before Linux 6.4, a thread of hull-vmm's
-//! own since), so on any kernel it has the jail's root, mount namespace and credentials, never
-//! the host's. On activation (on the vCPU thread that wrote DRIVER_OK; for a restore, the
+//! main thread before any guest instruction and before the event loop's seccomp filter, after
+//! that thread gave up its capabilities) does it make itself the owner and give the kernel the
+//! guest's memory map. The owner's worker is made then: before Linux 6.4 a kernel thread,
+//! with kthreadd's credentials as every kernel thread has, attached to hull-vmm's cgroups;
+//! since 6.4 a thread of hull-vmm itself, with the jail's root, namespaces and credentials
+//! (no capability). It never runs user code. On activation (on the vCPU thread that wrote DRIVER_OK; for a restore, the
 //! activation made on the main thread before the jail waits for `after_jail`, which also comes
 //! after the interrupt controllers have their state) it hands the kernel each queue's rings
 //! and position, the queue's ioeventfd as the kick and the device's irqfd as the call, and the
